@@ -1,0 +1,448 @@
+//! The command line: parses arguments, runs the library, prints the JSON on stdout and
+//! progress and hints on stderr, and turns outcomes into exit codes.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::context;
+use crate::demo;
+use crate::error::Error;
+use crate::model::Limits;
+use crate::pipeline::{self, RunOptions, RunOutput};
+use crate::result::{ErrorInfo, SCHEMA_VERSION, Status, TaskResult, Usage};
+use crate::rollback::{self, Which};
+use crate::route::{self, ModelChoice};
+
+const AFTER_HELP: &str = "\
+Exit codes: 0 success; 1 the task ran but did not succeed (status failed or escalate);
+2 bad input (command line, spec, repository, unsafe path); 3 the model server could not be used.
+
+Environment: LOCAL_TASK_ENDPOINT, LOCAL_TASK_MODEL, LOCAL_TASK_PROVIDER, LOCAL_TASK_API_KEY,
+and the ecosystem's OPENAI_BASE_URL, OPENAI_API_KEY, OLLAMA_HOST.
+Precedence: flag > spec > LOCAL_TASK_* > ecosystem variables > the usual local ports.";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "execute-local-task",
+    version,
+    about = "Run one small coding task on a local model and write the result safely into a git repository.",
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Undo a run's writes byte for byte and delete the files it created.
+    Rollback {
+        /// The run_id from the run's result JSON.
+        #[arg(required_unless_present = "last")]
+        run_id: Option<String>,
+        /// Undo the newest run that still has writes to undo.
+        #[arg(long, conflicts_with = "run_id")]
+        last: bool,
+        /// Restore even files that changed since the run wrote them.
+        #[arg(long)]
+        force: bool,
+        /// The repository (default: the one containing the current directory).
+        #[arg(long, value_name = "DIR")]
+        repo: Option<PathBuf>,
+    },
+    /// List reachable local model servers and their models.
+    Models {
+        /// Probe only this server.
+        #[arg(long, env = "LOCAL_TASK_ENDPOINT", value_name = "URL")]
+        endpoint: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a JSON Schema.
+    Schema {
+        #[arg(value_enum)]
+        which: SchemaKind,
+    },
+    /// Run the whole pipeline on a bundled example with recorded model replies.
+    Demo {
+        /// Build the example here instead of a temporary directory (kept afterwards).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum SchemaKind {
+    Spec,
+    Result,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// The task spec (JSON) to run.
+    #[arg(value_name = "SPEC")]
+    spec: Option<PathBuf>,
+    /// Model server URL, e.g. http://127.0.0.1:1234/v1 (LM Studio) or http://127.0.0.1:11434 (Ollama).
+    #[arg(long, value_name = "URL")]
+    endpoint: Option<String>,
+    /// Protocol to speak.
+    #[arg(long, value_parser = ["auto", "openai"])]
+    provider: Option<String>,
+    /// Model name (default: the spec's, LOCAL_TASK_MODEL, or the server's only model).
+    #[arg(long, value_name = "NAME")]
+    model: Option<String>,
+    /// The repository to work in (default: the one containing the current directory).
+    #[arg(long, value_name = "DIR")]
+    repo: Option<PathBuf>,
+    /// Print the exact request that would be sent; call nothing, write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Do not run the test command.
+    #[arg(long)]
+    no_test: bool,
+    /// Overwrite output files that have uncommitted changes (they are backed up either way).
+    #[arg(long)]
+    force: bool,
+    /// Leave the last failed attempt's files in the tree for inspection.
+    #[arg(long)]
+    keep_failed: bool,
+    /// Model attempts including repairs, 1 to 5 (overrides the spec; default 2).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=5))]
+    max_attempts: Option<u32>,
+    /// A prompt template that replaces the task kind's template for this run.
+    #[arg(long, value_name = "FILE")]
+    template: Option<PathBuf>,
+    /// Cap on the bytes of all context files together.
+    #[arg(long, value_name = "BYTES", default_value_t = context::DEFAULT_BUDGET_BYTES)]
+    max_context_bytes: usize,
+    /// Sampling temperature sent to the model.
+    #[arg(long, default_value_t = 0.2)]
+    temperature: f32,
+    /// Cap on the reply's tokens (default: the server's).
+    #[arg(long, value_name = "N")]
+    max_tokens: Option<u32>,
+    /// Seconds to wait for the connection to the model server.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    connect_timeout: u64,
+    /// Seconds to wait for the first byte of a reply (a model may be loading).
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    first_byte_timeout: u64,
+    /// Seconds a reply stream may stall between two chunks.
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    idle_timeout: u64,
+    /// Seconds one model call may take in all.
+    #[arg(long, value_name = "SECS", default_value_t = 1800)]
+    total_timeout: u64,
+    /// Seconds to wait for another run that is writing the same repository.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    lock_timeout: u64,
+    /// No progress on stderr.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+impl RunArgs {
+    fn options(&self, spec: PathBuf) -> RunOptions {
+        RunOptions {
+            repo_dir: self.repo.clone(),
+            model_flags: ModelChoice {
+                endpoint: self.endpoint.clone(),
+                provider: self.provider.clone(),
+                model: self.model.clone(),
+                api_key: None,
+            },
+            dry_run: self.dry_run,
+            no_test: self.no_test,
+            force: self.force,
+            keep_failed: self.keep_failed,
+            max_attempts: self.max_attempts,
+            template: self.template.clone(),
+            max_context_bytes: self.max_context_bytes,
+            temperature: self.temperature,
+            max_tokens: self.max_tokens,
+            limits: Limits {
+                connect: Duration::from_secs(self.connect_timeout),
+                first_byte: Duration::from_secs(self.first_byte_timeout),
+                idle: Duration::from_secs(self.idle_timeout),
+                total: Duration::from_secs(self.total_timeout),
+                ..Limits::default()
+            },
+            lock_timeout: Duration::from_secs(self.lock_timeout),
+            ..RunOptions::new(spec)
+        }
+    }
+}
+
+/// The whole program: parse, run, print, exit.
+pub fn run() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) if !error.use_stderr() => {
+            // --help and --version.
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            let _ = error.print();
+            let message = error.kind().to_string();
+            print_json(&error_result(None, &Error::Usage(message)));
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    ExitCode::from(runtime.block_on(dispatch(cli)))
+}
+
+async fn dispatch(cli: Cli) -> u8 {
+    let env = |name: &str| std::env::var(name).ok();
+    match cli.command {
+        None => {
+            let Some(spec) = cli.run.spec.clone() else {
+                eprintln!(
+                    "error: no task spec given\n\nUsage: execute-local-task [OPTIONS] <SPEC>\n       execute-local-task demo    (see it work first)\n\nFor more information, try '--help'."
+                );
+                print_json(&error_result(
+                    None,
+                    &Error::Usage("no task spec given".to_owned()),
+                ));
+                return 2;
+            };
+            let quiet = cli.run.quiet;
+            let progress = move |line: &str| {
+                if !quiet {
+                    eprintln!("execute-local-task: {line}");
+                }
+            };
+            let output = pipeline::run(&cli.run.options(spec), None, &env, &progress).await;
+            report(output)
+        }
+        Some(Command::Rollback {
+            run_id,
+            last,
+            force,
+            repo,
+        }) => {
+            let which = match run_id.as_deref() {
+                Some(id) if !last => Which::Id(id),
+                _ => Which::Last,
+            };
+            let dir = repo.unwrap_or_else(|| PathBuf::from("."));
+            match rollback::rollback(
+                &dir,
+                which,
+                force,
+                Duration::from_secs(cli.run.lock_timeout),
+            )
+            .await
+            {
+                Ok(report) => {
+                    eprintln!(
+                        "execute-local-task: rolled back {} ({}): {} restored, {} removed",
+                        report.run_id,
+                        report.task_id,
+                        report.restored.len(),
+                        report.removed.len()
+                    );
+                    print_json(&report);
+                    0
+                }
+                Err(error) => {
+                    print_error(&error);
+                    error.exit_code()
+                }
+            }
+        }
+        Some(Command::Models { endpoint, json }) => {
+            let reports = route::survey(
+                endpoint.as_deref(),
+                env("LOCAL_TASK_API_KEY").or_else(|| env("OPENAI_API_KEY")),
+            )
+            .await;
+            let any = reports.iter().any(|r| r.reachable);
+            if json {
+                print_json(&reports);
+            } else {
+                print_model_table(&reports);
+            }
+            if any { 0 } else { 3 }
+        }
+        Some(Command::Schema { which }) => {
+            let schema = match which {
+                SchemaKind::Spec => schemars::schema_for!(crate::spec::SpecDocument),
+                SchemaKind::Result => schemars::schema_for!(TaskResult),
+            };
+            print_json(&schema);
+            0
+        }
+        Some(Command::Demo { dir }) => run_demo(dir, &env).await,
+    }
+}
+
+async fn run_demo(dir: Option<PathBuf>, env: &dyn Fn(&str) -> Option<String>) -> u8 {
+    // The temporary directory lives until the end of the demo; --dir keeps the example.
+    let temp = match dir {
+        Some(_) => None,
+        None => match tempfile::Builder::new()
+            .prefix("execute-local-task-demo-")
+            .tempdir()
+        {
+            Ok(temp) => Some(temp),
+            Err(error) => {
+                eprintln!("error: cannot create a temporary directory: {error}");
+                return 2;
+            }
+        },
+    };
+    let base = dir.unwrap_or_else(|| {
+        temp.as_ref()
+            .map(|t| t.path().to_path_buf())
+            .unwrap_or_default()
+    });
+    let setup = match demo::prepare(&base) {
+        Ok(setup) => setup,
+        Err(error) => {
+            print_error(&error);
+            return error.exit_code();
+        }
+    };
+    eprintln!(
+        "execute-local-task demo: a scratch repository at {} and the spec {}\n\
+         The model's replies are RECORDED (no model server is used): the first has a bug the test catches, the second repairs it.\n",
+        setup.repo_dir.display(),
+        setup.spec_path.display()
+    );
+    let options = RunOptions {
+        repo_dir: Some(setup.repo_dir.clone()),
+        ..RunOptions::new(&setup.spec_path)
+    };
+    let progress = |line: &str| eprintln!("execute-local-task: {line}");
+    let output = pipeline::run(&options, Some(demo::recorded_route()), env, &progress).await;
+    let code = report(output);
+    eprintln!(
+        "\nThat was the whole pipeline on recorded replies. To run it on your own model:\n  \
+         Ollama:    ollama pull qwen2.5-coder:7b && execute-local-task SPEC.json --endpoint http://127.0.0.1:11434 --model qwen2.5-coder:7b\n  \
+         LM Studio: start its server (port 1234) and run: execute-local-task SPEC.json --endpoint http://127.0.0.1:1234/v1\n\
+         (`execute-local-task models` lists what it can reach; --dir DIR keeps the demo repository.)"
+    );
+    code
+}
+
+fn report(output: RunOutput) -> u8 {
+    match output {
+        RunOutput::DryRun(request) => {
+            print_json(&request);
+            0
+        }
+        RunOutput::Result { result, exit_code } => {
+            match (&result.status, &result.error) {
+                (Status::Error, Some(error)) => {
+                    eprintln!("error: {}", error.message);
+                }
+                _ => eprintln!("execute-local-task: {}", result.summary),
+            }
+            if let Some(hint) = hint_for(&result) {
+                eprintln!("hint: {hint}");
+            }
+            print_json(&result);
+            exit_code
+        }
+    }
+}
+
+/// Hints live on the error, which the result no longer holds; the kinds that have one are
+/// few enough to name here.
+fn hint_for(result: &TaskResult) -> Option<&'static str> {
+    let kind = result.error.as_ref()?.kind.as_str();
+    Some(match kind {
+        "no_server" | "connection_refused" | "connect_timeout" | "dns" => {
+            "is the model server running? Start Ollama or LM Studio's server, or pass --endpoint URL; `execute-local-task models` shows what is reachable"
+        }
+        "no_model" | "model_not_found" => {
+            "choose a model with --model NAME; `execute-local-task models` lists them"
+        }
+        "context_too_long" => {
+            "the prompt does not fit the model's context: name fewer context files or load the model with a larger context"
+        }
+        "repo" => "run inside a git repository, or pass --repo DIR",
+        _ => return None,
+    })
+}
+
+fn print_error(error: &Error) {
+    eprintln!("error: {error}");
+    if let Some(hint) = error.hint() {
+        eprintln!("hint: {hint}");
+    }
+    print_json(&serde_json::json!({
+        "error": {"kind": error.kind(), "message": error.to_string()}
+    }));
+}
+
+fn print_model_table(reports: &[route::ServerReport]) {
+    for report in reports {
+        if report.reachable {
+            println!(
+                "{}  {}  {} model(s)",
+                report.endpoint,
+                report.kind,
+                report.models.len()
+            );
+            for model in &report.models {
+                println!("    {model}");
+            }
+        } else {
+            println!("{}  {}  not reachable", report.endpoint, report.kind);
+        }
+    }
+    if !reports.iter().any(|r| r.reachable) {
+        eprintln!(
+            "hint: no model server answered; start Ollama (`ollama serve`) or LM Studio's server, or pass --endpoint URL"
+        );
+    }
+}
+
+fn error_result(task_id: Option<String>, error: &Error) -> TaskResult {
+    TaskResult {
+        schema_version: SCHEMA_VERSION,
+        task_id,
+        run_id: pipeline::new_run_id(),
+        status: Status::Error,
+        summary: error.to_string(),
+        files: Vec::new(),
+        test: None,
+        attempts: Vec::new(),
+        model: None,
+        usage: Usage::default(),
+        git: None,
+        duration_ms: 0,
+        error: Some(ErrorInfo {
+            kind: error.kind().to_owned(),
+            message: error.to_string(),
+        }),
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    let mut stdout = std::io::stdout().lock();
+    let written = serde_json::to_writer_pretty(&mut stdout, value)
+        .and_then(|()| writeln!(stdout).map_err(serde_json::Error::io));
+    // A closed stdout (e.g. `| head`) is not worth a panic.
+    drop(written);
+}

@@ -1,0 +1,197 @@
+//! Gathers the context files a spec names (paths or globs) into text the prompt can show.
+
+use std::path::Path;
+
+use globset::Glob;
+
+use crate::error::{Error, Result};
+use crate::guard;
+use crate::language;
+
+/// The default cap on the bytes of all context files together. Local models have small
+/// windows; an explicit error beats a silently truncated prompt.
+pub const DEFAULT_BUDGET_BYTES: usize = 100_000;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ContextFile {
+    pub path: String,
+    pub language: &'static str,
+    pub content: String,
+}
+
+/// Reads every file the patterns name, in the order given (a glob's matches sorted by
+/// path), each file once.
+pub fn gather(root: &Path, patterns: &[String], budget_bytes: usize) -> Result<Vec<ContextFile>> {
+    let mut paths: Vec<String> = Vec::new();
+    let mut walked: Option<Vec<String>> = None;
+    for pattern in patterns {
+        if is_glob(pattern) {
+            let matcher = Glob::new(pattern)
+                .map(|glob| glob.compile_matcher())
+                .map_err(|error| Error::Context {
+                    message: format!("`{pattern}` is not a valid glob: {error}"),
+                })?;
+            let files = walked.get_or_insert_with(|| walk(root));
+            let before = paths.len();
+            for file in files.iter().filter(|file| matcher.is_match(file.as_str())) {
+                if !paths.contains(file) {
+                    paths.push(file.clone());
+                }
+            }
+            if paths.len() == before && !files.iter().any(|file| matcher.is_match(file.as_str())) {
+                return Err(Error::Context {
+                    message: format!("the glob `{pattern}` matches no file in the repository"),
+                });
+            }
+        } else if !paths.contains(pattern) {
+            paths.push(pattern.clone());
+        }
+    }
+
+    let mut files = Vec::with_capacity(paths.len());
+    let mut total = 0usize;
+    for path in paths {
+        let content = read_text(root, &path)?;
+        total += content.len();
+        files.push(ContextFile {
+            language: language::for_path(&path),
+            path,
+            content,
+        });
+    }
+    if total > budget_bytes {
+        let mut sizes: Vec<(usize, &str)> = files
+            .iter()
+            .map(|file| (file.content.len(), file.path.as_str()))
+            .collect();
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+        let largest: Vec<String> = sizes
+            .iter()
+            .take(3)
+            .map(|(size, path)| format!("{path} ({size} bytes)"))
+            .collect();
+        return Err(Error::Context {
+            message: format!(
+                "the context files are {total} bytes, over the budget of {budget_bytes} bytes \
+                 (largest: {}); name fewer files or raise --max-context-bytes",
+                largest.join(", ")
+            ),
+        });
+    }
+    Ok(files)
+}
+
+fn is_glob(pattern: &str) -> bool {
+    pattern.contains(['*', '?', '[', '{'])
+}
+
+/// Every file of the working tree that git would not ignore, as `/`-separated relative paths.
+fn walk(root: &Path) -> Vec<String> {
+    let mut files: Vec<String> = ignore::WalkBuilder::new(root)
+        .hidden(false)
+        .require_git(false)
+        .filter_entry(|entry| entry.file_name() != ".git")
+        .build()
+        .filter_map(std::result::Result::ok)
+        .filter(|entry| entry.file_type().is_some_and(|kind| kind.is_file()))
+        .filter_map(|entry| {
+            let relative = entry.path().strip_prefix(root).ok()?;
+            relative
+                .to_str()
+                .map(|s| s.replace(std::path::MAIN_SEPARATOR, "/"))
+        })
+        .collect();
+    files.sort_unstable();
+    files
+}
+
+/// Reads a context file, refusing paths that leave the repository (also through a symlink),
+/// binary files and files that are not UTF-8.
+fn read_text(root: &Path, relative: &str) -> Result<String> {
+    let unsafe_path = |reason: String| Error::UnsafePath {
+        path: relative.to_owned(),
+        reason: format!("context file: {reason}"),
+    };
+    let location = guard::resolve_inside(root, relative).map_err(unsafe_path)?;
+    let resolved = match std::fs::canonicalize(&location) {
+        Ok(resolved) => resolved,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::Context {
+                message: format!("context file `{relative}` does not exist"),
+            });
+        }
+        Err(error) => return Err(Error::io("resolve context file", location, error)),
+    };
+    if !resolved.starts_with(root) || resolved.starts_with(root.join(".git")) {
+        return Err(unsafe_path(
+            "it is a symlink to a file outside the repository".to_owned(),
+        ));
+    }
+    if resolved.is_dir() {
+        return Err(Error::Context {
+            message: format!(
+                "context file `{relative}` is a directory; use a glob such as `{relative}/**`"
+            ),
+        });
+    }
+    let bytes = std::fs::read(&resolved)
+        .map_err(|error| Error::io("read context file", &resolved, error))?;
+    if bytes.iter().take(8192).any(|&b| b == 0) {
+        return Err(Error::Context {
+            message: format!("context file `{relative}` is binary"),
+        });
+    }
+    String::from_utf8(bytes).map_err(|_| Error::Context {
+        message: format!("context file `{relative}` is not UTF-8 text"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("src/nested")).unwrap();
+        std::fs::write(root.join("src/a.rs"), "fn a() {}\n").unwrap();
+        std::fs::write(root.join("src/nested/b.rs"), "fn b() {}\n").unwrap();
+        std::fs::write(root.join("src/c.txt"), "c\n").unwrap();
+        std::fs::write(root.join("blob.bin"), b"\0\x01\x02").unwrap();
+        dir
+    }
+
+    #[test]
+    fn globs_and_paths_in_order_without_duplicates() {
+        let dir = tree();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let files = gather(
+            &root,
+            &[
+                "src/c.txt".to_owned(),
+                "src/**/*.rs".to_owned(),
+                "src/a.rs".to_owned(),
+            ],
+            1000,
+        )
+        .unwrap();
+        let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["src/c.txt", "src/a.rs", "src/nested/b.rs"]);
+        assert_eq!(files[1].language, "rust");
+    }
+
+    #[test]
+    fn clear_errors() {
+        let dir = tree();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let error = |patterns: &[&str], budget| {
+            let patterns: Vec<String> = patterns.iter().map(|p| (*p).to_owned()).collect();
+            gather(&root, &patterns, budget).unwrap_err().to_string()
+        };
+        assert!(error(&["missing.rs"], 1000).contains("`missing.rs` does not exist"));
+        assert!(error(&["blob.bin"], 1000).contains("is binary"));
+        assert!(error(&["*.py"], 1000).contains("matches no file"));
+        assert!(error(&["src"], 1000).contains("is a directory"));
+        assert!(error(&["src/**/*.rs"], 5).contains("over the budget of 5 bytes"));
+    }
+}

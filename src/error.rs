@@ -1,0 +1,120 @@
+//! The error kinds the library returns, each carrying the file, field or command it is about.
+//!
+//! The library never prints: the command line turns an [`Error`] into a result JSON with
+//! status `error`, an exit code ([`Error::exit_code`]) and a one-line hint on stderr.
+
+use std::path::PathBuf;
+
+use crate::model::ModelError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The command line itself is wrong (conflicting flags, a bad value).
+    #[error("{0}")]
+    Usage(String),
+
+    /// The task spec cannot be read, parsed or validated.
+    #[error("{}: {}{message}", path.display(), field.as_deref().map(|f| format!("field `{f}`: ")).unwrap_or_default())]
+    Spec {
+        path: PathBuf,
+        field: Option<String>,
+        message: String,
+    },
+
+    /// No usable git repository where one is needed.
+    #[error("{}: {message}", path.display())]
+    Repo { path: PathBuf, message: String },
+
+    /// A path that would leave the repository, enter `.git` or pass through a symlink.
+    #[error("unsafe path `{path}`: {reason}")]
+    UnsafePath { path: String, reason: String },
+
+    /// A context file is missing, binary, or the context is over its budget.
+    #[error("context: {message}")]
+    Context { message: String },
+
+    /// A prompt template does not parse or render.
+    #[error("template {name}: {message}")]
+    Template { name: String, message: String },
+
+    /// Reading or writing a file failed.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Another run holds the repository's lock for too long.
+    #[error("{message}")]
+    Lock { message: String },
+
+    /// `rollback` cannot restore a run.
+    #[error("rollback {run_id}: {message}")]
+    Rollback { run_id: String, message: String },
+
+    /// The model server could not be used.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+impl Error {
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub fn spec(path: impl Into<PathBuf>, field: Option<&str>, message: impl Into<String>) -> Self {
+        Self::Spec {
+            path: path.into(),
+            field: field.map(str::to_owned),
+            message: message.into(),
+        }
+    }
+
+    /// The stable name of the error class, as `error.kind` in the result JSON.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Usage(_) => "usage",
+            Self::Spec { .. } => "spec",
+            Self::Repo { .. } => "repo",
+            Self::UnsafePath { .. } => "unsafe_path",
+            Self::Context { .. } => "context",
+            Self::Template { .. } => "template",
+            Self::Io { .. } => "io",
+            Self::Lock { .. } => "lock",
+            Self::Rollback { .. } => "rollback",
+            Self::Model(error) => error.kind.as_str(),
+        }
+    }
+
+    /// The documented exit code: 2 for bad input of any kind, 3 when the model server
+    /// could not be used.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Model(_) => 3,
+            _ => 2,
+        }
+    }
+
+    /// What the user can do about it, when there is something to say beyond the message.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Self::Model(error) => error.hint.clone(),
+            Self::Repo { .. } => Some(
+                "run inside a git repository, or pass --repo DIR (create one with `git init`)"
+                    .to_owned(),
+            ),
+            Self::Lock { .. } => Some(
+                "another execute-local-task run is writing this repository; wait for it or raise --lock-timeout".to_owned(),
+            ),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! The repository lock that serialises runs writing the same working tree.
+
+use std::fs::{File, TryLockError};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::repo::Repo;
+
+/// Held while a run writes, tests and restores; released on drop (and by the OS when a
+/// process dies, so a killed run never leaves the repository locked).
+pub struct RepoLock {
+    _file: File,
+}
+
+pub async fn acquire(repo: &Repo, timeout: Duration) -> Result<RepoLock> {
+    let dir = repo.state_dir();
+    std::fs::create_dir_all(&dir).map_err(|error| Error::io("create directory", &dir, error))?;
+    let path = dir.join("lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|error| Error::io("open lock", &path, error))?;
+    let started = Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(RepoLock { _file: file }),
+            Err(TryLockError::WouldBlock) if started.elapsed() < timeout => {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            Err(TryLockError::WouldBlock) => {
+                return Err(Error::Lock {
+                    message: format!(
+                        "{}: another run held the repository lock for more than {} s",
+                        path.display(),
+                        timeout.as_secs()
+                    ),
+                });
+            }
+            Err(TryLockError::Error(error)) => return Err(Error::io("lock", &path, error)),
+        }
+    }
+}

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    execute_local_task::run()
+}

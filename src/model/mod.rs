@@ -1,0 +1,283 @@
+//! Talking to a model: the request and reply every provider shares, the fault classes, and
+//! the client that dispatches to a provider.
+
+pub mod openai;
+pub mod recorded;
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::result::Usage;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: Role,
+    pub content: String,
+}
+
+impl Message {
+    pub fn system(content: impl Into<String>) -> Self {
+        Self {
+            role: Role::System,
+            content: content.into(),
+        }
+    }
+    pub fn user(content: impl Into<String>) -> Self {
+        Self {
+            role: Role::User,
+            content: content.into(),
+        }
+    }
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self {
+            role: Role::Assistant,
+            content: content.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<Message>,
+    pub temperature: f32,
+    pub max_tokens: Option<u32>,
+}
+
+/// Why the model stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Finish {
+    /// A natural end.
+    Stop,
+    /// Cut off by the server's token or context limit: the reply is incomplete.
+    Length,
+    Other(String),
+}
+
+impl Finish {
+    pub fn from_reason(reason: &str) -> Self {
+        match reason {
+            "stop" | "eos" | "end_turn" | "stop_sequence" => Self::Stop,
+            "length" | "max_tokens" => Self::Length,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatReply {
+    pub content: String,
+    pub finish: Finish,
+    /// Token counts when the server reported them.
+    pub usage: Option<TokenUsage>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUsage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+impl ChatReply {
+    /// The reply's usage, estimated from text length (four bytes a token) and flagged as
+    /// such when the server sent no counts.
+    pub fn usage_for(&self, request: &ChatRequest) -> Usage {
+        match self.usage {
+            Some(usage) => Usage {
+                prompt_tokens: usage.prompt_tokens,
+                completion_tokens: usage.completion_tokens,
+                estimated: false,
+            },
+            None => Usage {
+                prompt_tokens: estimate_tokens(
+                    request.messages.iter().map(|m| m.content.len()).sum(),
+                ),
+                completion_tokens: estimate_tokens(self.content.len()),
+                estimated: true,
+            },
+        }
+    }
+}
+
+pub fn estimate_tokens(bytes: usize) -> u64 {
+    (bytes as u64).div_ceil(4)
+}
+
+/// The provider protocols the tool speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    /// OpenAI-compatible `/v1/chat/completions` with SSE streaming: LM Studio, llama.cpp
+    /// server, vLLM, Ollama's `/v1`.
+    OpenAi,
+    /// Replies recorded earlier, served without a server.
+    Recorded,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OpenAi => "openai",
+            Self::Recorded => "recorded",
+        }
+    }
+}
+
+/// Time and size limits of one model call.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub connect: Duration,
+    /// Until the response headers arrive (a cold model may take long to load).
+    pub first_byte: Duration,
+    /// Between two chunks of a stream.
+    pub idle: Duration,
+    pub total: Duration,
+    /// A reply that never ends is cut here.
+    pub max_reply_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            first_byte: Duration::from_secs(300),
+            idle: Duration::from_secs(120),
+            total: Duration::from_secs(1800),
+            max_reply_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// A model server that could not be used: the class, the server's own words, and a hint.
+#[derive(Debug, Clone)]
+pub struct ModelError {
+    pub kind: ModelErrorKind,
+    pub message: String,
+    pub hint: Option<String>,
+    /// From a `Retry-After` header.
+    pub retry_after: Option<Duration>,
+}
+
+impl ModelError {
+    pub fn new(kind: ModelErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            hint: None,
+            retry_after: None,
+        }
+    }
+
+    #[must_use]
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+impl fmt::Display for ModelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ModelError {}
+
+/// The classes of model-server faults, as `error.kind` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelErrorKind {
+    /// No endpoint given and none found on the usual local ports.
+    NoServer,
+    /// No model named and the server offers none or several.
+    NoModel,
+    ConnectionRefused,
+    ConnectionReset,
+    Dns,
+    ConnectTimeout,
+    FirstByteTimeout,
+    IdleTimeout,
+    TotalTimeout,
+    ModelNotFound,
+    ContextTooLong,
+    RateLimited,
+    Unavailable,
+    HttpClientError,
+    HttpServerError,
+    StreamCut,
+    MalformedStream,
+    ReplyTooLarge,
+    /// The recorded replies ran out or did not match the request.
+    Replay,
+}
+
+impl ModelErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoServer => "no_server",
+            Self::NoModel => "no_model",
+            Self::ConnectionRefused => "connection_refused",
+            Self::ConnectionReset => "connection_reset",
+            Self::Dns => "dns",
+            Self::ConnectTimeout => "connect_timeout",
+            Self::FirstByteTimeout => "first_byte_timeout",
+            Self::IdleTimeout => "idle_timeout",
+            Self::TotalTimeout => "total_timeout",
+            Self::ModelNotFound => "model_not_found",
+            Self::ContextTooLong => "context_too_long",
+            Self::RateLimited => "rate_limited",
+            Self::Unavailable => "unavailable",
+            Self::HttpClientError => "http_client_error",
+            Self::HttpServerError => "http_server_error",
+            Self::StreamCut => "stream_cut",
+            Self::MalformedStream => "malformed_stream",
+            Self::ReplyTooLarge => "reply_too_large",
+            Self::Replay => "replay",
+        }
+    }
+}
+
+/// A configured connection to one model.
+pub enum Client {
+    OpenAi(openai::OpenAi),
+    Recorded(recorded::Recorded),
+}
+
+impl Client {
+    pub fn provider(&self) -> Provider {
+        match self {
+            Self::OpenAi(_) => Provider::OpenAi,
+            Self::Recorded(_) => Provider::Recorded,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        match self {
+            Self::OpenAi(client) => client.base_url().to_owned(),
+            Self::Recorded(recorded) => recorded.source().to_owned(),
+        }
+    }
+
+    /// The exact JSON body this client would send, for `--dry-run`.
+    pub fn request_body(&self, request: &ChatRequest) -> serde_json::Value {
+        match self {
+            Self::OpenAi(_) | Self::Recorded(_) => openai::request_body(request),
+        }
+    }
+
+    pub async fn chat(&self, request: &ChatRequest) -> Result<ChatReply, ModelError> {
+        match self {
+            Self::OpenAi(client) => client.chat(request).await,
+            Self::Recorded(recorded) => recorded.next_reply(),
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! The OpenAI-compatible chat-completions client (LM Studio, llama.cpp server, vLLM,
+//! Ollama's `/v1`), streaming over server-sent events.
+
+use std::time::Duration;
+
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use super::{ChatReply, ChatRequest, Finish, Limits, ModelError, ModelErrorKind, TokenUsage};
+
+pub struct OpenAi {
+    http: reqwest::Client,
+    base_url: String,
+    api_key: Option<String>,
+    limits: Limits,
+}
+
+impl OpenAi {
+    /// `base_url` ends in the API root, e.g. `http://127.0.0.1:1234/v1`.
+    pub fn new(
+        base_url: &str,
+        api_key: Option<String>,
+        limits: Limits,
+    ) -> Result<Self, ModelError> {
+        let http = http_client(limits.connect)?;
+        Ok(Self {
+            http,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            api_key,
+            limits,
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Lists the model ids the server offers (`GET /models`).
+    pub async fn list_models(&self) -> Result<Vec<String>, ModelError> {
+        let url = format!("{}/models", self.base_url);
+        let mut request = self.http.get(&url).timeout(self.limits.first_byte);
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| transport_error(&url, &e))?;
+        let response = check_status(&url, response).await?;
+        let body: Value = response.json().await.map_err(|error| {
+            ModelError::new(
+                ModelErrorKind::MalformedStream,
+                format!("{url}: the model list is not JSON: {error}"),
+            )
+        })?;
+        Ok(body["data"]
+            .as_array()
+            .map(|models| {
+                models
+                    .iter()
+                    .filter_map(|model| model["id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    pub async fn chat(&self, request: &ChatRequest) -> Result<ChatReply, ModelError> {
+        let url = format!("{}/chat/completions", self.base_url);
+        let call = self.stream_chat(&url, request);
+        tokio::time::timeout(self.limits.total, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ModelError::new(
+                    ModelErrorKind::TotalTimeout,
+                    format!(
+                        "{url}: no complete reply within {}",
+                        seconds(self.limits.total)
+                    ),
+                ))
+            })
+    }
+
+    async fn stream_chat(&self, url: &str, request: &ChatRequest) -> Result<ChatReply, ModelError> {
+        let mut http_request = self.http.post(url).json(&request_body(request));
+        if let Some(key) = &self.api_key {
+            http_request = http_request.bearer_auth(key);
+        }
+        let response = tokio::time::timeout(self.limits.first_byte, http_request.send())
+            .await
+            .map_err(|_| {
+                ModelError::new(
+                    ModelErrorKind::FirstByteTimeout,
+                    format!(
+                        "{url}: the server did not start answering within {}",
+                        seconds(self.limits.first_byte)
+                    ),
+                )
+                .with_hint(
+                    "a large model may still be loading; try again or raise --first-byte-timeout",
+                )
+            })?
+            .map_err(|error| transport_error(url, &error))?;
+        let response = check_status(url, response).await?;
+
+        let is_stream = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|v| v.contains("event-stream"));
+        if !is_stream {
+            // Some servers ignore `stream: true` and answer with one JSON document.
+            return self.whole_reply(url, response).await;
+        }
+
+        let mut events = response.bytes_stream().eventsource();
+        let mut reply = StreamedReply::default();
+        loop {
+            let next = tokio::time::timeout(self.limits.idle, events.next())
+                .await
+                .map_err(|_| {
+                    ModelError::new(
+                        ModelErrorKind::IdleTimeout,
+                        format!(
+                            "{url}: the stream stalled for {} after {} bytes",
+                            seconds(self.limits.idle),
+                            reply.content.len()
+                        ),
+                    )
+                })?;
+            let Some(event) = next else { break };
+            let event = event.map_err(|error| {
+                ModelError::new(
+                    ModelErrorKind::StreamCut,
+                    format!(
+                        "{url}: the stream broke off after {} bytes: {error}",
+                        reply.content.len()
+                    ),
+                )
+            })?;
+            let data = event.data.trim();
+            if data.is_empty() {
+                continue;
+            }
+            if data == "[DONE]" {
+                reply.done = true;
+                break;
+            }
+            reply.apply_chunk(url, data)?;
+            if reply.content.len() > self.limits.max_reply_bytes {
+                return Err(ModelError::new(
+                    ModelErrorKind::ReplyTooLarge,
+                    format!(
+                        "{url}: the reply passed {} bytes without ending",
+                        self.limits.max_reply_bytes
+                    ),
+                ));
+            }
+        }
+        reply.finish(url)
+    }
+
+    async fn whole_reply(
+        &self,
+        url: &str,
+        response: reqwest::Response,
+    ) -> Result<ChatReply, ModelError> {
+        let text = response
+            .text()
+            .await
+            .map_err(|error| transport_error(url, &error))?;
+        let body: Value = serde_json::from_str(&text).map_err(|error| {
+            ModelError::new(
+                ModelErrorKind::MalformedStream,
+                format!("{url}: the reply is neither a stream nor JSON: {error}"),
+            )
+        })?;
+        let choice = &body["choices"][0];
+        let content = choice["message"]["content"].as_str().ok_or_else(|| {
+            ModelError::new(
+                ModelErrorKind::MalformedStream,
+                format!("{url}: the reply has no choices[0].message.content"),
+            )
+        })?;
+        Ok(ChatReply {
+            content: content.to_owned(),
+            finish: choice["finish_reason"]
+                .as_str()
+                .map_or(Finish::Stop, Finish::from_reason),
+            usage: parse_usage(&body["usage"]),
+        })
+    }
+}
+
+/// The JSON body of a streaming chat-completions request.
+pub fn request_body(request: &ChatRequest) -> Value {
+    let mut body = json!({
+        "model": request.model,
+        "messages": request.messages,
+        "temperature": request.temperature,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    });
+    if let Some(max_tokens) = request.max_tokens {
+        body["max_tokens"] = json!(max_tokens);
+    }
+    body
+}
+
+#[derive(Default)]
+struct StreamedReply {
+    content: String,
+    finish: Option<Finish>,
+    usage: Option<TokenUsage>,
+    done: bool,
+}
+
+impl StreamedReply {
+    fn apply_chunk(&mut self, url: &str, data: &str) -> Result<(), ModelError> {
+        let chunk: Value = serde_json::from_str(data).map_err(|error| {
+            ModelError::new(
+                ModelErrorKind::MalformedStream,
+                format!(
+                    "{url}: a stream event is not JSON ({error}): {}",
+                    clip(data, 200)
+                ),
+            )
+        })?;
+        if let Some(error) = chunk.get("error") {
+            return Err(ModelError::new(
+                ModelErrorKind::HttpServerError,
+                format!(
+                    "{url}: the server reported an error mid-stream: {}",
+                    error_text(error)
+                ),
+            ));
+        }
+        if let Some(choice) = chunk["choices"].get(0) {
+            if let Some(text) = choice["delta"]["content"].as_str() {
+                self.content.push_str(text);
+            }
+            if let Some(reason) = choice["finish_reason"].as_str() {
+                self.finish = Some(Finish::from_reason(reason));
+            }
+        }
+        if let Some(usage) = parse_usage(&chunk["usage"]) {
+            self.usage = Some(usage);
+        }
+        Ok(())
+    }
+
+    fn finish(self, url: &str) -> Result<ChatReply, ModelError> {
+        match self.finish {
+            Some(finish) => Ok(ChatReply {
+                content: self.content,
+                finish,
+                usage: self.usage,
+            }),
+            // `[DONE]` without a finish reason is a server quirk, not a cut.
+            None if self.done => Ok(ChatReply {
+                content: self.content,
+                finish: Finish::Stop,
+                usage: self.usage,
+            }),
+            None => Err(ModelError::new(
+                ModelErrorKind::StreamCut,
+                format!(
+                    "{url}: the stream ended after {} bytes without a finish reason",
+                    self.content.len()
+                ),
+            )),
+        }
+    }
+}
+
+fn parse_usage(usage: &Value) -> Option<TokenUsage> {
+    Some(TokenUsage {
+        prompt_tokens: usage.get("prompt_tokens")?.as_u64()?,
+        completion_tokens: usage.get("completion_tokens")?.as_u64()?,
+    })
+}
+
+pub(crate) fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, ModelError> {
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .user_agent(concat!("execute-local-task/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|error| {
+            ModelError::new(
+                ModelErrorKind::HttpClientError,
+                format!("cannot build the HTTP client: {error}"),
+            )
+        })
+}
+
+/// Turns a non-success status into the fault class it stands for, with the server's words.
+pub(crate) async fn check_status(
+    url: &str,
+    response: reqwest::Response,
+) -> Result<reqwest::Response, ModelError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let body = response.text().await.unwrap_or_default();
+    let server_says = serde_json::from_str::<Value>(&body)
+        .ok()
+        .map(|json| {
+            json.get("error")
+                .or_else(|| json.get("message"))
+                .or_else(|| json.get("detail"))
+                .map_or_else(|| json.to_string(), error_text)
+        })
+        .unwrap_or_else(|| body.trim().to_owned());
+    let lower = server_says.to_lowercase();
+    let kind = match status.as_u16() {
+        429 => ModelErrorKind::RateLimited,
+        503 => ModelErrorKind::Unavailable,
+        _ if lower.contains("context")
+            && (lower.contains("length")
+                || lower.contains("exceed")
+                || lower.contains("too long")
+                || lower.contains("window")) =>
+        {
+            ModelErrorKind::ContextTooLong
+        }
+        404 if lower.contains("model") => ModelErrorKind::ModelNotFound,
+        400..=499 => ModelErrorKind::HttpClientError,
+        _ => ModelErrorKind::HttpServerError,
+    };
+    let mut error = ModelError::new(
+        kind,
+        format!("{url}: HTTP {status}: {}", clip(&server_says, 1000)),
+    );
+    error.retry_after = retry_after;
+    Err(match kind {
+        ModelErrorKind::ModelNotFound => {
+            error.with_hint("list the server's models with `execute-local-task models` and pass --model NAME")
+        }
+        ModelErrorKind::ContextTooLong => error.with_hint(
+            "the prompt does not fit the model's context window: name fewer context files, or load the model with a larger context",
+        ),
+        _ => error,
+    })
+}
+
+fn error_text(error: &Value) -> String {
+    match error {
+        Value::String(text) => text.clone(),
+        Value::Object(object) => object
+            .get("message")
+            .and_then(Value::as_str)
+            .map_or_else(|| error.to_string(), str::to_owned),
+        other => other.to_string(),
+    }
+}
+
+/// Classifies a transport failure (no HTTP status) by walking its source chain.
+pub(crate) fn transport_error(url: &str, error: &reqwest::Error) -> ModelError {
+    use std::error::Error as _;
+    let mut io_kind = None;
+    let mut chain = String::new();
+    let mut source: Option<&dyn std::error::Error> = error.source();
+    while let Some(current) = source {
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            io_kind = Some(io.kind());
+        }
+        chain = current.to_string();
+        source = current.source();
+    }
+    let lower = format!("{error} {chain}").to_lowercase();
+    let kind = if error.is_timeout() && error.is_connect() {
+        ModelErrorKind::ConnectTimeout
+    } else if lower.contains("dns error") || lower.contains("failed to lookup") {
+        ModelErrorKind::Dns
+    } else if io_kind == Some(std::io::ErrorKind::ConnectionRefused) {
+        ModelErrorKind::ConnectionRefused
+    } else if matches!(
+        io_kind,
+        Some(
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::BrokenPipe
+        )
+    ) || lower.contains("connection closed")
+        || lower.contains("reset")
+    {
+        ModelErrorKind::ConnectionReset
+    } else if error.is_timeout() {
+        ModelErrorKind::ConnectTimeout
+    } else if error.is_connect() {
+        ModelErrorKind::ConnectionRefused
+    } else {
+        ModelErrorKind::StreamCut
+    };
+    let detail = if chain.is_empty() {
+        error.to_string()
+    } else {
+        chain
+    };
+    let error = ModelError::new(kind, format!("{url}: {detail}"));
+    match kind {
+        ModelErrorKind::ConnectionRefused | ModelErrorKind::ConnectTimeout | ModelErrorKind::Dns => error.with_hint(
+            "is the model server running? Start Ollama (`ollama serve`) or LM Studio's server, or point --endpoint at yours; `execute-local-task models` shows what it can reach",
+        ),
+        _ => error,
+    }
+}
+
+fn seconds(duration: Duration) -> String {
+    format!("{} s", duration.as_secs_f64())
+}
+
+fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}

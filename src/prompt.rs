@@ -1,0 +1,205 @@
+//! Renders the chat messages for a task and for each repair from the prompt templates.
+//!
+//! The built-in templates under `prompts/` are embedded in the binary. A repository may
+//! override any of them with `.execute-local-task/prompts/<name>.md`, and `--template FILE`
+//! overrides the task's kind template for one run.
+
+use std::path::{Path, PathBuf};
+
+use minijinja::Environment;
+use serde::Serialize;
+
+use crate::context::ContextFile;
+use crate::error::{Error, Result};
+use crate::model::Message;
+use crate::spec::{Kind, TaskSpec};
+
+/// Built-in templates: (name, text).
+const BUILT_IN: &[(&str, &str)] = &[
+    ("system.md", include_str!("../prompts/system.md")),
+    ("_task.md", include_str!("../prompts/_task.md")),
+    ("code.md", include_str!("../prompts/code.md")),
+    ("test.md", include_str!("../prompts/test.md")),
+    ("refactor.md", include_str!("../prompts/refactor.md")),
+    ("doc.md", include_str!("../prompts/doc.md")),
+    ("repair.md", include_str!("../prompts/repair.md")),
+];
+
+/// Where a repository keeps its own templates.
+pub const OVERRIDE_DIR: &str = ".execute-local-task/prompts";
+
+pub struct Templates {
+    env: Environment<'static>,
+    kind_template: String,
+}
+
+/// An output file as the template sees it.
+#[derive(Debug, Serialize)]
+pub struct OutputView {
+    pub path: String,
+    pub language: String,
+    pub exists: bool,
+    pub body: String,
+    pub fence: String,
+}
+
+#[derive(Serialize)]
+struct ContextView<'a> {
+    path: &'a str,
+    language: &'a str,
+    body: &'a str,
+    fence: String,
+}
+
+/// What went wrong in an attempt, for the repair template.
+#[derive(Debug, Default, Serialize)]
+pub struct RepairView {
+    /// One line.
+    pub problem: String,
+    /// The test output tail, or the longer explanation of a refusal.
+    pub details: String,
+    pub test_command: Option<String>,
+    pub exit_code: Option<i32>,
+    pub timed_out: bool,
+}
+
+impl Templates {
+    /// Loads the built-in templates, then the repository's overrides, then `kind_override`.
+    pub fn load(root: &Path, kind: Kind, kind_override: Option<&Path>) -> Result<Self> {
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_keep_trailing_newline(true);
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        for (name, text) in BUILT_IN {
+            let override_path = root.join(OVERRIDE_DIR).join(name);
+            let source = match std::fs::read_to_string(&override_path) {
+                Ok(text) => text,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => (*text).to_owned(),
+                Err(error) => return Err(Error::io("read template", override_path, error)),
+            };
+            add(&mut env, name, source, &override_path)?;
+        }
+        let mut kind_template = format!("{}.md", kind.as_str());
+        if let Some(path) = kind_override {
+            let source = std::fs::read_to_string(path)
+                .map_err(|error| Error::io("read template", path, error))?;
+            kind_template = "override.md".to_owned();
+            add(&mut env, &kind_template, source, path)?;
+        }
+        Ok(Self { env, kind_template })
+    }
+
+    /// The first messages of a task: the system text and the rendered kind template.
+    pub fn task_messages(
+        &self,
+        spec: &TaskSpec,
+        outputs: &[OutputView],
+        context: &[ContextFile],
+    ) -> Result<Vec<Message>> {
+        let context: Vec<ContextView<'_>> = context
+            .iter()
+            .map(|file| ContextView {
+                path: &file.path,
+                language: file.language,
+                body: file.content.strip_suffix('\n').unwrap_or(&file.content),
+                fence: fence_for(&file.content),
+            })
+            .collect();
+        let system = self.render("system.md", minijinja::context! {})?;
+        let user = self.render(
+            &self.kind_template,
+            minijinja::context! {
+                task_id => spec.task_id,
+                description => spec.description.trim(),
+                kind => spec.kind.as_str(),
+                constraints => spec.constraints,
+                context => context,
+                outputs => outputs,
+            },
+        )?;
+        Ok(vec![Message::system(system), Message::user(user)])
+    }
+
+    /// The message that asks for a corrected reply.
+    pub fn repair_message(&self, spec: &TaskSpec, repair: &RepairView) -> Result<Message> {
+        let text = self.render(
+            "repair.md",
+            minijinja::context! {
+                problem => repair.problem,
+                details => repair.details.trim_end(),
+                test_command => repair.test_command,
+                exit_code => repair.exit_code,
+                timed_out => repair.timed_out,
+                constraints => spec.constraints,
+                outputs => spec.outputs,
+            },
+        )?;
+        Ok(Message::user(text))
+    }
+
+    fn render(&self, name: &str, context: minijinja::Value) -> Result<String> {
+        let template = self
+            .env
+            .get_template(name)
+            .map_err(|error| template_error(name, &error))?;
+        let text = template
+            .render(context)
+            .map_err(|error| template_error(name, &error))?;
+        // File contents pass through verbatim: only the ends of the whole text are trimmed.
+        Ok(text.trim().to_owned() + "\n")
+    }
+}
+
+fn add(env: &mut Environment<'static>, name: &str, source: String, path: &Path) -> Result<()> {
+    env.add_template_owned(name.to_owned(), source)
+        .map_err(|error| template_error(&path_name(name, path), &error))
+}
+
+fn path_name(name: &str, path: &Path) -> String {
+    if path.exists() {
+        path.display().to_string()
+    } else {
+        PathBuf::from("prompts").join(name).display().to_string()
+    }
+}
+
+fn template_error(name: &str, error: &minijinja::Error) -> Error {
+    let mut message = error.to_string();
+    if let Some(detail) = error.detail() {
+        if !message.contains(detail) {
+            message = format!("{message}: {detail}");
+        }
+    }
+    Error::Template {
+        name: name.to_owned(),
+        message,
+    }
+}
+
+/// A backtick fence longer than any backtick run inside `content`, so a file that itself
+/// holds fences (Markdown) cannot close the block early.
+pub fn fence_for(content: &str) -> String {
+    let mut longest = 0;
+    let mut run = 0;
+    for c in content.chars() {
+        if c == '`' {
+            run += 1;
+            longest = longest.max(run);
+        } else {
+            run = 0;
+        }
+    }
+    "`".repeat(longest.max(2) + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fence_outgrows_inner_fences() {
+        assert_eq!(fence_for("plain"), "```");
+        assert_eq!(fence_for("```rust\nx\n```"), "````");
+    }
+}

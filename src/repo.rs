@@ -1,0 +1,88 @@
+//! The git repository a run works in: its root, its git directory, HEAD, and file status.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::result::GitInfo;
+
+pub struct Repo {
+    /// Canonical working-tree root: every relative path is resolved against it.
+    root: PathBuf,
+    /// The repository's git directory (per worktree), where backups and the lock live.
+    git_dir: PathBuf,
+    git: git2::Repository,
+}
+
+impl Repo {
+    /// Finds the repository that contains `start`. A bare repository or a path outside any
+    /// repository is an error: the tool only writes where git can show and undo the change.
+    pub fn discover(start: &Path) -> Result<Self> {
+        let git = git2::Repository::discover(start).map_err(|error| Error::Repo {
+            path: start.to_path_buf(),
+            message: format!("not inside a git repository ({})", error.message()),
+        })?;
+        let workdir = git.workdir().ok_or_else(|| Error::Repo {
+            path: start.to_path_buf(),
+            message: "is a bare repository; a working tree is needed".to_owned(),
+        })?;
+        let root = std::fs::canonicalize(workdir)
+            .map_err(|error| Error::io("resolve repository root", workdir, error))?;
+        let git_dir = std::fs::canonicalize(git.path())
+            .map_err(|error| Error::io("resolve git directory", git.path(), error))?;
+        Ok(Self { root, git_dir, git })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where this tool keeps its state: `<git dir>/execute-local-task`, outside the working
+    /// tree so backups never show up as changes and are never committed.
+    pub fn state_dir(&self) -> PathBuf {
+        self.git_dir.join("execute-local-task")
+    }
+
+    pub fn info(&self) -> GitInfo {
+        let head = self.git.head().ok();
+        GitInfo {
+            root: self.root.display().to_string(),
+            branch: head
+                .as_ref()
+                .filter(|head| head.is_branch())
+                .and_then(|head| head.shorthand().map(str::to_owned))
+                .or_else(|| self.unborn_branch()),
+            head: head
+                .as_ref()
+                .and_then(git2::Reference::target)
+                .map(|oid| oid.to_string()),
+        }
+    }
+
+    /// The branch name HEAD points at in a repository without commits.
+    fn unborn_branch(&self) -> Option<String> {
+        let head = self.git.find_reference("HEAD").ok()?;
+        let target = head.symbolic_target()?;
+        target.strip_prefix("refs/heads/").map(str::to_owned)
+    }
+
+    /// True when the file differs from what is committed and staged (modified, staged,
+    /// or untracked). Ignored files count as clean: git cannot show their change either way.
+    pub fn has_uncommitted_changes(&self, relative: &str) -> Result<bool> {
+        match self.git.status_file(Path::new(relative)) {
+            Ok(status) => Ok(!(status.is_empty() || status.contains(git2::Status::IGNORED))),
+            Err(error) if error.code() == git2::ErrorCode::NotFound => Ok(false),
+            Err(error) => Err(Error::Repo {
+                path: self.root.join(relative),
+                message: format!("cannot read git status: {}", error.message()),
+            }),
+        }
+    }
+
+    /// The git blob id of `bytes`: a content hash that needs no extra dependency and that
+    /// `git` itself understands.
+    pub fn blob_id(bytes: &[u8]) -> String {
+        git2::Oid::hash_object(git2::ObjectType::Blob, bytes)
+            .map(|oid| oid.to_string())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,153 @@
+//! The result JSON printed on stdout after every run: the contract the supervisor reads.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Bumped on any change that could break a reader of the result.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskResult {
+    pub schema_version: u32,
+    /// Null only when the spec could not be read far enough to know it.
+    pub task_id: Option<String>,
+    /// Unique and sortable; names the backups that `rollback` restores.
+    pub run_id: String,
+    pub status: Status,
+    /// One line a reviewer can act on.
+    pub summary: String,
+    pub files: Vec<FileChange>,
+    /// Null when no test ran.
+    pub test: Option<TestReport>,
+    pub attempts: Vec<Attempt>,
+    pub model: Option<ModelInfo>,
+    pub usage: Usage,
+    pub git: Option<GitInfo>,
+    pub duration_ms: u64,
+    /// Set when status is `error`.
+    pub error: Option<ErrorInfo>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// The code was written and its test passed (or there was no test).
+    Success,
+    /// The tool could not finish for a reason the supervisor can fix (e.g. a test command that cannot start).
+    Failed,
+    /// The local model could not do it within its attempts: the supervisor should do the task itself.
+    Escalate,
+    /// Bad input or an unusable model server; nothing was written.
+    Error,
+}
+
+impl Status {
+    /// 0 success, 1 the task ran but did not succeed; errors carry their own code.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Self::Success => 0,
+            Self::Failed | Self::Escalate => 1,
+            Self::Error => 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileChange {
+    pub path: String,
+    pub action: FileAction,
+    pub bytes: u64,
+    pub lines_added: u64,
+    pub lines_removed: u64,
+    /// Where the previous bytes are kept, or null for a created file.
+    pub backup: Option<String>,
+    pub diff: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FileAction {
+    Created,
+    Modified,
+    Unchanged,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestReport {
+    pub command: String,
+    /// Null when the command was killed or could not start.
+    pub exit_code: Option<i32>,
+    pub passed: bool,
+    pub timed_out: bool,
+    pub duration_ms: u64,
+    /// The end of the combined output (head and tail with a marker when cut), ANSI codes removed.
+    pub output_tail: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Attempt {
+    pub n: u32,
+    pub outcome: Outcome,
+    pub error: Option<String>,
+    pub usage: Usage,
+    /// Things worth knowing that did not stop the attempt (e.g. a block for a file not asked for).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok,
+    NoCode,
+    GuardRefused,
+    Truncated,
+    TestFailed,
+    ModelError,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// True when any part was estimated from text length because the server sent no counts.
+    pub estimated: bool,
+}
+
+impl Usage {
+    pub fn add(&mut self, other: &Usage) {
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.estimated |= other.estimated;
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelInfo {
+    pub provider: String,
+    pub endpoint: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GitInfo {
+    pub root: String,
+    /// Null on a detached HEAD.
+    pub branch: Option<String>,
+    /// Null in a repository without commits.
+    pub head: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorInfo {
+    pub kind: String,
+    pub message: String,
+}

@@ -1,0 +1,439 @@
+//! The task spec: reading, validating, and the errors that name the spec file and field.
+
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use crate::guard;
+
+/// Defaults a spec may override.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 2;
+pub const MAX_MAX_ATTEMPTS: u32 = 5;
+pub const DEFAULT_TIMEOUT_SECS: u64 = 300;
+
+/// The task spec as written on disk. Its JSON Schema is `execute-local-task schema spec`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "execute-local-task task spec")]
+pub struct SpecDocument {
+    /// Ignored; lets editors validate the file.
+    #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    /// Names the run, its backups and branch: `[A-Za-z0-9._-]{1,64}`.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$"))]
+    pub task_id: String,
+    /// What to build.
+    pub description: String,
+    /// The file to create or replace, relative to the repository root. Exactly one of
+    /// `output_file` and `output_files`.
+    #[serde(default)]
+    pub output_file: Option<String>,
+    /// Several files produced by one reply.
+    #[serde(default)]
+    pub output_files: Option<Vec<String>>,
+    /// Files (paths or globs, relative to the repository root) shown to the model.
+    #[serde(default)]
+    pub context_files: Option<Vec<String>>,
+    /// Rules the code must follow.
+    #[serde(default)]
+    pub constraints: Option<Vec<String>>,
+    /// Shell command run with `sh -c` in the repository root; exit 0 means the task passed.
+    #[serde(default)]
+    pub test_command: Option<String>,
+    /// Picks the prompt template.
+    #[serde(default)]
+    pub kind: Option<Kind>,
+    /// Fence language; inferred from the output file's extension when absent.
+    #[serde(default)]
+    pub language: Option<String>,
+    /// Overrides the model name.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// A model profile name (reserved for routing).
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// Model attempts including repairs, 1 to 5 (default 2).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 5))]
+    pub max_attempts: Option<u32>,
+    /// Time limit of the test command in seconds (default 300).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 86400))]
+    pub timeout_secs: Option<u64>,
+    /// Task ids that must succeed first (batch runs).
+    #[serde(default)]
+    pub depends_on: Option<Vec<String>>,
+    /// Allow replacing a file with content less than half its size.
+    #[serde(default)]
+    pub allow_shrink: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    #[default]
+    Code,
+    Test,
+    Refactor,
+    Doc,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Code, Kind::Test, Kind::Refactor, Kind::Doc];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Code => "code",
+            Self::Test => "test",
+            Self::Refactor => "refactor",
+            Self::Doc => "doc",
+        }
+    }
+}
+
+/// A validated spec: every path normalised, every default applied.
+#[derive(Debug, Clone)]
+pub struct TaskSpec {
+    /// Where the spec was read from, for messages.
+    pub source: PathBuf,
+    pub task_id: String,
+    pub description: String,
+    pub outputs: Vec<String>,
+    pub context_files: Vec<String>,
+    pub constraints: Vec<String>,
+    pub test_command: Option<String>,
+    pub kind: Kind,
+    pub language: Option<String>,
+    pub model: Option<String>,
+    pub profile: Option<String>,
+    pub max_attempts: Option<u32>,
+    pub timeout_secs: u64,
+    pub depends_on: Vec<String>,
+    pub allow_shrink: bool,
+}
+
+const FIELDS: &[&str] = &[
+    "$schema",
+    "task_id",
+    "description",
+    "output_file",
+    "output_files",
+    "context_files",
+    "constraints",
+    "test_command",
+    "kind",
+    "language",
+    "model",
+    "profile",
+    "max_attempts",
+    "timeout_secs",
+    "depends_on",
+    "allow_shrink",
+];
+
+/// Reads and validates the spec at `path`.
+pub fn load(path: &Path) -> Result<TaskSpec> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| Error::spec(path, None, format!("cannot read the spec: {error}")))?;
+    parse(path, &text)
+}
+
+/// Reads the `task_id` of a spec that may not validate, so an error result can still name it.
+pub fn peek_task_id(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let value: Value = serde_json::from_str(&text).ok()?;
+    let id = value.get("task_id")?.as_str()?;
+    valid_task_id(id).then(|| id.to_owned())
+}
+
+pub fn parse(path: &Path, text: &str) -> Result<TaskSpec> {
+    let value: Value = serde_json::from_str(text).map_err(|error| {
+        Error::spec(
+            path,
+            None,
+            format!(
+                "not valid JSON at line {} column {}: {error}",
+                error.line(),
+                error.column()
+            ),
+        )
+    })?;
+    let Value::Object(object) = value else {
+        return Err(Error::spec(
+            path,
+            None,
+            "a spec is a JSON object with at least task_id, description and output_file",
+        ));
+    };
+    check_field_names(path, &object)?;
+    for required in ["task_id", "description"] {
+        if !object.contains_key(required) {
+            return Err(Error::spec(path, Some(required), "is required"));
+        }
+    }
+    let document: SpecDocument =
+        serde_path_to_error::deserialize(Value::Object(object)).map_err(|error| {
+            let field = error.path().to_string();
+            Error::spec(path, Some(&field), error.into_inner().to_string())
+        })?;
+    validate(path, document)
+}
+
+fn check_field_names(path: &Path, object: &Map<String, Value>) -> Result<()> {
+    for key in object.keys() {
+        if FIELDS.contains(&key.as_str()) {
+            continue;
+        }
+        let nearest = FIELDS
+            .iter()
+            .map(|known| (strsim::jaro_winkler(key, known), known))
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .filter(|(score, _)| *score > 0.8)
+            .map(|(_, known)| format!("; did you mean `{known}`?"))
+            .unwrap_or_default();
+        return Err(Error::spec(
+            path,
+            Some(key),
+            format!(
+                "unknown field{nearest} (known fields: {})",
+                FIELDS.join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn validate(path: &Path, document: SpecDocument) -> Result<TaskSpec> {
+    let field_error = |field: &str, message: String| Error::spec(path, Some(field), message);
+
+    if !valid_task_id(&document.task_id) {
+        return Err(field_error(
+            "task_id",
+            format!(
+                "`{}` is not a valid task id: use 1 to 64 of A-Z a-z 0-9 . _ -, not starting with `.` or `-`",
+                document.task_id
+            ),
+        ));
+    }
+    if document.description.trim().is_empty() {
+        return Err(field_error("description", "is empty".to_owned()));
+    }
+
+    let outputs = match (document.output_file, document.output_files) {
+        (Some(_), Some(_)) => {
+            return Err(field_error(
+                "output_files",
+                "give either output_file or output_files, not both".to_owned(),
+            ));
+        }
+        (None, None) => {
+            return Err(field_error(
+                "output_file",
+                "is required (or output_files for several files)".to_owned(),
+            ));
+        }
+        (Some(file), None) => vec![normalize_field(path, "output_file", &file)?],
+        (None, Some(files)) => {
+            if files.is_empty() {
+                return Err(field_error("output_files", "is empty".to_owned()));
+            }
+            let mut outputs: Vec<String> = Vec::with_capacity(files.len());
+            for (index, file) in files.iter().enumerate() {
+                let normalized = normalize_field(path, &format!("output_files[{index}]"), file)?;
+                if outputs.contains(&normalized) {
+                    return Err(field_error(
+                        &format!("output_files[{index}]"),
+                        format!("`{normalized}` is listed twice"),
+                    ));
+                }
+                outputs.push(normalized);
+            }
+            outputs
+        }
+    };
+
+    let context_files = document
+        .context_files
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(index, pattern)| normalize_field(path, &format!("context_files[{index}]"), pattern))
+        .collect::<Result<Vec<_>>>()?;
+
+    let max_attempts = document.max_attempts;
+    if let Some(n) = max_attempts {
+        if !(1..=MAX_MAX_ATTEMPTS).contains(&n) {
+            return Err(field_error(
+                "max_attempts",
+                format!("{n} is out of range 1..={MAX_MAX_ATTEMPTS}"),
+            ));
+        }
+    }
+    let timeout_secs = document.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
+    if !(1..=86_400).contains(&timeout_secs) {
+        return Err(field_error(
+            "timeout_secs",
+            format!("{timeout_secs} is out of range 1..=86400"),
+        ));
+    }
+    let depends_on = document.depends_on.unwrap_or_default();
+    for (index, id) in depends_on.iter().enumerate() {
+        if !valid_task_id(id) {
+            return Err(field_error(
+                &format!("depends_on[{index}]"),
+                format!("`{id}` is not a valid task id"),
+            ));
+        }
+    }
+    for (field, value) in [
+        ("model", &document.model),
+        ("profile", &document.profile),
+        ("language", &document.language),
+    ] {
+        if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            return Err(field_error(field, "is empty".to_owned()));
+        }
+    }
+
+    Ok(TaskSpec {
+        source: path.to_path_buf(),
+        task_id: document.task_id,
+        description: document.description,
+        outputs,
+        context_files,
+        constraints: document.constraints.unwrap_or_default(),
+        // The shell pipeline treated an empty command as "no test".
+        test_command: document.test_command.filter(|c| !c.trim().is_empty()),
+        kind: document.kind.unwrap_or_default(),
+        language: document.language,
+        model: document.model,
+        profile: document.profile,
+        max_attempts,
+        timeout_secs,
+        depends_on,
+        allow_shrink: document.allow_shrink.unwrap_or(false),
+    })
+}
+
+fn normalize_field(path: &Path, field: &str, value: &str) -> Result<String> {
+    guard::normalize_relative(value).map_err(|reason| {
+        Error::spec(
+            path,
+            Some(field),
+            format!("unsafe path `{value}`: {reason}"),
+        )
+    })
+}
+
+/// `[A-Za-z0-9._-]{1,64}`, and not starting with `.` or `-` because the id names a branch
+/// and a directory.
+pub fn valid_task_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && !id.starts_with(['.', '-'])
+        && !id.contains("..")
+        && !id.ends_with(".lock")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(text: &str) -> Result<TaskSpec> {
+        parse(Path::new("spec.json"), text)
+    }
+
+    fn error_text(text: &str) -> String {
+        parse_str(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn accepts_the_six_fields_of_the_shell_pipeline() {
+        let spec = parse_str(
+            r#"{"task_id":"T-001","description":"d","output_file":"./src/x.js",
+                "context_files":["src/a.js"],"constraints":["no deps"],"test_command":"npm test"}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.outputs, ["src/x.js"]);
+        assert_eq!(spec.kind, Kind::Code);
+        assert_eq!(spec.timeout_secs, DEFAULT_TIMEOUT_SECS);
+        assert_eq!(spec.test_command.as_deref(), Some("npm test"));
+    }
+
+    #[test]
+    fn unknown_field_names_the_nearest_known_one() {
+        let message =
+            error_text(r#"{"task_id":"a","description":"d","output_file":"x","contex_files":[]}"#);
+        assert!(message.contains("field `contex_files`"), "{message}");
+        assert!(
+            message.contains("did you mean `context_files`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn type_errors_name_the_field_path() {
+        let message =
+            error_text(r#"{"task_id":"a","description":"d","output_file":"x","constraints":[1]}"#);
+        assert!(
+            message.starts_with("spec.json: field `constraints[0]`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        for (text, field) in [
+            (r#"{"description":"d","output_file":"x"}"#, "task_id"),
+            (
+                r#"{"task_id":"a b","description":"d","output_file":"x"}"#,
+                "task_id",
+            ),
+            (
+                r#"{"task_id":"a","description":" ","output_file":"x"}"#,
+                "description",
+            ),
+            (r#"{"task_id":"a","description":"d"}"#, "output_file"),
+            (
+                r#"{"task_id":"a","description":"d","output_file":"/etc/x"}"#,
+                "output_file",
+            ),
+            (
+                r#"{"task_id":"a","description":"d","output_files":["a","../b"]}"#,
+                "output_files[1]",
+            ),
+            (
+                r#"{"task_id":"a","description":"d","output_file":"x","max_attempts":9}"#,
+                "max_attempts",
+            ),
+            (
+                r#"{"task_id":"a","description":"d","output_file":"x","kind":"poem"}"#,
+                "kind",
+            ),
+            (
+                r#"{"task_id":"a","description":"d","output_file":".git/hooks/x"}"#,
+                "output_file",
+            ),
+        ] {
+            let message = error_text(text);
+            assert!(
+                message.contains(&format!("field `{field}`")),
+                "{text}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn task_ids() {
+        assert!(valid_task_id("T-001.v2_b"));
+        assert!(!valid_task_id(""));
+        assert!(!valid_task_id("-x"));
+        assert!(!valid_task_id("a..b"));
+        assert!(!valid_task_id(&"a".repeat(65)));
+    }
+}
