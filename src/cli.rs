@@ -44,7 +44,7 @@ struct Cli {
 enum Command {
     /// Undo a run's writes byte for byte and delete the files it created.
     Rollback {
-        /// The run_id from the run's result JSON.
+        /// The `run_id` from the run's result JSON.
         #[arg(required_unless_present = "last")]
         run_id: Option<String>,
         /// Undo the newest run that still has writes to undo.
@@ -90,13 +90,13 @@ struct RunArgs {
     /// The task spec (JSON) to run.
     #[arg(value_name = "SPEC")]
     spec: Option<PathBuf>,
-    /// Model server URL, e.g. http://127.0.0.1:1234/v1 (LM Studio) or http://127.0.0.1:11434 (Ollama).
+    /// Model server URL, e.g. <http://127.0.0.1:1234/v1> (LM Studio) or <http://127.0.0.1:11434> (Ollama).
     #[arg(long, value_name = "URL")]
     endpoint: Option<String>,
     /// Protocol to speak.
     #[arg(long, value_parser = ["auto", "openai"])]
     provider: Option<String>,
-    /// Model name (default: the spec's, LOCAL_TASK_MODEL, or the server's only model).
+    /// Model name (default: the spec's, `LOCAL_TASK_MODEL`, or the server's only model).
     #[arg(long, value_name = "NAME")]
     model: Option<String>,
     /// The repository to work in (default: the one containing the current directory).

@@ -112,6 +112,13 @@ fn read_text(root: &Path, relative: &str) -> Result<String> {
         path: relative.to_owned(),
         reason: format!("context file: {reason}"),
     };
+    if root.join(relative).is_dir() {
+        return Err(Error::Context {
+            message: format!(
+                "context file `{relative}` is a directory; use a glob such as `{relative}/**`"
+            ),
+        });
+    }
     let location = guard::resolve_inside(root, relative).map_err(unsafe_path)?;
     let resolved = match std::fs::canonicalize(&location) {
         Ok(resolved) => resolved,
@@ -126,13 +133,6 @@ fn read_text(root: &Path, relative: &str) -> Result<String> {
         return Err(unsafe_path(
             "it is a symlink to a file outside the repository".to_owned(),
         ));
-    }
-    if resolved.is_dir() {
-        return Err(Error::Context {
-            message: format!(
-                "context file `{relative}` is a directory; use a glob such as `{relative}/**`"
-            ),
-        });
     }
     let bytes = std::fs::read(&resolved)
         .map_err(|error| Error::io("read context file", &resolved, error))?;

@@ -106,26 +106,27 @@ pub fn extract(reply: &str, outputs: &[String], language: &str) -> Result<Extrac
         }
     }
     for block in &blocks {
-        if let Some(path) = &block.path {
-            if outputs.len() > 1 && resolve_label(path, outputs).is_none() {
-                notes.push(format!(
-                    "ignored a block for `{path}`, a file the task did not ask for"
-                ));
-            }
+        if let Some(path) = &block.path
+            && outputs.len() > 1
+            && resolve_label(path, outputs).is_none()
+        {
+            notes.push(format!(
+                "ignored a block for `{path}`, a file the task did not ask for"
+            ));
         }
     }
     if !missing.is_empty() {
         return Err(ExtractError::MissingFiles(missing));
     }
-    if outputs.len() == 1 {
-        if let Some(label) = blocks.iter().find_map(|b| b.path.as_deref()) {
-            if blocks.len() == 1 && resolve_label(label, outputs).is_none() {
-                notes.push(format!(
-                    "the only block was labelled `{label}`; it was written to `{}`",
-                    outputs[0]
-                ));
-            }
-        }
+    if outputs.len() == 1
+        && let Some(label) = blocks.iter().find_map(|b| b.path.as_deref())
+        && blocks.len() == 1
+        && resolve_label(label, outputs).is_none()
+    {
+        notes.push(format!(
+            "the only block was labelled `{label}`; it was written to `{}`",
+            outputs[0]
+        ));
     }
     Ok(Extracted { files, notes })
 }
@@ -189,12 +190,11 @@ pub fn strip_thinking(reply: &str) -> String {
     let mut rest = reply;
     while let Some(start) = rest.find("<think>") {
         out.push_str(&rest[..start]);
-        match rest[start..].find("</think>") {
-            Some(end) => rest = &rest[start + end + "</think>".len()..],
-            None => {
-                rest = "";
-                break;
-            }
+        if let Some(end) = rest[start..].find("</think>") {
+            rest = &rest[start + end + "</think>".len()..]
+        } else {
+            rest = "";
+            break;
         }
     }
     out.push_str(rest);
@@ -245,13 +245,12 @@ pub fn blocks(reply: &str) -> Vec<Block> {
             body.pop();
         }
         let mut path = path_in_info(info).or(label_before);
-        if let Some(first) = body.first() {
-            if let Some(commented) = path_in_comment(first) {
-                if path.is_none() || path.as_deref() == Some(commented.as_str()) {
-                    path = Some(commented);
-                    body.remove(0);
-                }
-            }
+        if let Some(first) = body.first()
+            && let Some(commented) = path_in_comment(first)
+            && (path.is_none() || path.as_deref() == Some(commented.as_str()))
+        {
+            path = Some(commented);
+            body.remove(0);
         }
         blocks.push(Block {
             info: info.to_owned(),

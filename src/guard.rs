@@ -90,10 +90,10 @@ pub fn resolve_inside(root: &Path, relative: &str) -> Result<PathBuf, String> {
             ));
         }
     }
-    if let Ok(metadata) = std::fs::symlink_metadata(&target) {
-        if metadata.is_dir() {
-            return Err("the path is an existing directory".to_owned());
-        }
+    if let Ok(metadata) = std::fs::symlink_metadata(&target)
+        && metadata.is_dir()
+    {
+        return Err("the path is an existing directory".to_owned());
     }
     Ok(target)
 }

@@ -70,6 +70,7 @@ impl RunOptions {
 }
 
 /// What a run produced: a result, or for `--dry-run` the request it would send.
+#[allow(clippy::large_enum_variant)] // One value a process: boxing buys nothing.
 pub enum RunOutput {
     Result { result: TaskResult, exit_code: u8 },
     DryRun(serde_json::Value),
@@ -165,6 +166,7 @@ impl RunState {
     }
 }
 
+#[allow(clippy::large_enum_variant)]
 enum Finished {
     Done(TaskResult),
     DryRun(serde_json::Value),
@@ -241,12 +243,11 @@ async fn run_task(
         check_clean_targets(&repo, &targets)?;
     }
 
-    let Route { client, model } = match route {
-        Some(route) => route,
-        None => {
-            progress("connecting to the model server");
-            route::connect(&choice, options.limits).await?
-        }
+    let Route { client, model } = if let Some(route) = route {
+        route
+    } else {
+        progress("connecting to the model server");
+        route::connect(&choice, options.limits).await?
     };
     state.model = Some(ModelInfo {
         provider: client.provider().as_str().to_owned(),

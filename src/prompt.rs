@@ -80,13 +80,15 @@ impl Templates {
             };
             add(&mut env, name, source, &override_path)?;
         }
-        let mut kind_template = format!("{}.md", kind.as_str());
-        if let Some(path) = kind_override {
-            let source = std::fs::read_to_string(path)
-                .map_err(|error| Error::io("read template", path, error))?;
-            kind_template = "override.md".to_owned();
-            add(&mut env, &kind_template, source, path)?;
-        }
+        let kind_template = match kind_override {
+            Some(path) => {
+                let source = std::fs::read_to_string(path)
+                    .map_err(|error| Error::io("read template", path, error))?;
+                add(&mut env, "override.md", source, path)?;
+                "override.md".to_owned()
+            }
+            None => format!("{}.md", kind.as_str()),
+        };
         Ok(Self { env, kind_template })
     }
 
@@ -128,6 +130,7 @@ impl Templates {
             minijinja::context! {
                 problem => repair.problem,
                 details => repair.details.trim_end(),
+                details_fence => fence_for(&repair.details),
                 test_command => repair.test_command,
                 exit_code => repair.exit_code,
                 timed_out => repair.timed_out,
@@ -166,10 +169,10 @@ fn path_name(name: &str, path: &Path) -> String {
 
 fn template_error(name: &str, error: &minijinja::Error) -> Error {
     let mut message = error.to_string();
-    if let Some(detail) = error.detail() {
-        if !message.contains(detail) {
-            message = format!("{message}: {detail}");
-        }
+    if let Some(detail) = error.detail()
+        && !message.contains(detail)
+    {
+        message = format!("{message}: {detail}");
     }
     Error::Template {
         name: name.to_owned(),

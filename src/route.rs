@@ -103,14 +103,14 @@ pub struct Route {
 /// Connects to the chosen server (discovering one when none was named) and settles the
 /// model name (the server's only model when none was named).
 pub async fn connect(choice: &ModelChoice, limits: Limits) -> Result<Route, ModelError> {
-    if let Some(provider) = choice.provider.as_deref() {
-        if provider != "openai" {
-            return Err(ModelError::new(
-                ModelErrorKind::NoServer,
-                format!("unknown provider `{provider}`"),
-            )
-            .with_hint("use --provider auto or openai"));
-        }
+    if let Some(provider) = choice.provider.as_deref()
+        && provider != "openai"
+    {
+        return Err(ModelError::new(
+            ModelErrorKind::NoServer,
+            format!("unknown provider `{provider}`"),
+        )
+        .with_hint("use --provider auto or openai"));
     }
     let base = match &choice.endpoint {
         Some(endpoint) => openai_base(endpoint),

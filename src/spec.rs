@@ -206,6 +206,7 @@ fn check_field_names(path: &Path, object: &Map<String, Value>) -> Result<()> {
     Ok(())
 }
 
+#[allow(clippy::too_many_lines)] // One check a field, in the order of the table.
 fn validate(path: &Path, document: SpecDocument) -> Result<TaskSpec> {
     let field_error = |field: &str, message: String| Error::spec(path, Some(field), message);
 
@@ -264,13 +265,13 @@ fn validate(path: &Path, document: SpecDocument) -> Result<TaskSpec> {
         .collect::<Result<Vec<_>>>()?;
 
     let max_attempts = document.max_attempts;
-    if let Some(n) = max_attempts {
-        if !(1..=MAX_MAX_ATTEMPTS).contains(&n) {
-            return Err(field_error(
-                "max_attempts",
-                format!("{n} is out of range 1..={MAX_MAX_ATTEMPTS}"),
-            ));
-        }
+    if let Some(n) = max_attempts
+        && !(1..=MAX_MAX_ATTEMPTS).contains(&n)
+    {
+        return Err(field_error(
+            "max_attempts",
+            format!("{n} is out of range 1..={MAX_MAX_ATTEMPTS}"),
+        ));
     }
     let timeout_secs = document.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
     if !(1..=86_400).contains(&timeout_secs) {
@@ -337,7 +338,8 @@ pub fn valid_task_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
         && !id.starts_with(['.', '-'])
         && !id.contains("..")
-        && !id.ends_with(".lock")
+        // Git refuses branch names ending in `.lock`, in any case.
+        && !id.to_ascii_lowercase().ends_with(".lock")
 }
 
 #[cfg(test)]

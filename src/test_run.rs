@@ -84,19 +84,18 @@ pub async fn run(command: &str, dir: &Path, timeout: Duration) -> Result<TestRep
             .map(|pipe| tokio::spawn(read_into(pipe, Arc::clone(&output)))),
     ];
 
-    let (status, timed_out) = match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(status) => (status.ok(), false),
-        Err(_) => {
-            signal_group(group, Signal::SIGTERM);
-            let status = match tokio::time::timeout(KILL_GRACE, child.wait()).await {
-                Ok(status) => status.ok(),
-                Err(_) => {
-                    signal_group(group, Signal::SIGKILL);
-                    child.wait().await.ok()
-                }
-            };
-            (status, true)
-        }
+    let (status, timed_out) = if let Ok(status) = tokio::time::timeout(timeout, child.wait()).await
+    {
+        (status.ok(), false)
+    } else {
+        signal_group(group, Signal::SIGTERM);
+        let status = if let Ok(status) = tokio::time::timeout(KILL_GRACE, child.wait()).await {
+            status.ok()
+        } else {
+            signal_group(group, Signal::SIGKILL);
+            child.wait().await.ok()
+        };
+        (status, true)
     };
     // Whatever the test left running (a server, `sleep 1000 &`) goes too; it would
     // otherwise hold the output pipes open and outlive the tool.

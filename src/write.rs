@@ -219,7 +219,7 @@ impl Journal {
             Ok(metadata) => {
                 let bytes = fs::read(target).map_err(|error| Error::io("read", target, error))?;
                 let backup = format!("files/{}", self.manifest.files.len());
-                self.ensure_dir(&self.dir.join("files"))?;
+                ensure_dir(&self.dir.join("files"))?;
                 self.write_durably(&self.dir.join(&backup), &bytes, 0o600)?;
                 Prior::File {
                     backup,
@@ -270,7 +270,7 @@ impl Journal {
     }
 
     fn save_manifest(&self) -> Result<()> {
-        self.ensure_dir(&self.dir)?;
+        ensure_dir(&self.dir)?;
         let json = serde_json::to_vec_pretty(&self.manifest).map_err(|error| {
             Error::io(
                 "serialise manifest",
@@ -279,10 +279,6 @@ impl Journal {
             )
         })?;
         self.write_durably(&self.dir.join(MANIFEST), &json, 0o600)
-    }
-
-    fn ensure_dir(&self, dir: &Path) -> Result<()> {
-        fs::create_dir_all(dir).map_err(|error| Error::io("create directory", dir, error))
     }
 
     /// Writes bytes to a temp file, flushes them to disk, renames over `target`, and syncs
@@ -325,7 +321,7 @@ impl Journal {
     }
 
     fn temp_file_for(&self, parent: &Path) -> Result<tempfile::NamedTempFile> {
-        self.ensure_dir(&self.tmp_dir)?;
+        ensure_dir(&self.tmp_dir)?;
         tempfile::Builder::new()
             .prefix("write-")
             .tempfile_in(&self.tmp_dir)
@@ -345,6 +341,10 @@ impl Journal {
         fs::rename(&temp, target).map_err(|error| Error::io("replace", target, error))?;
         sync_dir(parent)
     }
+}
+
+fn ensure_dir(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).map_err(|error| Error::io("create directory", dir, error))
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {

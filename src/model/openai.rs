@@ -309,15 +309,15 @@ pub(crate) async fn check_status(
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
     let body = response.text().await.unwrap_or_default();
-    let server_says = serde_json::from_str::<Value>(&body)
-        .ok()
-        .map(|json| {
+    let server_says = serde_json::from_str::<Value>(&body).ok().map_or_else(
+        || body.trim().to_owned(),
+        |json| {
             json.get("error")
                 .or_else(|| json.get("message"))
                 .or_else(|| json.get("detail"))
                 .map_or_else(|| json.to_string(), error_text)
-        })
-        .unwrap_or_else(|| body.trim().to_owned());
+        },
+    );
     let lower = server_says.to_lowercase();
     let kind = match status.as_u16() {
         429 => ModelErrorKind::RateLimited,

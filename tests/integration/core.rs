@@ -1,0 +1,369 @@
+//! The core pipeline, end to end: one spec through every stage.
+
+use execute_local_task::result::{FileAction, Outcome, Status};
+use serde_json::json;
+
+use crate::harness::{Script, Test, closed_port_url, spec};
+
+#[test]
+fn creates_a_file_and_passes_its_test() {
+    let run = Test::new()
+        .spec(spec(
+            "src/add.py",
+            &json!({"test_command": "grep -q 'def add' src/add.py"}),
+        ))
+        .script(Script::code(
+            "src/add.py",
+            "def add(a, b):\n    return a + b\n",
+        ))
+        .run();
+    run.assert_code(0);
+    let result = run.result();
+    assert_eq!(result.status, Status::Success);
+    assert_eq!(result.task_id.as_deref(), Some("T-001"));
+    assert_eq!(
+        run.read("src/add.py").as_deref(),
+        Some("def add(a, b):\n    return a + b\n")
+    );
+    let file = &result.files[0];
+    assert_eq!(
+        (file.path.as_str(), file.action),
+        ("src/add.py", FileAction::Created)
+    );
+    assert_eq!(
+        (file.lines_added, file.lines_removed, file.bytes),
+        (2, 0, 32)
+    );
+    assert!(file.backup.is_none());
+    assert!(file.diff.contains("+++ b/src/add.py"), "{}", file.diff);
+    let test = result.test.expect("a test ran");
+    assert!(test.passed && test.exit_code == Some(0) && !test.timed_out);
+    assert_eq!(result.attempts.len(), 1);
+    assert_eq!(result.attempts[0].outcome, Outcome::Ok);
+    assert_eq!(
+        (
+            result.usage.prompt_tokens,
+            result.usage.completion_tokens,
+            result.usage.estimated
+        ),
+        (100, 50, false)
+    );
+    let model = result.model.expect("model info");
+    assert_eq!(
+        (model.provider.as_str(), model.name.as_str()),
+        ("openai", "test-model")
+    );
+
+    let [request] = run.requests.as_slice() else {
+        panic!("one request expected: {:?}", run.requests)
+    };
+    assert_eq!(request.path, "/v1/chat/completions");
+    assert_eq!(request.body["stream"], true);
+    assert_eq!(request.body["stream_options"]["include_usage"], true);
+    assert_eq!(request.body["model"], "test-model");
+    let roles: Vec<String> = request
+        .messages()
+        .into_iter()
+        .map(|(role, _)| role)
+        .collect();
+    assert_eq!(roles, ["system", "user"]);
+}
+
+#[test]
+fn modifies_a_file_and_keeps_a_backup_of_its_old_bytes() {
+    let old = "def add(a, b):\n    return a - b\n";
+    let run = Test::new()
+        .file("calc.py", old)
+        .spec(spec("calc.py", &json!({})))
+        .script(Script::code(
+            "calc.py",
+            "def add(a, b):\n    return a + b\n",
+        ))
+        .run();
+    run.assert_code(0);
+    let result = run.result();
+    let file = &result.files[0];
+    assert_eq!(file.action, FileAction::Modified);
+    assert_eq!((file.lines_added, file.lines_removed), (1, 1));
+    let backup = file.backup.as_deref().expect("a backup path");
+    assert!(
+        backup.contains("/.git/execute-local-task/runs/"),
+        "{backup}"
+    );
+    assert_eq!(std::fs::read_to_string(backup).unwrap(), old);
+    assert!(result.test.is_none());
+    assert!(result.summary.contains("UNTESTED"), "{}", result.summary);
+    // The current content is in the prompt so the model can change it.
+    assert!(run.requests[0].last_user_message().contains("return a - b"));
+}
+
+#[test]
+fn a_failing_test_is_repaired_with_its_output() {
+    let run = Test::new()
+        .spec(spec("out.txt", &json!({"test_command": "grep -q good out.txt || { echo 'EXPECTED good IN out.txt'; exit 1; }"})))
+        .script(Script::code("out.txt", "bad\n"))
+        .script(Script::code("out.txt", "good\n"))
+        .run();
+    run.assert_code(0);
+    let result = run.result();
+    assert_eq!(result.status, Status::Success);
+    assert_eq!(run.read("out.txt").as_deref(), Some("good\n"));
+    let outcomes: Vec<Outcome> = result.attempts.iter().map(|a| a.outcome).collect();
+    assert_eq!(outcomes, [Outcome::TestFailed, Outcome::Ok]);
+    assert_eq!(result.usage.prompt_tokens, 200);
+    assert_eq!(run.requests.len(), 2);
+    let repair = &run.requests[1];
+    let roles: Vec<String> = repair
+        .messages()
+        .into_iter()
+        .map(|(role, _)| role)
+        .collect();
+    assert_eq!(roles, ["system", "user", "assistant", "user"]);
+    let text = repair.last_user_message();
+    assert!(text.contains("EXPECTED good IN out.txt"), "{text}");
+    assert!(text.contains("exit code 1"), "{text}");
+}
+
+#[test]
+fn two_failed_tests_escalate_and_leave_the_tree_as_it_was() {
+    let run = Test::new()
+        .file("out.txt", "original\n")
+        .spec(spec("out.txt", &json!({"test_command": "false"})))
+        .script(Script::code("out.txt", "first try\n"))
+        .script(Script::code("out.txt", "second try\n"))
+        .run();
+    run.assert_code(1);
+    let result = run.result();
+    assert_eq!(result.status, Status::Escalate);
+    assert!(result.files.is_empty());
+    assert!(
+        result.summary.starts_with("escalate:"),
+        "{}",
+        result.summary
+    );
+    let outcomes: Vec<Outcome> = result.attempts.iter().map(|a| a.outcome).collect();
+    assert_eq!(outcomes, [Outcome::TestFailed, Outcome::TestFailed]);
+    assert!(!result.test.expect("the last test").passed);
+    run.assert_unchanged();
+}
+
+#[test]
+fn a_reply_without_code_is_a_failed_attempt() {
+    let run = Test::new()
+        .spec(spec("a.py", &json!({"max_attempts": 1})))
+        .reply("I would need to know more about your project before I can write this file.")
+        .run();
+    run.assert_code(1);
+    let result = run.result();
+    assert_eq!(result.status, Status::Escalate);
+    assert_eq!(result.attempts[0].outcome, Outcome::NoCode);
+    assert!(
+        result.attempts[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("no fenced code block")
+    );
+    run.assert_unchanged();
+}
+
+#[test]
+fn spec_errors_exit_2_name_the_file_and_field_and_call_nothing() {
+    let cases: &[(&str, &str)] = &[
+        (
+            r#"{"task_id": "T-1", "description": "d", "output_file": "a.py", "contex_files": []}"#,
+            "did you mean `context_files`",
+        ),
+        (
+            r#"{"task_id": "T 1", "description": "d", "output_file": "a.py"}"#,
+            "field `task_id`",
+        ),
+        (
+            r#"{"task_id": "T-1", "output_file": "a.py"}"#,
+            "field `description`: is required",
+        ),
+        (
+            r#"{"task_id": "T-1", "description": "d"}"#,
+            "field `output_file`",
+        ),
+        (
+            r#"{"task_id": "T-1", "description": "d", "output_file": "../outside.py"}"#,
+            "field `output_file`: unsafe path",
+        ),
+        (
+            r#"{"task_id": "T-1", "description": "d", "output_file": "/tmp/abs.py"}"#,
+            "is absolute",
+        ),
+        (
+            r#"{"task_id": "T-1", "description": "d", "output_file": ".git/hooks/pre-commit"}"#,
+            "inside `.git`",
+        ),
+        (
+            r#"{"task_id": "T-1", "description": "d", "output_file": "a.py", "max_attempts": "two"}"#,
+            "field `max_attempts`",
+        ),
+        (
+            r#"{"task_id": "T-1", "description": "d", "output_file": "a.py", "context_files": ["missing.py"]}"#,
+            "`missing.py` does not exist",
+        ),
+        (
+            r#"{"task_id": "T-1", "description": "d", "output_file": "a.py",}"#,
+            "not valid JSON at line 1",
+        ),
+        ("[]", "a spec is a JSON object"),
+    ];
+    for (text, expected) in cases {
+        let run = Test::new().spec_text(text).reply("```\nx\n```").run();
+        run.assert_code(2);
+        let result = run.result();
+        assert_eq!(result.status, Status::Error, "{text}");
+        let error = result.error.expect("an error");
+        assert!(
+            error.message.contains(expected),
+            "{text}: {}",
+            error.message
+        );
+        assert!(run.stderr.contains(expected), "{text}: {}", run.stderr);
+        if !text.contains("missing.py") {
+            assert!(
+                error.message.contains("spec.json"),
+                "{text}: {}",
+                error.message
+            );
+        }
+        assert!(run.requests.is_empty(), "{text}: the model was called");
+        run.assert_unchanged();
+    }
+}
+
+#[test]
+fn an_unreachable_server_exits_3_and_writes_nothing() {
+    let run = Test::new()
+        .spec(spec("a.py", &json!({})))
+        .endpoint(&closed_port_url())
+        .run();
+    run.assert_code(3);
+    let result = run.result();
+    assert_eq!(result.status, Status::Error);
+    assert_eq!(result.error.unwrap().kind, "connection_refused");
+    assert!(run.stderr.contains("hint:"), "{}", run.stderr);
+    run.assert_unchanged();
+}
+
+#[test]
+fn outside_a_git_repository_is_a_clear_error() {
+    let run = Test::new()
+        .no_git()
+        .spec(spec("a.py", &json!({})))
+        .reply("```\nx\n```")
+        .run();
+    run.assert_code(2);
+    let error = run.result().error.unwrap();
+    assert_eq!(error.kind, "repo");
+    assert!(
+        error.message.contains("not inside a git repository"),
+        "{}",
+        error.message
+    );
+    assert!(run.requests.is_empty());
+}
+
+#[test]
+fn dry_run_prints_the_request_and_sends_nothing() {
+    let run = Test::new()
+        .file("lib.py", "X = 1\n")
+        .spec(spec("a.py", &json!({"context_files": ["lib.py"]})))
+        .arg("--dry-run")
+        .run();
+    run.assert_code(0);
+    let printed = run.json();
+    assert_eq!(printed["dry_run"], true);
+    assert_eq!(printed["request"]["model"], "test-model");
+    assert_eq!(printed["request"]["stream"], true);
+    assert!(
+        printed["request"]["messages"][1]["content"]
+            .as_str()
+            .unwrap()
+            .contains("X = 1")
+    );
+    assert!(run.requests.is_empty());
+    run.assert_unchanged();
+}
+
+#[test]
+fn several_models_and_none_chosen_lists_them() {
+    let run = Test::new()
+        .spec(spec("a.py", &json!({})))
+        .models(&["alpha", "beta"])
+        .env("LOCAL_TASK_MODEL", "")
+        .run();
+    run.assert_code(3);
+    let error = run.result().error.unwrap();
+    assert_eq!(error.kind, "no_model");
+    assert!(error.message.contains("alpha, beta"), "{}", error.message);
+}
+
+#[test]
+fn the_only_model_of_a_server_is_used_when_none_is_named() {
+    let run = Test::new()
+        .spec(spec("a.txt", &json!({})))
+        .models(&["only-one"])
+        .env("LOCAL_TASK_MODEL", "")
+        .script(Script::code("a.txt", "x\n"))
+        .run();
+    run.assert_code(0);
+    assert_eq!(run.requests[0].body["model"], "only-one");
+}
+
+#[test]
+fn rollback_restores_bytes_and_removes_created_files() {
+    let run = Test::new()
+        .file("keep.txt", "old\n")
+        .spec(json!({"task_id": "T-2", "description": "d", "output_files": ["keep.txt", "new/dir/made.txt"]}))
+        .reply("```text path=keep.txt\nnew content here\n```\n```text path=new/dir/made.txt\nmade\n```\n")
+        .run();
+    run.assert_code(0);
+    let result = run.result();
+    assert_eq!(run.read("new/dir/made.txt").as_deref(), Some("made\n"));
+    let (code, stdout, stderr) = run.again(&["rollback", &result.run_id]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    run.assert_unchanged();
+    assert!(
+        !run.repo.join("new").exists(),
+        "created directories are removed"
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["restored"], json!(["keep.txt"]));
+    assert_eq!(report["removed"], json!(["new/dir/made.txt"]));
+    let (code, _, stderr) = run.again(&["rollback", &result.run_id]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("already rolled back"), "{stderr}");
+}
+
+#[test]
+fn demo_runs_the_pipeline_with_a_repair() {
+    let run = Test::new().run_with(|_| vec!["demo".to_owned()]);
+    run.assert_code(0);
+    let result = run.result();
+    assert_eq!(result.status, Status::Success);
+    assert_eq!(result.attempts.len(), 2);
+    assert!(run.stderr.contains("RECORDED"), "{}", run.stderr);
+    assert!(run.stderr.contains("Ollama"), "{}", run.stderr);
+}
+
+#[test]
+fn schemas_are_json_schemas() {
+    for which in ["spec", "result"] {
+        let run = Test::new().run_with(|_| vec!["schema".to_owned(), which.to_owned()]);
+        run.assert_code(0);
+        let schema = run.json();
+        assert!(
+            schema["$schema"]
+                .as_str()
+                .unwrap()
+                .contains("json-schema.org"),
+            "{which}"
+        );
+        assert!(schema["properties"]["task_id"].is_object(), "{which}");
+    }
+}

@@ -1,0 +1,666 @@
+//! The integration-test harness: a [`Test`] builder that owns a hermetic temporary git
+//! repository, a spec, and a scripted in-process model server, runs the real binary and
+//! hands back its exit code, stdout, stderr, the typed result and the requests the server got.
+
+// A toolkit: not every test module uses every part.
+#![allow(dead_code)]
+
+use std::fmt::Write as _;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use execute_local_task::result::TaskResult;
+use serde_json::{Value, json};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_execute-local-task");
+pub const MODEL: &str = "test-model";
+
+// ---------------------------------------------------------------------------------------
+// The scripted model server
+// ---------------------------------------------------------------------------------------
+
+/// What the server does with one chat request.
+#[derive(Debug, Clone)]
+pub enum Script {
+    /// An OpenAI-style SSE stream of `text`.
+    Chat(Chat),
+    /// An HTTP error status with a body.
+    Status {
+        code: u16,
+        body: String,
+        headers: Vec<(String, String)>,
+    },
+    /// Exactly these bytes, then the connection closes.
+    Raw(Vec<u8>),
+    /// Reads the request and never answers (until the client gives up).
+    Hang,
+}
+
+#[derive(Debug, Clone)]
+pub struct Chat {
+    pub text: String,
+    pub finish_reason: Option<String>,
+    pub usage: Option<(u64, u64)>,
+    /// Bytes of content per SSE event.
+    pub chunk: usize,
+    pub done: bool,
+}
+
+impl Script {
+    pub fn reply(text: &str) -> Self {
+        Self::Chat(Chat {
+            text: text.to_owned(),
+            finish_reason: Some("stop".to_owned()),
+            usage: Some((100, 50)),
+            chunk: 7,
+            done: true,
+        })
+    }
+
+    /// A reply in one fenced block for `path`.
+    pub fn code(path: &str, code: &str) -> Self {
+        Self::reply(&format!("Here is `{path}`:\n\n```\n{code}```\n"))
+    }
+
+    pub fn status(code: u16, body: &str) -> Self {
+        Self::Status {
+            code,
+            body: body.to_owned(),
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// A request the server received.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: Value,
+}
+
+impl Request {
+    /// The text of every message, in order.
+    pub fn messages(&self) -> Vec<(String, String)> {
+        self.body["messages"]
+            .as_array()
+            .map(|messages| {
+                messages
+                    .iter()
+                    .map(|m| {
+                        (
+                            m["role"].as_str().unwrap_or_default().to_owned(),
+                            m["content"].as_str().unwrap_or_default().to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn last_user_message(&self) -> String {
+        self.messages()
+            .into_iter()
+            .rev()
+            .find(|(role, _)| role == "user")
+            .map(|(_, text)| text)
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Default)]
+struct ServerState {
+    script: VecDeque<Script>,
+    requests: Vec<Request>,
+    models: Vec<String>,
+}
+
+pub struct ModelServer {
+    pub url: String,
+    state: Arc<Mutex<ServerState>>,
+}
+
+impl ModelServer {
+    pub fn start(script: Vec<Script>, models: Vec<String>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the scripted server");
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let state = Arc::new(Mutex::new(ServerState {
+            script: script.into(),
+            requests: Vec::new(),
+            models,
+        }));
+        let shared = Arc::clone(&state);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let shared = Arc::clone(&shared);
+                std::thread::spawn(move || serve(stream, &shared));
+            }
+        });
+        Self { url, state }
+    }
+
+    /// The chat requests received (model listings are not recorded).
+    pub fn requests(&self) -> Vec<Request> {
+        self.state.lock().unwrap().requests.clone()
+    }
+}
+
+fn serve(mut stream: TcpStream, state: &Mutex<ServerState>) {
+    let Some(request) = read_request(&stream) else {
+        return;
+    };
+    if request.method == "GET" && request.path.ends_with("/models") {
+        let models = state.lock().unwrap().models.clone();
+        let data: Vec<Value> = models
+            .iter()
+            .map(|id| json!({"id": id, "object": "model", "owned_by": "test"}))
+            .collect();
+        respond(
+            &mut stream,
+            200,
+            "application/json",
+            &[],
+            json!({"object": "list", "data": data})
+                .to_string()
+                .as_bytes(),
+        );
+        return;
+    }
+    if !request.path.ends_with("/chat/completions") {
+        respond(
+            &mut stream,
+            404,
+            "application/json",
+            &[],
+            br#"{"error":"not found"}"#,
+        );
+        return;
+    }
+    let script = {
+        let mut state = state.lock().unwrap();
+        state.requests.push(request);
+        state.script.pop_front()
+    };
+    match script {
+        None => respond(
+            &mut stream,
+            500,
+            "application/json",
+            &[],
+            br#"{"error":{"message":"the test script has no reply left"}}"#,
+        ),
+        Some(Script::Chat(chat)) => {
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n",
+            );
+            let _ = stream.write_all(sse_body(&chat).as_bytes());
+            let _ = stream.flush();
+            let _ = stream.shutdown(Shutdown::Write);
+        }
+        Some(Script::Status {
+            code,
+            body,
+            headers,
+        }) => {
+            respond(
+                &mut stream,
+                code,
+                "application/json",
+                &headers,
+                body.as_bytes(),
+            );
+        }
+        Some(Script::Raw(bytes)) => {
+            let _ = stream.write_all(&bytes);
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        Some(Script::Hang) => {
+            // Hold the connection open until the client goes away.
+            let mut sink = [0u8; 64];
+            while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+        }
+    }
+}
+
+/// The SSE events a streaming OpenAI-compatible server sends for `chat`.
+pub fn sse_body(chat: &Chat) -> String {
+    let mut body = String::new();
+    let mut event = |value: Value| {
+        body.push_str("data: ");
+        body.push_str(&value.to_string());
+        body.push_str("\n\n");
+    };
+    event(
+        json!({"id": "c1", "object": "chat.completion.chunk", "model": MODEL,
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]}),
+    );
+    let chars: Vec<char> = chat.text.chars().collect();
+    for piece in chars.chunks(chat.chunk.max(1)) {
+        let piece: String = piece.iter().collect();
+        event(
+            json!({"id": "c1", "object": "chat.completion.chunk", "model": MODEL,
+            "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]}),
+        );
+    }
+    if let Some(reason) = &chat.finish_reason {
+        event(
+            json!({"id": "c1", "object": "chat.completion.chunk", "model": MODEL,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": reason}]}),
+        );
+    }
+    if let Some((prompt, completion)) = chat.usage {
+        event(
+            json!({"id": "c1", "object": "chat.completion.chunk", "model": MODEL, "choices": [],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}}),
+        );
+    }
+    if chat.done {
+        body.push_str("data: [DONE]\n\n");
+    }
+    body
+}
+
+fn respond(
+    stream: &mut TcpStream,
+    code: u16,
+    content_type: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) {
+    let mut head = format!(
+        "HTTP/1.1 {code} Status\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        let _ = write!(head, "{name}: {value}\r\n");
+    }
+    head.push_str("\r\n");
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(body);
+    let _ = stream.flush();
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+fn read_request(stream: &TcpStream) -> Option<Request> {
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_owned();
+    let path = parts.next()?.to_owned();
+    let mut headers = BTreeMap::new();
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header).ok()?;
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_owned());
+        }
+    }
+    let length: usize = headers
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    Some(Request {
+        method,
+        path,
+        headers,
+        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+    })
+}
+
+/// A loopback URL where nothing listens.
+pub fn closed_port_url() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    url
+}
+
+// ---------------------------------------------------------------------------------------
+// The test builder
+// ---------------------------------------------------------------------------------------
+
+pub struct Test {
+    dir: tempfile::TempDir,
+    committed: Vec<(String, Vec<u8>)>,
+    uncommitted: Vec<(String, Vec<u8>)>,
+    spec: Option<String>,
+    script: Vec<Script>,
+    models: Vec<String>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    endpoint: Option<String>,
+    git: bool,
+}
+
+impl Test {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("create a temp dir"),
+            committed: vec![("README.md".to_owned(), b"# project\n".to_vec())],
+            uncommitted: Vec::new(),
+            spec: None,
+            script: Vec::new(),
+            models: vec![MODEL.to_owned()],
+            args: Vec::new(),
+            env: Vec::new(),
+            endpoint: None,
+            git: true,
+        }
+    }
+
+    /// A file committed in the repository before the run.
+    pub fn file(mut self, path: &str, content: impl AsRef<[u8]>) -> Self {
+        self.committed
+            .push((path.to_owned(), content.as_ref().to_vec()));
+        self
+    }
+
+    /// A file written after the commit: an uncommitted change.
+    pub fn uncommitted(mut self, path: &str, content: impl AsRef<[u8]>) -> Self {
+        self.uncommitted
+            .push((path.to_owned(), content.as_ref().to_vec()));
+        self
+    }
+
+    pub fn spec(mut self, spec: impl serde::Serialize) -> Self {
+        self.spec = Some(serde_json::to_string_pretty(&spec).unwrap());
+        self
+    }
+
+    /// A spec file with exactly this text (for malformed specs).
+    pub fn spec_text(mut self, text: &str) -> Self {
+        self.spec = Some(text.to_owned());
+        self
+    }
+
+    pub fn reply(self, text: &str) -> Self {
+        self.script(Script::reply(text))
+    }
+
+    pub fn script(mut self, script: Script) -> Self {
+        self.script.push(script);
+        self
+    }
+
+    pub fn models(mut self, models: &[&str]) -> Self {
+        self.models = models.iter().map(|m| (*m).to_owned()).collect();
+        self
+    }
+
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_owned());
+        self
+    }
+
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Point the tool at this URL instead of the scripted server.
+    pub fn endpoint(mut self, url: &str) -> Self {
+        self.endpoint = Some(url.to_owned());
+        self
+    }
+
+    /// Run outside any git repository.
+    pub fn no_git(mut self) -> Self {
+        self.git = false;
+        self
+    }
+
+    pub fn repo_path(&self) -> PathBuf {
+        self.dir.path().join("repo")
+    }
+
+    /// Builds the repository and spec, starts the server, runs the binary with the spec.
+    pub fn run(self) -> Run {
+        let args = self.args.clone();
+        let spec_given = self.spec.is_some();
+        self.run_with(|spec| {
+            let mut all = Vec::new();
+            if spec_given {
+                all.push(spec.display().to_string());
+            }
+            all.extend(args);
+            all
+        })
+    }
+
+    /// Like [`Test::run`], with the arguments given exactly (a subcommand, say).
+    pub fn run_with(self, args: impl FnOnce(&Path) -> Vec<String>) -> Run {
+        let repo = self.repo_path();
+        std::fs::create_dir_all(&repo).unwrap();
+        for (path, bytes) in &self.committed {
+            write_file(&repo.join(path), bytes);
+        }
+        if self.git {
+            init_and_commit(&repo);
+        }
+        for (path, bytes) in &self.uncommitted {
+            write_file(&repo.join(path), bytes);
+        }
+        let spec_path = self.dir.path().join("spec.json");
+        if let Some(spec) = &self.spec {
+            std::fs::write(&spec_path, spec).unwrap();
+        }
+        let home = self.dir.path().join("home");
+        std::fs::create_dir_all(&home).unwrap();
+
+        let server = ModelServer::start(self.script, self.models);
+        let before = snapshot(&repo);
+        let mut command = Command::new(BIN);
+        command
+            .args(args(&spec_path))
+            .current_dir(&repo)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &home)
+            .env("LANG", "C")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_AUTHOR_NAME", "Test")
+            .env("GIT_AUTHOR_EMAIL", "test@example.invalid")
+            .env("GIT_COMMITTER_NAME", "Test")
+            .env("GIT_COMMITTER_EMAIL", "test@example.invalid")
+            .env(
+                "LOCAL_TASK_ENDPOINT",
+                self.endpoint.as_deref().unwrap_or(&server.url),
+            )
+            .env("LOCAL_TASK_MODEL", MODEL)
+            .stdin(Stdio::null());
+        for (name, value) in &self.env {
+            command.env(name, value);
+        }
+        let output = command.output().expect("run the binary");
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            requests: server.requests(),
+            before,
+            repo,
+            spec_path,
+            _dir: self.dir,
+        }
+    }
+}
+
+fn write_file(path: &Path, bytes: &[u8]) {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// `git init` and one commit of everything, with a fixed identity and no user config.
+pub fn init_and_commit(repo: &Path) {
+    let git = git2::Repository::init(repo).unwrap();
+    let mut index = git.index().unwrap();
+    index
+        .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+        .unwrap();
+    index.write().unwrap();
+    let tree = git.find_tree(index.write_tree().unwrap()).unwrap();
+    let signature = git2::Signature::new(
+        "Test",
+        "test@example.invalid",
+        &git2::Time::new(1_700_000_000, 0),
+    )
+    .unwrap();
+    git.commit(Some("HEAD"), &signature, &signature, "initial", &tree, &[])
+        .unwrap();
+}
+
+/// Every file of the working tree (not `.git`) with its bytes.
+pub fn snapshot(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    if !root.exists() {
+        return files;
+    }
+    for entry in walkdir(root) {
+        let relative = entry
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        if let Ok(bytes) = std::fs::read(&entry) {
+            files.insert(relative, bytes);
+        }
+    }
+    files
+}
+
+fn walkdir(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if entry.file_name() == ".git" {
+                continue;
+            }
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                out.push(path.join(""));
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub requests: Vec<Request>,
+    before: BTreeMap<String, Vec<u8>>,
+    pub repo: PathBuf,
+    pub spec_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Run {
+    /// The result JSON on stdout, deserialised into the contract's type (unknown fields fail).
+    pub fn result(&self) -> TaskResult {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|error| {
+            panic!(
+                "stdout is not a result ({error}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|error| panic!("stdout is not JSON ({error}):\n{}", self.stdout))
+    }
+
+    pub fn read(&self, path: &str) -> Option<String> {
+        std::fs::read_to_string(self.repo.join(path)).ok()
+    }
+
+    /// Asserts the exit code, showing everything when it differs.
+    #[track_caller]
+    pub fn assert_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "exit code\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// The working tree holds exactly what it held before the run.
+    #[track_caller]
+    pub fn assert_unchanged(&self) {
+        let after = snapshot(&self.repo);
+        let changed: Vec<&String> = after
+            .keys()
+            .chain(self.before.keys())
+            .filter(|path| after.get(*path) != self.before.get(*path))
+            .collect();
+        assert!(
+            changed.is_empty(),
+            "the tree changed: {changed:?}\nstderr:\n{}",
+            self.stderr
+        );
+    }
+
+    /// Runs the binary again in the same repository (e.g. `rollback`).
+    pub fn again(&self, args: &[&str]) -> (i32, String, String) {
+        let output = Command::new(BIN)
+            .args(args)
+            .current_dir(&self.repo)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.repo.parent().unwrap().join("home"))
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+}
+
+/// A spec with the given output file and any extra fields.
+pub fn spec(output: &str, extra: &Value) -> Value {
+    let mut spec = json!({
+        "task_id": "T-001",
+        "description": "Do the task.",
+        "output_file": output,
+    });
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        for (key, value) in extra {
+            spec.insert(key.clone(), value.clone());
+        }
+    }
+    spec
+}
