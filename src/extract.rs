@@ -191,7 +191,7 @@ pub fn strip_thinking(reply: &str) -> String {
     while let Some(start) = rest.find("<think>") {
         out.push_str(&rest[..start]);
         if let Some(end) = rest[start..].find("</think>") {
-            rest = &rest[start + end + "</think>".len()..]
+            rest = &rest[start + end + "</think>".len()..];
         } else {
             rest = "";
             break;
