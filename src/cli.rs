@@ -192,7 +192,14 @@ pub fn run() -> ExitCode {
         }
         Err(error) => {
             let _ = error.print();
-            let message = error.kind().to_string();
+            // The JSON gets clap's first sentence; stderr got the whole text with usage.
+            let rendered = error.render().to_string();
+            let message = rendered
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ")
+                .to_owned();
             print_json(&error_result(None, &Error::Usage(message)));
             return ExitCode::from(2);
         }

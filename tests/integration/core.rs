@@ -367,3 +367,148 @@ fn schemas_are_json_schemas() {
         assert!(schema["properties"]["task_id"].is_object(), "{which}");
     }
 }
+
+#[test]
+fn usage_is_estimated_and_flagged_when_the_server_sends_none() {
+    let Script::Chat(mut chat) = Script::code("a.txt", "hello\n") else {
+        unreachable!()
+    };
+    chat.usage = None;
+    let run = Test::new()
+        .spec(spec("a.txt", &json!({})))
+        .script(Script::Chat(chat))
+        .run();
+    run.assert_code(0);
+    let result = run.result();
+    assert!(result.usage.estimated);
+    assert!(result.attempts[0].usage.estimated);
+    assert!(result.usage.prompt_tokens > 100, "{:?}", result.usage);
+    assert!(result.usage.completion_tokens > 0);
+}
+
+#[test]
+fn a_repository_template_overrides_the_built_in_one() {
+    let run = Test::new()
+        .file(
+            ".execute-local-task/prompts/code.md",
+            "CUSTOM for {{ task_id }}: {{ description }}\n",
+        )
+        .spec(spec("a.py", &json!({})))
+        .arg("--dry-run")
+        .run();
+    run.assert_code(0);
+    let user = run.json()["request"]["messages"][1]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(user, "CUSTOM for T-001: Do the task.\n");
+}
+
+#[test]
+fn a_template_flag_replaces_the_kind_template_and_errors_name_it() {
+    let test = Test::new();
+    let template = test.repo_path().parent().unwrap().join("mine.md");
+    std::fs::write(&template, "MINE {{ outputs[0].path }}\n").unwrap();
+    let run = test
+        .spec(spec("a.py", &json!({})))
+        .args(&["--dry-run", "--template", template.to_str().unwrap()])
+        .run();
+    run.assert_code(0);
+    assert_eq!(
+        run.json()["request"]["messages"][1]["content"],
+        "MINE a.py\n"
+    );
+
+    let test = Test::new();
+    let broken = test.repo_path().parent().unwrap().join("broken.md");
+    std::fs::write(&broken, "{% if %}\n").unwrap();
+    let run = test
+        .spec(spec("a.py", &json!({})))
+        .args(&["--template", broken.to_str().unwrap()])
+        .run();
+    run.assert_code(2);
+    let error = run.result().error.unwrap();
+    assert_eq!(error.kind, "template");
+    assert!(error.message.contains("broken.md"), "{}", error.message);
+}
+
+#[test]
+fn context_globs_are_expanded_and_bad_context_is_a_clear_error() {
+    let run = Test::new()
+        .file("src/a.rs", "fn a() {}\n")
+        .file("src/b/c.rs", "fn c() {}\n")
+        .file("src/skip.txt", "not rust\n")
+        .spec(spec("src/d.rs", &json!({"context_files": ["src/**/*.rs"]})))
+        .arg("--dry-run")
+        .run();
+    run.assert_code(0);
+    let user = run.json()["request"]["messages"][1]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(user.contains("src/a.rs\n```rust\nfn a() {}\n```"), "{user}");
+    assert!(user.contains("fn c() {}"), "{user}");
+    assert!(!user.contains("not rust"), "{user}");
+
+    for (files, pattern, budget, expected) in [
+        (
+            vec![("logo.png", b"\x89PNG\0\0".to_vec())],
+            "logo.png",
+            "100000",
+            "is binary",
+        ),
+        (
+            vec![("big.txt", vec![b'x'; 2000])],
+            "big.txt",
+            "1000",
+            "over the budget of 1000 bytes",
+        ),
+        (vec![], "src/*.go", "100000", "matches no file"),
+    ] {
+        let mut test = Test::new();
+        for (path, bytes) in files {
+            test = test.file(path, bytes);
+        }
+        let run = test
+            .spec(spec("out.txt", &json!({"context_files": [pattern]})))
+            .args(&["--max-context-bytes", budget])
+            .reply("```\nx\n```")
+            .run();
+        run.assert_code(2);
+        let error = run.result().error.unwrap();
+        assert_eq!(error.kind, "context", "{pattern}");
+        assert!(
+            error.message.contains(expected),
+            "{pattern}: {}",
+            error.message
+        );
+        assert!(run.requests.is_empty());
+        run.assert_unchanged();
+    }
+}
+
+#[test]
+fn command_line_errors_still_print_a_result() {
+    let run = Test::new().run_with(|_| {
+        vec![
+            "--max-attempts".to_owned(),
+            "9".to_owned(),
+            "spec.json".to_owned(),
+        ]
+    });
+    run.assert_code(2);
+    let result = run.result();
+    assert_eq!(result.status, Status::Error);
+    let error = result.error.unwrap();
+    assert_eq!(error.kind, "usage");
+    assert!(
+        error.message.contains("'9' for '--max-attempts"),
+        "{}",
+        error.message
+    );
+    assert!(run.stderr.contains("--max-attempts"), "{}", run.stderr);
+
+    let run = Test::new().run_with(|_| Vec::new());
+    run.assert_code(2);
+    assert!(run.stderr.contains("no task spec given"), "{}", run.stderr);
+}
