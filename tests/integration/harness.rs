@@ -491,8 +491,11 @@ impl Test {
         for (name, value) in &self.env {
             command.env(name, value);
         }
+        let started = std::time::Instant::now();
         let output = command.output().expect("run the binary");
+        let elapsed = started.elapsed();
         Run {
+            elapsed,
             code: output.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
@@ -573,6 +576,8 @@ fn walkdir(root: &Path) -> Vec<PathBuf> {
 }
 
 pub struct Run {
+    /// Wall time of the binary alone.
+    pub elapsed: std::time::Duration,
     pub code: i32,
     pub stdout: String,
     pub stderr: String,

@@ -1,0 +1,107 @@
+//! What the tool itself costs, next to a model's seconds: a whole run against a model
+//! server that answers instantly, and the library stages that touch the most bytes.
+//!
+//! `cargo bench --bench overhead` prints the median and spread of each measurement.
+
+#[path = "../tests/integration/harness.rs"]
+mod harness;
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use execute_local_task::{context, extract};
+use harness::{Script, Test, spec};
+use serde_json::json;
+
+fn main() {
+    whole_run("whole run, 1 new file, no test", &json!({}), 0, 30);
+    whole_run(
+        "whole run, 50 context files, modify, `true` test",
+        &json!({"context_files": ["src/**/*.py"], "test_command": "true"}),
+        50,
+        30,
+    );
+    extraction();
+    context_gathering();
+}
+
+/// Wall time of `execute-local-task spec.json` as a supervisor runs it: process start,
+/// spec, git, context, prompt, a loopback model call, extraction, backup, atomic write,
+/// test, result JSON.
+fn whole_run(name: &str, extra: &serde_json::Value, context_files: usize, runs: usize) {
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let mut test = Test::new().file("src/out.py", "def f():\n    return 0\n".repeat(20));
+        for i in 0..context_files {
+            test = test.file(
+                &format!("src/mod_{i}.py"),
+                format!("def g{i}(x):\n    return x + {i}\n").repeat(30),
+            );
+        }
+        let code = "def f():\n    return 1\n".repeat(20);
+        let test = test
+            .spec(spec("src/out.py", extra))
+            .script(Script::code("src/out.py", &code));
+        let run = test.run();
+        samples.push(run.elapsed);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+    }
+    report(name, &mut samples);
+}
+
+fn extraction() {
+    let body: String = (0..5000)
+        .map(|i| format!("    value_{i} = compute({i})\n"))
+        .collect();
+    let reply = format!(
+        "<think>{}</think>\nHere is the file.\n\n```python path=src/big.py\ndef big():\n{body}```\n\nAnd usage:\n```sh\npython src/big.py\n```\n",
+        "reasoning ".repeat(2000)
+    );
+    let outputs = vec!["src/big.py".to_owned()];
+    let mut samples = Vec::new();
+    for _ in 0..50 {
+        let started = Instant::now();
+        black_box(extract::extract(black_box(&reply), &outputs, "python").expect("extracts"));
+        samples.push(started.elapsed());
+    }
+    report(
+        &format!("extract a {} KB reply", reply.len() / 1024),
+        &mut samples,
+    );
+}
+
+fn context_gathering() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = std::fs::canonicalize(dir.path()).expect("canonical");
+    for i in 0..200 {
+        let path = root.join(format!("src/pkg{}/mod_{i}.rs", i % 10));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(
+            &path,
+            format!("pub fn f{i}() -> u32 {{ {i} }}\n").repeat(10),
+        )
+        .unwrap();
+    }
+    let patterns = vec!["src/**/*.rs".to_owned()];
+    let mut samples = Vec::new();
+    for _ in 0..50 {
+        let started = Instant::now();
+        black_box(context::gather(&root, &patterns, 10_000_000).expect("gathers"));
+        samples.push(started.elapsed());
+    }
+    report("gather 200 context files by glob", &mut samples);
+}
+
+fn report(name: &str, samples: &mut [Duration]) {
+    samples.sort_unstable();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let median = samples[samples.len() / 2];
+    let p90 = samples[samples.len() * 9 / 10];
+    println!(
+        "{name:<55} median {:>8.2} ms   min {:>8.2} ms   p90 {:>8.2} ms   ({} runs)",
+        ms(median),
+        ms(samples[0]),
+        ms(p90),
+        samples.len()
+    );
+}
