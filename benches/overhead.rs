@@ -6,6 +6,7 @@
 #[path = "../tests/integration/harness.rs"]
 mod harness;
 
+use std::fmt::Write as _;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -50,9 +51,10 @@ fn whole_run(name: &str, extra: &serde_json::Value, context_files: usize, runs: 
 }
 
 fn extraction() {
-    let body: String = (0..5000)
-        .map(|i| format!("    value_{i} = compute({i})\n"))
-        .collect();
+    let body: String = (0..5000).fold(String::new(), |mut body, i| {
+        let _ = writeln!(body, "    value_{i} = compute({i})");
+        body
+    });
     let reply = format!(
         "<think>{}</think>\nHere is the file.\n\n```python path=src/big.py\ndef big():\n{body}```\n\nAnd usage:\n```sh\npython src/big.py\n```\n",
         "reasoning ".repeat(2000)

@@ -242,10 +242,7 @@ fn an_unreachable_server_exits_3_and_writes_nothing() {
         .spec(spec("a.py", &json!({})))
         .endpoint(&closed_port_url())
         .run();
-    run.assert_code(3);
-    let result = run.result();
-    assert_eq!(result.status, Status::Error);
-    assert_eq!(result.error.unwrap().kind, "connection_refused");
+    run.assert_error(3, "connection_refused");
     assert!(run.stderr.contains("hint:"), "{}", run.stderr);
     run.assert_unchanged();
 }
@@ -257,9 +254,7 @@ fn outside_a_git_repository_is_a_clear_error() {
         .spec(spec("a.py", &json!({})))
         .reply("```\nx\n```")
         .run();
-    run.assert_code(2);
-    let error = run.result().error.unwrap();
-    assert_eq!(error.kind, "repo");
+    let error = run.assert_error(2, "repo");
     assert!(
         error.message.contains("not inside a git repository"),
         "{}",
@@ -297,9 +292,7 @@ fn several_models_and_none_chosen_lists_them() {
         .models(&["alpha", "beta"])
         .env("LOCAL_TASK_MODEL", "")
         .run();
-    run.assert_code(3);
-    let error = run.result().error.unwrap();
-    assert_eq!(error.kind, "no_model");
+    let error = run.assert_error(3, "no_model");
     assert!(error.message.contains("alpha, beta"), "{}", error.message);
 }
 
@@ -426,9 +419,7 @@ fn a_template_flag_replaces_the_kind_template_and_errors_name_it() {
         .spec(spec("a.py", &json!({})))
         .args(&["--template", broken.to_str().unwrap()])
         .run();
-    run.assert_code(2);
-    let error = run.result().error.unwrap();
-    assert_eq!(error.kind, "template");
+    let error = run.assert_error(2, "template");
     assert!(error.message.contains("broken.md"), "{}", error.message);
 }
 
@@ -474,9 +465,7 @@ fn context_globs_are_expanded_and_bad_context_is_a_clear_error() {
             .args(&["--max-context-bytes", budget])
             .reply("```\nx\n```")
             .run();
-        run.assert_code(2);
-        let error = run.result().error.unwrap();
-        assert_eq!(error.kind, "context", "{pattern}");
+        let error = run.assert_error(2, "context");
         assert!(
             error.message.contains(expected),
             "{pattern}: {}",

@@ -619,6 +619,17 @@ impl Run {
         self
     }
 
+    /// Asserts an error result with this exit code and kind, and returns the error.
+    #[track_caller]
+    pub fn assert_error(&self, code: i32, kind: &str) -> execute_local_task::result::ErrorInfo {
+        self.assert_code(code);
+        let result = self.result();
+        assert_eq!(result.status, execute_local_task::result::Status::Error);
+        let error = result.error.expect("an error object");
+        assert_eq!(error.kind, kind, "{}", error.message);
+        error
+    }
+
     /// The working tree holds exactly what it held before the run.
     #[track_caller]
     pub fn assert_unchanged(&self) {
