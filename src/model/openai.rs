@@ -188,6 +188,7 @@ impl OpenAi {
                 .as_str()
                 .map_or(Finish::Stop, Finish::from_reason),
             usage: parse_usage(&body["usage"]),
+            notes: Vec::new(),
         })
     }
 }
@@ -255,12 +256,14 @@ impl StreamedReply {
                 content: self.content,
                 finish,
                 usage: self.usage,
+                notes: Vec::new(),
             }),
             // `[DONE]` without a finish reason is a server quirk, not a cut.
             None if self.done => Ok(ChatReply {
                 content: self.content,
                 finish: Finish::Stop,
                 usage: self.usage,
+                notes: Vec::new(),
             }),
             None => Err(ModelError::new(
                 ModelErrorKind::StreamCut,
@@ -318,17 +321,36 @@ pub(crate) async fn check_status(
                 .map_or_else(|| json.to_string(), error_text)
         },
     );
+    // OpenAI-style bodies name the class in `error.code`; the others only in words.
+    let code = serde_json::from_str::<Value>(&body)
+        .ok()
+        .and_then(|json| json["error"]["code"].as_str().map(str::to_owned))
+        .unwrap_or_default();
     let lower = server_says.to_lowercase();
     let kind = match status.as_u16() {
         429 => ModelErrorKind::RateLimited,
-        503 => ModelErrorKind::Unavailable,
-        _ if lower.contains("context")
-            && (lower.contains("length")
-                || lower.contains("exceed")
-                || lower.contains("too long")
-                || lower.contains("window")) =>
+        _ if code == "context_length_exceeded"
+            || (lower.contains("context")
+                && (lower.contains("length")
+                    || lower.contains("exceed")
+                    || lower.contains("too long")
+                    || lower.contains("window"))) =>
         {
             ModelErrorKind::ContextTooLong
+        }
+        _ if code == "model_not_found" => ModelErrorKind::ModelNotFound,
+        // LM Studio with nothing loaded: "No models loaded. Please load a model ...".
+        400..=499 if lower.contains("no models loaded") || lower.contains("model not loaded") => {
+            ModelErrorKind::ModelNotLoaded
+        }
+        503 => ModelErrorKind::Unavailable,
+        400 | 404
+            if lower.contains("model")
+                && (lower.contains("not found")
+                    || lower.contains("does not exist")
+                    || lower.contains("try pulling")) =>
+        {
+            ModelErrorKind::ModelNotFound
         }
         404 if lower.contains("model") => ModelErrorKind::ModelNotFound,
         400..=499 => ModelErrorKind::HttpClientError,
@@ -343,6 +365,9 @@ pub(crate) async fn check_status(
         ModelErrorKind::ModelNotFound => {
             error.with_hint("list the server's models with `execute-local-task models` and pass --model NAME")
         }
+        ModelErrorKind::ModelNotLoaded => error.with_hint(
+            "load a model in the server first (LM Studio: `lms load NAME` or the Developer tab), or pass --model NAME",
+        ),
         ModelErrorKind::ContextTooLong => error.with_hint(
             "the prompt does not fit the model's context window: name fewer context files, or load the model with a larger context",
         ),
