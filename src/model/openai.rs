@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use eventsource_stream::Eventsource;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use eventsource_stream::{EventStreamError, Eventsource};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
@@ -113,7 +116,21 @@ impl OpenAi {
             return self.whole_reply(url, response).await;
         }
 
-        let mut events = response.bytes_stream().eventsource();
+        // Bytes since the last whole event: a line that never ends is a reply that never
+        // ends, and must hit the size cap even though no event completes.
+        let unparsed = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&unparsed);
+        let cap = self.limits.max_reply_bytes;
+        let mut events = response
+            .bytes_stream()
+            .map(move |chunk| {
+                let chunk = chunk.map_err(Source::Http)?;
+                if counter.fetch_add(chunk.len(), Ordering::Relaxed) + chunk.len() > cap {
+                    return Err(Source::TooLarge);
+                }
+                Ok(chunk)
+            })
+            .eventsource();
         let mut reply = StreamedReply::default();
         loop {
             let next = tokio::time::timeout(self.limits.idle, events.next())
@@ -129,15 +146,9 @@ impl OpenAi {
                     )
                 })?;
             let Some(event) = next else { break };
-            let event = event.map_err(|error| {
-                ModelError::new(
-                    ModelErrorKind::StreamCut,
-                    format!(
-                        "{url}: the stream broke off after {} bytes: {error}",
-                        reply.content.len()
-                    ),
-                )
-            })?;
+            let event =
+                event.map_err(|error| stream_error(url, reply.content.len(), cap, error))?;
+            unparsed.store(0, Ordering::Relaxed);
             let data = event.data.trim();
             if data.is_empty() {
                 continue;
@@ -206,6 +217,47 @@ pub fn request_body(request: &ChatRequest) -> Value {
         body["max_tokens"] = json!(max_tokens);
     }
     body
+}
+
+/// Why the bytes under the event stream stopped.
+#[derive(Debug)]
+enum Source {
+    Http(reqwest::Error),
+    TooLarge,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Http(error) => write!(f, "{error}"),
+            Self::TooLarge => f.write_str("too large"),
+        }
+    }
+}
+
+fn stream_error(
+    url: &str,
+    received: usize,
+    cap: usize,
+    error: EventStreamError<Source>,
+) -> ModelError {
+    match error {
+        EventStreamError::Transport(Source::TooLarge) => ModelError::new(
+            ModelErrorKind::ReplyTooLarge,
+            format!("{url}: the reply passed {cap} bytes without ending"),
+        ),
+        EventStreamError::Transport(Source::Http(error)) => ModelError::new(
+            ModelErrorKind::StreamCut,
+            format!(
+                "{url}: the stream broke off after {received} bytes: {}",
+                transport_error(url, &error).message
+            ),
+        ),
+        other => ModelError::new(
+            ModelErrorKind::MalformedStream,
+            format!("{url}: the stream is not server-sent events after {received} bytes: {other}"),
+        ),
+    }
 }
 
 #[derive(Default)]

@@ -480,8 +480,14 @@ fn read_request(stream: &TcpStream) -> Option<Request> {
 }
 
 /// A loopback address whose listener accepts no more connections: a connection attempt
-/// waits until it times out. Keep the returned listener alive while it is used.
-pub fn unresponsive_url() -> (String, socket2::Socket) {
+/// waits until it times out. The address stays that way while this value lives.
+pub struct Unresponsive {
+    pub url: String,
+    _listener: socket2::Socket,
+    _held: Vec<TcpStream>,
+}
+
+pub fn unresponsive_url() -> Unresponsive {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
     let address: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
@@ -496,8 +502,11 @@ pub fn unresponsive_url() -> (String, socket2::Socket) {
         held.push(stream);
         assert!(held.len() < 64, "the backlog does not fill up");
     }
-    std::mem::forget(held);
-    (format!("http://{address}"), socket)
+    Unresponsive {
+        url: format!("http://{address}"),
+        _listener: socket,
+        _held: held,
+    }
 }
 
 /// A loopback URL where nothing listens.

@@ -319,10 +319,10 @@ fn connection_faults_name_their_class() {
     let message = assert_fault(&run, "dns");
     assert!(message.contains("no-such-host.invalid"), "{message}");
 
-    let (url, _listener) = unresponsive_url();
+    let unresponsive = unresponsive_url();
     let run = Test::new()
         .spec(spec("a.py", &json!({})))
-        .endpoint(&format!("{url}/v1"))
+        .endpoint(&format!("{}/v1", unresponsive.url))
         .args(&["--connect-timeout", "0.2"])
         .run();
     assert_fault(&run, "connect_timeout");
@@ -369,6 +369,21 @@ fn a_reply_that_never_ends_is_cut_at_the_size_cap() {
         let run = faulty(protocol, drip, &["--max-reply-bytes", "5000"]);
         let message = assert_fault(&run, "reply_too_large");
         assert!(message.contains("5000 bytes"), "{message}");
+
+        // One line that never ends.
+        let endless = match protocol {
+            Protocol::OpenAi => format!(
+                "data: {{\"choices\": [{{\"delta\": {{\"content\": \"{}",
+                "z".repeat(20_000)
+            ),
+            Protocol::Ollama => format!("{{\"message\": {{\"content\": \"{}", "z".repeat(20_000)),
+        };
+        let run = faulty(
+            protocol,
+            Script::Stall(endless),
+            &["--max-reply-bytes", "5000"],
+        );
+        assert_fault(&run, "reply_too_large");
     }
 }
 
