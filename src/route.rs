@@ -244,7 +244,7 @@ pub async fn connect(
         model.clone()
     } else {
         let models = match models {
-            Some(models) => models,
+            Some(models) => models?,
             None => list_models(&client).await?,
         };
         only_model(&client.endpoint(), models)?
@@ -272,7 +272,7 @@ async fn list_models(client: &Client) -> Result<Vec<String>, ModelError> {
 async fn open_backend(
     choice: &ModelChoice,
     limits: Limits,
-) -> Result<(Backend, Option<Vec<String>>), ModelError> {
+) -> Result<(Backend, Option<Result<Vec<String>, ModelError>>), ModelError> {
     let api_key = choice.api_key.clone();
     if let Some(provider) = choice.provider.as_deref()
         && provider != "openai"
@@ -359,7 +359,8 @@ struct Found {
     provider: Provider,
     /// The API root the client uses.
     base: String,
-    models: Vec<String>,
+    /// An Ollama server may answer `/api/version` and still fail to list its models.
+    models: Result<Vec<String>, ModelError>,
     version: Option<String>,
 }
 
@@ -414,14 +415,14 @@ async fn probe_as(
         return Ok(Found {
             provider: Provider::Ollama,
             base: root.to_owned(),
-            models: models?,
+            models,
             version: Some(version),
         });
     }
     Ok(Found {
         provider: Provider::OpenAi,
         base: openai_base,
-        models: openai?,
+        models: Ok(openai?),
         version: None,
     })
 }
@@ -591,7 +592,7 @@ pub async fn survey(
                     Ok(client) => client.list_models().await.map(|models| Found {
                         provider: Provider::OpenAi,
                         base,
-                        models,
+                        models: Ok(models),
                         version: None,
                     }),
                     Err(error) => Err(error),
@@ -616,8 +617,12 @@ pub async fn survey(
                     provider: Some(found.provider.as_str().to_owned()),
                     version: found.version,
                     reachable: true,
-                    models: found.models,
-                    error: None,
+                    error: found
+                        .models
+                        .as_ref()
+                        .err()
+                        .map(|e| format!("{}: {}", e.kind.as_str(), e.message)),
+                    models: found.models.unwrap_or_default(),
                     probe_ms,
                 },
                 Err(error) => ServerReport {
