@@ -337,6 +337,11 @@ impl Client {
 
     /// One model call: retried while its faults are transient, recorded when asked.
     pub async fn chat(&self, request: &ChatRequest) -> Result<ChatReply, ModelError> {
+        if let Backend::Recorded(replayer) = &self.backend {
+            // A recorded fault is the outcome after the recorded run's own retries:
+            // retrying it here would consume the next exchange.
+            return replayer.next_reply(request);
+        }
         let outcome = self.retry.run(|| self.chat_once(request)).await;
         if let Some(recorder) = &self.recorder {
             recorder.record(request, &outcome)?;

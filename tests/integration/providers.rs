@@ -820,4 +820,25 @@ fn faults_are_recorded_and_replayed_too() {
         .run();
     let message = assert_fault(&run, "model_not_found");
     assert!(message.contains("(recorded)"), "{message}");
+
+    // A transient fault replays once, as recorded, without being retried again.
+    let run = Test::new()
+        .spec(spec("a.txt", &json!({})))
+        .script(Script::status(503, r#"{"error":"busy"}"#))
+        .args(&["--record", &cassette_arg, "--retries", "0"])
+        .run();
+    assert_fault(&run, "unavailable");
+    let run = Test::new()
+        .spec(spec("a.txt", &json!({})))
+        .args(&[
+            "--replay",
+            &cassette_arg,
+            "--retries",
+            "2",
+            "--retry-base-ms",
+            "5000",
+        ])
+        .run();
+    assert_fault(&run, "unavailable");
+    assert!(run.elapsed < Duration::from_secs(4), "{:?}", run.elapsed);
 }
