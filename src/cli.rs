@@ -12,10 +12,12 @@ use crate::context;
 use crate::demo;
 use crate::error::Error;
 use crate::model::Limits;
+use crate::model::recorded::Matching;
+use crate::model::retry::RetryPolicy;
 use crate::pipeline::{self, RunOptions, RunOutput};
 use crate::result::{ErrorInfo, SCHEMA_VERSION, Status, TaskResult, Usage};
 use crate::rollback::{self, Which};
-use crate::route::{self, ModelChoice};
+use crate::route::{self, Connection, ModelChoice};
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 success; 1 the task ran but did not succeed (status failed or escalate);
@@ -62,6 +64,9 @@ enum Command {
         /// Probe only this server.
         #[arg(long, env = "LOCAL_TASK_ENDPOINT", value_name = "URL")]
         endpoint: Option<String>,
+        /// Protocol to probe for (default: both).
+        #[arg(long, env = "LOCAL_TASK_PROVIDER", value_parser = ["auto", "openai", "ollama"])]
+        provider: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -93,8 +98,8 @@ struct RunArgs {
     /// Model server URL, e.g. <http://127.0.0.1:1234/v1> (LM Studio) or <http://127.0.0.1:11434> (Ollama).
     #[arg(long, value_name = "URL")]
     endpoint: Option<String>,
-    /// Protocol to speak.
-    #[arg(long, value_parser = ["auto", "openai"])]
+    /// Protocol to speak: `ollama` is Ollama's native API; `auto` probes the server.
+    #[arg(long, value_parser = ["auto", "openai", "ollama"])]
     provider: Option<String>,
     /// Model name (default: the spec's, `LOCAL_TASK_MODEL`, or the server's only model).
     #[arg(long, value_name = "NAME")]
@@ -129,18 +134,41 @@ struct RunArgs {
     /// Cap on the reply's tokens (default: the server's).
     #[arg(long, value_name = "N")]
     max_tokens: Option<u32>,
-    /// Seconds to wait for the connection to the model server.
-    #[arg(long, value_name = "SECS", default_value_t = 5)]
-    connect_timeout: u64,
+    /// Seconds to wait for the connection to the model server (fractions allowed).
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
+    connect_timeout: Duration,
     /// Seconds to wait for the first byte of a reply (a model may be loading).
-    #[arg(long, value_name = "SECS", default_value_t = 300)]
-    first_byte_timeout: u64,
+    #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse_secs)]
+    first_byte_timeout: Duration,
     /// Seconds a reply stream may stall between two chunks.
-    #[arg(long, value_name = "SECS", default_value_t = 120)]
-    idle_timeout: u64,
+    #[arg(long, value_name = "SECS", default_value = "120", value_parser = parse_secs)]
+    idle_timeout: Duration,
     /// Seconds one model call may take in all.
-    #[arg(long, value_name = "SECS", default_value_t = 1800)]
-    total_timeout: u64,
+    #[arg(long, value_name = "SECS", default_value = "1800", value_parser = parse_secs)]
+    total_timeout: Duration,
+    /// A reply longer than this many bytes is cut off and reported (`reply_too_large`).
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_reply_bytes)]
+    max_reply_bytes: usize,
+    /// Retries of a transient model-server fault (reset, 429, 500, 503, a cut stream).
+    #[arg(long, value_name = "N", default_value_t = RetryPolicy::default().retries)]
+    retries: u32,
+    /// The first retry's backoff in milliseconds; it doubles each retry, with jitter.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    retry_base_ms: u64,
+    /// The longest wait before a retry, also capping a server's Retry-After.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
+    retry_max_wait: Duration,
+    /// Save every model request and reply of this run to a cassette file.
+    #[arg(long, value_name = "FILE", conflicts_with = "replay")]
+    record: Option<PathBuf>,
+    /// Serve model replies from a cassette instead of a server; a request that differs
+    /// from the recorded one is an error (exit 3, kind `replay`).
+    #[arg(long, value_name = "FILE")]
+    replay: Option<PathBuf>,
+    /// How `--replay` matches requests: `strict` (default) or `sequential` (replies in
+    /// order, requests not compared).
+    #[arg(long, value_name = "MODE", value_parser = ["strict", "sequential"], default_value = "strict", requires = "replay")]
+    replay_match: String,
     /// Seconds to wait for another run that is writing the same repository.
     #[arg(long, value_name = "SECS", default_value_t = 600)]
     lock_timeout: u64,
@@ -157,7 +185,7 @@ impl RunArgs {
                 endpoint: self.endpoint.clone(),
                 provider: self.provider.clone(),
                 model: self.model.clone(),
-                api_key: None,
+                ..ModelChoice::default()
             },
             dry_run: self.dry_run,
             no_test: self.no_test,
@@ -169,11 +197,25 @@ impl RunArgs {
             temperature: self.temperature,
             max_tokens: self.max_tokens,
             limits: Limits {
-                connect: Duration::from_secs(self.connect_timeout),
-                first_byte: Duration::from_secs(self.first_byte_timeout),
-                idle: Duration::from_secs(self.idle_timeout),
-                total: Duration::from_secs(self.total_timeout),
-                ..Limits::default()
+                connect: self.connect_timeout,
+                first_byte: self.first_byte_timeout,
+                idle: self.idle_timeout,
+                total: self.total_timeout,
+                max_reply_bytes: self.max_reply_bytes,
+            },
+            connection: Connection {
+                retry: RetryPolicy {
+                    retries: self.retries,
+                    base: Duration::from_millis(self.retry_base_ms),
+                    max_wait: self.retry_max_wait,
+                },
+                record: self.record.clone(),
+                replay: self.replay.clone(),
+                replay_matching: if self.replay_match == "sequential" {
+                    Matching::Sequential
+                } else {
+                    Matching::Strict
+                },
             },
             lock_timeout: Duration::from_secs(self.lock_timeout),
             ..RunOptions::new(spec)
@@ -276,10 +318,18 @@ async fn dispatch(cli: Cli) -> u8 {
                 }
             }
         }
-        Some(Command::Models { endpoint, json }) => {
+        Some(Command::Models {
+            endpoint,
+            provider,
+            json,
+        }) => {
+            let endpoint = endpoint.filter(|e| !e.trim().is_empty());
+            let ports = route::discovery_ports(env(route::PORTS_VARIABLE).as_deref());
             let reports = route::survey(
                 endpoint.as_deref(),
+                provider.as_deref(),
                 env("LOCAL_TASK_API_KEY").or_else(|| env("OPENAI_API_KEY")),
+                &ports,
             )
             .await;
             let any = reports.iter().any(|r| r.reachable);
@@ -288,6 +338,7 @@ async fn dispatch(cli: Cli) -> u8 {
             } else {
                 print_model_table(&reports);
             }
+            print_model_hint(&reports);
             if any { 0 } else { 3 }
         }
         Some(Command::Schema { which }) => {
@@ -384,6 +435,16 @@ fn hint_for(result: &TaskResult) -> Option<&'static str> {
         "no_model" | "model_not_found" => {
             "choose a model with --model NAME; `execute-local-task models` lists them"
         }
+        "model_not_loaded" => {
+            "load a model in the server (LM Studio: `lms load NAME`), then run again"
+        }
+        "rate_limited" | "unavailable" => {
+            "the server is busy or still loading; try again, or raise --retries / --retry-max-wait"
+        }
+        "first_byte_timeout" => {
+            "a large model may still be loading; try again or raise --first-byte-timeout"
+        }
+        "replay" => "the run no longer matches its cassette; record it again with --record FILE",
         "context_too_long" => {
             "the prompt does not fit the model's context: name fewer context files or load the model with a larger context"
         }
@@ -405,24 +466,49 @@ fn print_error(error: &Error) {
 fn print_model_table(reports: &[route::ServerReport]) {
     for report in reports {
         if report.reachable {
+            let version = report
+                .version
+                .as_deref()
+                .map_or_else(String::new, |v| format!(" {v}"));
             println!(
-                "{}  {}  {} model(s)",
+                "{}  {}{version} ({} API)  {} model(s)",
                 report.endpoint,
                 report.kind,
+                report.provider.as_deref().unwrap_or("?"),
                 report.models.len()
             );
             for model in &report.models {
                 println!("    {model}");
             }
         } else {
-            println!("{}  {}  not reachable", report.endpoint, report.kind);
+            println!(
+                "{}  {}  not reachable ({})",
+                report.endpoint,
+                report.kind,
+                report.error.as_deref().unwrap_or("no answer")
+            );
         }
     }
+}
+
+fn print_model_hint(reports: &[route::ServerReport]) {
     if !reports.iter().any(|r| r.reachable) {
         eprintln!(
             "hint: no model server answered; start Ollama (`ollama serve`) or LM Studio's server, or pass --endpoint URL"
         );
+    } else if reports.iter().any(|r| r.reachable && r.models.len() > 1) {
+        eprintln!("hint: choose a model with --model NAME (or LOCAL_TASK_MODEL)");
     }
+}
+
+/// Seconds as a whole or fractional number (`5`, `0.2`).
+fn parse_secs(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("`{text}` is not a usable number of seconds"))
 }
 
 fn error_result(task_id: Option<String>, error: &Error) -> TaskResult {

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::model::recorded::Recorded;
-use crate::model::{ChatReply, Client, Finish};
+use crate::model::recorded::Replayer;
+use crate::model::{Backend, ChatReply, Client, Finish};
 use crate::route::Route;
 
 const SPEC: &str = include_str!("../fixtures/demo/spec.json");
@@ -72,7 +72,8 @@ fn commit_all(git: &git2::Repository) -> std::result::Result<(), git2::Error> {
     Ok(())
 }
 
-/// The recorded replies, served in order instead of a server.
+/// The recorded replies, served in order instead of a server. Sequential, not matched
+/// against the requests, so the demo survives changes to the prompt templates' wording.
 pub fn recorded_route() -> Route {
     let replies = REPLIES
         .iter()
@@ -80,13 +81,14 @@ pub fn recorded_route() -> Route {
             content: (*text).to_owned(),
             finish: Finish::Stop,
             usage: None,
+            notes: Vec::new(),
         })
         .collect();
     Route {
-        client: Client::Recorded(Recorded::new(
+        client: Client::new(Backend::Recorded(Replayer::sequential(
             "recorded demo replies (no model server used)",
             replies,
-        )),
+        ))),
         model: "recorded-demo".to_owned(),
     }
 }

@@ -45,6 +45,8 @@ pub struct RunOptions {
     pub temperature: f32,
     pub max_tokens: Option<u32>,
     pub limits: Limits,
+    /// Retries, `--record` and `--replay`.
+    pub connection: route::Connection,
     pub lock_timeout: Duration,
 }
 
@@ -64,6 +66,7 @@ impl RunOptions {
             temperature: 0.2,
             max_tokens: None,
             limits: Limits::default(),
+            connection: route::Connection::default(),
             lock_timeout: Duration::from_secs(600),
         }
     }
@@ -247,7 +250,7 @@ async fn run_task(
         route
     } else {
         progress("connecting to the model server");
-        route::connect(&choice, options.limits).await?
+        route::connect(&choice, options.limits, &options.connection).await?
     };
     state.model = Some(ModelInfo {
         provider: client.provider().as_str().to_owned(),
@@ -294,7 +297,7 @@ async fn run_task(
             outcome: Outcome::Ok,
             error: None,
             usage,
-            notes: Vec::new(),
+            notes: reply.notes.clone(),
         };
 
         let failure = match check_reply(&reply, &spec, &targets, &language, &mut attempt.notes) {
@@ -481,12 +484,13 @@ fn dry_run_request(
         temperature: options.temperature,
         max_tokens: options.max_tokens,
     };
-    json!({
-        "dry_run": true,
-        "task_id": spec.task_id,
-        "endpoint": choice.endpoint.as_deref().map(route::openai_base),
-        "request": crate::model::openai::request_body(&request),
-    })
+    let mut printed = json!({"dry_run": true, "task_id": spec.task_id});
+    if let (Some(printed), serde_json::Value::Object(target)) =
+        (printed.as_object_mut(), route::dry_run(choice, &request))
+    {
+        printed.extend(target);
+    }
+    printed
 }
 
 /// Extraction and guards: the files to write, or why the reply cannot be used.

@@ -1,28 +1,47 @@
-//! Decides which server, protocol and model a run uses.
+//! Decides which server, protocol and model a run uses, and surveys the local servers.
 //!
 //! Precedence: command-line flag > spec > `LOCAL_TASK_*` > the ecosystem's own variables
-//! (`OPENAI_BASE_URL`, `OLLAMA_HOST`) > discovery of the usual local ports.
+//! (`OLLAMA_HOST`, `OPENAI_BASE_URL` + `OPENAI_API_KEY`) > discovery of the usual local
+//! ports. With `--provider auto`, a server that answers `/api/version` is Ollama and gets
+//! its native API; anything answering `/v1/models` is OpenAI-compatible.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::model::ollama::Ollama;
 use crate::model::openai::OpenAi;
-use crate::model::{Client, Limits, ModelError, ModelErrorKind};
+use crate::model::recorded::{Cassette, Matching, Recorder, Replayer};
+use crate::model::retry::RetryPolicy;
+use crate::model::{
+    Backend, ChatRequest, Client, Limits, ModelError, ModelErrorKind, Provider, request_body,
+};
 
 /// The usual local ports, in the order discovery prefers them.
 pub const LOCAL_PORTS: &[(u16, &str)] = &[
     (11434, "Ollama"),
     (1234, "LM Studio"),
     (8080, "llama.cpp server"),
+    (9931, "llama.cpp server"),
     (8000, "vLLM"),
 ];
+
+/// Replaces [`LOCAL_PORTS`] for discovery (comma-separated ports). Undocumented for users:
+/// it exists so tests can point discovery at ports they own.
+pub const PORTS_VARIABLE: &str = "LOCAL_TASK_DISCOVERY_PORTS";
+
+const OLLAMA_DEFAULT_PORT: u16 = 11434;
 
 /// What the user asked for, before anything is probed.
 #[derive(Debug, Clone, Default)]
 pub struct ModelChoice {
     pub endpoint: Option<String>,
+    /// `openai` or `ollama`; `None` is auto.
     pub provider: Option<String>,
     pub model: Option<String>,
     pub api_key: Option<String>,
+    /// The ports discovery probes, with what usually listens there; empty means
+    /// [`LOCAL_PORTS`].
+    pub ports: Vec<(u16, String)>,
 }
 
 impl ModelChoice {
@@ -42,13 +61,17 @@ impl ModelChoice {
             .endpoint
             .clone()
             .or_else(|| env("LOCAL_TASK_ENDPOINT"))
-            .or_else(|| {
-                if provider.as_deref() == Some("ollama") {
-                    env("OLLAMA_HOST").or_else(|| env("OPENAI_BASE_URL"))
-                } else {
-                    env("OPENAI_BASE_URL")
-                        .or_else(|| env("OLLAMA_HOST").map(|host| ollama_openai_base(&host)))
-                }
+            .or_else(|| match provider.as_deref() {
+                Some("ollama") => env("OLLAMA_HOST")
+                    .map(|host| ollama_host(&host))
+                    .or_else(|| env("OPENAI_BASE_URL")),
+                // OpenAI explicitly: Ollama's host is used through its `/v1`.
+                Some("openai") => env("OPENAI_BASE_URL").or_else(|| {
+                    env("OLLAMA_HOST").map(|host| format!("{}/v1", ollama_host(&host)))
+                }),
+                // Auto: the bare host is probed and gets Ollama's native API.
+                _ => env("OPENAI_BASE_URL")
+                    .or_else(|| env("OLLAMA_HOST").map(|host| ollama_host(&host))),
             });
         Self {
             endpoint,
@@ -63,14 +86,66 @@ impl ModelChoice {
                 .clone()
                 .or_else(|| env("LOCAL_TASK_API_KEY"))
                 .or_else(|| env("OPENAI_API_KEY")),
+            ports: if flags.ports.is_empty() {
+                discovery_ports(env(PORTS_VARIABLE).as_deref())
+            } else {
+                flags.ports.clone()
+            },
+        }
+    }
+
+    fn ports(&self) -> Vec<(u16, String)> {
+        if self.ports.is_empty() {
+            discovery_ports(None)
+        } else {
+            self.ports.clone()
         }
     }
 }
 
-/// `OLLAMA_HOST` may be `host:port` without a scheme; its OpenAI-compatible API is `/v1`.
-fn ollama_openai_base(host: &str) -> String {
-    let url = with_scheme(host);
-    format!("{}/v1", url.trim_end_matches('/'))
+/// The ports to probe: the override's (labelled from [`LOCAL_PORTS`] when known) or the
+/// usual ones.
+pub fn discovery_ports(over: Option<&str>) -> Vec<(u16, String)> {
+    let label = |port: u16| {
+        LOCAL_PORTS
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map_or("unknown", |(_, name)| name)
+            .to_owned()
+    };
+    match over {
+        Some(list) => list
+            .split(',')
+            .filter_map(|port| port.trim().parse::<u16>().ok())
+            .map(|port| (port, label(port)))
+            .collect(),
+        None => LOCAL_PORTS
+            .iter()
+            .map(|(port, name)| (*port, (*name).to_owned()))
+            .collect(),
+    }
+}
+
+/// `OLLAMA_HOST` as a URL: it may lack the scheme or the port, and is often the bind
+/// address `0.0.0.0`, which is reached through loopback.
+fn ollama_host(host: &str) -> String {
+    let url = with_scheme(host.trim()).trim_end_matches('/').to_owned();
+    let (scheme, rest) = url.split_once("://").unwrap_or(("http", &url));
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    let authority = authority.replace("0.0.0.0", "127.0.0.1");
+    let has_port = authority
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| port.parse::<u16>().is_ok());
+    let authority = if has_port {
+        authority
+    } else {
+        format!("{authority}:{OLLAMA_DEFAULT_PORT}")
+    };
+    if path.is_empty() {
+        format!("{scheme}://{authority}")
+    } else {
+        format!("{scheme}://{authority}/{path}")
+    }
 }
 
 fn with_scheme(url: &str) -> String {
@@ -81,16 +156,55 @@ fn with_scheme(url: &str) -> String {
     }
 }
 
+/// True for `http://host:port` without a path: the protocol is then found by probing.
+fn is_bare(endpoint: &str) -> bool {
+    let url = with_scheme(endpoint.trim());
+    let url = url.trim_end_matches('/');
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    !after_scheme.contains('/')
+}
+
 /// The API root of an OpenAI-compatible server: a bare `http://host:port` gets `/v1`.
 pub fn openai_base(endpoint: &str) -> String {
     let url = with_scheme(endpoint.trim());
     let url = url.trim_end_matches('/');
-    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
     let url = url.trim_end_matches("/chat/completions");
-    if after_scheme.contains('/') {
-        url.to_owned()
-    } else {
+    if is_bare(url) {
         format!("{url}/v1")
+    } else {
+        url.to_owned()
+    }
+}
+
+/// The root of an Ollama server: whatever API path was given is dropped.
+pub fn ollama_base(endpoint: &str) -> String {
+    let url = with_scheme(endpoint.trim());
+    let mut url = url.trim_end_matches('/');
+    for suffix in ["/api/chat", "/api", "/v1"] {
+        url = url.trim_end_matches(suffix);
+    }
+    url.to_owned()
+}
+
+/// How a run reaches its model besides the server itself: retries, recording, replay.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub retry: RetryPolicy,
+    /// Save every exchange to this cassette.
+    pub record: Option<PathBuf>,
+    /// Serve replies from this cassette instead of a server.
+    pub replay: Option<PathBuf>,
+    pub replay_matching: Matching,
+}
+
+impl Default for Connection {
+    fn default() -> Self {
+        Self {
+            retry: RetryPolicy::default(),
+            record: None,
+            replay: None,
+            replay_matching: Matching::Strict,
+        }
     }
 }
 
@@ -102,42 +216,122 @@ pub struct Route {
 
 /// Connects to the chosen server (discovering one when none was named) and settles the
 /// model name (the server's only model when none was named).
-pub async fn connect(choice: &ModelChoice, limits: Limits) -> Result<Route, ModelError> {
+pub async fn connect(
+    choice: &ModelChoice,
+    limits: Limits,
+    connection: &Connection,
+) -> Result<Route, ModelError> {
+    if let Some(path) = &connection.replay {
+        let cassette = Cassette::load(path)?;
+        let model = choice
+            .model
+            .clone()
+            .or_else(|| cassette.model().map(str::to_owned))
+            .unwrap_or_default();
+        let source = format!("replay of {}", path.display());
+        return Ok(Route {
+            client: Client::new(Backend::Recorded(Replayer::new(
+                source,
+                cassette,
+                connection.replay_matching,
+            ))),
+            model,
+        });
+    }
+    let (backend, models) = open_backend(choice, limits).await?;
+    let client = Client::new(backend).with_retry(connection.retry);
+    let model = if let Some(model) = &choice.model {
+        model.clone()
+    } else {
+        let models = match models {
+            Some(models) => models?,
+            None => list_models(&client).await?,
+        };
+        only_model(&client.endpoint(), models)?
+    };
+    let client = match &connection.record {
+        Some(path) => {
+            let recorder = Recorder::create(path, client.provider().as_str(), &client.endpoint())?;
+            client.with_recorder(recorder)
+        }
+        None => client,
+    };
+    Ok(Route { client, model })
+}
+
+async fn list_models(client: &Client) -> Result<Vec<String>, ModelError> {
+    match client.backend() {
+        Backend::OpenAi(openai) => openai.list_models().await,
+        Backend::Ollama(ollama) => ollama.list_models().await,
+        Backend::Recorded(_) => Ok(Vec::new()),
+    }
+}
+
+/// The backend for the chosen provider and endpoint, with the model list when probing
+/// already fetched it.
+async fn open_backend(
+    choice: &ModelChoice,
+    limits: Limits,
+) -> Result<(Backend, Option<Result<Vec<String>, ModelError>>), ModelError> {
+    let api_key = choice.api_key.clone();
     if let Some(provider) = choice.provider.as_deref()
         && provider != "openai"
+        && provider != "ollama"
     {
         return Err(ModelError::new(
             ModelErrorKind::NoServer,
             format!("unknown provider `{provider}`"),
         )
-        .with_hint("use --provider auto or openai"));
+        .with_hint("use --provider auto, openai or ollama"));
     }
-    let base = match &choice.endpoint {
-        Some(endpoint) => openai_base(endpoint),
-        None => discover().await.ok_or_else(|| {
-            ModelError::new(
-                ModelErrorKind::NoServer,
-                format!(
-                    "no model server given and none answers on the usual local ports ({})",
-                    LOCAL_PORTS
-                        .iter()
-                        .map(|(port, name)| format!("{name} {port}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )
-            .with_hint("start Ollama or LM Studio's server, or pass --endpoint URL (or set LOCAL_TASK_ENDPOINT)")
-        })?,
-    };
-    let client = OpenAi::new(&base, choice.api_key.clone(), limits)?;
-    let model = match &choice.model {
-        Some(model) => model.clone(),
-        None => only_model(&base, client.list_models().await?)?,
-    };
-    Ok(Route {
-        client: Client::OpenAi(client),
-        model,
-    })
+    match (choice.provider.as_deref(), choice.endpoint.as_deref()) {
+        (Some("ollama"), Some(endpoint)) => Ok((
+            Backend::Ollama(Ollama::new(&ollama_base(endpoint), limits)?),
+            None,
+        )),
+        (Some(_), Some(endpoint)) => Ok((
+            Backend::OpenAi(OpenAi::new(&openai_base(endpoint), api_key, limits)?),
+            None,
+        )),
+        // A path (`/v1`, `/api/v1`) names the OpenAI-compatible API explicitly.
+        (None, Some(endpoint)) if !is_bare(endpoint) => Ok((
+            Backend::OpenAi(OpenAi::new(&openai_base(endpoint), api_key, limits)?),
+            None,
+        )),
+        (None, Some(endpoint)) => {
+            let root = with_scheme(endpoint.trim())
+                .trim_end_matches('/')
+                .to_owned();
+            match probe(&root, api_key.clone(), probe_limits(limits)).await {
+                Ok(found) => Ok((found.backend(api_key, limits)?, Some(found.models))),
+                // Probing failed: the chat call will fail with the real reason, or work
+                // on a server without a model list.
+                Err(_) if choice.model.is_some() => Ok((
+                    Backend::OpenAi(OpenAi::new(&openai_base(&root), api_key, limits)?),
+                    None,
+                )),
+                Err(error) => Err(error),
+            }
+        }
+        (provider, None) => {
+            let ports = choice.ports();
+            let found = discover(&ports, api_key.clone(), provider).await.ok_or_else(|| {
+                ModelError::new(
+                    ModelErrorKind::NoServer,
+                    format!(
+                        "no model server given and none answers on the usual local ports ({})",
+                        ports
+                            .iter()
+                            .map(|(port, name)| format!("{name} {port}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+                .with_hint("start Ollama or LM Studio's server, or pass --endpoint URL (or set LOCAL_TASK_ENDPOINT)")
+            })?;
+            Ok((found.backend(api_key, limits)?, Some(found.models)))
+        }
+    }
 }
 
 fn only_model(base: &str, mut models: Vec<String>) -> Result<String, ModelError> {
@@ -151,7 +345,7 @@ fn only_model(base: &str, mut models: Vec<String>) -> Result<String, ModelError>
         _ => Err(ModelError::new(
             ModelErrorKind::NoModel,
             format!(
-                "{base} offers {} models and none was chosen: {}",
+                "{base} offers {} models and none was chosen: {}; choose one with --model NAME, the spec's \"model\" field, or LOCAL_TASK_MODEL",
                 models.len(),
                 models.join(", ")
             ),
@@ -160,28 +354,121 @@ fn only_model(base: &str, mut models: Vec<String>) -> Result<String, ModelError>
     }
 }
 
-/// The first usual local port whose server answers `GET /v1/models`, probed all at once
-/// with short timeouts.
-async fn discover() -> Option<String> {
-    let probes = LOCAL_PORTS.iter().map(|(port, _)| async move {
-        let base = format!("http://127.0.0.1:{port}/v1");
-        let client = OpenAi::new(
-            &base,
-            None,
-            Limits {
-                connect: Duration::from_millis(300),
-                first_byte: Duration::from_millis(1500),
-                ..Limits::default()
-            },
-        )
-        .ok()?;
-        client.list_models().await.ok().map(|_| base)
+/// What answered at one address.
+struct Found {
+    provider: Provider,
+    /// The API root the client uses.
+    base: String,
+    /// An Ollama server may answer `/api/version` and still fail to list its models.
+    models: Result<Vec<String>, ModelError>,
+    version: Option<String>,
+}
+
+impl Found {
+    fn backend(&self, api_key: Option<String>, limits: Limits) -> Result<Backend, ModelError> {
+        Ok(match self.provider {
+            Provider::Ollama => Backend::Ollama(Ollama::new(&self.base, limits)?),
+            _ => Backend::OpenAi(OpenAi::new(&self.base, api_key, limits)?),
+        })
+    }
+}
+
+/// Short limits for probing: a local server answers these at once or not at all.
+fn probe_limits(limits: Limits) -> Limits {
+    Limits {
+        connect: limits.connect.min(Duration::from_millis(500)),
+        first_byte: limits.first_byte.min(Duration::from_millis(1200)),
+        ..limits
+    }
+}
+
+/// Asks `root` (`http://host:port`) whether it is Ollama (`/api/version`) or
+/// OpenAI-compatible (`/v1/models`), both at once; `only` restricts to one protocol.
+async fn probe_as(
+    root: &str,
+    api_key: Option<String>,
+    limits: Limits,
+    only: Option<&str>,
+) -> Result<Found, ModelError> {
+    let ollama = async {
+        if only == Some("openai") {
+            return None;
+        }
+        let client = Ollama::new(root, limits).ok()?;
+        let version = client.version().await.ok()?;
+        Some((client.list_models().await, version))
+    };
+    let openai_base = format!("{root}/v1");
+    let openai = async {
+        if only == Some("ollama") {
+            return Err(ModelError::new(
+                ModelErrorKind::NoServer,
+                format!("{root}: not an Ollama server"),
+            ));
+        }
+        OpenAi::new(&openai_base, api_key, limits)?
+            .list_models()
+            .await
+    };
+    let (ollama, openai) = futures_util::future::join(ollama, openai).await;
+    if let Some((models, version)) = ollama {
+        return Ok(Found {
+            provider: Provider::Ollama,
+            base: root.to_owned(),
+            models,
+            version: Some(version),
+        });
+    }
+    Ok(Found {
+        provider: Provider::OpenAi,
+        base: openai_base,
+        models: Ok(openai?),
+        version: None,
+    })
+}
+
+async fn probe(root: &str, api_key: Option<String>, limits: Limits) -> Result<Found, ModelError> {
+    probe_as(root, api_key, limits, None).await
+}
+
+/// The first port, in preference order, with a server that answers; all probed at once.
+async fn discover(
+    ports: &[(u16, String)],
+    api_key: Option<String>,
+    only: Option<&str>,
+) -> Option<Found> {
+    let limits = probe_limits(Limits::default());
+    let probes = ports.iter().map(|(port, _)| {
+        let api_key = api_key.clone();
+        async move {
+            probe_as(&format!("http://127.0.0.1:{port}"), api_key, limits, only)
+                .await
+                .ok()
+        }
     });
     futures_util::future::join_all(probes)
         .await
         .into_iter()
         .flatten()
         .next()
+}
+
+/// What `--dry-run` shows: the endpoint and body the request would go to, without probing
+/// (auto is shown as OpenAI-compatible unless the endpoint names Ollama's API).
+pub fn dry_run(choice: &ModelChoice, request: &ChatRequest) -> serde_json::Value {
+    let provider = match choice.provider.as_deref() {
+        Some("ollama") => Provider::Ollama,
+        _ => Provider::OpenAi,
+    };
+    let endpoint = choice.endpoint.as_deref().map(|endpoint| match provider {
+        Provider::Ollama => ollama_base(endpoint),
+        _ => openai_base(endpoint),
+    });
+    serde_json::json!({
+        "provider": provider.as_str(),
+        "endpoint": endpoint,
+        "request": request_body(provider, request),
+    })
 }
 
 #[cfg(test)]
@@ -203,6 +490,40 @@ mod tests {
     }
 
     #[test]
+    fn ollama_addresses_normalise_to_the_server_root() {
+        assert_eq!(ollama_base("http://h:11434/v1/"), "http://h:11434");
+        assert_eq!(ollama_base("h:11434/api/chat"), "http://h:11434");
+        assert_eq!(ollama_host("0.0.0.0"), "http://127.0.0.1:11434");
+        assert_eq!(ollama_host("https://box:8443/"), "https://box:8443");
+        assert_eq!(ollama_host("[::1]"), "http://[::1]:11434");
+        assert!(is_bare("http://h:1/") && !is_bare("http://h:1/v1"));
+    }
+
+    #[test]
+    fn ollama_host_follows_the_provider() {
+        let env = |name: &str| (name == "OLLAMA_HOST").then(|| "box:11434".to_owned());
+        let with = |provider: Option<&str>| {
+            let flags = ModelChoice {
+                provider: provider.map(str::to_owned),
+                ..ModelChoice::default()
+            };
+            ModelChoice::resolve(&flags, None, &env).endpoint
+        };
+        assert_eq!(with(None).as_deref(), Some("http://box:11434"));
+        assert_eq!(with(Some("ollama")).as_deref(), Some("http://box:11434"));
+        assert_eq!(with(Some("openai")).as_deref(), Some("http://box:11434/v1"));
+    }
+
+    #[test]
+    fn discovery_ports_can_be_overridden() {
+        assert_eq!(discovery_ports(None).len(), LOCAL_PORTS.len());
+        assert_eq!(
+            discovery_ports(Some("1234, 7, x")),
+            [(1234, "LM Studio".to_owned()), (7, "unknown".to_owned())]
+        );
+    }
+
+    #[test]
     fn precedence_flag_spec_env_ecosystem() {
         let env = |name: &str| match name {
             "LOCAL_TASK_MODEL" => Some("env-model".to_owned()),
@@ -211,7 +532,7 @@ mod tests {
         };
         let choice = ModelChoice::resolve(&ModelChoice::default(), Some("spec-model"), &env);
         assert_eq!(choice.model.as_deref(), Some("spec-model"));
-        assert_eq!(choice.endpoint.as_deref(), Some("http://0.0.0.0:11434/v1"));
+        assert_eq!(choice.endpoint.as_deref(), Some("http://127.0.0.1:11434"));
 
         let flags = ModelChoice {
             model: Some("flag-model".to_owned()),
@@ -231,48 +552,88 @@ mod tests {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ServerReport {
     pub endpoint: String,
-    /// What usually listens there, e.g. "LM Studio".
+    /// The server: "Ollama" when it answered as one, else what usually listens on that
+    /// port (e.g. "LM Studio"), or "OpenAI-compatible" for a named endpoint.
     pub kind: String,
+    /// The protocol the tool speaks to it (`ollama` or `openai`); null when unreachable.
+    pub provider: Option<String>,
+    /// The server's version, when it tells (Ollama does).
+    pub version: Option<String>,
     pub reachable: bool,
     pub models: Vec<String>,
     pub error: Option<String>,
+    /// How long the probe took.
+    pub probe_ms: u64,
 }
 
-/// Probes `endpoint`, or every usual local port at once, with short timeouts.
-pub async fn survey(endpoint: Option<&str>, api_key: Option<String>) -> Vec<ServerReport> {
+/// Probes `endpoint`, or every discovery port at once, with short timeouts.
+pub async fn survey(
+    endpoint: Option<&str>,
+    provider: Option<&str>,
+    api_key: Option<String>,
+    ports: &[(u16, String)],
+) -> Vec<ServerReport> {
     let targets: Vec<(String, String)> = match endpoint {
-        Some(endpoint) => vec![(openai_base(endpoint), "OpenAI-compatible".to_owned())],
-        None => LOCAL_PORTS
+        Some(endpoint) => vec![(endpoint.to_owned(), "OpenAI-compatible".to_owned())],
+        None => ports
             .iter()
-            .map(|(port, name)| (format!("http://127.0.0.1:{port}/v1"), (*name).to_owned()))
+            .map(|(port, name)| (format!("http://127.0.0.1:{port}"), name.clone()))
             .collect(),
     };
-    let limits = Limits {
-        connect: Duration::from_millis(500),
-        first_byte: Duration::from_millis(1500),
-        ..Limits::default()
-    };
-    let probes = targets.into_iter().map(|(base, kind)| {
+    let limits = probe_limits(Limits::default());
+    let provider = provider.filter(|p| *p != "auto");
+    let probes = targets.into_iter().map(|(target, kind)| {
         let api_key = api_key.clone();
         async move {
-            let listed = match OpenAi::new(&base, api_key, limits) {
-                Ok(client) => client.list_models().await,
-                Err(error) => Err(error),
+            let started = std::time::Instant::now();
+            let found = if provider == Some("openai") || (provider.is_none() && !is_bare(&target)) {
+                let base = openai_base(&target);
+                match OpenAi::new(&base, api_key, limits) {
+                    Ok(client) => client.list_models().await.map(|models| Found {
+                        provider: Provider::OpenAi,
+                        base,
+                        models: Ok(models),
+                        version: None,
+                    }),
+                    Err(error) => Err(error),
+                }
+            } else {
+                let root = if provider == Some("ollama") {
+                    ollama_base(&target)
+                } else {
+                    with_scheme(target.trim()).trim_end_matches('/').to_owned()
+                };
+                probe_as(&root, api_key, limits, provider).await
             };
-            match listed {
-                Ok(models) => ServerReport {
-                    endpoint: base,
-                    kind,
+            let probe_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            match found {
+                Ok(found) => ServerReport {
+                    endpoint: found.base,
+                    kind: if found.provider == Provider::Ollama {
+                        "Ollama".to_owned()
+                    } else {
+                        kind
+                    },
+                    provider: Some(found.provider.as_str().to_owned()),
+                    version: found.version,
                     reachable: true,
-                    models,
-                    error: None,
+                    error: found
+                        .models
+                        .as_ref()
+                        .err()
+                        .map(|e| format!("{}: {}", e.kind.as_str(), e.message)),
+                    models: found.models.unwrap_or_default(),
+                    probe_ms,
                 },
                 Err(error) => ServerReport {
-                    endpoint: base,
+                    endpoint: target,
                     kind,
+                    provider: None,
+                    version: None,
                     reachable: false,
                     models: Vec::new(),
-                    error: Some(error.to_string()),
+                    error: Some(format!("{}: {}", error.kind.as_str(), error.message)),
+                    probe_ms,
                 },
             }
         }

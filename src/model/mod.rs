@@ -1,8 +1,10 @@
 //! Talking to a model: the request and reply every provider shares, the fault classes, and
-//! the client that dispatches to a provider.
+//! the client that dispatches to a provider, retries transient faults and records exchanges.
 
+pub mod ollama;
 pub mod openai;
 pub mod recorded;
+pub mod retry;
 
 use std::fmt;
 use std::time::Duration;
@@ -46,7 +48,7 @@ impl Message {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<Message>,
@@ -81,6 +83,9 @@ pub struct ChatReply {
     pub finish: Finish,
     /// Token counts when the server reported them.
     pub usage: Option<TokenUsage>,
+    /// Things worth knowing about the call that did not stop it (e.g. a retried fault).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,7 +125,9 @@ pub enum Provider {
     /// OpenAI-compatible `/v1/chat/completions` with SSE streaming: LM Studio, llama.cpp
     /// server, vLLM, Ollama's `/v1`.
     OpenAi,
-    /// Replies recorded earlier, served without a server.
+    /// Ollama's native `/api/chat` with NDJSON streaming (sends `num_ctx`).
+    Ollama,
+    /// Replies recorded earlier, served without a server (the demo, `--replay`).
     Recorded,
 }
 
@@ -128,6 +135,7 @@ impl Provider {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::OpenAi => "openai",
+            Self::Ollama => "ollama",
             Self::Recorded => "recorded",
         }
     }
@@ -208,6 +216,8 @@ pub enum ModelErrorKind {
     IdleTimeout,
     TotalTimeout,
     ModelNotFound,
+    /// The server runs but has no model loaded (LM Studio before `lms load`).
+    ModelNotLoaded,
     ContextTooLong,
     RateLimited,
     Unavailable,
@@ -218,6 +228,8 @@ pub enum ModelErrorKind {
     ReplyTooLarge,
     /// The recorded replies ran out or did not match the request.
     Replay,
+    /// The exchanges of a run could not be saved to the `--record` file.
+    Record,
 }
 
 impl ModelErrorKind {
@@ -233,6 +245,7 @@ impl ModelErrorKind {
             Self::IdleTimeout => "idle_timeout",
             Self::TotalTimeout => "total_timeout",
             Self::ModelNotFound => "model_not_found",
+            Self::ModelNotLoaded => "model_not_loaded",
             Self::ContextTooLong => "context_too_long",
             Self::RateLimited => "rate_limited",
             Self::Unavailable => "unavailable",
@@ -242,42 +255,113 @@ impl ModelErrorKind {
             Self::MalformedStream => "malformed_stream",
             Self::ReplyTooLarge => "reply_too_large",
             Self::Replay => "replay",
+            Self::Record => "record",
         }
+    }
+
+    /// Faults worth another try: the server may answer the same request a moment later.
+    /// Everything else (a refused connection, a missing model, a prompt too long, a
+    /// timeout that already waited its full limit) would fail the same way again.
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            Self::ConnectionReset
+                | Self::RateLimited
+                | Self::Unavailable
+                | Self::HttpServerError
+                | Self::StreamCut
+        )
     }
 }
 
-/// A configured connection to one model.
-pub enum Client {
+/// One protocol to one server (or the recorded replies standing in for it).
+pub enum Backend {
     OpenAi(openai::OpenAi),
-    Recorded(recorded::Recorded),
+    Ollama(ollama::Ollama),
+    Recorded(recorded::Replayer),
+}
+
+/// A configured connection to one model: the backend, how transient faults are retried,
+/// and where exchanges are recorded.
+pub struct Client {
+    backend: Backend,
+    retry: retry::RetryPolicy,
+    recorder: Option<recorded::Recorder>,
 }
 
 impl Client {
+    pub fn new(backend: Backend) -> Self {
+        Self {
+            backend,
+            retry: retry::RetryPolicy::default(),
+            recorder: None,
+        }
+    }
+
+    #[must_use]
+    pub fn with_retry(mut self, retry: retry::RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    #[must_use]
+    pub fn with_recorder(mut self, recorder: recorded::Recorder) -> Self {
+        self.recorder = Some(recorder);
+        self
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
     pub fn provider(&self) -> Provider {
-        match self {
-            Self::OpenAi(_) => Provider::OpenAi,
-            Self::Recorded(_) => Provider::Recorded,
+        match &self.backend {
+            Backend::OpenAi(_) => Provider::OpenAi,
+            Backend::Ollama(_) => Provider::Ollama,
+            Backend::Recorded(_) => Provider::Recorded,
         }
     }
 
     pub fn endpoint(&self) -> String {
-        match self {
-            Self::OpenAi(client) => client.base_url().to_owned(),
-            Self::Recorded(recorded) => recorded.source().to_owned(),
+        match &self.backend {
+            Backend::OpenAi(client) => client.base_url().to_owned(),
+            Backend::Ollama(client) => client.base_url().to_owned(),
+            Backend::Recorded(replayer) => replayer.source().to_owned(),
         }
     }
 
     /// The exact JSON body this client would send, for `--dry-run`.
     pub fn request_body(&self, request: &ChatRequest) -> serde_json::Value {
-        match self {
-            Self::OpenAi(_) | Self::Recorded(_) => openai::request_body(request),
-        }
+        request_body(self.provider(), request)
     }
 
+    /// One model call: retried while its faults are transient, recorded when asked.
     pub async fn chat(&self, request: &ChatRequest) -> Result<ChatReply, ModelError> {
-        match self {
-            Self::OpenAi(client) => client.chat(request).await,
-            Self::Recorded(recorded) => recorded.next_reply(),
+        if let Backend::Recorded(replayer) = &self.backend {
+            // A recorded fault is the outcome after the recorded run's own retries:
+            // retrying it here would consume the next exchange.
+            return replayer.next_reply(request);
         }
+        let outcome = self.retry.run(|| self.chat_once(request)).await;
+        if let Some(recorder) = &self.recorder {
+            recorder.record(request, &outcome)?;
+        }
+        outcome
+    }
+
+    async fn chat_once(&self, request: &ChatRequest) -> Result<ChatReply, ModelError> {
+        match &self.backend {
+            Backend::OpenAi(client) => client.chat(request).await,
+            Backend::Ollama(client) => client.chat(request).await,
+            Backend::Recorded(replayer) => replayer.next_reply(request),
+        }
+    }
+}
+
+/// The JSON body `provider` would be sent for `request`.
+pub fn request_body(provider: Provider, request: &ChatRequest) -> serde_json::Value {
+    match provider {
+        Provider::Ollama => ollama::request_body(request),
+        Provider::OpenAi | Provider::Recorded => openai::request_body(request),
     }
 }

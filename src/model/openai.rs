@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use eventsource_stream::Eventsource;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use eventsource_stream::{EventStreamError, Eventsource};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
@@ -113,7 +116,21 @@ impl OpenAi {
             return self.whole_reply(url, response).await;
         }
 
-        let mut events = response.bytes_stream().eventsource();
+        // Bytes since the last whole event: a line that never ends is a reply that never
+        // ends, and must hit the size cap even though no event completes.
+        let unparsed = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&unparsed);
+        let cap = self.limits.max_reply_bytes;
+        let mut events = response
+            .bytes_stream()
+            .map(move |chunk| {
+                let chunk = chunk.map_err(Source::Http)?;
+                if counter.fetch_add(chunk.len(), Ordering::Relaxed) + chunk.len() > cap {
+                    return Err(Source::TooLarge);
+                }
+                Ok(chunk)
+            })
+            .eventsource();
         let mut reply = StreamedReply::default();
         loop {
             let next = tokio::time::timeout(self.limits.idle, events.next())
@@ -129,15 +146,9 @@ impl OpenAi {
                     )
                 })?;
             let Some(event) = next else { break };
-            let event = event.map_err(|error| {
-                ModelError::new(
-                    ModelErrorKind::StreamCut,
-                    format!(
-                        "{url}: the stream broke off after {} bytes: {error}",
-                        reply.content.len()
-                    ),
-                )
-            })?;
+            let event =
+                event.map_err(|error| stream_error(url, reply.content.len(), cap, error))?;
+            unparsed.store(0, Ordering::Relaxed);
             let data = event.data.trim();
             if data.is_empty() {
                 continue;
@@ -188,6 +199,7 @@ impl OpenAi {
                 .as_str()
                 .map_or(Finish::Stop, Finish::from_reason),
             usage: parse_usage(&body["usage"]),
+            notes: Vec::new(),
         })
     }
 }
@@ -205,6 +217,47 @@ pub fn request_body(request: &ChatRequest) -> Value {
         body["max_tokens"] = json!(max_tokens);
     }
     body
+}
+
+/// Why the bytes under the event stream stopped.
+#[derive(Debug)]
+enum Source {
+    Http(reqwest::Error),
+    TooLarge,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Http(error) => write!(f, "{error}"),
+            Self::TooLarge => f.write_str("too large"),
+        }
+    }
+}
+
+fn stream_error(
+    url: &str,
+    received: usize,
+    cap: usize,
+    error: EventStreamError<Source>,
+) -> ModelError {
+    match error {
+        EventStreamError::Transport(Source::TooLarge) => ModelError::new(
+            ModelErrorKind::ReplyTooLarge,
+            format!("{url}: the reply passed {cap} bytes without ending"),
+        ),
+        EventStreamError::Transport(Source::Http(error)) => ModelError::new(
+            ModelErrorKind::StreamCut,
+            format!(
+                "{url}: the stream broke off after {received} bytes: {}",
+                transport_error(url, &error).message
+            ),
+        ),
+        other => ModelError::new(
+            ModelErrorKind::MalformedStream,
+            format!("{url}: the stream is not server-sent events after {received} bytes: {other}"),
+        ),
+    }
 }
 
 #[derive(Default)]
@@ -255,12 +308,14 @@ impl StreamedReply {
                 content: self.content,
                 finish,
                 usage: self.usage,
+                notes: Vec::new(),
             }),
             // `[DONE]` without a finish reason is a server quirk, not a cut.
             None if self.done => Ok(ChatReply {
                 content: self.content,
                 finish: Finish::Stop,
                 usage: self.usage,
+                notes: Vec::new(),
             }),
             None => Err(ModelError::new(
                 ModelErrorKind::StreamCut,
@@ -318,17 +373,36 @@ pub(crate) async fn check_status(
                 .map_or_else(|| json.to_string(), error_text)
         },
     );
+    // OpenAI-style bodies name the class in `error.code`; the others only in words.
+    let code = serde_json::from_str::<Value>(&body)
+        .ok()
+        .and_then(|json| json["error"]["code"].as_str().map(str::to_owned))
+        .unwrap_or_default();
     let lower = server_says.to_lowercase();
     let kind = match status.as_u16() {
         429 => ModelErrorKind::RateLimited,
-        503 => ModelErrorKind::Unavailable,
-        _ if lower.contains("context")
-            && (lower.contains("length")
-                || lower.contains("exceed")
-                || lower.contains("too long")
-                || lower.contains("window")) =>
+        _ if code == "context_length_exceeded"
+            || (lower.contains("context")
+                && (lower.contains("length")
+                    || lower.contains("exceed")
+                    || lower.contains("too long")
+                    || lower.contains("window"))) =>
         {
             ModelErrorKind::ContextTooLong
+        }
+        _ if code == "model_not_found" => ModelErrorKind::ModelNotFound,
+        // LM Studio with nothing loaded: "No models loaded. Please load a model ...".
+        400..=499 if lower.contains("no models loaded") || lower.contains("model not loaded") => {
+            ModelErrorKind::ModelNotLoaded
+        }
+        503 => ModelErrorKind::Unavailable,
+        400 | 404
+            if lower.contains("model")
+                && (lower.contains("not found")
+                    || lower.contains("does not exist")
+                    || lower.contains("try pulling")) =>
+        {
+            ModelErrorKind::ModelNotFound
         }
         404 if lower.contains("model") => ModelErrorKind::ModelNotFound,
         400..=499 => ModelErrorKind::HttpClientError,
@@ -343,6 +417,9 @@ pub(crate) async fn check_status(
         ModelErrorKind::ModelNotFound => {
             error.with_hint("list the server's models with `execute-local-task models` and pass --model NAME")
         }
+        ModelErrorKind::ModelNotLoaded => error.with_hint(
+            "load a model in the server first (LM Studio: `lms load NAME` or the Developer tab), or pass --model NAME",
+        ),
         ModelErrorKind::ContextTooLong => error.with_hint(
             "the prompt does not fit the model's context window: name fewer context files, or load the model with a larger context",
         ),

@@ -39,6 +39,26 @@ pub enum Script {
     Raw(Vec<u8>),
     /// Reads the request and never answers (until the client gives up).
     Hang,
+    /// Reads the request and closes the connection without a word.
+    Reset,
+    /// Answers 200 with the protocol's streaming headers and these body bytes, then
+    /// holds the connection open without sending more (a stalled stream).
+    Stall(String),
+    /// Streams `piece` as content every `every_ms` milliseconds and never finishes.
+    Drip { piece: String, every_ms: u64 },
+    /// Answers 200 with the protocol's streaming headers and exactly this body, then closes.
+    Body(String),
+}
+
+/// Which API the scripted server speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// OpenAI-compatible: `/v1/models`, `/v1/chat/completions` (SSE). `/api/*` is 404.
+    #[default]
+    OpenAi,
+    /// Ollama's native API: `/api/version`, `/api/tags`, `/api/chat` (NDJSON). It also
+    /// answers `/v1/*` like Ollama does.
+    Ollama,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +93,31 @@ impl Script {
             body: body.to_owned(),
             headers: Vec::new(),
         }
+    }
+
+    /// An error status with extra headers (e.g. `Retry-After`).
+    pub fn status_with(code: u16, body: &str, headers: &[(&str, &str)]) -> Self {
+        Self::Status {
+            code,
+            body: body.to_owned(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    /// A reply with these settings changed.
+    pub fn chat(text: &str, change: impl FnOnce(&mut Chat)) -> Self {
+        let mut chat = Chat {
+            text: text.to_owned(),
+            finish_reason: Some("stop".to_owned()),
+            usage: Some((100, 50)),
+            chunk: 7,
+            done: true,
+        };
+        change(&mut chat);
+        Self::Chat(chat)
     }
 }
 
@@ -119,6 +164,7 @@ struct ServerState {
     script: VecDeque<Script>,
     requests: Vec<Request>,
     models: Vec<String>,
+    protocol: Protocol,
 }
 
 pub struct ModelServer {
@@ -128,12 +174,17 @@ pub struct ModelServer {
 
 impl ModelServer {
     pub fn start(script: Vec<Script>, models: Vec<String>) -> Self {
+        Self::start_speaking(Protocol::OpenAi, script, models)
+    }
+
+    pub fn start_speaking(protocol: Protocol, script: Vec<Script>, models: Vec<String>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the scripted server");
         let url = format!("http://{}", listener.local_addr().unwrap());
         let state = Arc::new(Mutex::new(ServerState {
             script: script.into(),
             requests: Vec::new(),
             models,
+            protocol,
         }));
         let shared = Arc::clone(&state);
         std::thread::spawn(move || {
@@ -150,12 +201,41 @@ impl ModelServer {
     pub fn requests(&self) -> Vec<Request> {
         self.state.lock().unwrap().requests.clone()
     }
+
+    pub fn port(&self) -> u16 {
+        self.url.rsplit(':').next().unwrap().parse().unwrap()
+    }
 }
 
 fn serve(mut stream: TcpStream, state: &Mutex<ServerState>) {
     let Some(request) = read_request(&stream) else {
         return;
     };
+    let protocol = state.lock().unwrap().protocol;
+    if protocol == Protocol::Ollama && request.method == "GET" {
+        let body = match request.path.as_str() {
+            "/api/version" => Some(json!({"version": "0.6.0"})),
+            "/api/tags" => {
+                let models = state.lock().unwrap().models.clone();
+                let models: Vec<Value> = models
+                    .iter()
+                    .map(|name| json!({"name": name, "model": name, "size": 1}))
+                    .collect();
+                Some(json!({"models": models}))
+            }
+            _ => None,
+        };
+        if let Some(body) = body {
+            respond(
+                &mut stream,
+                200,
+                "application/json",
+                &[],
+                body.to_string().as_bytes(),
+            );
+            return;
+        }
+    }
     if request.method == "GET" && request.path.ends_with("/models") {
         let models = state.lock().unwrap().models.clone();
         let data: Vec<Value> = models
@@ -173,7 +253,8 @@ fn serve(mut stream: TcpStream, state: &Mutex<ServerState>) {
         );
         return;
     }
-    if !request.path.ends_with("/chat/completions") {
+    let native = protocol == Protocol::Ollama && request.path == "/api/chat";
+    if !native && !request.path.ends_with("/chat/completions") {
         respond(
             &mut stream,
             404,
@@ -188,6 +269,16 @@ fn serve(mut stream: TcpStream, state: &Mutex<ServerState>) {
         state.requests.push(request);
         state.script.pop_front()
     };
+    play(stream, script, native);
+}
+
+/// Answers one chat request as `script` says, in the protocol's framing.
+fn play(mut stream: TcpStream, script: Option<Script>, native: bool) {
+    let stream_head: &[u8] = if native {
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nConnection: close\r\n\r\n"
+    } else {
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n"
+    };
     match script {
         None => respond(
             &mut stream,
@@ -197,10 +288,13 @@ fn serve(mut stream: TcpStream, state: &Mutex<ServerState>) {
             br#"{"error":{"message":"the test script has no reply left"}}"#,
         ),
         Some(Script::Chat(chat)) => {
-            let _ = stream.write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n",
-            );
-            let _ = stream.write_all(sse_body(&chat).as_bytes());
+            let body = if native {
+                ndjson_body(&chat)
+            } else {
+                sse_body(&chat)
+            };
+            let _ = stream.write_all(stream_head);
+            let _ = stream.write_all(body.as_bytes());
             let _ = stream.flush();
             let _ = stream.shutdown(Shutdown::Write);
         }
@@ -221,12 +315,76 @@ fn serve(mut stream: TcpStream, state: &Mutex<ServerState>) {
             let _ = stream.write_all(&bytes);
             let _ = stream.shutdown(Shutdown::Both);
         }
-        Some(Script::Hang) => {
-            // Hold the connection open until the client goes away.
-            let mut sink = [0u8; 64];
-            while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+        Some(Script::Hang) => hold(&mut stream),
+        Some(Script::Reset) => {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        Some(Script::Stall(body)) => {
+            let _ = stream.write_all(stream_head);
+            let _ = stream.write_all(body.as_bytes());
+            let _ = stream.flush();
+            hold(&mut stream);
+        }
+        Some(Script::Body(body)) => {
+            let _ = stream.write_all(stream_head);
+            let _ = stream.write_all(body.as_bytes());
+            let _ = stream.flush();
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        Some(Script::Drip { piece, every_ms }) => {
+            let _ = stream.write_all(stream_head);
+            let event = if native {
+                format!(
+                    "{}\n",
+                    json!({"model": MODEL, "message": {"role": "assistant", "content": piece}, "done": false})
+                )
+            } else {
+                format!(
+                    "data: {}\n\n",
+                    json!({"id": "c1", "object": "chat.completion.chunk", "model": MODEL,
+                    "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]})
+                )
+            };
+            // Until the client hangs up: a server that never stops talking.
+            while stream.write_all(event.as_bytes()).is_ok() && stream.flush().is_ok() {
+                std::thread::sleep(std::time::Duration::from_millis(every_ms));
+            }
         }
     }
+}
+
+/// Holds the connection open until the client goes away.
+fn hold(stream: &mut TcpStream) {
+    let mut sink = [0u8; 64];
+    while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+}
+
+/// The NDJSON lines Ollama's `/api/chat` streams for `chat`.
+pub fn ndjson_body(chat: &Chat) -> String {
+    let mut body = String::new();
+    let chars: Vec<char> = chat.text.chars().collect();
+    for piece in chars.chunks(chat.chunk.max(1)) {
+        let piece: String = piece.iter().collect();
+        body.push_str(
+            &json!({"model": MODEL, "created_at": "2026-01-01T00:00:00Z",
+                "message": {"role": "assistant", "content": piece}, "done": false})
+            .to_string(),
+        );
+        body.push('\n');
+    }
+    if chat.done {
+        let mut last = json!({"model": MODEL, "created_at": "2026-01-01T00:00:00Z",
+            "message": {"role": "assistant", "content": ""}, "done": true,
+            "done_reason": chat.finish_reason.clone().unwrap_or_else(|| "stop".to_owned()),
+            "total_duration": 1000, "eval_duration": 500});
+        if let Some((prompt, completion)) = chat.usage {
+            last["prompt_eval_count"] = json!(prompt);
+            last["eval_count"] = json!(completion);
+        }
+        body.push_str(&last.to_string());
+        body.push('\n');
+    }
+    body
 }
 
 /// The SSE events a streaming OpenAI-compatible server sends for `chat`.
@@ -321,6 +479,36 @@ fn read_request(stream: &TcpStream) -> Option<Request> {
     })
 }
 
+/// A loopback address whose listener accepts no more connections: a connection attempt
+/// waits until it times out. The address stays that way while this value lives.
+pub struct Unresponsive {
+    pub url: String,
+    _listener: socket2::Socket,
+    _held: Vec<TcpStream>,
+}
+
+pub fn unresponsive_url() -> Unresponsive {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let address: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&address.into()).unwrap();
+    socket.listen(0).unwrap();
+    let address = socket.local_addr().unwrap().as_socket().unwrap();
+    // Fill the accept queue; once a connection attempt times out, every later one will.
+    let mut held = Vec::new();
+    while let Ok(stream) =
+        TcpStream::connect_timeout(&address, std::time::Duration::from_millis(100))
+    {
+        held.push(stream);
+        assert!(held.len() < 64, "the backlog does not fill up");
+    }
+    Unresponsive {
+        url: format!("http://{address}"),
+        _listener: socket,
+        _held: held,
+    }
+}
+
 /// A loopback URL where nothing listens.
 pub fn closed_port_url() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -344,6 +532,11 @@ pub struct Test {
     env: Vec<(String, String)>,
     endpoint: Option<String>,
     git: bool,
+    protocol: Protocol,
+    /// Discovery instead of an endpoint: the scripted server's port, then these.
+    discovery: Option<Vec<u16>>,
+    /// The environment variable that gets the scripted server's URL.
+    url_variable: String,
 }
 
 impl Test {
@@ -359,7 +552,30 @@ impl Test {
             env: Vec::new(),
             endpoint: None,
             git: true,
+            protocol: Protocol::OpenAi,
+            discovery: None,
+            url_variable: "LOCAL_TASK_ENDPOINT".to_owned(),
         }
+    }
+
+    /// Hands the scripted server's URL, as `host:port` without a scheme, to the tool
+    /// in `variable` (e.g. `OLLAMA_HOST`) instead of `LOCAL_TASK_ENDPOINT`.
+    pub fn server_url_in(mut self, variable: &str) -> Self {
+        variable.clone_into(&mut self.url_variable);
+        self
+    }
+
+    /// The scripted server speaks Ollama's native API (and `/v1`, like Ollama).
+    pub fn ollama(mut self) -> Self {
+        self.protocol = Protocol::Ollama;
+        self
+    }
+
+    /// No endpoint is set: the tool discovers servers on the scripted server's port
+    /// followed by `more_ports` (through the hidden port-list override).
+    pub fn discovery(mut self, more_ports: &[u16]) -> Self {
+        self.discovery = Some(more_ports.to_vec());
+        self
     }
 
     /// A file committed in the repository before the run.
@@ -466,7 +682,7 @@ impl Test {
         let home = self.dir.path().join("home");
         std::fs::create_dir_all(&home).unwrap();
 
-        let server = ModelServer::start(self.script, self.models);
+        let server = ModelServer::start_speaking(self.protocol, self.script, self.models);
         let before = snapshot(&repo);
         let mut command = Command::new(BIN);
         command
@@ -482,12 +698,26 @@ impl Test {
             .env("GIT_AUTHOR_EMAIL", "test@example.invalid")
             .env("GIT_COMMITTER_NAME", "Test")
             .env("GIT_COMMITTER_EMAIL", "test@example.invalid")
-            .env(
-                "LOCAL_TASK_ENDPOINT",
-                self.endpoint.as_deref().unwrap_or(&server.url),
-            )
             .env("LOCAL_TASK_MODEL", MODEL)
             .stdin(Stdio::null());
+        if self.url_variable == "LOCAL_TASK_ENDPOINT" {
+            command.env(
+                "LOCAL_TASK_ENDPOINT",
+                self.endpoint.as_deref().unwrap_or(&server.url),
+            );
+        } else {
+            let url = self.endpoint.as_deref().unwrap_or(&server.url);
+            command.env(&self.url_variable, url.trim_start_matches("http://"));
+        }
+        if let Some(more) = &self.discovery {
+            let ports: Vec<String> = std::iter::once(server.port())
+                .chain(more.iter().copied())
+                .map(|port| port.to_string())
+                .collect();
+            command
+                .env_remove("LOCAL_TASK_ENDPOINT")
+                .env("LOCAL_TASK_DISCOVERY_PORTS", ports.join(","));
+        }
         for (name, value) in &self.env {
             command.env(name, value);
         }
@@ -503,6 +733,7 @@ impl Test {
             before,
             repo,
             spec_path,
+            elapsed,
             _dir: self.dir,
         }
     }
@@ -585,6 +816,8 @@ pub struct Run {
     before: BTreeMap<String, Vec<u8>>,
     pub repo: PathBuf,
     pub spec_path: PathBuf,
+    /// How long the binary ran.
+    pub elapsed: std::time::Duration,
     _dir: tempfile::TempDir,
 }
 
