@@ -733,7 +733,6 @@ impl Test {
             before,
             repo,
             spec_path,
-            elapsed,
             _dir: self.dir,
         }
     }
@@ -816,8 +815,6 @@ pub struct Run {
     before: BTreeMap<String, Vec<u8>>,
     pub repo: PathBuf,
     pub spec_path: PathBuf,
-    /// How long the binary ran.
-    pub elapsed: std::time::Duration,
     _dir: tempfile::TempDir,
 }
 
