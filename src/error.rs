@@ -32,12 +32,16 @@ pub enum Error {
     UnsafePath { path: String, reason: String },
 
     /// An output file has uncommitted changes and `--force` was not given.
-    #[error("`{path}` has uncommitted changes; commit or stash them first, or pass --force to overwrite it (its bytes are backed up either way)")]
+    #[error(
+        "`{path}` has uncommitted changes; commit or stash them first, or pass --force to overwrite it (its bytes are backed up either way)"
+    )]
     DirtyTarget { path: String },
 
     /// An output file changed while the model was working (another run or an editor wrote
     /// it); writing would lose that change.
-    #[error("`{path}` changed while this run was waiting for the model (another run or an editor wrote it); nothing was written, run the task again")]
+    #[error(
+        "`{path}` changed while this run was waiting for the model (another run or an editor wrote it); nothing was written, run the task again"
+    )]
     Conflict { path: String },
 
     /// A context file is missing, binary, or the context is over its budget.

@@ -71,7 +71,8 @@ fn has_drive_prefix(path: &str) -> bool {
 pub fn is_dot_git(name: &str) -> bool {
     let visible: String = name.chars().filter(|&c| !is_hfs_ignorable(c)).collect();
     let base = visible.split(':').next().unwrap_or_default();
-    base.trim_end_matches(['.', ' ']).eq_ignore_ascii_case(".git")
+    base.trim_end_matches(['.', ' '])
+        .eq_ignore_ascii_case(".git")
         || visible.eq_ignore_ascii_case("git~1")
 }
 

@@ -37,6 +37,8 @@ pub async fn rollback(
 ) -> Result<RollbackReport> {
     let repo = Repo::discover(repo_dir)?;
     let _lock = lock::acquire(&repo, lock_timeout).await?;
+    // Under the lock no run is writing: temp files left now are a killed run's.
+    write::clean_stale_temp_files(&repo);
     let run_id = match which {
         Which::Id(id) => id.to_owned(),
         Which::Last => last_run(&repo)?,
@@ -69,7 +71,6 @@ pub async fn rollback(
             ),
         });
     }
-    write::clean_stale_temp_files(&repo);
     let done = journal.restore()?;
     journal.mark_rolled_back()?;
     let mut restored = done.restored;
@@ -99,9 +100,7 @@ fn last_run(repo: &Repo) -> Result<String> {
     ids.sort_unstable();
     ids.into_iter()
         .rev()
-        .find(|id| {
-            Journal::open(repo, id).is_ok_and(|journal| journal.has_writes())
-        })
+        .find(|id| Journal::open(repo, id).is_ok_and(|journal| journal.has_writes()))
         .ok_or_else(|| Error::Rollback {
             run_id: "--last".to_owned(),
             message: "no run of this repository has writes left to undo".to_owned(),

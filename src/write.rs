@@ -86,7 +86,10 @@ pub struct Restored {
 #[derive(Debug, PartialEq, Eq)]
 enum Current {
     Absent,
-    File { bytes: Vec<u8>, mode: u32 },
+    File {
+        bytes: Vec<u8>,
+        mode: u32,
+    },
     Symlink(String),
     /// A directory or special file.
     Other,
@@ -182,17 +185,17 @@ impl Journal {
                 path: relative.to_owned(),
             });
         }
-        let index = match self.manifest.files.iter().position(|e| e.path == relative) {
-            Some(index) => index,
-            None => {
-                let prior = self.back_up(relative, current)?;
-                self.manifest.files.push(Entry {
-                    path: relative.to_owned(),
-                    prior,
-                    written: None,
-                });
-                self.manifest.files.len() - 1
-            }
+        let index = if let Some(index) = self.manifest.files.iter().position(|e| e.path == relative)
+        {
+            index
+        } else {
+            let prior = self.back_up(relative, current)?;
+            self.manifest.files.push(Entry {
+                path: relative.to_owned(),
+                prior,
+                written: None,
+            });
+            self.manifest.files.len() - 1
         };
         // Record everything this write may leave behind before doing any of it.
         let mut created = location.dir.clone();
@@ -209,10 +212,18 @@ impl Journal {
         let mut parent = base;
         let mut parent_path = self.bounds.root().join(&location.dir);
         for name in &location.missing {
-            match mkdirat(Some(parent.as_raw_fd()), name.as_str(), Mode::from_bits_truncate(0o777)) {
+            match mkdirat(
+                Some(parent.as_raw_fd()),
+                name.as_str(),
+                Mode::from_bits_truncate(0o777),
+            ) {
                 Ok(()) | Err(Errno::EEXIST) => {}
                 Err(error) => {
-                    return Err(Error::io("create directory", parent_path.join(name), error.into()));
+                    return Err(Error::io(
+                        "create directory",
+                        parent_path.join(name),
+                        error.into(),
+                    ));
                 }
             }
             crash_point();
@@ -246,7 +257,11 @@ impl Journal {
                             location.name.as_str(),
                             UnlinkatFlags::NoRemoveDir,
                         ) {
-                            Ok(()) => sync(&parent, &parent_path)?,
+                            Ok(()) => {
+                                crash_point();
+                                sync(&parent, &parent_path)?;
+                                crash_point();
+                            }
                             Err(Errno::ENOENT) => {}
                             Err(error) => {
                                 return Err(Error::io(
@@ -342,13 +357,20 @@ impl Journal {
     }
 
     fn open_dir(&self, real_relative: &Path) -> Result<File> {
-        self.bounds
-            .open_dir(real_relative)
-            .map_err(|error| Error::io("open directory", self.bounds.root().join(real_relative), error))
+        self.bounds.open_dir(real_relative).map_err(|error| {
+            Error::io(
+                "open directory",
+                self.bounds.root().join(real_relative),
+                error,
+            )
+        })
     }
 
     fn shown(&self, location: &Location) -> PathBuf {
-        self.bounds.root().join(location.parent()).join(&location.name)
+        self.bounds
+            .root()
+            .join(location.parent())
+            .join(&location.name)
     }
 
     /// What stands at `relative` now.
@@ -391,10 +413,18 @@ impl Journal {
         let mut parent = self.open_dir(&location.dir)?;
         let mut parent_path = self.bounds.root().join(&location.dir);
         for name in &location.missing {
-            match mkdirat(Some(parent.as_raw_fd()), name.as_str(), Mode::from_bits_truncate(0o777)) {
+            match mkdirat(
+                Some(parent.as_raw_fd()),
+                name.as_str(),
+                Mode::from_bits_truncate(0o777),
+            ) {
                 Ok(()) | Err(Errno::EEXIST) => {}
                 Err(error) => {
-                    return Err(Error::io("create directory", parent_path.join(name), error.into()));
+                    return Err(Error::io(
+                        "create directory",
+                        parent_path.join(name),
+                        error.into(),
+                    ));
                 }
             }
             sync(&parent, &parent_path)?;
@@ -417,7 +447,9 @@ impl Journal {
         let removed =
             unlinkat(Some(parent_dir.as_raw_fd()), name, UnlinkatFlags::RemoveDir).is_ok();
         if removed {
+            crash_point();
             let _ = parent_dir.sync_all();
+            crash_point();
         }
         removed
     }
@@ -441,7 +473,10 @@ impl Journal {
             .map_err(|error| Error::io("replace", path, error.error))?;
         crash_point();
         let dir = path.parent().unwrap_or(&self.dir);
-        sync(&File::open(dir).map_err(|error| Error::io("open directory", dir, error))?, dir)?;
+        sync(
+            &File::open(dir).map_err(|error| Error::io("open directory", dir, error))?,
+            dir,
+        )?;
         crash_point();
         Ok(())
     }
@@ -454,7 +489,10 @@ impl Journal {
             .tempfile_in(&self.tmp_dir)
             .map_err(|error| Error::io("create temp file in", &self.tmp_dir, error))?;
         temp.write_all(bytes)
-            .and_then(|()| temp.as_file().set_permissions(fs::Permissions::from_mode(mode)))
+            .and_then(|()| {
+                temp.as_file()
+                    .set_permissions(fs::Permissions::from_mode(mode))
+            })
             .and_then(|()| temp.as_file().sync_all())
             .map_err(|error| Error::io("write", temp.path(), error))?;
         crash_point();
@@ -518,7 +556,6 @@ fn replace_in_directory(
         .write_all(bytes)
         .and_then(|()| file.set_permissions(fs::Permissions::from_mode(mode)))
         .and_then(|()| file.sync_all())
-        .map_err(std::io::Error::from)
         .and_then(|()| {
             renameat(
                 Some(parent.as_raw_fd()),
