@@ -95,7 +95,7 @@ fn walk(root: &Path) -> Vec<String> {
     let mut files: Vec<String> = ignore::WalkBuilder::new(root)
         .hidden(false)
         .require_git(false)
-        .filter_entry(|entry| entry.file_name() != ".git")
+        .filter_entry(|entry| !guard::is_dot_git(&entry.file_name().to_string_lossy()))
         .build()
         .filter_map(std::result::Result::ok)
         .filter(|entry| entry.file_type().is_some_and(|kind| kind.is_file()))

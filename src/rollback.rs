@@ -71,8 +71,7 @@ pub async fn rollback(
             ),
         });
     }
-    let done = journal.restore()?;
-    journal.mark_rolled_back()?;
+    let done = journal.roll_back()?;
     let mut restored = done.restored;
     let mut removed = done.removed;
     // In the order the run wrote them.

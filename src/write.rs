@@ -209,30 +209,7 @@ impl Journal {
         self.manifest.files[index].written = Some(Repo::blob_id(bytes));
         self.save_manifest()?;
 
-        let mut parent = base;
-        let mut parent_path = self.bounds.root().join(&location.dir);
-        for name in &location.missing {
-            match mkdirat(
-                Some(parent.as_raw_fd()),
-                name.as_str(),
-                Mode::from_bits_truncate(0o777),
-            ) {
-                Ok(()) | Err(Errno::EEXIST) => {}
-                Err(error) => {
-                    return Err(Error::io(
-                        "create directory",
-                        parent_path.join(name),
-                        error.into(),
-                    ));
-                }
-            }
-            crash_point();
-            sync(&parent, &parent_path)?;
-            crash_point();
-            parent_path.push(name);
-            parent = guard::open_at(&parent, OsStr::new(name), OFlag::O_DIRECTORY, Mode::empty())
-                .map_err(|error| Error::io("open directory", &parent_path, error))?;
-        }
+        let (parent, parent_path) = self.create_missing_dirs(base, &location)?;
         let mode = match &self.manifest.files[index].prior {
             Prior::File { mode, .. } => *mode,
             _ => NEW_FILE_MODE,
@@ -243,6 +220,17 @@ impl Journal {
     /// Puts every file back as it was before the run and removes the directories the run
     /// created that are empty, keeping the journal so the run can write again.
     pub fn restore(&mut self) -> Result<Restored> {
+        self.restore_and_mark(false)
+    }
+
+    /// [`Journal::restore`] for `rollback`: the run is marked rolled back in the same
+    /// manifest save that records the restore, so a kill leaves either a run still to undo
+    /// or one that is done, never one that looks undone but is not marked.
+    pub fn roll_back(&mut self) -> Result<Restored> {
+        self.restore_and_mark(true)
+    }
+
+    fn restore_and_mark(&mut self, rolled_back: bool) -> Result<Restored> {
         let mut done = Restored::default();
         for index in (0..self.manifest.files.len()).rev() {
             let entry = self.manifest.files[index].clone();
@@ -288,12 +276,14 @@ impl Journal {
                             ),
                         });
                     }
-                    let (parent, parent_path) = self.open_parent_creating(&location)?;
+                    let (parent, parent_path) =
+                        self.create_missing_dirs(self.open_dir(&location.dir)?, &location)?;
                     self.replace(&parent, &parent_path, &location.name, &bytes, *mode)?;
                     done.restored.push(entry.path.clone());
                 }
                 Prior::Symlink { target } => {
-                    let (parent, parent_path) = self.open_parent_creating(&location)?;
+                    let (parent, parent_path) =
+                        self.create_missing_dirs(self.open_dir(&location.dir)?, &location)?;
                     replace_with_symlink(&parent, &parent_path, &location.name, target)?;
                     done.restored.push(entry.path.clone());
                 }
@@ -305,6 +295,7 @@ impl Journal {
                 done.removed_dirs.push(dir.clone());
             }
         }
+        self.manifest.rolled_back = rolled_back;
         self.save_manifest()?;
         Ok(done)
     }
@@ -340,11 +331,6 @@ impl Journal {
     /// True while some file still holds bytes this run wrote (or may have written).
     pub fn has_writes(&self) -> bool {
         !self.manifest.rolled_back && self.manifest.files.iter().any(|f| f.written.is_some())
-    }
-
-    pub fn mark_rolled_back(&mut self) -> Result<()> {
-        self.manifest.rolled_back = true;
-        self.save_manifest()
     }
 
     fn locate(&self, relative: &str) -> Result<Location> {
@@ -407,10 +393,12 @@ impl Journal {
         })
     }
 
-    /// The directory that holds `location`, recreating directories a user removed since
-    /// (those are not the run's to delete again).
-    fn open_parent_creating(&self, location: &Location) -> Result<(File, PathBuf)> {
-        let mut parent = self.open_dir(&location.dir)?;
+    /// Opens `base` (the directory `location` found) and creates the directories below
+    /// it that `location` lacks, each through the open handle of its parent and opened
+    /// without following a symlink. On a write they were recorded in the manifest first; on
+    /// a restore they are ones a user removed since, which the file needs back.
+    fn create_missing_dirs(&self, base: File, location: &Location) -> Result<(File, PathBuf)> {
+        let mut parent = base;
         let mut parent_path = self.bounds.root().join(&location.dir);
         for name in &location.missing {
             match mkdirat(
@@ -427,7 +415,9 @@ impl Journal {
                     ));
                 }
             }
+            crash_point();
             sync(&parent, &parent_path)?;
+            crash_point();
             parent_path.push(name);
             parent = guard::open_at(&parent, OsStr::new(name), OFlag::O_DIRECTORY, Mode::empty())
                 .map_err(|error| Error::io("open directory", &parent_path, error))?;
@@ -667,5 +657,112 @@ fn crash_point() {
         && COUNT.fetch_add(1, Ordering::SeqCst) + 1 == target
     {
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo() -> (tempfile::TempDir, Repo) {
+        let dir = tempfile::tempdir().unwrap();
+        git2::Repository::init(dir.path()).unwrap();
+        fs::write(dir.path().join("old.txt"), "old\n").unwrap();
+        fs::set_permissions(
+            dir.path().join("old.txt"),
+            fs::Permissions::from_mode(0o750),
+        )
+        .unwrap();
+        let repo = Repo::discover(dir.path()).unwrap();
+        (dir, repo)
+    }
+
+    #[test]
+    fn write_then_restore_round_trips_bytes_mode_and_directories() {
+        let (dir, repo) = repo();
+        let mut journal = Journal::new(&repo, "R1", "T");
+        journal.write("old.txt", b"new\n", Some(b"old\n")).unwrap();
+        journal.write("a/b/c.txt", b"c\n", None).unwrap();
+        let mode = fs::metadata(dir.path().join("old.txt"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o750, "the mode is kept across a write");
+        assert_eq!(journal.manifest().created_dirs, ["a", "a/b"]);
+        assert!(journal.changed_since_written().is_empty());
+        assert!(journal.has_writes());
+
+        let done = journal.restore().unwrap();
+        assert_eq!(done.restored, ["old.txt"]);
+        assert_eq!(done.removed, ["a/b/c.txt"]);
+        assert_eq!(done.removed_dirs, ["a/b", "a"]);
+        assert_eq!(
+            fs::read_to_string(dir.path().join("old.txt")).unwrap(),
+            "old\n"
+        );
+        assert!(!dir.path().join("a").exists());
+        assert!(!journal.has_writes());
+
+        // The saved manifest reads back as what the journal holds.
+        let reopened = Journal::open(&repo, "R1").unwrap();
+        assert_eq!(reopened.manifest().files.len(), 2);
+        assert!(
+            reopened
+                .manifest()
+                .files
+                .iter()
+                .all(|f| f.written.is_none())
+        );
+    }
+
+    #[test]
+    fn a_target_that_is_not_what_the_caller_read_is_a_conflict() {
+        let (dir, repo) = repo();
+        let mut journal = Journal::new(&repo, "R2", "T");
+        let error = journal
+            .write("old.txt", b"new\n", Some(b"something else\n"))
+            .unwrap_err();
+        assert_eq!(error.kind(), "conflict");
+        assert!(error.to_string().contains("`old.txt`"), "{error}");
+        let error = journal.write("old.txt", b"new\n", None).unwrap_err();
+        assert_eq!(error.kind(), "conflict");
+        assert_eq!(
+            fs::read_to_string(dir.path().join("old.txt")).unwrap(),
+            "old\n"
+        );
+        assert!(journal.manifest().files.is_empty(), "nothing was recorded");
+    }
+
+    #[test]
+    fn a_file_edited_after_the_write_counts_as_changed_but_its_prior_bytes_do_not() {
+        let (dir, repo) = repo();
+        let mut journal = Journal::new(&repo, "R3", "T");
+        journal.write("old.txt", b"new\n", Some(b"old\n")).unwrap();
+        fs::write(dir.path().join("old.txt"), "edited\n").unwrap();
+        assert_eq!(journal.changed_since_written(), ["old.txt"]);
+        // As after a crash between recording the write and making it.
+        fs::write(dir.path().join("old.txt"), "old\n").unwrap();
+        assert!(journal.changed_since_written().is_empty());
+    }
+
+    #[test]
+    fn manifests_without_newer_fields_still_open() {
+        let (_dir, repo) = repo();
+        let runs = repo.state_dir().join("runs/R4");
+        fs::create_dir_all(&runs).unwrap();
+        fs::write(
+            runs.join(MANIFEST),
+            r#"{"version": 1, "run_id": "R4", "task_id": "T", "created_dirs": [],
+               "files": [{"path": "x", "prior": {"kind": "absent"}, "written": "abc"}]}"#,
+        )
+        .unwrap();
+        let journal = Journal::open(&repo, "R4").unwrap();
+        assert!(!journal.manifest().rolled_back);
+        assert!(journal.has_writes());
+        let damaged = repo.state_dir().join("runs/R5");
+        fs::create_dir_all(&damaged).unwrap();
+        fs::write(damaged.join(MANIFEST), "{").unwrap();
+        let error = Journal::open(&repo, "R5").err().unwrap();
+        assert!(error.to_string().contains("is damaged"), "{error}");
     }
 }

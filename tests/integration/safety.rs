@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{BIN, MODEL, ModelServer, Script, init_and_commit};
 
-const CRASH_AT_ENV: &str = "EXECUTE_LOCAL_TASK_TEST_CRASH_AT";
+use execute_local_task::write::CRASH_AT_ENV;
 
 /// A repository with a sentinel directory beside it.
 struct Scene {
@@ -193,8 +193,12 @@ impl Scene {
 
     /// Runs a subcommand such as `rollback`.
     fn tool(&self, args: &[&str]) -> Out {
+        self.tool_env(args, &[])
+    }
+
+    fn tool_env(&self, args: &[&str], env: &[(&str, &str)]) -> Out {
         let server = ModelServer::start(Vec::new(), Vec::new());
-        Out::from(&self.command(args, &server, &[]).output().unwrap())
+        Out::from(&self.command(args, &server, env).output().unwrap())
     }
 
     fn read(&self, path: &str) -> Option<String> {
@@ -1114,6 +1118,49 @@ fn sigkill_at_every_durable_step_of_a_write_keeps_every_invariant() {
     let steps = kill_everywhere(false);
     // Backup, manifests, two directories and two files: each step is a crash point.
     assert!(steps >= 19, "only {steps} crash points");
+}
+
+#[test]
+fn sigkill_at_every_durable_step_of_a_rollback_leaves_one_that_can_finish() {
+    let mut k = 1;
+    loop {
+        let scene = Scene::new();
+        scene
+            .file("tool.sh", OLD_TOOL)
+            .mode("tool.sh", 0o755)
+            .commit();
+        let before = both(&scene);
+        let spec = json!({"task_id": "T-kill", "description": "d",
+            "output_files": ["tool.sh", "new/deep/made.txt"]});
+        let (out, _) = scene.run(&spec, vec![reply(NEW_TOOL_1, NEW_MADE_1)], &[]);
+        out.assert_code(0);
+        let undo = scene.tool_env(&["rollback", "--last"], &[(CRASH_AT_ENV, &k.to_string())]);
+        if undo.code == Some(0) {
+            assert_eq!(both(&scene), before);
+            break;
+        }
+        assert_eq!(undo.signal, Some(9), "step {k}: {}", undo.stderr);
+        let tool = &state(&scene.repo)["tool.sh"];
+        assert!(
+            [OLD_TOOL, NEW_TOOL_1]
+                .iter()
+                .any(|t| *tool == format!("file 755 {t:?}")),
+            "step {k}: tool.sh is {tool}"
+        );
+        // Killed before its last manifest save it runs again; after, the run is done.
+        let again = scene.tool(&["rollback", "--last"]);
+        assert!(
+            again.code == Some(0)
+                || (again.code == Some(2) && again.error_message().contains("no run")),
+            "step {k}: {}",
+            again.stderr
+        );
+        assert_eq!(both(&scene), before, "step {k}: the second rollback");
+        k += 1;
+        assert!(k < 100, "rollback never finished");
+    }
+    eprintln!("killed rollback at each of {} durable steps", k - 1);
+    assert!(k > 10, "only {} crash points in a rollback", k - 1);
 }
 
 #[test]
