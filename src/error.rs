@@ -37,12 +37,10 @@ pub enum Error {
     )]
     DirtyTarget { path: String },
 
-    /// An output file changed while the model was working (another run or an editor wrote
-    /// it); writing would lose that change.
-    #[error(
-        "`{path}` changed while this run was waiting for the model (another run or an editor wrote it); nothing was written, run the task again"
-    )]
-    Conflict { path: String },
+    /// An output file changed behind the run's back (another run or an editor wrote it);
+    /// writing or restoring it would lose that change.
+    #[error("{message}")]
+    Conflict { path: String, message: String },
 
     /// A context file is missing, binary, or the context is over its budget.
     #[error("context: {message}")]

@@ -183,6 +183,9 @@ impl Journal {
         if !as_expected {
             return Err(Error::Conflict {
                 path: relative.to_owned(),
+                message: format!(
+                    "`{relative}` changed while this run was waiting for the model (another run or an editor wrote it); nothing was written, run the task again"
+                ),
             });
         }
         let index = if let Some(index) = self.manifest.files.iter().position(|e| e.path == relative)
@@ -219,6 +222,10 @@ impl Journal {
 
     /// Puts every file back as it was before the run and removes the directories the run
     /// created that are empty, keeping the journal so the run can write again.
+    ///
+    /// Unconditional: between attempts the files may differ from what the run wrote because
+    /// its own test command reformatted them. `rollback` checks for others' edits first
+    /// ([`Journal::changed_since_written`]).
     pub fn restore(&mut self) -> Result<Restored> {
         self.restore_and_mark(false)
     }
@@ -284,7 +291,7 @@ impl Journal {
                 Prior::Symlink { target } => {
                     let (parent, parent_path) =
                         self.create_missing_dirs(self.open_dir(&location.dir)?, &location)?;
-                    replace_with_symlink(&parent, &parent_path, &location.name, target)?;
+                    self.replace_with_symlink(&parent, &parent_path, &location.name, target)?;
                     done.restored.push(entry.path.clone());
                 }
             }
@@ -489,6 +496,57 @@ impl Journal {
         Ok(temp)
     }
 
+    /// Puts a symlink back at `name` in `parent`: made in the state directory and renamed
+    /// into place (next to the target only when the git directory is on another file
+    /// system), so the tree never holds a stray temp link.
+    fn replace_with_symlink(
+        &self,
+        parent: &File,
+        parent_path: &Path,
+        name: &str,
+        link: &str,
+    ) -> Result<()> {
+        let target = parent_path.join(name);
+        ensure_dir(&self.tmp_dir)?;
+        let temp = self.tmp_dir.join(format!(
+            "link-{}-{:08x}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::os::unix::fs::symlink(link, &temp)
+            .map_err(|error| Error::io("create symlink", &temp, error))?;
+        crash_point();
+        match renameat(None, &temp, Some(parent.as_raw_fd()), name) {
+            Ok(()) => {}
+            Err(Errno::EXDEV) => {
+                let _ = fs::remove_file(&temp);
+                let temp_name = format!(".execute-local-task-link-{}.tmp", std::process::id());
+                let _ = unlinkat(
+                    Some(parent.as_raw_fd()),
+                    temp_name.as_str(),
+                    UnlinkatFlags::NoRemoveDir,
+                );
+                symlinkat(link, Some(parent.as_raw_fd()), temp_name.as_str())
+                    .map_err(|error| Error::io("create symlink", &target, error.into()))?;
+                renameat(
+                    Some(parent.as_raw_fd()),
+                    temp_name.as_str(),
+                    Some(parent.as_raw_fd()),
+                    name,
+                )
+                .map_err(|error| Error::io("replace", &target, error.into()))?;
+            }
+            Err(error) => {
+                let _ = fs::remove_file(&temp);
+                return Err(Error::io("replace", &target, error.into()));
+            }
+        }
+        crash_point();
+        sync(parent, parent_path)?;
+        crash_point();
+        Ok(())
+    }
+
     /// Replaces `name` in the open directory `parent` with `bytes`: a temp file is flushed,
     /// renamed over the name and the directory synced, so the name holds its old or its
     /// new bytes at every instant. A symlink there is replaced, never followed.
@@ -564,26 +622,6 @@ fn replace_in_directory(
         return Err(Error::io("replace", target, error));
     }
     Ok(())
-}
-
-fn replace_with_symlink(parent: &File, parent_path: &Path, name: &str, link: &str) -> Result<()> {
-    let temp_name = format!(".execute-local-task-link-{}", std::process::id());
-    let _ = unlinkat(
-        Some(parent.as_raw_fd()),
-        temp_name.as_str(),
-        UnlinkatFlags::NoRemoveDir,
-    );
-    let target = parent_path.join(name);
-    symlinkat(link, Some(parent.as_raw_fd()), temp_name.as_str())
-        .map_err(|error| Error::io("create symlink", &target, error.into()))?;
-    renameat(
-        Some(parent.as_raw_fd()),
-        temp_name.as_str(),
-        Some(parent.as_raw_fd()),
-        name,
-    )
-    .map_err(|error| Error::io("replace", &target, error.into()))?;
-    sync(parent, parent_path)
 }
 
 /// What stands at `name` in `parent`, read without following a symlink.

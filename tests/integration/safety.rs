@@ -838,6 +838,34 @@ fn shrinking_a_file_below_half_needs_allow_shrink() {
     assert_eq!(scene.read("big.txt").as_deref(), Some("tiny\n"));
 }
 
+#[test]
+fn a_test_command_that_reformats_its_target_does_not_block_the_repair() {
+    let scene = Scene::new();
+    scene.file("out.txt", "original\n").commit();
+    let before = both(&scene);
+    // Like `black x.py && pytest`: the test rewrites the file the run wrote.
+    let spec = one_file_spec(
+        "out.txt",
+        &json!({"test_command": "echo formatted >> out.txt; grep -q good out.txt"}),
+    );
+    let (out, _) = scene.run(
+        &spec,
+        vec![
+            Script::code("out.txt", "bad\n"),
+            Script::code("out.txt", "good\n"),
+        ],
+        &[],
+    );
+    out.assert_code(0);
+    assert_eq!(scene.read("out.txt").as_deref(), Some("good\nformatted\n"));
+    // The file is not what the run wrote any more: rollback needs --force.
+    scene.tool(&["rollback", "--last"]).assert_code(2);
+    scene
+        .tool(&["rollback", "--last", "--force"])
+        .assert_code(0);
+    assert_eq!(both(&scene), before);
+}
+
 // ---------------------------------------------------------------------------------------
 // The repository lock
 // ---------------------------------------------------------------------------------------
