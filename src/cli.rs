@@ -449,6 +449,9 @@ fn hint_for(result: &TaskResult) -> Option<&'static str> {
             "the prompt does not fit the model's context: name fewer context files or load the model with a larger context"
         }
         "repo" => "run inside a git repository, or pass --repo DIR",
+        "lock" => {
+            "another execute-local-task run is writing this repository; wait for it or raise --lock-timeout"
+        }
         _ => return None,
     })
 }

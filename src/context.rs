@@ -21,7 +21,12 @@ pub struct ContextFile {
 
 /// Reads every file the patterns name, in the order given (a glob's matches sorted by
 /// path), each file once.
-pub fn gather(root: &Path, patterns: &[String], budget_bytes: usize) -> Result<Vec<ContextFile>> {
+pub fn gather(
+    bounds: &guard::Bounds,
+    patterns: &[String],
+    budget_bytes: usize,
+) -> Result<Vec<ContextFile>> {
+    let root = bounds.root();
     let mut paths: Vec<String> = Vec::new();
     let mut walked: Option<Vec<String>> = None;
     for pattern in patterns {
@@ -51,7 +56,7 @@ pub fn gather(root: &Path, patterns: &[String], budget_bytes: usize) -> Result<V
     let mut files = Vec::with_capacity(paths.len());
     let mut total = 0usize;
     for path in paths {
-        let content = read_text(root, &path)?;
+        let content = read_text(bounds, &path)?;
         total += content.len();
         files.push(ContextFile {
             language: language::for_path(&path),
@@ -90,7 +95,7 @@ fn walk(root: &Path) -> Vec<String> {
     let mut files: Vec<String> = ignore::WalkBuilder::new(root)
         .hidden(false)
         .require_git(false)
-        .filter_entry(|entry| entry.file_name() != ".git")
+        .filter_entry(|entry| !guard::is_dot_git(&entry.file_name().to_string_lossy()))
         .build()
         .filter_map(std::result::Result::ok)
         .filter(|entry| entry.file_type().is_some_and(|kind| kind.is_file()))
@@ -105,37 +110,38 @@ fn walk(root: &Path) -> Vec<String> {
     files
 }
 
-/// Reads a context file, refusing paths that leave the repository (also through a symlink),
-/// binary files and files that are not UTF-8.
-fn read_text(root: &Path, relative: &str) -> Result<String> {
-    let unsafe_path = |reason: String| Error::UnsafePath {
-        path: relative.to_owned(),
-        reason: format!("context file: {reason}"),
-    };
-    if root.join(relative).is_dir() {
-        return Err(Error::Context {
-            message: format!(
-                "context file `{relative}` is a directory; use a glob such as `{relative}/**`"
-            ),
-        });
-    }
-    let location = guard::resolve_inside(root, relative).map_err(unsafe_path)?;
-    let resolved = match std::fs::canonicalize(&location) {
-        Ok(resolved) => resolved,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+/// Reads a context file through the guard: paths that leave the repository or enter `.git`
+/// (also through a symlink, at any component) are refused, as are binary files and files
+/// that are not UTF-8.
+fn read_text(bounds: &guard::Bounds, relative: &str) -> Result<String> {
+    let bytes = match bounds.read(relative, true) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => {
             return Err(Error::Context {
                 message: format!("context file `{relative}` does not exist"),
             });
         }
-        Err(error) => return Err(Error::io("resolve context file", location, error)),
+        Err(guard::ReadError::Unsafe(reason)) => {
+            return Err(Error::UnsafePath {
+                path: relative.to_owned(),
+                reason: format!("context file: {reason}"),
+            });
+        }
+        Err(guard::ReadError::Directory) => {
+            return Err(Error::Context {
+                message: format!(
+                    "context file `{relative}` is a directory; use a glob such as `{relative}/**`"
+                ),
+            });
+        }
+        Err(guard::ReadError::Io(error)) => {
+            return Err(Error::io(
+                "read context file",
+                bounds.root().join(relative),
+                error,
+            ));
+        }
     };
-    if !resolved.starts_with(root) || resolved.starts_with(root.join(".git")) {
-        return Err(unsafe_path(
-            "it is a symlink to a file outside the repository".to_owned(),
-        ));
-    }
-    let bytes = std::fs::read(&resolved)
-        .map_err(|error| Error::io("read context file", &resolved, error))?;
     if bytes.iter().take(8192).any(|&b| b == 0) {
         return Err(Error::Context {
             message: format!("context file `{relative}` is binary"),
@@ -165,8 +171,9 @@ mod tests {
     fn globs_and_paths_in_order_without_duplicates() {
         let dir = tree();
         let root = std::fs::canonicalize(dir.path()).unwrap();
+        let bounds = guard::Bounds::new(root.clone(), root.join(".git"));
         let files = gather(
-            &root,
+            &bounds,
             &[
                 "src/c.txt".to_owned(),
                 "src/**/*.rs".to_owned(),
@@ -184,9 +191,10 @@ mod tests {
     fn clear_errors() {
         let dir = tree();
         let root = std::fs::canonicalize(dir.path()).unwrap();
+        let bounds = guard::Bounds::new(root.clone(), root.join(".git"));
         let error = |patterns: &[&str], budget| {
             let patterns: Vec<String> = patterns.iter().map(|p| (*p).to_owned()).collect();
-            gather(&root, &patterns, budget).unwrap_err().to_string()
+            gather(&bounds, &patterns, budget).unwrap_err().to_string()
         };
         assert!(error(&["missing.rs"], 1000).contains("`missing.rs` does not exist"));
         assert!(error(&["blob.bin"], 1000).contains("is binary"));

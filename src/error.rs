@@ -31,6 +31,17 @@ pub enum Error {
     #[error("unsafe path `{path}`: {reason}")]
     UnsafePath { path: String, reason: String },
 
+    /// An output file has uncommitted changes and `--force` was not given.
+    #[error(
+        "`{path}` has uncommitted changes; commit or stash them first, or pass --force to overwrite it (its bytes are backed up either way)"
+    )]
+    DirtyTarget { path: String },
+
+    /// An output file changed behind the run's back (another run or an editor wrote it);
+    /// writing or restoring it would lose that change.
+    #[error("{message}")]
+    Conflict { path: String, message: String },
+
     /// A context file is missing, binary, or the context is over its budget.
     #[error("context: {message}")]
     Context { message: String },
@@ -85,6 +96,8 @@ impl Error {
             Self::Spec { .. } => "spec",
             Self::Repo { .. } => "repo",
             Self::UnsafePath { .. } => "unsafe_path",
+            Self::DirtyTarget { .. } => "dirty_target",
+            Self::Conflict { .. } => "conflict",
             Self::Context { .. } => "context",
             Self::Template { .. } => "template",
             Self::Io { .. } => "io",

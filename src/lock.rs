@@ -32,7 +32,7 @@ pub async fn acquire(repo: &Repo, timeout: Duration) -> Result<RepoLock> {
             Err(TryLockError::WouldBlock) => {
                 return Err(Error::Lock {
                     message: format!(
-                        "{}: another run held the repository lock for more than {} s",
+                        "another execute-local-task run is writing this repository and held its lock ({}) for longer than --lock-timeout ({} s); nothing was written",
                         path.display(),
                         timeout.as_secs()
                     ),

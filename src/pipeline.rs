@@ -178,6 +178,8 @@ enum Finished {
 /// An output file as it was before the run.
 struct Target {
     path: String,
+    /// Something (a file or a symlink) stands at the path.
+    exists: bool,
     before: Option<String>,
 }
 
@@ -218,8 +220,9 @@ async fn run_task(
     state.git = Some(repo.info());
     let root = repo.root().to_path_buf();
 
-    let targets = read_targets(&root, &spec)?;
-    let context = context::gather(&root, &spec.context_files, options.max_context_bytes)?;
+    let bounds = repo.bounds();
+    let targets = read_targets(&bounds, &spec)?;
+    let context = context::gather(&bounds, &spec.context_files, options.max_context_bytes)?;
     let templates = Templates::load(&root, spec.kind, options.template.as_deref())?;
     let language = spec
         .language
@@ -411,25 +414,36 @@ fn open_repo(options: &RunOptions) -> Result<Repo> {
 }
 
 /// The output files as they are now; refuses paths that resolve outside the repository.
-fn read_targets(root: &Path, spec: &TaskSpec) -> Result<Vec<Target>> {
+fn read_targets(bounds: &guard::Bounds, spec: &TaskSpec) -> Result<Vec<Target>> {
     spec.outputs
         .iter()
         .map(|path| {
-            let location = guard::resolve_inside(root, path).map_err(|reason| Error::UnsafePath {
+            let unsafe_path = |reason: String| Error::UnsafePath {
                 path: path.clone(),
                 reason,
-            })?;
-            let before = match std::fs::read(&location) {
-                Ok(bytes) => Some(String::from_utf8(bytes).map_err(|_| Error::Context {
+            };
+            let location = bounds.locate_target(path).map_err(unsafe_path)?;
+            // A symlink there is replaced, never followed: it reads as no previous text.
+            let before = match bounds.read(path, false) {
+                Ok(Some(bytes)) => Some(String::from_utf8(bytes).map_err(|_| Error::Context {
                     message: format!("output file `{path}` exists and is not UTF-8 text; it cannot be edited by a model"),
                 })?),
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
-                // A dangling symlink is replaced, not followed.
-                Err(_) if std::fs::symlink_metadata(&location).is_ok() => None,
-                Err(error) => return Err(Error::io("read output file", location, error)),
+                Ok(None) => None,
+                Err(guard::ReadError::Unsafe(reason)) => return Err(unsafe_path(reason)),
+                Err(guard::ReadError::Directory) => {
+                    return Err(unsafe_path("the path is an existing directory".to_owned()));
+                }
+                Err(guard::ReadError::Io(error)) => {
+                    return Err(Error::io(
+                        "read output file",
+                        bounds.root().join(location.parent()).join(&location.name),
+                        error,
+                    ));
+                }
             };
             Ok(Target {
                 path: path.clone(),
+                exists: location.existing != guard::Existing::Nothing,
                 before,
             })
         })
@@ -458,12 +472,11 @@ fn output_views(targets: &[Target], language: &str) -> Vec<OutputView> {
 }
 
 fn check_clean_targets(repo: &Repo, targets: &[Target]) -> Result<()> {
-    for target in targets.iter().filter(|t| t.before.is_some()) {
+    for target in targets.iter().filter(|t| t.exists) {
         if repo.has_uncommitted_changes(&target.path)? {
-            return Err(Error::Usage(format!(
-                "`{}` has uncommitted changes; commit or stash them first, or pass --force to overwrite (its bytes are backed up either way)",
-                target.path
-            )));
+            return Err(Error::DirtyTarget {
+                path: target.path.clone(),
+            });
         }
     }
     Ok(())
@@ -549,11 +562,12 @@ fn write_files(
     targets: &[Target],
 ) -> Result<()> {
     for (path, code) in files {
-        let unchanged = targets
+        let before = targets
             .iter()
-            .any(|t| &t.path == path && t.before.as_deref() == Some(code.as_str()));
-        if !unchanged {
-            journal.write(path, code.as_bytes())?;
+            .find(|t| &t.path == path)
+            .and_then(|t| t.before.as_deref());
+        if before != Some(code.as_str()) {
+            journal.write(path, code.as_bytes(), before.map(str::as_bytes))?;
         }
     }
     Ok(())

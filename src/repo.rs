@@ -36,6 +36,11 @@ impl Repo {
         &self.root
     }
 
+    /// What a run may read and write: the working tree, without the git directory.
+    pub fn bounds(&self) -> crate::guard::Bounds {
+        crate::guard::Bounds::new(self.root.clone(), self.git_dir.clone())
+    }
+
     /// Where this tool keeps its state: `<git dir>/execute-local-task`, outside the working
     /// tree so backups never show up as changes and are never committed.
     pub fn state_dir(&self) -> PathBuf {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::lock;
 use crate::repo::Repo;
-use crate::write::{Journal, Prior};
+use crate::write::{self, Journal};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RollbackReport {
@@ -18,6 +18,8 @@ pub struct RollbackReport {
     pub restored: Vec<String>,
     /// Files the run had created, now deleted.
     pub removed: Vec<String>,
+    /// Directories the run had created, now deleted because they were empty.
+    pub removed_dirs: Vec<String>,
 }
 
 /// Which run to undo.
@@ -35,6 +37,8 @@ pub async fn rollback(
 ) -> Result<RollbackReport> {
     let repo = Repo::discover(repo_dir)?;
     let _lock = lock::acquire(&repo, lock_timeout).await?;
+    // Under the lock no run is writing: temp files left now are a killed run's.
+    write::clean_stale_temp_files(&repo);
     let run_id = match which {
         Which::Id(id) => id.to_owned(),
         Which::Last => last_run(&repo)?,
@@ -67,18 +71,18 @@ pub async fn rollback(
             ),
         });
     }
-    let manifest = journal.manifest().clone();
-    journal.restore()?;
-    journal.mark_rolled_back()?;
-    let (removed, restored) = manifest
-        .files
-        .iter()
-        .partition::<Vec<_>, _>(|entry| matches!(entry.prior, Prior::Absent));
+    let done = journal.roll_back()?;
+    let mut restored = done.restored;
+    let mut removed = done.removed;
+    // In the order the run wrote them.
+    restored.reverse();
+    removed.reverse();
     Ok(RollbackReport {
         run_id,
-        task_id: manifest.task_id,
-        restored: restored.into_iter().map(|e| e.path.clone()).collect(),
-        removed: removed.into_iter().map(|e| e.path.clone()).collect(),
+        task_id: journal.manifest().task_id.clone(),
+        restored,
+        removed,
+        removed_dirs: done.removed_dirs,
     })
 }
 
@@ -95,12 +99,7 @@ fn last_run(repo: &Repo) -> Result<String> {
     ids.sort_unstable();
     ids.into_iter()
         .rev()
-        .find(|id| {
-            Journal::open(repo, id).is_ok_and(|journal| {
-                !journal.manifest().rolled_back
-                    && journal.manifest().files.iter().any(|f| f.written.is_some())
-            })
-        })
+        .find(|id| Journal::open(repo, id).is_ok_and(|journal| journal.has_writes()))
         .ok_or_else(|| Error::Rollback {
             run_id: "--last".to_owned(),
             message: "no run of this repository has writes left to undo".to_owned(),

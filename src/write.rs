@@ -1,23 +1,38 @@
-//! Crash-safe writes: every target's previous bytes are backed up under the run's id before
-//! it is replaced atomically, and a run's writes can be undone byte for byte.
+//! Crash-safe writes: every target's previous bytes and mode are backed up under the run's
+//! id before it is replaced atomically, and a run's writes can be undone byte for byte.
 //!
 //! Layout, inside the repository's git directory (never the working tree):
-//! `execute-local-task/runs/<run_id>/manifest.json` and `…/files/<n>` (previous bytes).
-//! The manifest is saved before each change it describes, so after a crash at any
-//! instant it still names everything that may need restoring.
+//! `execute-local-task/runs/<run_id>/manifest.json`, `…/files/<n>` (previous bytes) and
+//! `execute-local-task/tmp/` (temp files, renamed into place). The manifest is saved before
+//! each change it describes, so after a crash at any instant it names everything that may
+//! need restoring, and every state it can be found in is one `rollback` can undo.
+//!
+//! Targets are reached through [`Bounds`]: a path is checked, then its directory is opened
+//! without following symlinks and the file is replaced relative to that open directory.
 
+use std::ffi::OsStr;
 use std::fs::{self, File};
-use std::io::Write as _;
-use std::os::unix::fs::{PermissionsExt as _, symlink};
+use std::io::{Read as _, Write as _};
+use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
 
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, readlinkat, renameat};
+use nix::sys::stat::{Mode, mkdirat};
+use nix::unistd::{UnlinkatFlags, symlinkat, unlinkat};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::guard;
+use crate::guard::{self, Bounds, Location};
 use crate::repo::Repo;
 
 const MANIFEST: &str = "manifest.json";
+
+/// The mode of a file the run creates.
+const NEW_FILE_MODE: u32 = 0o644;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
@@ -25,7 +40,7 @@ pub struct Manifest {
     pub run_id: String,
     pub task_id: String,
     pub files: Vec<Entry>,
-    /// Directories the run created, parents first.
+    /// Directories the run created (symlink-free, relative to the root), parents first.
     pub created_dirs: Vec<String>,
     /// Set once `rollback` restored the run.
     #[serde(default)]
@@ -36,7 +51,8 @@ pub struct Manifest {
 pub struct Entry {
     pub path: String,
     pub prior: Prior,
-    /// Git blob id of the bytes this run last wrote, or null when they were restored.
+    /// Git blob id of the bytes this run last wrote (recorded before writing them), or null
+    /// when they were restored.
     pub written: Option<String>,
 }
 
@@ -55,9 +71,33 @@ pub enum Prior {
     },
 }
 
+/// What `restore` put back.
+#[derive(Debug, Clone, Default)]
+pub struct Restored {
+    /// Files given their previous bytes (or symlink) back.
+    pub restored: Vec<String>,
+    /// Files the run had created, now deleted.
+    pub removed: Vec<String>,
+    /// Directories the run had created, now deleted because they were empty.
+    pub removed_dirs: Vec<String>,
+}
+
+/// What stands at a path now.
+#[derive(Debug, PartialEq, Eq)]
+enum Current {
+    Absent,
+    File {
+        bytes: Vec<u8>,
+        mode: u32,
+    },
+    Symlink(String),
+    /// A directory or special file.
+    Other,
+}
+
 /// The journal of one run's writes.
 pub struct Journal {
-    root: PathBuf,
+    bounds: Bounds,
     dir: PathBuf,
     /// Temp files are made here and renamed into place, so a crash leaves none in the tree.
     tmp_dir: PathBuf,
@@ -68,7 +108,7 @@ impl Journal {
     pub fn new(repo: &Repo, run_id: &str, task_id: &str) -> Self {
         let state = repo.state_dir();
         Self {
-            root: repo.root().to_path_buf(),
+            bounds: repo.bounds(),
             dir: state.join("runs").join(run_id),
             tmp_dir: state.join("tmp"),
             manifest: Manifest {
@@ -99,7 +139,7 @@ impl Journal {
             message: format!("{} is damaged: {error}", path.display()),
         })?;
         Ok(Self {
-            root: repo.root().to_path_buf(),
+            bounds: repo.bounds(),
             dir,
             tmp_dir: repo.state_dir().join("tmp"),
             manifest,
@@ -123,150 +163,292 @@ impl Journal {
     }
 
     /// Replaces `relative` with `bytes`, after backing up what was there.
-    pub fn write(&mut self, relative: &str, bytes: &[u8]) -> Result<()> {
-        let target =
-            guard::resolve_inside(&self.root, relative).map_err(|reason| Error::UnsafePath {
+    ///
+    /// `expected` is what the caller based the new bytes on: the file's bytes, or None when
+    /// there was no regular file. Anything else there now (another run or an editor wrote
+    /// it meanwhile) is a conflict and nothing is written, so no update is lost.
+    pub fn write(&mut self, relative: &str, bytes: &[u8], expected: Option<&[u8]>) -> Result<()> {
+        let location = self.locate(relative)?;
+        let base = self.open_dir(&location.dir)?;
+        let current = if location.missing.is_empty() {
+            read_current(&base, &location.name, &self.shown(&location))?
+        } else {
+            Current::Absent
+        };
+        let as_expected = match (&current, expected) {
+            (Current::File { bytes, .. }, Some(expected)) => bytes.as_slice() == expected,
+            (Current::Absent | Current::Symlink(_), None) => true,
+            _ => false,
+        };
+        if !as_expected {
+            return Err(Error::Conflict {
                 path: relative.to_owned(),
-                reason,
-            })?;
-        let index = match self.manifest.files.iter().position(|e| e.path == relative) {
-            Some(index) => index,
-            None => self.record_prior(relative, &target)?,
+                message: format!(
+                    "`{relative}` changed while this run was waiting for the model (another run or an editor wrote it); nothing was written, run the task again"
+                ),
+            });
+        }
+        let index = if let Some(index) = self.manifest.files.iter().position(|e| e.path == relative)
+        {
+            index
+        } else {
+            let prior = self.back_up(relative, current)?;
+            self.manifest.files.push(Entry {
+                path: relative.to_owned(),
+                prior,
+                written: None,
+            });
+            self.manifest.files.len() - 1
         };
-        let parent = target.parent().unwrap_or(&self.root).to_path_buf();
-        self.create_parents(&parent)?;
-        let mode = match &self.manifest.files[index].prior {
-            Prior::File { mode, .. } => *mode,
-            _ => 0o644,
-        };
+        // Record everything this write may leave behind before doing any of it.
+        let mut created = location.dir.clone();
+        for name in &location.missing {
+            created.push(name);
+            let created = path_string(&created);
+            if !self.manifest.created_dirs.contains(&created) {
+                self.manifest.created_dirs.push(created);
+            }
+        }
         self.manifest.files[index].written = Some(Repo::blob_id(bytes));
         self.save_manifest()?;
-        self.write_durably(&target, bytes, mode)
+
+        let (parent, parent_path) = self.create_missing_dirs(base, &location)?;
+        let mode = match &self.manifest.files[index].prior {
+            Prior::File { mode, .. } => *mode,
+            _ => NEW_FILE_MODE,
+        };
+        self.replace(&parent, &parent_path, &location.name, bytes, mode)
     }
 
     /// Puts every file back as it was before the run and removes the directories the run
-    /// created, keeping the journal so the run can write again.
-    pub fn restore(&mut self) -> Result<Vec<String>> {
-        let mut restored = Vec::new();
+    /// created that are empty, keeping the journal so the run can write again.
+    ///
+    /// Unconditional: between attempts the files may differ from what the run wrote because
+    /// its own test command reformatted them. `rollback` checks for others' edits first
+    /// ([`Journal::changed_since_written`]).
+    pub fn restore(&mut self) -> Result<Restored> {
+        self.restore_and_mark(false)
+    }
+
+    /// [`Journal::restore`] for `rollback`: the run is marked rolled back in the same
+    /// manifest save that records the restore, so a kill leaves either a run still to undo
+    /// or one that is done, never one that looks undone but is not marked.
+    pub fn roll_back(&mut self) -> Result<Restored> {
+        self.restore_and_mark(true)
+    }
+
+    fn restore_and_mark(&mut self, rolled_back: bool) -> Result<Restored> {
+        let mut done = Restored::default();
         for index in (0..self.manifest.files.len()).rev() {
             let entry = self.manifest.files[index].clone();
-            let target = self.root.join(&entry.path);
+            let location = self.locate(&entry.path)?;
             match &entry.prior {
-                Prior::Absent => match fs::remove_file(&target) {
-                    Ok(()) => sync_dir(target.parent().unwrap_or(&self.root))?,
-                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(error) => return Err(Error::io("remove", &target, error)),
-                },
-                Prior::File { backup, mode, .. } => {
+                Prior::Absent => {
+                    if location.missing.is_empty() {
+                        let parent = self.open_dir(&location.dir)?;
+                        let parent_path = self.bounds.root().join(&location.dir);
+                        match unlinkat(
+                            Some(parent.as_raw_fd()),
+                            location.name.as_str(),
+                            UnlinkatFlags::NoRemoveDir,
+                        ) {
+                            Ok(()) => {
+                                crash_point();
+                                sync(&parent, &parent_path)?;
+                                crash_point();
+                            }
+                            Err(Errno::ENOENT) => {}
+                            Err(error) => {
+                                return Err(Error::io(
+                                    "remove",
+                                    parent_path.join(&location.name),
+                                    error.into(),
+                                ));
+                            }
+                        }
+                    }
+                    done.removed.push(entry.path.clone());
+                }
+                Prior::File { backup, mode, blob } => {
                     let backup_path = self.dir.join(backup);
                     let bytes = fs::read(&backup_path)
                         .map_err(|error| Error::io("read backup", &backup_path, error))?;
-                    self.write_durably(&target, &bytes, *mode)?;
+                    if &Repo::blob_id(&bytes) != blob {
+                        return Err(Error::Rollback {
+                            run_id: self.manifest.run_id.clone(),
+                            message: format!(
+                                "the backup of `{}` ({}) does not hold the bytes it recorded; it was not restored",
+                                entry.path,
+                                backup_path.display()
+                            ),
+                        });
+                    }
+                    let (parent, parent_path) =
+                        self.create_missing_dirs(self.open_dir(&location.dir)?, &location)?;
+                    self.replace(&parent, &parent_path, &location.name, &bytes, *mode)?;
+                    done.restored.push(entry.path.clone());
                 }
-                Prior::Symlink { target: link } => self.replace_with_symlink(&target, link)?,
+                Prior::Symlink { target } => {
+                    let (parent, parent_path) =
+                        self.create_missing_dirs(self.open_dir(&location.dir)?, &location)?;
+                    self.replace_with_symlink(&parent, &parent_path, &location.name, target)?;
+                    done.restored.push(entry.path.clone());
+                }
             }
             self.manifest.files[index].written = None;
-            restored.push(entry.path);
         }
         for dir in self.manifest.created_dirs.iter().rev() {
-            // Only empty directories go: anything else in them is not ours to delete.
-            let _ = fs::remove_dir(self.root.join(dir));
+            if self.remove_empty_dir(dir) {
+                done.removed_dirs.push(dir.clone());
+            }
         }
+        self.manifest.rolled_back = rolled_back;
         self.save_manifest()?;
-        Ok(restored)
+        Ok(done)
     }
 
-    /// The paths whose current bytes differ from what this run last wrote.
+    /// The paths that hold neither what the run wrote nor what was there before it: undoing
+    /// the run would lose those changes.
     pub fn changed_since_written(&self) -> Vec<String> {
         self.manifest
             .files
             .iter()
             .filter(|entry| {
-                let current = fs::symlink_metadata(self.root.join(&entry.path))
-                    .ok()
-                    .filter(std::fs::Metadata::is_file)
-                    .and_then(|_| fs::read(self.root.join(&entry.path)).ok())
-                    .map(|bytes| Repo::blob_id(&bytes));
-                match &entry.written {
-                    Some(blob) => current.as_ref() != Some(blob),
-                    // Restored already: the file should hold its prior state.
-                    None => match &entry.prior {
-                        Prior::Absent => current.is_some(),
-                        Prior::File { blob, .. } => current.as_ref() != Some(blob),
-                        Prior::Symlink { .. } => false,
-                    },
-                }
+                let Ok(current) = self.current(&entry.path) else {
+                    return true;
+                };
+                let is_written = match (&entry.written, &current) {
+                    (Some(blob), Current::File { bytes, .. }) => &Repo::blob_id(bytes) == blob,
+                    _ => false,
+                };
+                let is_prior = match (&entry.prior, &current) {
+                    (Prior::Absent, Current::Absent) => true,
+                    (Prior::File { blob, .. }, Current::File { bytes, .. }) => {
+                        &Repo::blob_id(bytes) == blob
+                    }
+                    (Prior::Symlink { target }, Current::Symlink(now)) => target == now,
+                    _ => false,
+                };
+                !(is_written || is_prior)
             })
             .map(|entry| entry.path.clone())
             .collect()
     }
 
-    pub fn mark_rolled_back(&mut self) -> Result<()> {
-        self.manifest.rolled_back = true;
-        self.save_manifest()
+    /// True while some file still holds bytes this run wrote (or may have written).
+    pub fn has_writes(&self) -> bool {
+        !self.manifest.rolled_back && self.manifest.files.iter().any(|f| f.written.is_some())
     }
 
-    fn record_prior(&mut self, relative: &str, target: &Path) -> Result<usize> {
-        let prior = match fs::symlink_metadata(target) {
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Prior::Absent,
-            Err(error) => return Err(Error::io("inspect", target, error)),
-            Ok(metadata) if metadata.file_type().is_symlink() => Prior::Symlink {
-                target: fs::read_link(target)
-                    .map_err(|error| Error::io("read symlink", target, error))?
-                    .to_string_lossy()
-                    .into_owned(),
-            },
-            Ok(metadata) => {
-                let bytes = fs::read(target).map_err(|error| Error::io("read", target, error))?;
+    fn locate(&self, relative: &str) -> Result<Location> {
+        self.bounds
+            .locate_target(relative)
+            .map_err(|reason| Error::UnsafePath {
+                path: relative.to_owned(),
+                reason,
+            })
+    }
+
+    fn open_dir(&self, real_relative: &Path) -> Result<File> {
+        self.bounds.open_dir(real_relative).map_err(|error| {
+            Error::io(
+                "open directory",
+                self.bounds.root().join(real_relative),
+                error,
+            )
+        })
+    }
+
+    fn shown(&self, location: &Location) -> PathBuf {
+        self.bounds
+            .root()
+            .join(location.parent())
+            .join(&location.name)
+    }
+
+    /// What stands at `relative` now.
+    fn current(&self, relative: &str) -> Result<Current> {
+        let location = self.locate(relative)?;
+        if !location.missing.is_empty() {
+            return Ok(Current::Absent);
+        }
+        let parent = self.open_dir(&location.dir)?;
+        read_current(&parent, &location.name, &self.shown(&location))
+    }
+
+    /// Saves the previous bytes of a regular file before anything replaces them.
+    fn back_up(&self, relative: &str, current: Current) -> Result<Prior> {
+        Ok(match current {
+            Current::Absent => Prior::Absent,
+            Current::Symlink(target) => Prior::Symlink { target },
+            Current::File { bytes, mode } => {
                 let backup = format!("files/{}", self.manifest.files.len());
                 ensure_dir(&self.dir.join("files"))?;
-                self.write_durably(&self.dir.join(&backup), &bytes, 0o600)?;
+                self.write_state(&self.dir.join(&backup), &bytes)?;
                 Prior::File {
                     backup,
-                    mode: metadata.permissions().mode() & 0o7777,
+                    mode,
                     blob: Repo::blob_id(&bytes),
                 }
             }
-        };
-        self.manifest.files.push(Entry {
-            path: relative.to_owned(),
-            prior,
-            written: None,
-        });
-        self.save_manifest()?;
-        Ok(self.manifest.files.len() - 1)
+            Current::Other => {
+                return Err(Error::UnsafePath {
+                    path: relative.to_owned(),
+                    reason: "the path is not a regular file".to_owned(),
+                });
+            }
+        })
     }
 
-    /// Creates the missing directories above a target, recording each before it exists.
-    fn create_parents(&mut self, parent: &Path) -> Result<()> {
-        let mut missing = Vec::new();
-        let mut current = parent;
-        while !current.exists() && current.starts_with(&self.root) && current != self.root {
-            missing.push(current.to_path_buf());
-            current = current.parent().unwrap_or(&self.root);
-        }
-        if missing.is_empty() {
-            return Ok(());
-        }
-        for dir in missing.iter().rev() {
-            let relative = dir
-                .strip_prefix(&self.root)
-                .unwrap_or(dir)
-                .to_string_lossy()
-                .into_owned();
-            if !self.manifest.created_dirs.contains(&relative) {
-                self.manifest.created_dirs.push(relative);
+    /// Opens `base` (the directory `location` found) and creates the directories below
+    /// it that `location` lacks, each through the open handle of its parent and opened
+    /// without following a symlink. On a write they were recorded in the manifest first; on
+    /// a restore they are ones a user removed since, which the file needs back.
+    fn create_missing_dirs(&self, base: File, location: &Location) -> Result<(File, PathBuf)> {
+        let mut parent = base;
+        let mut parent_path = self.bounds.root().join(&location.dir);
+        for name in &location.missing {
+            match mkdirat(
+                Some(parent.as_raw_fd()),
+                name.as_str(),
+                Mode::from_bits_truncate(0o777),
+            ) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(error) => {
+                    return Err(Error::io(
+                        "create directory",
+                        parent_path.join(name),
+                        error.into(),
+                    ));
+                }
             }
+            crash_point();
+            sync(&parent, &parent_path)?;
+            crash_point();
+            parent_path.push(name);
+            parent = guard::open_at(&parent, OsStr::new(name), OFlag::O_DIRECTORY, Mode::empty())
+                .map_err(|error| Error::io("open directory", &parent_path, error))?;
         }
-        self.save_manifest()?;
-        for dir in missing.iter().rev() {
-            match fs::create_dir(dir) {
-                Ok(()) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(error) => return Err(Error::io("create directory", dir, error)),
-            }
+        Ok((parent, parent_path))
+    }
+
+    /// Removes a directory the run created if it is empty; anything in it is not ours.
+    fn remove_empty_dir(&self, dir: &str) -> bool {
+        let path = Path::new(dir);
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return false;
+        };
+        let Ok(parent_dir) = self.bounds.open_dir(parent) else {
+            return false;
+        };
+        let removed =
+            unlinkat(Some(parent_dir.as_raw_fd()), name, UnlinkatFlags::RemoveDir).is_ok();
+        if removed {
+            crash_point();
+            let _ = parent_dir.sync_all();
+            crash_point();
         }
-        sync_dir(current)
+        removed
     }
 
     fn save_manifest(&self) -> Result<()> {
@@ -278,14 +460,31 @@ impl Journal {
                 std::io::Error::other(error),
             )
         })?;
-        self.write_durably(&self.dir.join(MANIFEST), &json, 0o600)
+        self.write_state(&self.dir.join(MANIFEST), &json)
     }
 
-    /// Writes bytes to a temp file, flushes them to disk, renames over `target`, and syncs
-    /// the directory: `target` holds either its old or its new bytes at every instant.
-    fn write_durably(&self, target: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-        let parent = target.parent().unwrap_or(&self.root);
-        let mut temp = self.temp_file_for(parent)?;
+    /// Writes one of the tool's own files in the git directory, atomically and durably.
+    fn write_state(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        let temp = self.temp_file(bytes, 0o600)?;
+        temp.persist(path)
+            .map_err(|error| Error::io("replace", path, error.error))?;
+        crash_point();
+        let dir = path.parent().unwrap_or(&self.dir);
+        sync(
+            &File::open(dir).map_err(|error| Error::io("open directory", dir, error))?,
+            dir,
+        )?;
+        crash_point();
+        Ok(())
+    }
+
+    /// A temp file in the state directory holding `bytes` with `mode`, flushed to disk.
+    fn temp_file(&self, bytes: &[u8], mode: u32) -> Result<tempfile::NamedTempFile> {
+        ensure_dir(&self.tmp_dir)?;
+        let mut temp = tempfile::Builder::new()
+            .prefix("write-")
+            .tempfile_in(&self.tmp_dir)
+            .map_err(|error| Error::io("create temp file in", &self.tmp_dir, error))?;
         temp.write_all(bytes)
             .and_then(|()| {
                 temp.as_file()
@@ -293,64 +492,177 @@ impl Journal {
             })
             .and_then(|()| temp.as_file().sync_all())
             .map_err(|error| Error::io("write", temp.path(), error))?;
-        match temp.persist(target) {
-            Ok(_) => {}
-            Err(error) if error.error.raw_os_error() == Some(nix::libc::EXDEV) => {
-                // The git directory is on another file system: rename within the target's
-                // directory instead (a crash may then leave a hidden temp file there).
-                let mut local = tempfile::Builder::new()
-                    .prefix(".execute-local-task-")
-                    .tempfile_in(parent)
-                    .map_err(|error| Error::io("create temp file in", parent, error))?;
-                local
-                    .write_all(bytes)
-                    .and_then(|()| {
-                        local
-                            .as_file()
-                            .set_permissions(fs::Permissions::from_mode(mode))
-                    })
-                    .and_then(|()| local.as_file().sync_all())
-                    .map_err(|error| Error::io("write", local.path(), error))?;
-                local
-                    .persist(target)
-                    .map_err(|error| Error::io("replace", target, error.error))?;
-            }
-            Err(error) => return Err(Error::io("replace", target, error.error)),
-        }
-        sync_dir(parent)
+        crash_point();
+        Ok(temp)
     }
 
-    fn temp_file_for(&self, parent: &Path) -> Result<tempfile::NamedTempFile> {
+    /// Puts a symlink back at `name` in `parent`: made in the state directory and renamed
+    /// into place (next to the target only when the git directory is on another file
+    /// system), so the tree never holds a stray temp link.
+    fn replace_with_symlink(
+        &self,
+        parent: &File,
+        parent_path: &Path,
+        name: &str,
+        link: &str,
+    ) -> Result<()> {
+        let target = parent_path.join(name);
         ensure_dir(&self.tmp_dir)?;
-        tempfile::Builder::new()
-            .prefix("write-")
-            .tempfile_in(&self.tmp_dir)
-            .or_else(|_| {
-                tempfile::Builder::new()
-                    .prefix(".execute-local-task-")
-                    .tempfile_in(parent)
-            })
-            .map_err(|error| Error::io("create temp file for", parent, error))
+        let temp = self.tmp_dir.join(format!(
+            "link-{}-{:08x}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::os::unix::fs::symlink(link, &temp)
+            .map_err(|error| Error::io("create symlink", &temp, error))?;
+        crash_point();
+        match renameat(None, &temp, Some(parent.as_raw_fd()), name) {
+            Ok(()) => {}
+            Err(Errno::EXDEV) => {
+                let _ = fs::remove_file(&temp);
+                let temp_name = format!(".execute-local-task-link-{}.tmp", std::process::id());
+                let _ = unlinkat(
+                    Some(parent.as_raw_fd()),
+                    temp_name.as_str(),
+                    UnlinkatFlags::NoRemoveDir,
+                );
+                symlinkat(link, Some(parent.as_raw_fd()), temp_name.as_str())
+                    .map_err(|error| Error::io("create symlink", &target, error.into()))?;
+                renameat(
+                    Some(parent.as_raw_fd()),
+                    temp_name.as_str(),
+                    Some(parent.as_raw_fd()),
+                    name,
+                )
+                .map_err(|error| Error::io("replace", &target, error.into()))?;
+            }
+            Err(error) => {
+                let _ = fs::remove_file(&temp);
+                return Err(Error::io("replace", &target, error.into()));
+            }
+        }
+        crash_point();
+        sync(parent, parent_path)?;
+        crash_point();
+        Ok(())
     }
 
-    fn replace_with_symlink(&self, target: &Path, link: &str) -> Result<()> {
-        let parent = target.parent().unwrap_or(&self.root);
-        let temp = parent.join(format!(".execute-local-task-link-{}", std::process::id()));
-        let _ = fs::remove_file(&temp);
-        symlink(link, &temp).map_err(|error| Error::io("create symlink", &temp, error))?;
-        fs::rename(&temp, target).map_err(|error| Error::io("replace", target, error))?;
-        sync_dir(parent)
+    /// Replaces `name` in the open directory `parent` with `bytes`: a temp file is flushed,
+    /// renamed over the name and the directory synced, so the name holds its old or its
+    /// new bytes at every instant. A symlink there is replaced, never followed.
+    fn replace(
+        &self,
+        parent: &File,
+        parent_path: &Path,
+        name: &str,
+        bytes: &[u8],
+        mode: u32,
+    ) -> Result<()> {
+        let target = parent_path.join(name);
+        let temp = self.temp_file(bytes, mode)?.into_temp_path();
+        match renameat(None, &*temp, Some(parent.as_raw_fd()), name) {
+            Ok(()) => {
+                // Renamed away: nothing is left for the drop to delete.
+                let _ = temp.keep();
+            }
+            Err(Errno::EXDEV) => {
+                drop(temp);
+                replace_in_directory(parent, &target, name, bytes, mode)?;
+            }
+            Err(error) => return Err(Error::io("replace", &target, error.into())),
+        }
+        crash_point();
+        sync(parent, parent_path)?;
+        crash_point();
+        Ok(())
     }
+}
+
+/// The git directory is on another file system than the target, so the temp file must be
+/// made next to the target (a crash at this moment can leave a hidden
+/// `.execute-local-task-*.tmp` there: the one case a temp file can be left in the tree).
+fn replace_in_directory(
+    parent: &File,
+    target: &Path,
+    name: &str,
+    bytes: &[u8],
+    mode: u32,
+) -> Result<()> {
+    let temp_name = format!(
+        ".execute-local-task-{}-{:08x}.tmp",
+        std::process::id(),
+        fastrand::u32(..)
+    );
+    let mut file = guard::open_at(
+        parent,
+        OsStr::new(&temp_name),
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY,
+        Mode::S_IRUSR | Mode::S_IWUSR,
+    )
+    .map_err(|error| Error::io("create temp file for", target, error))?;
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| file.set_permissions(fs::Permissions::from_mode(mode)))
+        .and_then(|()| file.sync_all())
+        .and_then(|()| {
+            renameat(
+                Some(parent.as_raw_fd()),
+                temp_name.as_str(),
+                Some(parent.as_raw_fd()),
+                name,
+            )
+            .map_err(std::io::Error::from)
+        });
+    if let Err(error) = written {
+        let _ = unlinkat(
+            Some(parent.as_raw_fd()),
+            temp_name.as_str(),
+            UnlinkatFlags::NoRemoveDir,
+        );
+        return Err(Error::io("replace", target, error));
+    }
+    Ok(())
+}
+
+/// What stands at `name` in `parent`, read without following a symlink.
+fn read_current(parent: &File, name: &str, shown: &Path) -> Result<Current> {
+    match guard::open_at(parent, OsStr::new(name), OFlag::O_NONBLOCK, Mode::empty()) {
+        Ok(mut file) => {
+            let metadata = file
+                .metadata()
+                .map_err(|error| Error::io("inspect", shown, error))?;
+            if !metadata.is_file() {
+                return Ok(Current::Other);
+            }
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes)
+                .map_err(|error| Error::io("read", shown, error))?;
+            Ok(Current::File {
+                bytes,
+                mode: metadata.permissions().mode() & 0o7777,
+            })
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Current::Absent),
+        Err(error) if error.raw_os_error() == Some(Errno::ELOOP as i32) => {
+            let target = readlinkat(Some(parent.as_raw_fd()), name)
+                .map_err(|error| Error::io("read symlink", shown, error.into()))?;
+            Ok(Current::Symlink(target.to_string_lossy().into_owned()))
+        }
+        Err(error) => Err(Error::io("open", shown, error)),
+    }
+}
+
+fn path_string(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
 }
 
 fn ensure_dir(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).map_err(|error| Error::io("create directory", dir, error))
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|dir| dir.sync_all())
-        .map_err(|error| Error::io("sync directory", dir, error))
+fn sync(dir: &File, path: &Path) -> Result<()> {
+    dir.sync_all()
+        .map_err(|error| Error::io("sync directory", path, error))
 }
 
 /// Removes temp files a killed run left in the state directory.
@@ -360,5 +672,135 @@ pub fn clean_stale_temp_files(repo: &Repo) {
         for entry in entries.flatten() {
             let _ = fs::remove_file(entry.path());
         }
+    }
+}
+
+/// The environment variable of the test-only fault injection in [`crash_point`].
+pub const CRASH_AT_ENV: &str = "EXECUTE_LOCAL_TASK_TEST_CRASH_AT";
+
+/// Test-only fault injection. Every durable step of a write (a temp file flushed, a rename,
+/// a directory created or synced) calls this; when `EXECUTE_LOCAL_TASK_TEST_CRASH_AT=k` is
+/// set, the k-th call kills the process with SIGKILL, exactly as a crash or `kill -9` at
+/// that instant would. The crash-safety tests run a write with k = 1, 2, … and check the
+/// invariants after each death. Unset (always, outside those tests), it does nothing.
+fn crash_point() {
+    static TARGET: OnceLock<Option<u32>> = OnceLock::new();
+    static COUNT: AtomicU32 = AtomicU32::new(0);
+    let target = TARGET.get_or_init(|| {
+        std::env::var(CRASH_AT_ENV)
+            .ok()
+            .and_then(|value| value.parse().ok())
+    });
+    if let Some(target) = *target
+        && COUNT.fetch_add(1, Ordering::SeqCst) + 1 == target
+    {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo() -> (tempfile::TempDir, Repo) {
+        let dir = tempfile::tempdir().unwrap();
+        git2::Repository::init(dir.path()).unwrap();
+        fs::write(dir.path().join("old.txt"), "old\n").unwrap();
+        fs::set_permissions(
+            dir.path().join("old.txt"),
+            fs::Permissions::from_mode(0o750),
+        )
+        .unwrap();
+        let repo = Repo::discover(dir.path()).unwrap();
+        (dir, repo)
+    }
+
+    #[test]
+    fn write_then_restore_round_trips_bytes_mode_and_directories() {
+        let (dir, repo) = repo();
+        let mut journal = Journal::new(&repo, "R1", "T");
+        journal.write("old.txt", b"new\n", Some(b"old\n")).unwrap();
+        journal.write("a/b/c.txt", b"c\n", None).unwrap();
+        let mode = fs::metadata(dir.path().join("old.txt"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o750, "the mode is kept across a write");
+        assert_eq!(journal.manifest().created_dirs, ["a", "a/b"]);
+        assert!(journal.changed_since_written().is_empty());
+        assert!(journal.has_writes());
+
+        let done = journal.restore().unwrap();
+        assert_eq!(done.restored, ["old.txt"]);
+        assert_eq!(done.removed, ["a/b/c.txt"]);
+        assert_eq!(done.removed_dirs, ["a/b", "a"]);
+        assert_eq!(
+            fs::read_to_string(dir.path().join("old.txt")).unwrap(),
+            "old\n"
+        );
+        assert!(!dir.path().join("a").exists());
+        assert!(!journal.has_writes());
+
+        // The saved manifest reads back as what the journal holds.
+        let reopened = Journal::open(&repo, "R1").unwrap();
+        assert_eq!(reopened.manifest().files.len(), 2);
+        assert!(
+            reopened
+                .manifest()
+                .files
+                .iter()
+                .all(|f| f.written.is_none())
+        );
+    }
+
+    #[test]
+    fn a_target_that_is_not_what_the_caller_read_is_a_conflict() {
+        let (dir, repo) = repo();
+        let mut journal = Journal::new(&repo, "R2", "T");
+        let error = journal
+            .write("old.txt", b"new\n", Some(b"something else\n"))
+            .unwrap_err();
+        assert_eq!(error.kind(), "conflict");
+        assert!(error.to_string().contains("`old.txt`"), "{error}");
+        let error = journal.write("old.txt", b"new\n", None).unwrap_err();
+        assert_eq!(error.kind(), "conflict");
+        assert_eq!(
+            fs::read_to_string(dir.path().join("old.txt")).unwrap(),
+            "old\n"
+        );
+        assert!(journal.manifest().files.is_empty(), "nothing was recorded");
+    }
+
+    #[test]
+    fn a_file_edited_after_the_write_counts_as_changed_but_its_prior_bytes_do_not() {
+        let (dir, repo) = repo();
+        let mut journal = Journal::new(&repo, "R3", "T");
+        journal.write("old.txt", b"new\n", Some(b"old\n")).unwrap();
+        fs::write(dir.path().join("old.txt"), "edited\n").unwrap();
+        assert_eq!(journal.changed_since_written(), ["old.txt"]);
+        // As after a crash between recording the write and making it.
+        fs::write(dir.path().join("old.txt"), "old\n").unwrap();
+        assert!(journal.changed_since_written().is_empty());
+    }
+
+    #[test]
+    fn manifests_without_newer_fields_still_open() {
+        let (_dir, repo) = repo();
+        let runs = repo.state_dir().join("runs/R4");
+        fs::create_dir_all(&runs).unwrap();
+        fs::write(
+            runs.join(MANIFEST),
+            r#"{"version": 1, "run_id": "R4", "task_id": "T", "created_dirs": [],
+               "files": [{"path": "x", "prior": {"kind": "absent"}, "written": "abc"}]}"#,
+        )
+        .unwrap();
+        let journal = Journal::open(&repo, "R4").unwrap();
+        assert!(!journal.manifest().rolled_back);
+        assert!(journal.has_writes());
+        let damaged = repo.state_dir().join("runs/R5");
+        fs::create_dir_all(&damaged).unwrap();
+        fs::write(damaged.join(MANIFEST), "{").unwrap();
+        let error = Journal::open(&repo, "R5").err().unwrap();
+        assert!(error.to_string().contains("is damaged"), "{error}");
     }
 }

@@ -5,4 +5,5 @@ mod harness;
 
 mod core;
 mod providers;
+mod safety;
 mod snapshots;
