@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::context::ContextFile;
 use crate::error::{Error, Result};
+use crate::guard::{Bounds, ReadError};
 use crate::model::Message;
 use crate::spec::{Kind, TaskSpec};
 
@@ -65,18 +66,38 @@ pub struct RepairView {
 
 impl Templates {
     /// Loads the built-in templates, then the repository's overrides, then `kind_override`.
-    pub fn load(root: &Path, kind: Kind, kind_override: Option<&Path>) -> Result<Self> {
+    pub fn load(bounds: &Bounds, kind: Kind, kind_override: Option<&Path>) -> Result<Self> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_keep_trailing_newline(true);
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         for (name, text) in BUILT_IN {
-            let override_path = root.join(OVERRIDE_DIR).join(name);
-            let source = match std::fs::read_to_string(&override_path) {
-                Ok(text) => text,
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => (*text).to_owned(),
-                Err(error) => return Err(Error::io("read template", override_path, error)),
+            let relative = format!("{OVERRIDE_DIR}/{name}");
+            let override_path = bounds.root().join(&relative);
+            // Through the guard: a symlinked override must not pull a file from outside
+            // the repository into the prompt.
+            let source = match bounds.read(&relative, true) {
+                Ok(Some(bytes)) => String::from_utf8(bytes).map_err(|_| Error::Template {
+                    name: relative.clone(),
+                    message: "is not UTF-8 text".to_owned(),
+                })?,
+                Ok(None) => (*text).to_owned(),
+                Err(ReadError::Unsafe(reason)) => {
+                    return Err(Error::UnsafePath {
+                        path: relative,
+                        reason,
+                    });
+                }
+                Err(ReadError::Directory) => {
+                    return Err(Error::Template {
+                        name: relative,
+                        message: "is a directory, not a template".to_owned(),
+                    });
+                }
+                Err(ReadError::Io(error)) => {
+                    return Err(Error::io("read template", override_path, error));
+                }
             };
             add(&mut env, name, source, &override_path)?;
         }

@@ -398,6 +398,20 @@ fn a_repository_template_overrides_the_built_in_one() {
 }
 
 #[test]
+fn a_symlinked_template_override_cannot_read_outside_the_repository() {
+    let test = Test::new().spec(spec("a.py", &json!({}))).arg("--dry-run");
+    let outside = test.repo_path().parent().unwrap().join("secret.md");
+    std::fs::write(&outside, "SECRET {{ task_id }}\n").unwrap();
+    let prompts = test.repo_path().join(".execute-local-task/prompts");
+    std::fs::create_dir_all(&prompts).unwrap();
+    std::os::unix::fs::symlink(&outside, prompts.join("code.md")).unwrap();
+    let run = test.run();
+    let error = run.assert_error(2, "unsafe_path");
+    assert!(error.message.contains("code.md"), "{}", error.message);
+    assert!(!run.stdout.contains("SECRET"));
+}
+
+#[test]
 fn a_template_flag_replaces_the_kind_template_and_errors_name_it() {
     let test = Test::new();
     let template = test.repo_path().parent().unwrap().join("mine.md");
