@@ -408,52 +408,24 @@ fn report(output: RunOutput) -> u8 {
             print_json(&request);
             0
         }
-        RunOutput::Result { result, exit_code } => {
+        RunOutput::Result {
+            result,
+            exit_code,
+            hint,
+        } => {
             match (&result.status, &result.error) {
                 (Status::Error, Some(error)) => {
                     eprintln!("error: {}", error.message);
                 }
                 _ => eprintln!("execute-local-task: {}", result.summary),
             }
-            if let Some(hint) = hint_for(&result) {
+            if let Some(hint) = hint {
                 eprintln!("hint: {hint}");
             }
             print_json(&result);
             exit_code
         }
     }
-}
-
-/// Hints live on the error, which the result no longer holds; the kinds that have one are
-/// few enough to name here.
-fn hint_for(result: &TaskResult) -> Option<&'static str> {
-    let kind = result.error.as_ref()?.kind.as_str();
-    Some(match kind {
-        "no_server" | "connection_refused" | "connect_timeout" | "dns" => {
-            "is the model server running? Start Ollama or LM Studio's server, or pass --endpoint URL; `execute-local-task models` shows what is reachable"
-        }
-        "no_model" | "model_not_found" => {
-            "choose a model with --model NAME; `execute-local-task models` lists them"
-        }
-        "model_not_loaded" => {
-            "load a model in the server (LM Studio: `lms load NAME`), then run again"
-        }
-        "rate_limited" | "unavailable" => {
-            "the server is busy or still loading; try again, or raise --retries / --retry-max-wait"
-        }
-        "first_byte_timeout" => {
-            "a large model may still be loading; try again or raise --first-byte-timeout"
-        }
-        "replay" => "the run no longer matches its cassette; record it again with --record FILE",
-        "context_too_long" => {
-            "the prompt does not fit the model's context: name fewer context files or load the model with a larger context"
-        }
-        "repo" => "run inside a git repository, or pass --repo DIR",
-        "lock" => {
-            "another execute-local-task run is writing this repository; wait for it or raise --lock-timeout"
-        }
-        _ => return None,
-    })
 }
 
 fn print_error(error: &Error) {

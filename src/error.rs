@@ -119,7 +119,10 @@ impl Error {
     /// What the user can do about it, when there is something to say beyond the message.
     pub fn hint(&self) -> Option<String> {
         match self {
-            Self::Model(error) => error.hint.clone(),
+            Self::Model(error) => error
+                .hint
+                .clone()
+                .or_else(|| error.kind.default_hint().map(str::to_owned)),
             Self::Repo { .. } => Some(
                 "run inside a git repository, or pass --repo DIR (create one with `git init`)"
                     .to_owned(),

@@ -75,7 +75,12 @@ impl RunOptions {
 /// What a run produced: a result, or for `--dry-run` the request it would send.
 #[allow(clippy::large_enum_variant)] // One value a process: boxing buys nothing.
 pub enum RunOutput {
-    Result { result: TaskResult, exit_code: u8 },
+    Result {
+        result: TaskResult,
+        exit_code: u8,
+        /// What the user can do about an error, for stderr.
+        hint: Option<String>,
+    },
     DryRun(serde_json::Value),
 }
 
@@ -104,7 +109,11 @@ pub async fn run(
         Ok(Finished::DryRun(request)) => RunOutput::DryRun(request),
         Ok(Finished::Done(result)) => {
             let exit_code = result.status.exit_code();
-            RunOutput::Result { result, exit_code }
+            RunOutput::Result {
+                result,
+                exit_code,
+                hint: None,
+            }
         }
         Err(error) => {
             let exit_code = error.exit_code();
@@ -123,7 +132,11 @@ pub async fn run(
                     message: error.to_string(),
                 }),
             );
-            RunOutput::Result { result, exit_code }
+            RunOutput::Result {
+                result,
+                exit_code,
+                hint: error.hint(),
+            }
         }
     }
 }

@@ -233,6 +233,34 @@ pub enum ModelErrorKind {
 }
 
 impl ModelErrorKind {
+    /// What to do about a fault of this class, when the error itself says nothing better.
+    pub fn default_hint(self) -> Option<&'static str> {
+        Some(match self {
+            Self::NoServer | Self::ConnectionRefused | Self::ConnectTimeout | Self::Dns => {
+                "is the model server running? Start Ollama or LM Studio's server, or pass --endpoint URL; `execute-local-task models` shows what is reachable"
+            }
+            Self::NoModel | Self::ModelNotFound => {
+                "choose a model with --model NAME; `execute-local-task models` lists them"
+            }
+            Self::ModelNotLoaded => {
+                "load a model in the server (LM Studio: `lms load NAME`), then run again"
+            }
+            Self::RateLimited | Self::Unavailable => {
+                "the server is busy or still loading; try again, or raise --retries / --retry-max-wait"
+            }
+            Self::FirstByteTimeout => {
+                "a large model may still be loading; try again or raise --first-byte-timeout"
+            }
+            Self::Replay => {
+                "the run no longer matches its cassette; record it again with --record FILE"
+            }
+            Self::ContextTooLong => {
+                "the prompt does not fit the model's context: name fewer context files or load the model with a larger context"
+            }
+            _ => return None,
+        })
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::NoServer => "no_server",

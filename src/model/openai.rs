@@ -132,6 +132,7 @@ impl OpenAi {
             })
             .eventsource();
         let mut reply = StreamedReply::default();
+        let mut any_event = false;
         loop {
             let next = tokio::time::timeout(self.limits.idle, events.next())
                 .await
@@ -146,6 +147,7 @@ impl OpenAi {
                     )
                 })?;
             let Some(event) = next else { break };
+            any_event = true;
             let event =
                 event.map_err(|error| stream_error(url, reply.content.len(), cap, error))?;
             unparsed.store(0, Ordering::Relaxed);
@@ -168,7 +170,48 @@ impl OpenAi {
                 ));
             }
         }
+        if !any_event {
+            return self.resend_without_streaming(url, request).await;
+        }
         reply.finish(url)
+    }
+
+    /// Some servers (llama-cpp-python's, for one) refuse a streamed request with an
+    /// empty `200` stream instead of an error, e.g. when the prompt exceeds the context
+    /// window. The same request without streaming gets the server's own error (or its
+    /// reply), so the user learns what went wrong instead of "the stream ended".
+    async fn resend_without_streaming(
+        &self,
+        url: &str,
+        request: &ChatRequest,
+    ) -> Result<ChatReply, ModelError> {
+        let mut body = request_body(request);
+        body["stream"] = json!(false);
+        // Servers such as vLLM reject `stream_options` on a request that does not stream.
+        if let Some(fields) = body.as_object_mut() {
+            fields.remove("stream_options");
+        }
+        // A fresh connection: the server may close the one that carried the empty stream
+        // (llama-cpp-python does, as it fails the request), and reusing it would only
+        // report "connection closed".
+        let mut http_request = http_client(self.limits.connect)?.post(url).json(&body);
+        if let Some(key) = &self.api_key {
+            http_request = http_request.bearer_auth(key);
+        }
+        let response = tokio::time::timeout(self.limits.first_byte, http_request.send())
+            .await
+            .map_err(|_| {
+                ModelError::new(
+                    ModelErrorKind::FirstByteTimeout,
+                    format!(
+                        "{url}: the stream was empty, and the same request without streaming got no answer within {}",
+                        seconds(self.limits.first_byte)
+                    ),
+                )
+            })?
+            .map_err(|error| transport_error(url, &error))?;
+        let response = check_status(url, response).await?;
+        self.whole_reply(url, response).await
     }
 
     async fn whole_reply(
@@ -310,13 +353,17 @@ impl StreamedReply {
                 usage: self.usage,
                 notes: Vec::new(),
             }),
-            // `[DONE]` without a finish reason is a server quirk, not a cut.
-            None if self.done => Ok(ChatReply {
-                content: self.content,
-                finish: Finish::Stop,
-                usage: self.usage,
-                notes: Vec::new(),
-            }),
+            // Every server we know ends a complete reply with a finish reason. `[DONE]`
+            // without one is what llama-cpp-python sends when it interrupts a stream for
+            // another request: the reply is cut and must never be written.
+            None if self.done => Err(ModelError::new(
+                ModelErrorKind::StreamCut,
+                format!(
+                    "{url}: the server ended the stream after {} bytes without a finish reason (the reply was interrupted)",
+                    self.content.len()
+                ),
+            )
+            .with_hint("llama-cpp-python's server interrupts a stream when another request arrives; start it with --interrupt_requests False")),
             None => Err(ModelError::new(
                 ModelErrorKind::StreamCut,
                 format!(

@@ -1,8 +1,10 @@
 //! The one integration-test binary: every test runs the real `execute-local-task` binary
-//! against a temporary git repository and a scripted model server.
+//! against a temporary git repository and a scripted model server (or, in the
+//! conformance tier, a real llama.cpp-based server).
 
 mod harness;
 
+mod conformance;
 mod core;
 mod providers;
 mod safety;

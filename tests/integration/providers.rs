@@ -580,6 +580,41 @@ fn retries_are_bounded_and_permanent_faults_are_not_retried() {
     assert_eq!(run.requests.len(), 1, "a missing model is not retried");
 }
 
+#[test]
+fn an_interrupted_stream_is_retried_and_never_written() {
+    // `[DONE]` without a finish reason: llama-cpp-python's server ends a stream so when
+    // another request interrupts it. The partial text must not reach the disk.
+    let interrupted = || {
+        Script::chat("```\npartial", |chat| {
+            chat.finish_reason = None;
+        })
+    };
+    let run = Test::new()
+        .spec(spec("a.txt", &json!({})))
+        .script(interrupted())
+        .script(Script::code("a.txt", "whole\n"))
+        .args(&["--retry-base-ms", "1"])
+        .run();
+    run.assert_code(0);
+    assert_eq!(run.read("a.txt").as_deref(), Some("whole\n"));
+    assert!(run.result().attempts[0].notes[0].contains("stream_cut"));
+
+    let run = Test::new()
+        .spec(spec("a.txt", &json!({})))
+        .script(interrupted())
+        .script(interrupted())
+        .script(interrupted())
+        .args(&["--retry-base-ms", "1"])
+        .run();
+    let message = assert_fault(&run, "stream_cut");
+    assert!(message.contains("interrupted"), "{message}");
+    assert!(
+        run.stderr.contains("--interrupt_requests False"),
+        "{}",
+        run.stderr
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Discovery and `models`
 // ---------------------------------------------------------------------------------------
