@@ -351,12 +351,12 @@ const LAST_LINES: usize = 5;
 /// Longest line shown; minified code or a data dump says nothing more after this.
 const MAX_LINE: usize = 300;
 
-/// The part of a test's output a repair needs, in at most about `budget` bytes: the whole
-/// output when it fits; otherwise the lines that speak of a failure (an error, a failed
-/// assertion, a panic, a traceback) with a little context, earliest first, and the last
-/// lines, with a marker for each gap; when no line speaks of a failure, as much of the end
-/// as fits. It knows no particular test tool: passing tests rarely use these words,
-/// failing ones almost always do.
+/// The part of a test's output a repair needs, in at most `budget` bytes: the whole output
+/// when it fits; otherwise the last lines and the lines that speak of a failure (an error,
+/// a failed assertion, a panic, a traceback) with a little context, the first and last of
+/// those before the ones in the middle, with a marker for each gap; when no line speaks of
+/// a failure, as much of the end as fits. It knows no particular test tool: passing tests
+/// rarely use these words, failing ones almost always do.
 pub fn failure_excerpt(output: &str, budget: usize) -> String {
     let output = output.trim_end();
     if output.len() <= budget {
@@ -377,21 +377,28 @@ pub fn failure_excerpt(output: &str, budget: usize) -> String {
     {
         end -= 1;
     }
-    // Then each failure with its context, earliest first, while they fit.
-    let mut failures = 0;
-    for (index, line) in lines.iter().enumerate() {
-        let lower = line.to_lowercase();
-        if FAILURE_WORDS.iter().any(|word| lower.contains(word)) {
-            failures += 1;
-            if !selection.take(index.saturating_sub(BEFORE)..(index + AFTER + 1).min(lines.len())) {
-                break;
-            }
+    // Then each failure with its context, from both ends inwards while they fit: a
+    // compiler's first error is its most telling, a test tool details its failures last.
+    let failures: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, line)| {
+            let lower = line.to_lowercase();
+            FAILURE_WORDS.iter().any(|word| lower.contains(word))
+        })
+        .map(|(index, _)| index)
+        .collect();
+    let (front, back) = failures.split_at(failures.len().div_ceil(2));
+    let mut back = back.iter().rev();
+    for &index in front {
+        for index in std::iter::once(index).chain(back.next().copied()) {
+            selection.take(index.saturating_sub(BEFORE)..(index + AFTER + 1).min(lines.len()));
         }
     }
     // No failure words (a bare `diff`, a message in other words): the end is all there is
     // to go on, so it gets the rest of the budget. Otherwise the budget is a ceiling, not a
     // target: a local model's context is better spent on the code than on passing tests.
-    while failures == 0 && end > 0 && selection.take(end - 1..lines.len()) {
+    while failures.is_empty() && end > 0 && selection.take(end - 1..lines.len()) {
         end -= 1;
     }
 
@@ -579,7 +586,7 @@ mod tests {
     }
 
     #[test]
-    fn an_excerpt_prefers_the_first_failures_when_there_are_many() {
+    fn an_excerpt_of_many_failures_keeps_the_first_and_the_last() {
         let mut output = String::new();
         for i in 0..500 {
             writeln!(output, "case {i}\nerror: case {i} went wrong").unwrap();
@@ -588,8 +595,35 @@ mod tests {
         let excerpt = failure_excerpt(&output, 1500);
         assert!(excerpt.len() <= 1500, "{} bytes", excerpt.len());
         assert!(excerpt.contains("error: case 0 went wrong"), "{excerpt}");
-        assert!(!excerpt.contains("error: case 300 went wrong"), "{excerpt}");
+        assert!(excerpt.contains("error: case 499 went wrong"), "{excerpt}");
+        assert!(!excerpt.contains("error: case 250 went wrong"), "{excerpt}");
         assert!(excerpt.ends_with("summary: 500 errors"), "{excerpt}");
+    }
+
+    #[test]
+    fn an_excerpt_is_not_starved_by_early_noise() {
+        let mut output = String::new();
+        for i in 0..200 {
+            writeln!(output, "debug: retrying connection, error count {i}").unwrap();
+        }
+        for i in 0..100 {
+            writeln!(output, "test_{i} ... ok").unwrap();
+        }
+        output.push_str("thread 'parse' panicked at src/lib.rs:9:5:\nleft: 3\nright: 4\n");
+        for i in 100..110 {
+            writeln!(output, "test_{i} ... ok").unwrap();
+        }
+        output.push_str("test result: FAILED. 109 passed; 1 failed\n");
+        let excerpt = failure_excerpt(&output, 1500);
+        assert!(excerpt.len() <= 1500, "{} bytes", excerpt.len());
+        for needed in [
+            "panicked at src/lib.rs:9:5",
+            "left: 3",
+            "right: 4",
+            "1 failed",
+        ] {
+            assert!(excerpt.contains(needed), "{needed} missing:\n{excerpt}");
+        }
     }
 
     #[test]
