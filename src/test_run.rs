@@ -50,6 +50,8 @@ const KILL_GRACE: Duration = Duration::from_secs(2);
 /// How long the final SIGKILL sweep may keep finding processes (one that forks faster
 /// than it is killed).
 const SWEEP_LIMIT: Duration = Duration::from_secs(1);
+/// How often to look again for the test's processes while they are going.
+const POLL: Duration = Duration::from_millis(10);
 /// How long to wait for the output pipes once everything found is dead: only a process
 /// that left the session *and* cleared its environment can still hold them.
 const DRAIN_GRACE: Duration = Duration::from_secs(1);
@@ -67,17 +69,14 @@ pub struct CannotStart {
 
 pub async fn run(command: &str, dir: &Path, timeout: Duration) -> Result<TestReport, CannotStart> {
     let started = Instant::now();
-    let marker = format!(
-        "{MARKER_VAR}={}-{:016x}",
-        std::process::id(),
-        fastrand::u64(..)
-    );
+    let id = format!("{}-{:016x}", std::process::id(), fastrand::u64(..));
+    let marker = format!("{MARKER_VAR}={id}");
     let mut process = Command::new("sh");
     process
         .arg("-c")
         .arg(command)
         .current_dir(dir)
-        .env(MARKER_VAR, &marker[MARKER_VAR.len() + 1..])
+        .env(MARKER_VAR, &id)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -128,10 +127,15 @@ pub async fn run(command: &str, dir: &Path, timeout: Duration) -> Result<TestRep
         signal_all(group, &marker, Signal::SIGTERM);
         // A stopped process acts on SIGTERM only once it runs again.
         signal_all(group, &marker, Signal::SIGCONT);
+        let grace_end = Instant::now() + KILL_GRACE;
         let status = tokio::time::timeout(KILL_GRACE, child.wait())
             .await
             .ok()
             .and_then(Result::ok);
+        // The shell may go at once; what it started gets the same grace to shut down.
+        while Instant::now() < grace_end && !marked_processes(&marker).is_empty() {
+            tokio::time::sleep(POLL).await;
+        }
         (status, true)
     };
     // Whatever the test left running (a server, `sleep 1000 &`, a daemon that left the
@@ -141,9 +145,10 @@ pub async fn run(command: &str, dir: &Path, timeout: Duration) -> Result<TestRep
         Some(status) => Some(status),
         None => child.wait().await.ok(),
     };
+    let drain_end = tokio::time::Instant::now() + DRAIN_GRACE;
     for reader in readers.into_iter().flatten() {
         let abort = reader.abort_handle();
-        if tokio::time::timeout(DRAIN_GRACE, reader).await.is_err() {
+        if tokio::time::timeout_at(drain_end, reader).await.is_err() {
             abort.abort();
         }
     }
@@ -216,7 +221,7 @@ async fn kill_all(group: Option<Pid>, marker: &str) {
             return;
         }
         // Killed processes take a moment to exit; a forking one may have made new ones.
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(POLL).await;
     }
 }
 

@@ -43,9 +43,9 @@ sleep 1000 & echo $! >> "$1"
 echo started
 sleep 1000
 "#;
-    // The second time the test's own shell ignores SIGTERM too, so only the SIGKILL after
-    // the grace ends it.
-    for (prefix, least_ms) in [("", 1000), ("trap '' TERM; ", 3000)] {
+    // Either way the processes that ignore SIGTERM keep the test going for the grace (2 s)
+    // until SIGKILL; the second time the test's own shell is one of them.
+    for prefix in ["", "trap '' TERM; "] {
         let scratch = tempfile::tempdir().unwrap();
         let pid_file = scratch.path().join("pids");
         let started = Instant::now();
@@ -72,7 +72,7 @@ sleep 1000
         assert_eq!(result.status, Status::Escalate);
         let test = result.test.expect("a test report");
         assert!(test.timed_out && !test.passed, "{test:?}");
-        assert!(test.duration_ms >= least_ms, "{prefix}: {test:?}");
+        assert!(test.duration_ms >= 3000, "{prefix}: {test:?}");
         assert!(test.output_tail.contains("started"), "{test:?}");
         assert!(
             result.attempts[0]
@@ -92,6 +92,32 @@ sleep 1000
         );
         run.assert_unchanged();
     }
+}
+
+#[test]
+fn a_test_at_its_limit_gets_sigterm_and_a_grace_to_clean_up() {
+    let scratch = tempfile::tempdir().unwrap();
+    let log = scratch.path().join("log");
+    let run = Test::new()
+        .spec(spec(
+            "out.txt",
+            &json!({
+                "test_command": format!(
+                    "(trap 'echo cleaned up > {}; exit 0' TERM; while :; do sleep 0.1; done) & wait",
+                    log.display()
+                ),
+                "timeout_secs": 1,
+                "max_attempts": 1,
+            }),
+        ))
+        .script(Script::code("out.txt", "x\n"))
+        .run();
+    run.assert_code(1);
+    assert!(run.result().test.expect("a test report").timed_out);
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap_or_default(),
+        "cleaned up\n"
+    );
 }
 
 #[test]
