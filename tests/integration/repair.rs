@@ -152,6 +152,44 @@ fn what_a_passing_test_leaves_running_is_killed_too() {
 }
 
 #[test]
+fn a_process_the_tool_cannot_find_does_not_hold_it() {
+    // Leaving the session and clearing the environment hides a process from the tool;
+    // it holds the output pipes, and the tool still returns about a second later.
+    let scratch = tempfile::tempdir().unwrap();
+    let pid_file = scratch.path().join("pids");
+    let started = Instant::now();
+    let run = Test::new()
+        .spec(spec(
+            "out.txt",
+            // The shell waits until the process is hidden: it writes its pid only then.
+            &json!({"test_command": format!(
+                "env -i setsid sh -c 'echo $$ > {0}; exec sleep 1000' & \
+                 until [ -s {0} ]; do sleep 0.01; done; echo started",
+                pid_file.display()
+            )}),
+        ))
+        .script(Script::code("out.txt", "x\n"))
+        .run();
+    let elapsed = started.elapsed();
+    for pid in pids(&pid_file) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid])
+            .status();
+    }
+    run.assert_code(0);
+    assert!(elapsed < Duration::from_secs(4), "took {elapsed:?}");
+    let test = run.result().test.expect("a test report");
+    assert!(
+        test.passed && test.output_tail.contains("started"),
+        "{test:?}"
+    );
+    assert!(
+        test.duration_ms >= 1000,
+        "the pipes were not held: {test:?}"
+    );
+}
+
+#[test]
 fn megabytes_of_output_are_bounded_and_keep_their_end() {
     let test_command = "i=0; while [ $i -lt 3 ]; do seq 1 200000; i=$((i+1)); done; \
          yes 'warning: something noisy on stderr' | head -n 50000 >&2; \
