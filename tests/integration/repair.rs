@@ -266,6 +266,33 @@ fn a_test_command_that_cannot_start_is_failed_without_a_repair() {
 }
 
 #[test]
+fn keep_failed_keeps_code_whose_test_could_not_start() {
+    let run = Test::new()
+        .spec(spec(
+            "out.txt",
+            &json!({"test_command": "no-such-test-runner"}),
+        ))
+        .arg("--keep-failed")
+        .script(Script::code("out.txt", "x\n"))
+        .run();
+    run.assert_code(1);
+    let result = run.result();
+    assert_eq!(result.status, Status::Failed);
+    assert_eq!(run.read("out.txt").as_deref(), Some("x\n"));
+    assert_eq!(result.files.len(), 1);
+    assert!(
+        result
+            .summary
+            .starts_with("failed: the test command `no-such-test-runner` could not start")
+            && result
+                .summary
+                .contains("the working tree holds attempt 1's failed code"),
+        "{}",
+        result.summary
+    );
+}
+
+#[test]
 fn exit_127_from_inside_the_test_is_a_failure_to_repair() {
     let run = Test::new()
         .spec(spec("out.txt", &json!({"test_command": "exit 127"})))
