@@ -203,11 +203,11 @@ struct Failure {
 }
 
 impl Failure {
-    fn new(outcome: Outcome, problem: impl Into<String>) -> Self {
+    fn new(outcome: Outcome, problem: impl AsRef<str>) -> Self {
         Self {
             outcome,
             repair: RepairView {
-                problem: problem.into(),
+                problem: one_line(problem.as_ref()),
                 ..RepairView::default()
             },
         }
@@ -231,7 +231,6 @@ async fn run_task(
     state.task_id = Some(spec.task_id.clone());
     let repo = open_repo(options)?;
     state.git = Some(repo.info());
-    let root = repo.root().to_path_buf();
 
     let bounds = repo.bounds();
     let targets = read_targets(&bounds, &spec)?;
@@ -275,13 +274,17 @@ async fn run_task(
     });
 
     let mut journal = Journal::new(&repo, &state.run_id, &spec.task_id);
-    // Only the latest failed exchange goes back to the model: local context windows are small.
+    // Only the latest failed attempt goes back to the model, as its own turn (see
+    // `written_turn`) followed by what went wrong: local context windows are small.
     let mut last_exchange: Option<(String, Failure)> = None;
-    let mut last_test: Option<TestReport> = None;
+    // The last attempt whose code was written and tested: the test the result reports, and
+    // what `--keep-failed` leaves in the tree.
+    let mut last_tested: Option<Tested> = None;
+    let mut cannot_start: Option<String> = None;
     for n in 1..=max_attempts {
         let mut messages = first_messages.clone();
-        if let Some((reply, failure)) = &last_exchange {
-            messages.push(Message::assistant(reply.clone()));
+        if let Some((turn, failure)) = &last_exchange {
+            messages.push(Message::assistant(turn.clone()));
             messages.push(templates.repair_message(&spec, &failure.repair)?);
         }
         progress(&format!(
@@ -316,105 +319,98 @@ async fn run_task(
             notes: reply.notes.clone(),
         };
 
-        let failure = match check_reply(&reply, &spec, &targets, &language, &mut attempt.notes) {
-            Err(failure) => Some(failure),
-            Ok(files) => {
-                let _lock = lock::acquire(&repo, options.lock_timeout).await?;
-                write::clean_stale_temp_files(&repo);
-                let written = write_files(&mut journal, &files, &targets);
-                if let Err(error) = written {
-                    let _ = journal.restore();
-                    return Err(error);
+        let (failure, turn) =
+            match check_reply(&reply, &spec, &targets, &language, &mut attempt.notes) {
+                Err(failure) => {
+                    let turn = reply_turn(&reply.content, failure.outcome == Outcome::Truncated);
+                    (failure, turn)
                 }
-                match run_test(&spec, options, &root, progress).await {
-                    TestVerdict::Passed(test) | TestVerdict::NotRun(test) => {
-                        state.attempts.push(attempt);
-                        let changes = file_changes(&journal, &targets, &files);
-                        let summary = success_summary(&changes, test.as_ref(), n, max_attempts);
-                        return Ok(Finished::Done(state.finish(
-                            Some(spec.task_id.clone()),
-                            Status::Success,
-                            summary,
-                            changes,
-                            test,
-                            None,
-                        )));
-                    }
-                    TestVerdict::CannotStart(message, test) => {
-                        attempt.outcome = Outcome::TestFailed;
-                        attempt.error = Some(message.clone());
-                        state.attempts.push(attempt);
-                        let kept = keep_or_restore(&mut journal, options.keep_failed)?;
-                        let changes = if kept {
-                            file_changes(&journal, &targets, &files)
-                        } else {
-                            Vec::new()
-                        };
-                        let summary = format!(
-                            "failed: {message}{}",
-                            if kept {
-                                "; the untested files were kept (--keep-failed)"
-                            } else {
-                                "; the tree is unchanged"
-                            }
-                        );
-                        return Ok(Finished::Done(state.finish(
-                            Some(spec.task_id.clone()),
-                            Status::Failed,
-                            summary,
-                            changes,
-                            test,
-                            None,
-                        )));
-                    }
-                    TestVerdict::Failed(test) => {
-                        let failure = test_failure(&test);
-                        let last = n == max_attempts;
-                        if last && options.keep_failed {
-                            let changes = file_changes(&journal, &targets, &files);
-                            attempt.outcome = failure.outcome;
-                            attempt.error = Some(failure.repair.problem.clone());
+                Ok(files) => {
+                    match write_and_test(
+                        &repo,
+                        &mut journal,
+                        &files,
+                        &targets,
+                        &spec,
+                        options,
+                        progress,
+                    )
+                    .await?
+                    {
+                        TestVerdict::Passed(test) => {
                             state.attempts.push(attempt);
-                            let summary = escalate_summary(&spec, &state.attempts, true);
+                            let changes = file_changes(&journal, &targets, &files);
+                            let summary = success_summary(&changes, test.as_ref(), n, max_attempts);
                             return Ok(Finished::Done(state.finish(
                                 Some(spec.task_id.clone()),
-                                Status::Escalate,
+                                Status::Success,
                                 summary,
                                 changes,
-                                Some(test),
+                                test,
                                 None,
                             )));
                         }
-                        // The next attempt (and the supervisor, after the last) must see
-                        // the tree exactly as it was.
-                        journal.restore()?;
-                        last_test = Some(test);
-                        Some(failure)
+                        TestVerdict::CannotStart(message, test) => {
+                            // No attempt can pass a test that cannot run: stop here.
+                            attempt.outcome = Outcome::TestFailed;
+                            attempt.error = Some(message.clone());
+                            state.attempts.push(attempt);
+                            last_tested = Some(Tested { n, files, test });
+                            cannot_start = Some(message);
+                            break;
+                        }
+                        TestVerdict::Failed(test) => {
+                            let failure = test_failure(&test, spec.timeout_secs);
+                            let turn = written_turn(&files, &targets, &language);
+                            last_tested = Some(Tested {
+                                n,
+                                files,
+                                test: Some(test),
+                            });
+                            (failure, turn)
+                        }
                     }
                 }
-            }
-        };
-        if let Some(failure) = failure {
-            attempt.outcome = failure.outcome;
-            attempt.error = Some(failure.repair.problem.clone());
-            progress(&format!(
-                "attempt {n}/{max_attempts}: {}",
-                failure.repair.problem
-            ));
-            state.attempts.push(attempt);
-            last_exchange = Some((reply.content, failure));
-        }
+            };
+        attempt.outcome = failure.outcome;
+        attempt.error = Some(failure.repair.problem.clone());
+        progress(&format!(
+            "attempt {n}/{max_attempts}: {}",
+            failure.repair.problem
+        ));
+        state.attempts.push(attempt);
+        last_exchange = Some((turn, failure));
     }
 
-    let summary = escalate_summary(&spec, &state.attempts, false);
+    let (status, what) = match cannot_start {
+        Some(message) => (Status::Failed, format!("failed: {message}")),
+        None => (Status::Escalate, escalate_summary(&spec, &state.attempts)),
+    };
+    let (changes, tree) = leave_tree(
+        &repo,
+        &mut journal,
+        &targets,
+        last_tested.as_ref(),
+        options,
+        &state.run_id,
+    )
+    .await?;
     Ok(Finished::Done(state.finish(
         Some(spec.task_id.clone()),
-        Status::Escalate,
-        summary,
-        Vec::new(),
-        last_test,
+        status,
+        format!("{what}; {tree}"),
+        changes,
+        last_tested.and_then(|tested| tested.test),
         None,
     )))
+}
+
+/// An attempt whose code was written and tested.
+struct Tested {
+    n: u32,
+    files: Vec<(String, String)>,
+    /// None when the test command could not even be spawned.
+    test: Option<TestReport>,
 }
 
 fn open_repo(options: &RunOptions) -> Result<Repo> {
@@ -467,21 +463,27 @@ fn output_views(targets: &[Target], language: &str) -> Vec<OutputView> {
     targets
         .iter()
         .map(|target| {
-            let own_language = language::for_path(&target.path);
             let body = target.before.as_deref().unwrap_or_default();
             OutputView {
                 path: target.path.clone(),
-                language: if targets.len() == 1 || own_language.is_empty() {
-                    language.to_owned()
-                } else {
-                    own_language.to_owned()
-                },
+                language: fence_language(&target.path, language, targets.len()),
                 exists: target.before.is_some(),
                 body: body.strip_suffix('\n').unwrap_or(body).to_owned(),
                 fence: prompt::fence_for(body),
             }
         })
         .collect()
+}
+
+/// The fence language for one output: the task's language, or with several outputs each
+/// file's own when its extension tells.
+fn fence_language(path: &str, language: &str, outputs: usize) -> String {
+    let own = language::for_path(path);
+    if outputs == 1 || own.is_empty() {
+        language.to_owned()
+    } else {
+        own.to_owned()
+    }
 }
 
 fn check_clean_targets(repo: &Repo, targets: &[Target]) -> Result<()> {
@@ -587,10 +589,35 @@ fn write_files(
 }
 
 enum TestVerdict {
+    /// The test passed, or none ran (None).
     Passed(Option<TestReport>),
-    NotRun(Option<TestReport>),
     Failed(TestReport),
     CannotStart(String, Option<TestReport>),
+}
+
+/// Writes one attempt's files under the repository lock and tests them. Unless the test
+/// passed, the files are undone at once, so the next attempt's test sees exactly its own
+/// code, and the supervisor after the last attempt sees the tree as it was.
+async fn write_and_test(
+    repo: &Repo,
+    journal: &mut Journal,
+    files: &[(String, String)],
+    targets: &[Target],
+    spec: &TaskSpec,
+    options: &RunOptions,
+    progress: Progress<'_>,
+) -> Result<TestVerdict> {
+    let _lock = lock::acquire(repo, options.lock_timeout).await?;
+    write::clean_stale_temp_files(repo);
+    if let Err(error) = write_files(journal, files, targets) {
+        let _ = journal.restore();
+        return Err(error);
+    }
+    let verdict = run_test(spec, options, repo.root(), progress).await;
+    if !matches!(verdict, TestVerdict::Passed(_)) {
+        journal.restore()?;
+    }
+    Ok(verdict)
 }
 
 async fn run_test(
@@ -600,7 +627,7 @@ async fn run_test(
     progress: Progress<'_>,
 ) -> TestVerdict {
     let Some(command) = spec.test_command.as_deref().filter(|_| !options.no_test) else {
-        return TestVerdict::NotRun(None);
+        return TestVerdict::Passed(None);
     };
     progress(&format!("testing: {command}"));
     match test_run::run(command, root, Duration::from_secs(spec.timeout_secs)).await {
@@ -610,10 +637,14 @@ async fn run_test(
     }
 }
 
-fn test_failure(test: &TestReport) -> Failure {
+/// Bytes of test output a repair prompt gets: the failure lines and the end (see
+/// [`test_run::failure_excerpt`]), about a thousand tokens.
+const REPAIR_OUTPUT_BYTES: usize = 4 * 1024;
+
+fn test_failure(test: &TestReport, timeout_secs: u64) -> Failure {
     let problem = if test.timed_out {
         format!(
-            "the test `{}` did not finish within its time limit",
+            "the test `{}` did not finish within its limit of {timeout_secs} s and was stopped",
             test.command
         )
     } else {
@@ -624,24 +655,105 @@ fn test_failure(test: &TestReport) -> Failure {
                 .map_or_else(|| "by signal".to_owned(), |c| c.to_string())
         )
     };
-    Failure {
-        outcome: Outcome::TestFailed,
-        repair: RepairView {
-            problem,
-            details: test.output_tail.clone(),
-            test_command: Some(test.command.clone()),
-            exit_code: test.exit_code,
-            timed_out: test.timed_out,
-        },
-    }
+    let mut failure = Failure::new(Outcome::TestFailed, problem);
+    failure.repair = RepairView {
+        details: test_run::failure_excerpt(&test.output_tail, REPAIR_OUTPUT_BYTES),
+        test_command: Some(test.command.clone()),
+        exit_code: test.exit_code,
+        timed_out: test.timed_out,
+        ..failure.repair
+    };
+    failure
 }
 
-/// Restores the tree unless the user asked to keep a failed attempt; true when kept.
-fn keep_or_restore(journal: &mut Journal, keep: bool) -> Result<bool> {
-    if !keep {
-        journal.restore()?;
+/// The previous attempt as the model's own turn in a repair conversation, when its code was
+/// written and tested.
+///
+/// The model must see the code that failed, and the conversation already holds its reply:
+/// sending that reply and the written files too would put the code in the prompt twice,
+/// and local context windows are small. So the turn is the files exactly as written — the
+/// bytes the test output is about, without the prose or thinking around them — and the
+/// repair message refers to them instead of repeating them.
+fn written_turn(files: &[(String, String)], targets: &[Target], language: &str) -> String {
+    files
+        .iter()
+        .map(|(path, code)| {
+            let fence = prompt::fence_for(code);
+            let language = fence_language(path, language, targets.len());
+            let code = code.strip_suffix('\n').unwrap_or(code);
+            format!("{fence}{language} path={path}\n{code}\n{fence}")
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
+/// Bytes of a cut-off reply kept in the repair conversation.
+const TRUNCATED_TURN_BYTES: usize = 1024;
+
+/// The previous attempt as the model's own turn when no code was written: the reply without
+/// its thinking (prose without a block, or code a guard refused, which the model needs to
+/// see to fix). A reply the server cut off keeps only its start: one that filled the token
+/// limit would crowd the context the next reply needs.
+fn reply_turn(reply: &str, truncated: bool) -> String {
+    let reply = extract::strip_thinking(reply);
+    let reply = reply.trim();
+    if reply.is_empty() {
+        // Some chat templates refuse an empty turn; a reply of only thinking says nothing.
+        return "(no answer)".to_owned();
     }
-    Ok(keep)
+    if !truncated || reply.len() <= TRUNCATED_TURN_BYTES {
+        return reply.to_owned();
+    }
+    let mut end = TRUNCATED_TURN_BYTES;
+    while !reply.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}\n[… the rest of this reply was cut off …]",
+        &reply[..end]
+    )
+}
+
+/// Collapses a message onto one line: an attempt's error and a repair's first line are one
+/// line each, whatever the command or the reply held.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// What a run that did not succeed leaves in the tree, and the summary's words for it.
+/// Every failed attempt was undone when it failed, so the tree holds its original bytes;
+/// with `--keep-failed` the last tested attempt's files are written again for inspection,
+/// listed in the result, and undone by `rollback`.
+async fn leave_tree(
+    repo: &Repo,
+    journal: &mut Journal,
+    targets: &[Target],
+    tested: Option<&Tested>,
+    options: &RunOptions,
+    run_id: &str,
+) -> Result<(Vec<FileChange>, String)> {
+    if !options.keep_failed {
+        return Ok((Vec::new(), "the working tree is unchanged".to_owned()));
+    }
+    let Some(tested) = tested else {
+        return Ok((
+            Vec::new(),
+            "no attempt produced code to keep (--keep-failed); the working tree is unchanged"
+                .to_owned(),
+        ));
+    };
+    let _lock = lock::acquire(repo, options.lock_timeout).await?;
+    if let Err(error) = write_files(journal, &tested.files, targets) {
+        let _ = journal.restore();
+        return Err(error);
+    }
+    let changes = file_changes(journal, targets, &tested.files);
+    let tree = format!(
+        "the working tree holds attempt {}'s failed code (--keep-failed): {}; undo it with `execute-local-task rollback {run_id}`",
+        tested.n,
+        describe_changes(&changes)
+    );
+    Ok((changes, tree))
 }
 
 fn file_changes(
@@ -693,37 +805,52 @@ fn file_changes(
 }
 
 fn success_summary(changes: &[FileChange], test: Option<&TestReport>, n: u32, max: u32) -> String {
-    let files = changes
+    let verdict = match test {
+        Some(test) => format!("test `{}` passed", test.command),
+        None => "UNTESTED: no test command ran, review the code carefully".to_owned(),
+    };
+    format!(
+        "wrote {}; {verdict} (attempt {n} of {max})",
+        describe_changes(changes)
+    )
+}
+
+fn describe_changes(changes: &[FileChange]) -> String {
+    changes
         .iter()
         .map(|c| match c.action {
             FileAction::Unchanged => format!("{} (unchanged)", c.path),
             _ => format!("{} (+{} -{})", c.path, c.lines_added, c.lines_removed),
         })
         .collect::<Vec<_>>()
-        .join(", ");
-    let verdict = match test {
-        Some(test) => format!("test `{}` passed", test.command),
-        None => "UNTESTED: no test command ran, review the code carefully".to_owned(),
-    };
-    format!("wrote {files}; {verdict} (attempt {n} of {max})")
+        .join(", ")
 }
 
-fn escalate_summary(spec: &TaskSpec, attempts: &[Attempt], kept: bool) -> String {
+/// What was tried and what failed last, for a supervisor deciding to do the task itself.
+fn escalate_summary(spec: &TaskSpec, attempts: &[Attempt]) -> String {
+    let outcomes = attempts
+        .iter()
+        .map(|a| outcome_name(a.outcome))
+        .collect::<Vec<_>>()
+        .join(", ");
     let last = attempts
         .last()
         .and_then(|a| a.error.clone())
         .unwrap_or_default();
     format!(
-        "escalate: the local model did not complete {} in {} attempt{}; last: {last}; {}",
+        "escalate: the local model did not complete {} in {} attempt{} ({outcomes}); last: {last}",
         spec.task_id,
         attempts.len(),
         if attempts.len() == 1 { "" } else { "s" },
-        if kept {
-            "the failed attempt's files were kept (--keep-failed)"
-        } else {
-            "the tree is unchanged"
-        }
     )
+}
+
+/// The outcome as the result JSON spells it.
+fn outcome_name(outcome: Outcome) -> String {
+    serde_json::to_value(outcome)
+        .ok()
+        .and_then(|value| value.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// `20261120T220512123Z-3f9a`: sorts by time, unique across concurrent runs.
@@ -736,4 +863,53 @@ pub fn new_run_id() -> String {
         .format(&format)
         .unwrap_or_else(|_| now.unix_timestamp().to_string());
     format!("{stamp}-{:04x}", fastrand::u16(..))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_written_turn_is_the_files_as_written() {
+        let targets = [
+            Target {
+                path: "a.py".to_owned(),
+                exists: false,
+                before: None,
+            },
+            Target {
+                path: "README.md".to_owned(),
+                exists: true,
+                before: Some("old\n".to_owned()),
+            },
+        ];
+        let files = [
+            ("a.py".to_owned(), "x = 1\n".to_owned()),
+            ("README.md".to_owned(), "```sh\nrun\n```\n".to_owned()),
+        ];
+        assert_eq!(
+            written_turn(&files, &targets, "python"),
+            "```python path=a.py\nx = 1\n```\n\n````markdown path=README.md\n```sh\nrun\n```\n````"
+        );
+    }
+
+    #[test]
+    fn a_reply_turn_drops_thinking_and_most_of_a_cut_off_reply() {
+        assert_eq!(
+            reply_turn("<think>long musing</think>\nI need more details.", false),
+            "I need more details."
+        );
+        assert_eq!(reply_turn("<think>never finished", true), "(no answer)");
+        let cut = reply_turn(&"é".repeat(5000), true);
+        assert!(cut.len() < TRUNCATED_TURN_BYTES + 60, "{}", cut.len());
+        assert!(cut.ends_with("cut off …]"), "{cut}");
+        let long = "word ".repeat(5000);
+        assert_eq!(reply_turn(&long, false), long.trim());
+    }
+
+    #[test]
+    fn problems_are_one_line() {
+        let failure = Failure::new(Outcome::TestFailed, "the test `a &&\n  b` failed");
+        assert_eq!(failure.repair.problem, "the test `a && b` failed");
+    }
 }

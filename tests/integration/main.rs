@@ -7,5 +7,6 @@ mod harness;
 mod conformance;
 mod core;
 mod providers;
+mod repair;
 mod safety;
 mod snapshots;
