@@ -8,7 +8,7 @@
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use super::openai::{check_status, http_client, transport_error};
+use super::openai::{check_status, http_client, seconds, send, transport_error, within_total};
 use super::{ChatReply, ChatRequest, Finish, Limits, ModelError, ModelErrorKind, TokenUsage};
 
 /// Tokens reserved for the reply when no `--max-tokens` is given: room for a whole file.
@@ -82,38 +82,16 @@ impl Ollama {
 
     pub async fn chat(&self, request: &ChatRequest) -> Result<ChatReply, ModelError> {
         let url = format!("{}/api/chat", self.base_url);
-        let call = self.stream_chat(&url, request);
-        tokio::time::timeout(self.limits.total, call)
-            .await
-            .unwrap_or_else(|_| {
-                Err(ModelError::new(
-                    ModelErrorKind::TotalTimeout,
-                    format!(
-                        "{url}: no complete reply within {} s",
-                        self.limits.total.as_secs_f64()
-                    ),
-                ))
-            })
+        within_total(&self.limits, &url, self.stream_chat(&url, request)).await
     }
 
     async fn stream_chat(&self, url: &str, request: &ChatRequest) -> Result<ChatReply, ModelError> {
-        let send = self.http.post(url).json(&request_body(request)).send();
-        let response = tokio::time::timeout(self.limits.first_byte, send)
-            .await
-            .map_err(|_| {
-                ModelError::new(
-                    ModelErrorKind::FirstByteTimeout,
-                    format!(
-                        "{url}: the server did not start answering within {} s",
-                        self.limits.first_byte.as_secs_f64()
-                    ),
-                )
-                .with_hint(
-                    "a large model may still be loading; try again or raise --first-byte-timeout",
-                )
-            })?
-            .map_err(|error| transport_error(url, &error))?;
-        let response = check_status(url, response).await?;
+        let response = send(
+            &self.limits,
+            url,
+            self.http.post(url).json(&request_body(request)),
+        )
+        .await?;
 
         let mut bytes = response.bytes_stream();
         let mut pending: Vec<u8> = Vec::new();
@@ -126,7 +104,7 @@ impl Ollama {
                         ModelErrorKind::IdleTimeout,
                         format!(
                             "{url}: the stream stalled for {} s after {} bytes",
-                            self.limits.idle.as_secs_f64(),
+                            seconds(self.limits.idle),
                             reply.content.len()
                         ),
                     )

@@ -70,18 +70,7 @@ impl OpenAi {
 
     pub async fn chat(&self, request: &ChatRequest) -> Result<ChatReply, ModelError> {
         let url = format!("{}/chat/completions", self.base_url);
-        let call = self.stream_chat(&url, request);
-        tokio::time::timeout(self.limits.total, call)
-            .await
-            .unwrap_or_else(|_| {
-                Err(ModelError::new(
-                    ModelErrorKind::TotalTimeout,
-                    format!(
-                        "{url}: no complete reply within {}",
-                        seconds(self.limits.total)
-                    ),
-                ))
-            })
+        within_total(&self.limits, &url, self.stream_chat(&url, request)).await
     }
 
     async fn stream_chat(&self, url: &str, request: &ChatRequest) -> Result<ChatReply, ModelError> {
@@ -89,22 +78,7 @@ impl OpenAi {
         if let Some(key) = &self.api_key {
             http_request = http_request.bearer_auth(key);
         }
-        let response = tokio::time::timeout(self.limits.first_byte, http_request.send())
-            .await
-            .map_err(|_| {
-                ModelError::new(
-                    ModelErrorKind::FirstByteTimeout,
-                    format!(
-                        "{url}: the server did not start answering within {}",
-                        seconds(self.limits.first_byte)
-                    ),
-                )
-                .with_hint(
-                    "a large model may still be loading; try again or raise --first-byte-timeout",
-                )
-            })?
-            .map_err(|error| transport_error(url, &error))?;
-        let response = check_status(url, response).await?;
+        let response = send(&self.limits, url, http_request).await?;
 
         let is_stream = response
             .headers()
@@ -198,19 +172,7 @@ impl OpenAi {
         if let Some(key) = &self.api_key {
             http_request = http_request.bearer_auth(key);
         }
-        let response = tokio::time::timeout(self.limits.first_byte, http_request.send())
-            .await
-            .map_err(|_| {
-                ModelError::new(
-                    ModelErrorKind::FirstByteTimeout,
-                    format!(
-                        "{url}: the stream was empty, and the same request without streaming got no answer within {}",
-                        seconds(self.limits.first_byte)
-                    ),
-                )
-            })?
-            .map_err(|error| transport_error(url, &error))?;
-        let response = check_status(url, response).await?;
+        let response = send(&self.limits, url, http_request).await?;
         self.whole_reply(url, response).await
     }
 
@@ -395,6 +357,44 @@ pub(crate) fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, 
         })
 }
 
+/// Runs a whole model call under the total time limit.
+pub(crate) async fn within_total<T>(
+    limits: &Limits,
+    url: &str,
+    call: impl std::future::Future<Output = Result<T, ModelError>>,
+) -> Result<T, ModelError> {
+    tokio::time::timeout(limits.total, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ModelError::new(
+                ModelErrorKind::TotalTimeout,
+                format!("{url}: no complete reply within {}", seconds(limits.total)),
+            ))
+        })
+}
+
+/// Sends a request and waits for the response headers within the first-byte limit;
+/// transport faults and error statuses become their fault classes.
+pub(crate) async fn send(
+    limits: &Limits,
+    url: &str,
+    request: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, ModelError> {
+    let response = tokio::time::timeout(limits.first_byte, request.send())
+        .await
+        .map_err(|_| {
+            ModelError::new(
+                ModelErrorKind::FirstByteTimeout,
+                format!(
+                    "{url}: the server did not start answering within {}",
+                    seconds(limits.first_byte)
+                ),
+            )
+        })?
+        .map_err(|error| transport_error(url, &error))?;
+    check_status(url, response).await
+}
+
 /// Turns a non-success status into the fault class it stands for, with the server's words.
 pub(crate) async fn check_status(
     url: &str,
@@ -537,7 +537,7 @@ pub(crate) fn transport_error(url: &str, error: &reqwest::Error) -> ModelError {
     }
 }
 
-fn seconds(duration: Duration) -> String {
+pub(crate) fn seconds(duration: Duration) -> String {
     format!("{} s", duration.as_secs_f64())
 }
 
