@@ -4,4 +4,5 @@
 mod harness;
 
 mod core;
+mod extraction;
 mod snapshots;
