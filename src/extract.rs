@@ -430,7 +430,7 @@ fn label_before(lines: &[&str]) -> Option<String> {
         .rev()
         .take(2)
         .find(|line| !line.trim().is_empty())
-        .and_then(|line| path_in_label_line(line))
+        .and_then(|line| path_in_label_line(line).or_else(|| path_in_comment(line)))
 }
 
 fn strip_indent(line: &str, indent: usize) -> &str {
@@ -771,6 +771,10 @@ mod tests {
             "src/a.py (new file)",
             "Create `src/a.py` with this content:",
             "1. Create **src/a.py**:",
+            "### `src/a.py` (updated)",
+            "**`src/a.py`**",
+            "Filename: `src/a.py`",
+            "**File: src/a.py**",
         ] {
             assert_eq!(
                 path_in_label_line(line).as_deref(),
@@ -786,6 +790,14 @@ mod tests {
         ] {
             assert_eq!(path_in_label_line(line), None, "{line}");
         }
+    }
+
+    #[test]
+    fn a_path_comment_just_before_the_fence_labels_it() {
+        let reply = "// src/b.js\n```js\nexport const b = 1;\n```\n```js path=src/a.js\nexport const a = 1;\n```\n";
+        let outputs = ["src/a.js", "src/b.js"].map(str::to_owned);
+        let out = extract(reply, &outputs, "javascript").unwrap();
+        assert_eq!(out.files[1].1, "export const b = 1;\n");
     }
 
     #[test]

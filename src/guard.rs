@@ -128,33 +128,44 @@ pub fn find_elision(path: &str, code: &str) -> Option<String> {
     // document, prose, and whatever the extension does not tell.
     let ellipsis_is_code = prose || matches!(language, "python" | "yaml" | "");
     let mut in_string = false;
+    let mut after_comment = false;
     for line in code.lines() {
         let trimmed = line.trim();
         let quotes = trimmed.matches("\"\"\"").count() + trimmed.matches("'''").count();
         let inside = in_string;
         in_string ^= quotes % 2 == 1;
         if inside || quotes > 0 {
+            after_comment = false;
             continue;
         }
-        if stands_for_code(trimmed, prose, ellipsis_is_code) {
+        let comment = comment(trimmed, prose);
+        let elided = match comment {
+            // A lone `// ...` stands for code; inside a run of comments it elides text.
+            Some((marker, text)) => {
+                (is_only_ellipsis(text) && marker != "*" && !after_comment) || is_placeholder(text)
+            }
+            None => stands_for_code(trimmed, prose, ellipsis_is_code),
+        };
+        if elided {
             return Some(trimmed.to_owned());
+        }
+        if !trimmed.is_empty() {
+            after_comment = comment.is_some();
         }
     }
     None
 }
 
+/// A line that is not a comment line stands for code.
 fn stands_for_code(line: &str, prose: bool, ellipsis_is_code: bool) -> bool {
     if is_only_ellipsis(line.trim_end_matches([';', ','])) {
         return !ellipsis_is_code;
-    }
-    if let Some((marker, text)) = comment(line, prose) {
-        return (is_only_ellipsis(text) && marker != "*") || is_placeholder(text);
     }
     if !ellipsis_is_code && has_ellipsis_body(line) {
         return true;
     }
     if let Some((code, text)) = trailing_comment(line) {
-        return !code.contains(['"', '\'', '`']) && is_placeholder(text) && !prose;
+        return !prose && !code.contains(['"', '\'', '`']) && is_placeholder(text);
     }
     // `... rest of the file unchanged ...` written as a line of its own, not a comment.
     let text = line.trim_start_matches(['(', '[']);
@@ -230,7 +241,7 @@ fn starts_with_free_ellipsis(text: &str) -> bool {
     rest.is_some_and(|rest| rest.is_empty() || rest.starts_with(char::is_whitespace))
 }
 
-/// Words that, next to an ellipsis, say that code was left out.
+/// Words that, after a leading ellipsis, say that code was left out.
 const CUES: &[&str] = &[
     "rest",
     "existing",
@@ -244,16 +255,23 @@ const CUES: &[&str] = &[
     "remainder",
     "omitted",
     "brevity",
-    "etc",
     "original",
-    "code",
-    "implementation",
     "unmodified",
     "untouched",
-    "before",
-    "above",
-    "here",
     "elided",
+    "code",
+    "implementation",
+    "methods",
+    "functions",
+    "tests",
+    "imports",
+    "fields",
+    "helpers",
+    "logic",
+    "props",
+    "properties",
+    "routes",
+    "handlers",
 ];
 
 /// Words that say the code is not here (one of them must appear without an ellipsis).
@@ -368,15 +386,13 @@ fn is_placeholder(text: &str) -> bool {
         .filter(|word| !word.is_empty())
         .collect();
     let has = |list: &[&str]| words.iter().any(|word| list.contains(word));
-    let edges = lower.trim_matches(|c: char| {
-        c.is_whitespace() || matches!(c, '(' | ')' | '[' | ']' | '{' | '}' | '"' | '\'' | ':')
+    // Only a leading ellipsis is a strong sign: `// ... other methods`, `# ... (same as
+    // before)`. A trailing one (`# Try the other host...`) is ordinary punctuation.
+    let lead = lower.trim_start_matches(|c: char| {
+        c.is_whitespace() || matches!(c, '(' | '[' | '{' | '"' | '\'')
     });
-    let ellipsis_at_edge = edges.starts_with("...")
-        || edges.starts_with('…')
-        || edges.ends_with("...")
-        || edges.ends_with('…');
-    if ellipsis_at_edge {
-        return has(CUES);
+    if (lead.starts_with("...") || lead.starts_with('…')) && has(CUES) {
+        return true;
     }
     (2..=8).contains(&words.len())
         && has(PREDICATES)
@@ -519,6 +535,12 @@ mod tests {
                 "a.py",
                 "# TODO: implementation here once the API is stable\n",
             ),
+            ("a.py", "# Examples:\n#   parse(\"1\")\n#   ...\nx = 1\n"),
+            (
+                "a.sh",
+                "# Usage: run.sh [options] FILE...\n# Try the other host...\n",
+            ),
+            ("a.js", "// Handles dates, numbers, etc...\n"),
         ] {
             assert_eq!(find_elision(path, code), None, "{path}: {code:?}");
         }
