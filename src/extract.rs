@@ -242,7 +242,7 @@ fn choose(
         if let ([only], 1) = (unlabelled_in(language).as_slice(), rivals) {
             chosen[o] = Some(*only);
             notes.push(format!(
-                "the block for `{}` had no file name; it was the only `{language}` block",
+                "the block for `{}` had no file name; it was the only unlabelled `{language}` block",
                 outputs[o]
             ));
         }
@@ -713,6 +713,13 @@ mod tests {
         // The template sent the opening tag; the reply starts inside the thinking.
         assert_eq!(
             code("so ```x``` then\n</think>\n\n```js\nok()\n```\n", "a.js"),
+            "ok()\n"
+        );
+        assert_eq!(
+            code(
+                "<thinking>a</thinking>\n<think>\nb\n</think>\n```js\nok()\n```",
+                "a.js"
+            ),
             "ok()\n"
         );
         // A parser for think tags is code, not thinking.

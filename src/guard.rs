@@ -109,8 +109,7 @@ fn display_relative(root: &Path, path: &Path) -> String {
 /// code, if any.
 ///
 /// A false refusal costs a whole model attempt, so only lines whose whole job is to stand
-/// for code count: a comment that is nothing but an ellipsis, a comment led or closed by an
-/// ellipsis that speaks of the code (`# ... (same as before)`, `// ...existing code...`), a
+/// for code count: a comment that is nothing but an ellipsis, a comment led by an ellipsis that speaks of the code (`# ... (same as before)`, `// ...existing code...`), a
 /// short comment made only of placeholder words (`// existing code here`, `# rest of the
 /// file unchanged`), and, where `...` is not a statement, a bare `...` line or a `{ ... }`
 /// body. Real code that merely mentions such words is left alone: strings, ordinary
@@ -242,141 +241,28 @@ fn starts_with_free_ellipsis(text: &str) -> bool {
 }
 
 /// Words that, after a leading ellipsis, say that code was left out.
-const CUES: &[&str] = &[
-    "rest",
-    "existing",
-    "unchanged",
-    "same",
-    "previous",
-    "previously",
-    "other",
-    "others",
-    "remaining",
-    "remainder",
-    "omitted",
-    "brevity",
-    "original",
-    "unmodified",
-    "untouched",
-    "elided",
-    "code",
-    "implementation",
-    "methods",
-    "functions",
-    "tests",
-    "imports",
-    "fields",
-    "helpers",
-    "logic",
-    "props",
-    "properties",
-    "routes",
-    "handlers",
-];
+const CUES: &str = "\
+    rest existing unchanged same previous previously other others remaining remainder \
+    omitted brevity original unmodified untouched elided code implementation methods \
+    functions tests imports fields helpers logic props properties routes handlers";
 
 /// Words that say the code is not here (one of them must appear without an ellipsis).
-const PREDICATES: &[&str] = &[
-    "unchanged",
-    "here",
-    "before",
-    "omitted",
-    "brevity",
-    "untouched",
-    "unmodified",
-    "elided",
-    "same",
-];
+const PREDICATES: &str = "\
+    unchanged here before omitted brevity untouched unmodified elided same";
 
 /// What a placeholder speaks of (one of them must appear without an ellipsis).
-const SUBJECTS: &[&str] = &[
-    "rest",
-    "existing",
-    "previous",
-    "other",
-    "remaining",
-    "remainder",
-    "code",
-    "implementation",
-    "implementations",
-    "file",
-    "class",
-    "methods",
-    "functions",
-    "logic",
-    "imports",
-    "body",
-    "helpers",
-    "tests",
-    "module",
-    "content",
-    "contents",
-    "same",
-    "lines",
-];
+const SUBJECTS: &str = "\
+    rest existing previous other remaining remainder code implementation implementations \
+    file class methods functions logic imports body helpers tests module content \
+    contents same lines";
 
-/// Every other word a placeholder comment may use; a comment with any word outside this
-/// vocabulary (`// Keeps the existing entries sorted`) is an ordinary comment.
-const FILLERS: &[&str] = &[
-    "the",
-    "a",
-    "an",
-    "of",
-    "in",
-    "is",
-    "are",
-    "and",
-    "or",
-    "as",
-    "to",
-    "for",
-    "with",
-    "all",
-    "from",
-    "this",
-    "that",
-    "your",
-    "its",
-    "it",
-    "be",
-    "been",
-    "goes",
-    "go",
-    "remains",
-    "remain",
-    "stays",
-    "stay",
-    "keep",
-    "kept",
-    "insert",
-    "add",
-    "put",
-    "not",
-    "shown",
-    "no",
-    "changes",
-    "original",
-    "above",
-    "below",
-    "etc",
-    "so",
-    "on",
-    "function",
-    "method",
-    "definitions",
-    "fields",
-    "config",
-    "component",
-    "test",
-    "helper",
-    "import",
-    "is",
-    "was",
-    "were",
-    "like",
-    "similar",
-    "previously",
-    "untouched",
-];
+/// Every other word a placeholder comment may use; a comment with any word outside these
+/// lists (`// Keeps the existing entries sorted`) is an ordinary comment.
+const FILLERS: &str = "\
+    the a an of in is are and or as to for with all from this that your its it be been \
+    goes go remains remain stays stay keep kept insert add put not shown no changes \
+    original above below etc so on function method definitions fields config component \
+    test helper import was were like similar previously untouched";
 
 /// A comment's text (or a line's) says it stands for code left out.
 fn is_placeholder(text: &str) -> bool {
@@ -385,7 +271,8 @@ fn is_placeholder(text: &str) -> bool {
         .split(|c: char| !c.is_alphanumeric())
         .filter(|word| !word.is_empty())
         .collect();
-    let has = |list: &[&str]| words.iter().any(|word| list.contains(word));
+    let in_list = |list: &str, word: &str| list.split_whitespace().any(|known| known == word);
+    let has = |list: &str| words.iter().any(|word| in_list(list, word));
     // Only a leading ellipsis is a strong sign: `// ... other methods`, `# ... (same as
     // before)`. A trailing one (`# Try the other host...`) is ordinary punctuation.
     let lead = lower.trim_start_matches(|c: char| {
@@ -400,7 +287,7 @@ fn is_placeholder(text: &str) -> bool {
         && words.iter().all(|word| {
             [CUES, PREDICATES, SUBJECTS, FILLERS]
                 .iter()
-                .any(|list| list.contains(word))
+                .any(|list| in_list(list, word))
         })
 }
 
