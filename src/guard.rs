@@ -124,41 +124,64 @@ pub fn find_elision(path: &str, code: &str) -> Option<String> {
         .to_ascii_lowercase();
     let prose = language == "markdown" || matches!(extension.as_str(), "txt" | "rst" | "adoc");
     // Languages where a lone `...` is code or text: Python's Ellipsis, YAML's end of
-    // document, prose, and whatever the extension does not tell.
-    let ellipsis_is_code = prose || matches!(language, "python" | "yaml" | "");
+    // document, prose, markup text, and whatever the extension does not tell.
+    let ellipsis_is_code = prose || matches!(language, "python" | "yaml" | "html" | "xml" | "");
+    let lines: Vec<&str> = code.lines().map(str::trim).collect();
+    // Multi-line strings and block comments hold text, not code: their lines are skipped.
     let mut in_string = false;
+    let mut in_block_comment = false;
     let mut after_comment = false;
-    for line in code.lines() {
-        let trimmed = line.trim();
-        let quotes = trimmed.matches("\"\"\"").count() + trimmed.matches("'''").count();
+    for (index, &line) in lines.iter().enumerate() {
+        if in_block_comment {
+            in_block_comment = !line.contains("*/");
+            continue;
+        }
+        let quotes = line.matches("\"\"\"").count() + line.matches("'''").count();
         let inside = in_string;
         in_string ^= quotes % 2 == 1;
         if inside || quotes > 0 {
             after_comment = false;
             continue;
         }
-        let comment = comment(trimmed, prose);
+        in_block_comment = !prose && line.starts_with("/*") && !line.contains("*/");
+        // Doc comments hold examples, and an example may elide.
+        if ["///", "//!", "/**"]
+            .iter()
+            .any(|doc| line.starts_with(doc))
+        {
+            after_comment = true;
+            continue;
+        }
+        let comment = comment(line, prose);
         let elided = match comment {
             // A lone `// ...` stands for code; inside a run of comments it elides text.
             Some((marker, text)) => {
                 (is_only_ellipsis(text) && marker != "*" && !after_comment) || is_placeholder(text)
             }
-            None => stands_for_code(trimmed, prose, ellipsis_is_code),
+            None => {
+                let next = lines[index + 1..]
+                    .iter()
+                    .find(|next| !next.is_empty())
+                    .copied()
+                    .unwrap_or_default();
+                stands_for_code(line, next, prose, ellipsis_is_code)
+            }
         };
         if elided {
-            return Some(trimmed.to_owned());
+            return Some(line.to_owned());
         }
-        if !trimmed.is_empty() {
+        if !line.is_empty() {
             after_comment = comment.is_some();
         }
     }
     None
 }
 
-/// A line that is not a comment line stands for code.
-fn stands_for_code(line: &str, prose: bool, ellipsis_is_code: bool) -> bool {
-    if is_only_ellipsis(line.trim_end_matches([';', ','])) {
-        return !ellipsis_is_code;
+/// A line that is not a comment line stands for code. `next` is the next non-blank line.
+fn stands_for_code(line: &str, next: &str, prose: bool, ellipsis_is_code: bool) -> bool {
+    if matches!(line.trim_end_matches([';', ',']), "..." | "…") {
+        // A variadic parameter on its own line is followed by the list's `)`.
+        return !ellipsis_is_code && !next.starts_with(')');
     }
     if !ellipsis_is_code && has_ellipsis_body(line) {
         return true;
@@ -171,16 +194,18 @@ fn stands_for_code(line: &str, prose: bool, ellipsis_is_code: bool) -> bool {
     starts_with_free_ellipsis(text) && is_placeholder(text)
 }
 
+/// `...`, `…`, `[...]`, `(...)`; not a ruler of dots.
 fn is_only_ellipsis(text: &str) -> bool {
     let text = text.trim_matches(|c: char| c.is_whitespace() || matches!(c, '(' | ')' | '[' | ']'));
-    !text.is_empty() && text.replace("...", "").replace('…', "").trim().is_empty()
+    matches!(text, "..." | "…")
 }
 
-/// `{ ... }` as code, outside string literals: a body left out.
+/// `{ ... }` as code, outside string literals and comments: a body left out.
 fn has_ellipsis_body(line: &str) -> bool {
     let mut outside = String::with_capacity(line.len());
     let mut quote = None;
     let mut escaped = false;
+    let mut previous = ' ';
     for c in line.chars() {
         match quote {
             Some(open) => {
@@ -193,8 +218,15 @@ fn has_ellipsis_body(line: &str) -> bool {
                 }
             }
             None if matches!(c, '"' | '\'' | '`') => quote = Some(c),
+            // The rest is a comment: `(3, 0), // { ... }` speaks of code.
+            None if (previous == '/' && matches!(c, '/' | '*'))
+                || (c == '#' && previous.is_whitespace()) =>
+            {
+                break;
+            }
             None => outside.push(c),
         }
+        previous = c;
     }
     let compact: String = outside.split_whitespace().collect();
     compact.contains("{...}") || compact.contains("{…}")
@@ -248,7 +280,8 @@ const CUES: &str = "\
 
 /// Words that say the code is not here (one of them must appear without an ellipsis).
 const PREDICATES: &str = "\
-    unchanged here before omitted brevity untouched unmodified elided same";
+    unchanged before omitted brevity untouched unmodified elided remains remain stays \
+    stay";
 
 /// What a placeholder speaks of (one of them must appear without an ellipsis).
 const SUBJECTS: &str = "\
@@ -260,7 +293,7 @@ const SUBJECTS: &str = "\
 /// lists (`// Keeps the existing entries sorted`) is an ordinary comment.
 const FILLERS: &str = "\
     the a an of in is are and or as to for with all from this that your its it be been \
-    goes go remains remain stays stay keep kept insert add put not shown no changes \
+    here goes go keep kept insert add put not shown no changes \
     original above below etc so on function method definitions fields config component \
     test helper import was were like similar previously untouched";
 
@@ -273,22 +306,32 @@ fn is_placeholder(text: &str) -> bool {
         .collect();
     let in_list = |list: &str, word: &str| list.split_whitespace().any(|known| known == word);
     let has = |list: &str| words.iter().any(|word| in_list(list, word));
-    // Only a leading ellipsis is a strong sign: `// ... other methods`, `# ... (same as
-    // before)`. A trailing one (`# Try the other host...`) is ordinary punctuation.
-    let lead = lower.trim_start_matches(|c: char| {
-        c.is_whitespace() || matches!(c, '(' | '[' | '{' | '"' | '\'')
-    });
-    if (lead.starts_with("...") || lead.starts_with('…')) && has(CUES) {
-        return true;
-    }
-    (2..=8).contains(&words.len())
-        && has(PREDICATES)
-        && has(SUBJECTS)
-        && words.iter().all(|word| {
-            [CUES, PREDICATES, SUBJECTS, FILLERS]
+    let unknown = words
+        .iter()
+        .filter(|word| {
+            ![CUES, PREDICATES, SUBJECTS, FILLERS]
                 .iter()
                 .any(|list| in_list(list, word))
         })
+        .count();
+    // Only a leading ellipsis is a strong sign: `// ... other methods`, `# ... (same as
+    // before)`, allowing a couple of the project's own nouns (`... remaining queries
+    // unchanged`). A trailing one (`# Try the other host...`) is ordinary punctuation, and
+    // a sentence continued from the line before (`# ...add other processing here, if`)
+    // has more words of its own.
+    let lead = lower.trim_start_matches(|c: char| {
+        c.is_whitespace() || matches!(c, '(' | '[' | '{' | '"' | '\'')
+    });
+    if lead.starts_with("...") || lead.starts_with('…') {
+        return has(CUES) && unknown <= 2;
+    }
+    // "here" alone is weak: "// existing code here" stands for code, "// the logic here"
+    // points at it.
+    let here = words.contains(&"here")
+        && ["code", "implementation", "existing"]
+            .iter()
+            .any(|subject| words.contains(subject));
+    (2..=8).contains(&words.len()) && (has(PREDICATES) || here) && has(SUBJECTS) && unknown == 0
 }
 
 /// Refuses a replacement that is less than half the size of the file it replaces.
@@ -428,6 +471,23 @@ mod tests {
                 "# Usage: run.sh [options] FILE...\n# Try the other host...\n",
             ),
             ("a.js", "// Handles dates, numbers, etc...\n"),
+            (
+                "a.h",
+                "int log_printf(\n    const char *fmt,\n    ...\n);\n",
+            ),
+            (
+                "a.rs",
+                "/// ```\n/// fn f() {\n///     // your code here\n/// }\n/// ```\npub fn g() {}\n",
+            ),
+            ("a.c", "/*\n * Steps:\n...\n */\nint x;\n"),
+            ("a.rs", "let cases = [(3, 0), // { ... }\n];\n"),
+            ("a.py", "# the same.\n"),
+            ("a.js", "/* .............................. */\n"),
+            ("a.rs", "// So we just inline\n// the logic here.\n"),
+            (
+                "a.py",
+                "# ...add other platform-specific processing here, if\n# needed.\n",
+            ),
         ] {
             assert_eq!(find_elision(path, code), None, "{path}: {code:?}");
         }
