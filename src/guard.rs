@@ -153,19 +153,16 @@ pub fn find_elision(path: &str, code: &str) -> Option<String> {
             continue;
         }
         let comment = comment(line, prose);
-        let elided = match comment {
+        let elided = if let Some((marker, text)) = comment {
             // A lone `// ...` stands for code; inside a run of comments it elides text.
-            Some((marker, text)) => {
-                (is_only_ellipsis(text) && marker != "*" && !after_comment) || is_placeholder(text)
-            }
-            None => {
-                let next = lines[index + 1..]
-                    .iter()
-                    .find(|next| !next.is_empty())
-                    .copied()
-                    .unwrap_or_default();
-                stands_for_code(line, next, prose, ellipsis_is_code)
-            }
+            (is_only_ellipsis(text) && marker != "*" && !after_comment) || is_placeholder(text)
+        } else {
+            let next = lines[index + 1..]
+                .iter()
+                .find(|next| !next.is_empty())
+                .copied()
+                .unwrap_or_default();
+            stands_for_code(line, next, prose, ellipsis_is_code)
         };
         if elided {
             return Some(line.to_owned());
