@@ -365,6 +365,14 @@ pub fn blocks(reply: &str) -> Vec<Block> {
             index += 1;
             continue;
         };
+        // A Markdown file's own bare code blocks, fenced like the file itself, are
+        // ambiguous: a bare fence may close the file or open one of its blocks. When
+        // reading it as opening one leaves every later fence paired and the last one
+        // closing the file, that is the reading taken (`rest` below is even).
+        let markdown = matches!(
+            fence.info.split_whitespace().next(),
+            Some("markdown" | "md")
+        );
         let mut nested: Vec<Fence<'_>> = Vec::new();
         let mut body: Vec<&str> = Vec::new();
         let mut closed = false;
@@ -374,8 +382,12 @@ pub fn blocks(reply: &str) -> Vec<Block> {
             let innermost = nested.last().unwrap_or(&fence);
             if innermost.closed_by(line, fence.indent) {
                 if nested.pop().is_none() {
-                    closed = true;
-                    break;
+                    let rest = bare_fences_after(&lines[cursor + 1..], &fence);
+                    if !(markdown && rest >= 2 && rest.is_multiple_of(2)) {
+                        closed = true;
+                        break;
+                    }
+                    nested.extend(Fence::open(line));
                 }
             } else if let Some(inner) = Fence::open(line).filter(|inner| {
                 inner.marker == fence.marker
@@ -406,6 +418,26 @@ pub fn blocks(reply: &str) -> Vec<Block> {
     blocks
 }
 
+/// How many bare fences that could close `fence` follow at the top level, not counting
+/// those that close a block opened with an info string.
+fn bare_fences_after(lines: &[&str], fence: &Fence<'_>) -> usize {
+    let mut open = 0usize;
+    let mut count = 0;
+    for line in lines {
+        let Some(other) = Fence::open(line).filter(|other| other.marker == fence.marker) else {
+            continue;
+        };
+        if !other.info.is_empty() {
+            open += 1;
+        } else if open > 0 {
+            open -= 1;
+        } else if other.len >= fence.len && other.indent <= fence.indent + 3 {
+            count += 1;
+        }
+    }
+    count
+}
+
 fn block(info: &str, label_before: Option<String>, mut body: Vec<&str>, closed: bool) -> Block {
     let mut path = path_in_info(info).or(label_before);
     if let Some(commented) = body.first().and_then(|first| path_in_comment(first))
@@ -417,7 +449,9 @@ fn block(info: &str, label_before: Option<String>, mut body: Vec<&str>, closed: 
     Block {
         info: info.to_owned(),
         path,
-        code: body.join("\n"),
+        // Every line between the fences with its newline, as CommonMark reads a block: a
+        // blank line before the closing fence is part of the file.
+        code: body.iter().flat_map(|line| [*line, "\n"]).collect(),
         closed,
     }
 }
@@ -737,6 +771,9 @@ mod tests {
             code(reply, "README.md"),
             "# Title\n\n```sh\nls\n```\n\nEnd.\n"
         );
+        // Same length, bare inner fences in a Markdown block: one reading pairs them all.
+        let reply = "```markdown\n# T\n```\nls\n```\n\nEnd.\n```\n\nDone.\n";
+        assert_eq!(code(reply, "README.md"), "# T\n```\nls\n```\n\nEnd.\n");
         let reply = "~~~\nA\n```\nB\n```\n~~~\n";
         assert_eq!(code(reply, "a.md"), "A\n```\nB\n```\n");
     }
