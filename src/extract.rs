@@ -636,7 +636,7 @@ fn looks_like_bare_code(text: &str) -> bool {
         if trimmed.is_empty() || inside {
             continue;
         }
-        let code = looks_like_code_line(trimmed);
+        let code = quotes > 0 || looks_like_code_line(trimmed);
         let comment = trimmed.starts_with(['#', '/', '*', ';', '<']) || trimmed.starts_with("--");
         if first && !code && !comment {
             return false;
@@ -690,11 +690,18 @@ fn looks_like_code_line(line: &str) -> bool {
         || KEYWORDS.iter().any(|keyword| line.starts_with(keyword))
 }
 
-/// Four or more words, a capital first, and no code punctuation.
+/// Four or more words after any list marker, a capital first, and no code punctuation,
+/// except the brackets of a Markdown link in a long sentence.
 fn reads_as_sentence(line: &str) -> bool {
-    line.split_whitespace().count() >= 4
-        && line.chars().next().is_some_and(char::is_uppercase)
-        && !line.contains(['(', '{', ';', '=', '[', '<'])
+    let text = line.trim_start_matches(['-', '*', '+']).trim_start();
+    let digits = text.chars().take_while(char::is_ascii_digit).count();
+    let text = text[digits..].trim_start_matches(['.', ')']).trim_start();
+    let words = text.split_whitespace().count();
+    let brackets = text.contains(['(', '[']);
+    words >= 4
+        && text.chars().next().is_some_and(char::is_uppercase)
+        && !text.contains(['{', ';', '=', '<'])
+        && (!brackets || (words >= 8 && text.ends_with('.')))
 }
 
 fn with_final_newline(code: &str) -> String {
