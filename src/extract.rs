@@ -915,6 +915,8 @@ mod tests {
             "I cannot do that without more information about the project.",
             "Here is the function:\n\ndef f(x):\n    return x * 2\n",
             "The function already exists.\nNo changes are needed here at all.",
+            "# Summary\n\n- Added the parser and wired it into the command line.\n",
+            "# Notes\n\nThe parser follows [the spec](https://example.com) closely, as asked.\n",
         ] {
             assert!(
                 matches!(one(prose, "f.py"), Err(ExtractError::NoCode(_))),
@@ -932,6 +934,12 @@ mod tests {
         assert_eq!(code(reply, "f.py"), "def long_function():\n    pass\n");
         let reply = "```py\nx = 1\n```\n```\nsome much longer output text of the program\n```\n";
         assert_eq!(code(reply, "f.py"), "x = 1\n");
+    }
+
+    #[test]
+    fn a_block_is_every_line_between_its_fences() {
+        assert_eq!(code("```c\nint x;\n\n```\n", "a.c"), "int x;\n\n");
+        assert_eq!(code("```c\n```\n", "a.c"), "");
     }
 
     #[test]
