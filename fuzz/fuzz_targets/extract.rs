@@ -28,12 +28,19 @@ fuzz_target!(|data: &[u8]| {
     let language = execute_local_task::language::for_path(&outputs[0]);
 
     let stripped = extract::strip_thinking(reply);
-    assert!(reply.ends_with(stripped), "thinking removal must keep a suffix");
+    assert!(
+        reply.ends_with(stripped),
+        "thinking removal must keep a suffix"
+    );
     let _ = extract::blocks(reply);
 
     if let Ok(extracted) = extract::extract(reply, &outputs, language) {
         let paths: Vec<&String> = extracted.files.iter().map(|(path, _)| path).collect();
-        assert_eq!(paths, outputs.iter().collect::<Vec<_>>(), "files out of order");
+        assert_eq!(
+            paths,
+            outputs.iter().collect::<Vec<_>>(),
+            "files out of order"
+        );
         for (path, code) in &extracted.files {
             assert!(code.is_empty() || code.ends_with('\n'), "no final newline");
             assert!(!code.contains('\r') || reply.contains('\r'));
