@@ -225,3 +225,16 @@ fn a_reply_without_a_fence_is_used_when_it_is_only_code_and_says_so() {
         ["the reply had no code fence; its whole text was taken as the code"]
     );
 }
+
+#[test]
+fn a_reply_that_ends_inside_a_block_is_never_written() {
+    let run = Test::new()
+        .file("calc.py", "def add(a, b):\n    return a - b\n")
+        .spec(spec("calc.py", &json!({"max_attempts": 1})))
+        .reply("```python\ndef add(a, b):\n    return a +")
+        .run();
+    run.assert_code(1);
+    run.assert_unchanged();
+    let result = run.result();
+    assert_eq!(result.attempts[0].outcome, Outcome::Truncated);
+}
