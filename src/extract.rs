@@ -1,5 +1,12 @@
 //! Takes the code for each output file out of a model's reply: fenced blocks, the file each
 //! block is for, thinking removed, prose ignored.
+//!
+//! Replies from local models are messy: prose around the code, file names written in half a
+//! dozen styles, usage examples after the code, fences nested in Markdown, no fence at all.
+//! Everything here aims at one question per output file — which text is its complete
+//! content? — and answers "none" rather than guess when a wrong guess would be written.
+
+use crate::language;
 
 /// One fenced block of a reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,15 +22,47 @@ pub struct Block {
 }
 
 impl Block {
-    /// The info string's language tag, lowercased.
+    /// The info string's language tag, with common aliases mapped to the names
+    /// [`language::for_path`] uses (`py` → `python`), or empty when there is none.
     pub fn language(&self) -> String {
         let first = self.info.split_whitespace().next().unwrap_or_default();
-        let first = first.split([':', '{']).next().unwrap_or_default();
+        let first = first.split([':', '{', ',']).next().unwrap_or_default();
         if looks_like_path(first) || first.contains('=') {
-            String::new()
-        } else {
-            first.to_ascii_lowercase()
+            return String::new();
         }
+        let tag = first.trim_start_matches('.').to_ascii_lowercase();
+        let canonical = match tag.as_str() {
+            "py" | "python3" | "py3" => "python",
+            "js" | "node" | "nodejs" => "javascript",
+            "ts" => "typescript",
+            "sh" | "shell" | "console" | "shellscript" => "bash",
+            "rs" => "rust",
+            "golang" => "go",
+            "c++" | "cxx" | "cc" | "hpp" => "cpp",
+            "h" => "c",
+            "cs" | "c#" => "csharp",
+            "yml" => "yaml",
+            "md" => "markdown",
+            "rb" => "ruby",
+            "kt" => "kotlin",
+            "ps1" | "pwsh" | "ps" => "powershell",
+            "htm" => "html",
+            "jsonc" | "json5" => "json",
+            "makefile" => "make",
+            "text" | "txt" | "plain" | "plaintext" => "",
+            other => other,
+        };
+        canonical.to_owned()
+    }
+
+    /// A unified diff rather than a file's content.
+    fn is_diff(&self) -> bool {
+        if matches!(self.language().as_str(), "diff" | "patch") {
+            return true;
+        }
+        let first = self.code.lines().find(|line| !line.trim().is_empty());
+        first.is_some_and(|line| line.starts_with("--- ") || line.starts_with("diff --git "))
+            && self.code.lines().any(|line| line.starts_with("@@ -"))
     }
 }
 
@@ -62,30 +101,14 @@ impl std::fmt::Display for ExtractError {
     }
 }
 
-/// Finds the code for `outputs` (normalised relative paths) in `reply`.
+/// Finds the code for `outputs` (normalised relative paths) in `reply`. `language` is the
+/// fence language of a single-file task (the spec's, or inferred from the output's name).
 pub fn extract(reply: &str, outputs: &[String], language: &str) -> Result<Extracted, ExtractError> {
-    let reply = strip_thinking(&reply.replace("\r\n", "\n"));
-    let blocks = blocks(&reply);
-    let mut notes = Vec::new();
-
+    let reply = reply.replace("\r\n", "\n");
+    let reply = strip_thinking(&reply);
+    let blocks = blocks(reply);
     if blocks.is_empty() {
-        if outputs.len() == 1 && looks_like_bare_code(&reply) {
-            notes.push(
-                "the reply had no code fence; its whole text was taken as the code".to_owned(),
-            );
-            return Ok(Extracted {
-                files: vec![(
-                    outputs[0].clone(),
-                    with_final_newline(reply.trim_matches('\n')),
-                )],
-                notes,
-            });
-        }
-        return Err(ExtractError::NoCode(if reply.trim().is_empty() {
-            "the reply is empty (after removing any <think> section)".to_owned()
-        } else {
-            "the reply has no fenced code block".to_owned()
-        }));
+        return bare_code(reply, outputs);
     }
     if let Some(open) = blocks.iter().find(|block| !block.closed) {
         return Err(ExtractError::Truncated(format!(
@@ -97,197 +120,360 @@ pub fn extract(reply: &str, outputs: &[String], language: &str) -> Result<Extrac
         )));
     }
 
-    let mut files = Vec::with_capacity(outputs.len());
-    let mut missing = Vec::new();
-    for output in outputs {
-        match pick(&blocks, output, outputs, language) {
-            Some(block) => files.push((output.clone(), with_final_newline(&block.code))),
-            None => missing.push(output.clone()),
-        }
-    }
-    for block in &blocks {
-        if let Some(path) = &block.path
-            && outputs.len() > 1
-            && resolve_label(path, outputs).is_none()
-        {
+    let mut notes = Vec::new();
+    let chosen = choose(&blocks, outputs, language, &mut notes);
+    for (index, block) in blocks.iter().enumerate() {
+        let Some(label) = &block.path else { continue };
+        if chosen.contains(&Some(index)) {
+            if resolve_label(label, outputs).is_none() {
+                notes.push(format!(
+                    "the only block was labelled `{label}`; it was written to `{}`",
+                    outputs[0]
+                ));
+            }
+        } else if resolve_label(label, outputs).is_none() {
             notes.push(format!(
-                "ignored a block for `{path}`, a file the task did not ask for"
+                "ignored a block for `{label}`, a file the task did not ask for"
             ));
         }
     }
+
+    let missing: Vec<String> = outputs
+        .iter()
+        .zip(&chosen)
+        .filter(|(_, block)| block.is_none())
+        .map(|(output, _)| output.clone())
+        .collect();
     if !missing.is_empty() {
         return Err(ExtractError::MissingFiles(missing));
     }
-    if outputs.len() == 1
-        && let Some(label) = blocks.iter().find_map(|b| b.path.as_deref())
-        && blocks.len() == 1
-        && resolve_label(label, outputs).is_none()
-    {
-        notes.push(format!(
-            "the only block was labelled `{label}`; it was written to `{}`",
-            outputs[0]
-        ));
+    let mut files = Vec::with_capacity(outputs.len());
+    for (output, index) in outputs.iter().zip(chosen) {
+        let Some(block) = index.map(|i| &blocks[i]) else {
+            continue;
+        };
+        if block.is_diff() && !is_diff_file(output) {
+            return Err(ExtractError::NoCode(format!(
+                "the block for `{output}` is a diff, not the file: reply with the complete content of `{output}`"
+            )));
+        }
+        files.push((output.clone(), with_final_newline(&block.code)));
     }
     Ok(Extracted { files, notes })
 }
 
-/// The block that holds `output`: one labelled with its path; in a single-file task, the
-/// only block, or the largest block in the file's language.
-fn pick<'a>(
-    blocks: &'a [Block],
-    output: &str,
+/// The index of the block for each output, in the order of `outputs`.
+///
+/// A block labelled with an output's path wins (the last one, when a reply corrects itself).
+/// Otherwise a single-file task takes its only block, or the largest unlabelled block that
+/// is not a diff, preferring the file's language; a several-file task takes an unlabelled
+/// block only when it is the one block in that file's language.
+fn choose(
+    blocks: &[Block],
     outputs: &[String],
     language: &str,
-) -> Option<&'a Block> {
-    let labelled = blocks.iter().rev().find(|block| {
-        block
-            .path
-            .as_deref()
-            .and_then(|p| resolve_label(p, outputs))
-            == Some(output)
-    });
-    if labelled.is_some() || outputs.len() > 1 {
-        return labelled;
-    }
-    if blocks.len() == 1 {
-        return blocks.first();
-    }
-    let unlabelled: Vec<&Block> = blocks.iter().filter(|b| b.path.is_none()).collect();
-    let candidates: Vec<&Block> = if language.is_empty() {
-        unlabelled
-    } else {
-        let same_language: Vec<&Block> = unlabelled
-            .iter()
-            .copied()
-            .filter(|b| b.language() == language || b.language().is_empty())
-            .collect();
-        if same_language.is_empty() {
-            unlabelled
-        } else {
-            same_language
+    notes: &mut Vec<String>,
+) -> Vec<Option<usize>> {
+    let mut chosen: Vec<Option<usize>> = outputs
+        .iter()
+        .map(|output| {
+            let labelled: Vec<usize> = (0..blocks.len())
+                .filter(|&i| {
+                    blocks[i]
+                        .path
+                        .as_deref()
+                        .and_then(|label| resolve_label(label, outputs))
+                        == Some(output.as_str())
+                })
+                .collect();
+            if labelled.len() > 1 {
+                notes.push(format!(
+                    "the reply has {} blocks for `{output}`; the last one was used",
+                    labelled.len()
+                ));
+            }
+            labelled.last().copied()
+        })
+        .collect();
+
+    if let [output] = outputs {
+        if chosen[0].is_none() {
+            chosen[0] = if blocks.len() == 1 {
+                Some(0)
+            } else {
+                let language = if language.is_empty() {
+                    language::for_path(output)
+                } else {
+                    language
+                };
+                (0..blocks.len())
+                    .filter(|&i| blocks[i].path.is_none())
+                    .max_by_key(|&i| {
+                        let block = &blocks[i];
+                        let tag = block.language();
+                        let fit = if tag == language {
+                            2
+                        } else {
+                            u8::from(tag.is_empty())
+                        };
+                        (!block.is_diff(), fit, block.code.len())
+                    })
+            };
         }
+        return chosen;
+    }
+
+    let unlabelled_in = |language: &str| -> Vec<usize> {
+        (0..blocks.len())
+            .filter(|&i| {
+                blocks[i].path.is_none() && !language.is_empty() && blocks[i].language() == language
+            })
+            .collect()
     };
-    candidates.into_iter().max_by_key(|b| b.code.len())
+    let open: Vec<usize> = (0..outputs.len())
+        .filter(|&o| chosen[o].is_none())
+        .collect();
+    for &o in &open {
+        let language = language::for_path(&outputs[o]);
+        let rivals = open
+            .iter()
+            .filter(|&&other| language::for_path(&outputs[other]) == language)
+            .count();
+        if let ([only], 1) = (unlabelled_in(language).as_slice(), rivals) {
+            chosen[o] = Some(*only);
+            notes.push(format!(
+                "the block for `{}` had no file name; it was the only unlabelled `{language}` block",
+                outputs[o]
+            ));
+        }
+    }
+    chosen
 }
 
-/// The output a label names: the exact path, or a unique output with the same file name
-/// or path suffix (models often drop leading directories).
+/// The output a label names: the exact path, or the unique output that the label is a
+/// path suffix of (models often drop leading directories) or that is a suffix of the label
+/// (or add one, such as the project's name).
 fn resolve_label<'a>(label: &str, outputs: &'a [String]) -> Option<&'a str> {
-    let label = label.trim_start_matches("./");
-    if let Some(exact) = outputs.iter().find(|o| *o == label) {
+    // A label that is not a safe relative path names no output, whatever it ends with:
+    // `../a.txt` and `/etc/a.txt` are other files than `a.txt`.
+    let label = crate::guard::normalize_relative(label).ok()?;
+    if let Some(exact) = outputs.iter().find(|o| **o == label) {
         return Some(exact);
     }
-    let mut suffix_matches = outputs.iter().filter(|o| o.ends_with(&format!("/{label}")));
-    match (suffix_matches.next(), suffix_matches.next()) {
+    let mut matches = outputs.iter().filter(|o| drops_leading_dirs(o, &label));
+    match (matches.next(), matches.next()) {
         (Some(only), None) => Some(only),
         _ => None,
     }
 }
 
-/// Removes `<think>…</think>` sections, and everything after an unclosed leading `<think>`.
-pub fn strip_thinking(reply: &str) -> String {
-    let mut out = String::with_capacity(reply.len());
+/// `label` is `output` without some leading directories (`a.py` for `src/a.py`), the way
+/// models shorten paths. Never the other way round: `vendor/src/a.py` is another file.
+fn drops_leading_dirs(output: &str, label: &str) -> bool {
+    output.ends_with(&format!("/{label}"))
+}
+
+/// `a` and `b` name the same file up to leading directories (a path comment that agrees
+/// with the fence's label is dropped from the code).
+fn same_file(a: &str, b: &str) -> bool {
+    let (a, b) = (a.trim_start_matches("./"), b.trim_start_matches("./"));
+    a == b || a.ends_with(&format!("/{b}")) || b.ends_with(&format!("/{a}"))
+}
+
+fn is_diff_file(path: &str) -> bool {
+    std::path::Path::new(path)
+        .extension()
+        .is_some_and(|ext| ext.eq_ignore_ascii_case("diff") || ext.eq_ignore_ascii_case("patch"))
+}
+
+/// The reply without its leading thinking: `<think>…</think>` (or `<thinking>`) sections at
+/// the start, everything when the leading section never closes, and the text before a
+/// closing tag on a line of its own when the server's template sent the opening tag.
+///
+/// Only leading sections count: a `<think>` later on is more likely part of the code (a
+/// parser for exactly these tags, say) than thinking.
+pub fn strip_thinking(reply: &str) -> &str {
     let mut rest = reply;
-    while let Some(start) = rest.find("<think>") {
-        out.push_str(&rest[..start]);
-        if let Some(end) = rest[start..].find("</think>") {
-            rest = &rest[start + end + "</think>".len()..];
-        } else {
-            rest = "";
+    loop {
+        let trimmed = rest.trim_start();
+        let Some((open, close)) = [("<think>", "</think>"), ("<thinking>", "</thinking>")]
+            .into_iter()
+            .find(|(open, _)| trimmed.starts_with(open))
+        else {
             break;
+        };
+        match trimmed[open.len()..].find(close) {
+            Some(end) => rest = &trimmed[open.len() + end + close.len()..],
+            None => return "",
         }
     }
-    out.push_str(rest);
-    // A reply may also open with a bare closing tag when the template added the opening one.
-    match out.find("</think>") {
-        Some(end) if !out[..end].contains("```") => out[end + "</think>".len()..].to_owned(),
-        _ => out,
+    let mut offset = 0;
+    for line in rest.split_inclusive('\n') {
+        if line.contains("<think>") {
+            break;
+        }
+        if line.trim() == "</think>" {
+            return &rest[offset + line.len()..];
+        }
+        offset += line.len();
+    }
+    rest
+}
+
+/// A fence line: three or more backticks or tildes and an info string.
+#[derive(Debug, Clone, Copy)]
+struct Fence<'a> {
+    marker: char,
+    len: usize,
+    indent: usize,
+    info: &'a str,
+}
+
+impl<'a> Fence<'a> {
+    fn open(line: &'a str) -> Option<Self> {
+        let rest = line.trim_start_matches(' ');
+        let marker = rest.chars().next().filter(|c| *c == '`' || *c == '~')?;
+        let len = rest.chars().take_while(|c| *c == marker).count();
+        let info = rest[len..].trim();
+        if len < 3 || (marker == '`' && info.contains('`')) {
+            return None;
+        }
+        Some(Self {
+            marker,
+            len,
+            indent: line.len() - rest.len(),
+            info,
+        })
+    }
+
+    /// Whether `line` closes this fence: the same character at least as many times and
+    /// nothing else, indented no more than three spaces past the block's own indentation
+    /// (so a fence inside an indented docstring does not end the block).
+    fn closed_by(&self, line: &str, block_indent: usize) -> bool {
+        let rest = line.trim_start_matches(' ');
+        let run = rest.chars().take_while(|c| *c == self.marker).count();
+        line.len() - rest.len() <= block_indent + 3
+            && run >= self.len
+            && rest[run..].trim().is_empty()
     }
 }
 
-/// Every fenced block, in order. A fence is three or more backticks or tildes; it closes
-/// on a line of the same character at least as long, so a longer outer fence can hold
-/// shorter inner ones.
+/// Every fenced block, in order.
+///
+/// A fence is three or more backticks or tildes; it closes on a bare line of the same
+/// character at least as long, so a longer outer fence can hold shorter inner ones. Inside
+/// a block, a fence line of the same character *with* an info string opens a nested block
+/// (a closing fence never has one), so a Markdown file or a docstring whose examples use
+/// the same fence length stays one block.
 pub fn blocks(reply: &str) -> Vec<Block> {
     let lines: Vec<&str> = reply.split('\n').collect();
     let mut blocks = Vec::new();
     let mut index = 0;
     while index < lines.len() {
-        let Some((fence_char, fence_len, indent, info)) = opening_fence(lines[index]) else {
+        let Some(fence) = Fence::open(lines[index]) else {
             index += 1;
             continue;
         };
-        let label_before = index
-            .checked_sub(1)
-            .and_then(|i| {
-                lines[..=i]
-                    .iter()
-                    .rev()
-                    .take(2)
-                    .find(|l| !l.trim().is_empty())
-            })
-            .and_then(|line| path_in_label_line(line));
+        // A Markdown file's own bare code blocks, fenced like the file itself, are
+        // ambiguous: a bare fence may close the file or open one of its blocks. When
+        // reading it as opening one leaves every later fence paired and the last one
+        // closing the file, that is the reading taken (`rest` below is even).
+        let markdown = matches!(
+            fence.info.split_whitespace().next(),
+            Some("markdown" | "md")
+        );
+        let mut nested: Vec<Fence<'_>> = Vec::new();
         let mut body: Vec<&str> = Vec::new();
         let mut closed = false;
         let mut cursor = index + 1;
         while cursor < lines.len() {
             let line = lines[cursor];
-            if is_closing_fence(line, fence_char, fence_len) {
-                closed = true;
-                break;
+            let innermost = nested.last().unwrap_or(&fence);
+            if innermost.closed_by(line, fence.indent) {
+                if nested.pop().is_none() {
+                    let rest = bare_fences_after(&lines[cursor + 1..], &fence);
+                    if !(markdown && rest >= 2 && rest.is_multiple_of(2)) {
+                        closed = true;
+                        break;
+                    }
+                    nested.extend(Fence::open(line));
+                }
+            } else if let Some(inner) = Fence::open(line).filter(|inner| {
+                inner.marker == fence.marker
+                    && !inner.info.is_empty()
+                    && inner.indent <= fence.indent + 3
+            }) {
+                nested.push(inner);
             }
-            body.push(strip_indent(line, indent));
+            body.push(strip_indent(line, fence.indent));
             cursor += 1;
         }
-        // The text after the last fence of a reply often ends with a newline: drop the
-        // empty last "line" it leaves when the block is unclosed.
-        if !closed && body.last().is_some_and(|l| l.is_empty()) {
+        // Text after the last fence often ends with a newline: drop the empty last "line"
+        // it leaves in an unclosed block.
+        while !closed && body.last().is_some_and(|line| line.trim().is_empty()) {
             body.pop();
         }
-        let mut path = path_in_info(info).or(label_before);
-        if let Some(first) = body.first()
-            && let Some(commented) = path_in_comment(first)
-            && (path.is_none() || path.as_deref() == Some(commented.as_str()))
-        {
-            path = Some(commented);
-            body.remove(0);
+        // An unclosed fence with nothing after it is a stray fence line, not a cut-off block.
+        if closed || !body.is_empty() {
+            blocks.push(block(
+                fence.info,
+                label_before(&lines[..index]),
+                body,
+                closed,
+            ));
         }
-        blocks.push(Block {
-            info: info.to_owned(),
-            path,
-            code: body.join("\n"),
-            closed,
-        });
         index = cursor + 1;
     }
     blocks
 }
 
-fn opening_fence(line: &str) -> Option<(char, usize, usize, &str)> {
-    let indent = line.len() - line.trim_start_matches(' ').len();
-    if indent > 3 {
-        return None;
+/// How many bare fences that could close `fence` follow at the top level, not counting
+/// those that close a block opened with an info string.
+fn bare_fences_after(lines: &[&str], fence: &Fence<'_>) -> usize {
+    let mut open = 0usize;
+    let mut count = 0;
+    for line in lines {
+        let Some(other) = Fence::open(line).filter(|other| other.marker == fence.marker) else {
+            continue;
+        };
+        if !other.info.is_empty() {
+            open += 1;
+        } else if open > 0 {
+            open -= 1;
+        } else if other.len >= fence.len && other.indent <= fence.indent + 3 {
+            count += 1;
+        }
     }
-    let rest = &line[indent..];
-    let fence_char = rest.chars().next().filter(|c| *c == '`' || *c == '~')?;
-    let fence_len = rest.chars().take_while(|c| *c == fence_char).count();
-    if fence_len < 3 {
-        return None;
-    }
-    let info = rest[fence_len..].trim();
-    if fence_char == '`' && info.contains('`') {
-        return None;
-    }
-    Some((fence_char, fence_len, indent, info))
+    count
 }
 
-fn is_closing_fence(line: &str, fence_char: char, fence_len: usize) -> bool {
-    let trimmed = line.trim_start_matches(' ');
-    if line.len() - trimmed.len() > 3 {
-        return false;
+fn block(info: &str, label_before: Option<String>, mut body: Vec<&str>, closed: bool) -> Block {
+    let mut path = path_in_info(info).or(label_before);
+    if let Some(commented) = body.first().and_then(|first| path_in_comment(first))
+        && path.as_deref().is_none_or(|p| same_file(p, &commented))
+    {
+        path.get_or_insert(commented);
+        body.remove(0);
     }
-    let run = trimmed.chars().take_while(|c| *c == fence_char).count();
-    run >= fence_len && trimmed[run..].trim().is_empty()
+    Block {
+        info: info.to_owned(),
+        path,
+        // Every line between the fences with its newline, as CommonMark reads a block: a
+        // blank line before the closing fence is part of the file.
+        code: body.iter().flat_map(|line| [*line, "\n"]).collect(),
+        closed,
+    }
+}
+
+/// The file named by the last non-blank line before a fence (one blank line may separate
+/// them).
+fn label_before(lines: &[&str]) -> Option<String> {
+    lines
+        .iter()
+        .rev()
+        .take(2)
+        .find(|line| !line.trim().is_empty())
+        .and_then(|line| path_in_label_line(line).or_else(|| path_in_comment(line)))
 }
 
 fn strip_indent(line: &str, indent: usize) -> &str {
@@ -301,11 +487,11 @@ fn path_in_info(info: &str) -> Option<String> {
     for token in info.split_whitespace() {
         let token = token.trim_matches(['{', '}', ',']);
         if let Some((key, value)) = token.split_once('=') {
-            if matches!(key, "path" | "file" | "filename" | "title" | "name") {
-                let value = value.trim_matches(['"', '\'']);
-                if !value.is_empty() {
-                    return Some(value.to_owned());
-                }
+            let value = value.trim_matches(['"', '\'']);
+            if matches!(key, "path" | "file" | "filename" | "title" | "name")
+                && looks_like_path(value)
+            {
+                return Some(value.to_owned());
             }
             continue;
         }
@@ -317,32 +503,67 @@ fn path_in_info(info: &str) -> Option<String> {
     None
 }
 
-/// A line that only names a file: `src/a.py`, `**src/a.py**`, `` `src/a.py` ``,
-/// `File: src/a.py`, `### src/a.py`, `src/a.py:`.
+/// The file a line before a fence names: a line that is only a name (`src/a.py`,
+/// `**src/a.py**`, `` `src/a.py` ``, `File: src/a.py`, `### 2. src/a.py`, `src/a.py (new
+/// file)`), or a lead-in sentence ending in a colon that quotes exactly one name
+/// (``Here is the updated `src/a.py`:``).
 fn path_in_label_line(line: &str) -> Option<String> {
-    let mut text = line.trim();
-    text = text.trim_start_matches('#').trim();
+    let mut text = line.trim().trim_start_matches(['#', '>']).trim();
+    // List markers: `-`, `*`, `1.`, `2)`.
+    text = text.trim_start_matches(['-', '+']).trim_start();
+    if let Some(rest) = text.strip_prefix("* ") {
+        text = rest.trim_start();
+    }
+    let digits = text.chars().take_while(char::is_ascii_digit).count();
+    if digits > 0 && text[digits..].starts_with(['.', ')']) {
+        text = text[digits + 1..].trim_start();
+    }
+    let decoration = |c: char| matches!(c, '*' | '`' | '_' | '"' | '\'');
+    let mut name = text.trim_matches(decoration).trim();
     for prefix in [
-        "- ",
-        "* ",
-        "File:",
-        "file:",
-        "Filename:",
-        "filename:",
-        "Path:",
-        "path:",
-        "**File:**",
-        "**File**:",
+        "File",
+        "Filename",
+        "File name",
+        "Path",
+        "Updated",
+        "New file",
     ] {
-        if let Some(rest) = text.strip_prefix(prefix) {
-            text = rest.trim();
+        let lower = name.to_ascii_lowercase();
+        if lower.starts_with(&prefix.to_ascii_lowercase())
+            && name[prefix.len()..].trim_start().starts_with(':')
+        {
+            name = name[prefix.len()..].trim_start()[1..].trim_matches(decoration);
+            name = name.trim();
         }
     }
-    let text = text
-        .trim_matches(|c: char| c == '*' || c == '`' || c == '_' || c == '"' || c == '\'')
+    if let Some((before, after)) = name.split_once(" (")
+        && after.ends_with(')')
+    {
+        name = before;
+    }
+    let name = name
         .trim_end_matches(':')
-        .trim_matches(|c: char| c == '*' || c == '`');
-    (!text.contains(char::is_whitespace) && looks_like_path(text)).then(|| text.to_owned())
+        .trim_matches(decoration)
+        .trim_end_matches(':');
+    if !name.contains(char::is_whitespace) && looks_like_path(name) {
+        return Some(name.to_owned());
+    }
+    // A sentence: only names set off in backticks or bold count.
+    if !text.trim_end_matches(decoration).ends_with(':') {
+        return None;
+    }
+    let text = text.replace("**", "`");
+    let quoted: Vec<&str> = text
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|quoted| quoted.trim().trim_end_matches(':'))
+        .filter(|quoted| !quoted.contains(char::is_whitespace) && looks_like_path(quoted))
+        .collect();
+    match quoted.as_slice() {
+        [only] => Some((*only).to_owned()),
+        _ => None,
+    }
 }
 
 /// `// src/a.py`, `# src/a.py`, `-- a.sql`, `<!-- a.html -->`, `/* a.c */`,
@@ -352,14 +573,10 @@ fn path_in_comment(line: &str) -> Option<String> {
     if trimmed.starts_with("#!") {
         return None;
     }
-    let mut text = None;
-    for prefix in ["//", "#", "--", "<!--", "/*", ";"] {
-        if let Some(rest) = trimmed.strip_prefix(prefix) {
-            text = Some(rest.trim_end_matches("-->").trim_end_matches("*/").trim());
-            break;
-        }
-    }
-    let mut text = text?;
+    let text = ["//", "#", "--", "<!--", "/*", ";"]
+        .into_iter()
+        .find_map(|prefix| trimmed.strip_prefix(prefix))?;
+    let mut text = text.trim_end_matches("-->").trim_end_matches("*/").trim();
     for prefix in ["File:", "file:", "Filename:", "filename:", "Path:", "path:"] {
         if let Some(rest) = text.strip_prefix(prefix) {
             text = rest.trim();
@@ -369,7 +586,8 @@ fn path_in_comment(line: &str) -> Option<String> {
         .then(|| text.to_owned())
 }
 
-/// A relative file path with an extension or a directory: `a.py`, `src/x`, not `python`.
+/// A relative file path with an extension or a directory: `a.py`, `src/x`, `.gitignore`;
+/// not `python`, `3.10` or `e.g.`.
 fn looks_like_path(text: &str) -> bool {
     if text.is_empty() || text.len() > 255 || text.starts_with('-') || text.ends_with('.') {
         return false;
@@ -379,37 +597,120 @@ fn looks_like_path(text: &str) -> bool {
         .all(|c| c.is_alphanumeric() || matches!(c, '/' | '.' | '_' | '-' | '+' | '@'));
     let file_name = text.rsplit('/').next().unwrap_or_default();
     let has_extension = file_name.rsplit_once('.').is_some_and(|(stem, ext)| {
-        !ext.is_empty() && ext.len() <= 10 && (!stem.is_empty() || file_name.starts_with('.'))
+        ext.len() <= 10
+            && ext.chars().any(char::is_alphabetic)
+            && (!stem.is_empty() || file_name.starts_with('.'))
     });
-    valid_chars && (text.contains('/') || has_extension) && !text.contains("..")
+    // `..` and a leading `/` are allowed: such a label names a file the task did not ask
+    // for and is reported, and labels never become write paths.
+    valid_chars
+        && (has_extension || (text.contains('/') && !text.ends_with('/')))
+        && !text.contains("//")
+        && !text.contains("...")
 }
 
-/// A reply with no fence that is nothing but code: no line reads as a sentence.
-fn looks_like_bare_code(reply: &str) -> bool {
-    let lines: Vec<&str> = reply
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    if lines.is_empty() {
-        return false;
+/// A reply without a fence: its whole text when it is plainly only code, for a single file.
+fn bare_code(reply: &str, outputs: &[String]) -> Result<Extracted, ExtractError> {
+    let code = reply.trim_start_matches(['\n', ' ']).trim_end();
+    if code.is_empty() {
+        return Err(ExtractError::NoCode(
+            "the reply is empty (after removing any <think> section)".to_owned(),
+        ));
     }
-    let code_like = lines
-        .iter()
-        .filter(|line| {
-            line.contains(['(', ')', '{', '}', '=', ';', ':', '[', ']', '<', '>'])
-                || line.starts_with(['#', '/', '-', '@'])
-        })
-        .count();
-    let prose_like = lines.iter().any(|line| {
-        let words = line.split_whitespace().count();
-        let starts_capital = line.chars().next().is_some_and(char::is_uppercase);
-        words >= 5
-            && starts_capital
-            && (line.ends_with('.') || line.ends_with(':') || line.ends_with('!'))
-            && !line.contains(['(', '{', ';', '='])
-    });
-    !prose_like && code_like * 2 >= lines.len()
+    if outputs.len() == 1 && looks_like_bare_code(code) {
+        return Ok(Extracted {
+            files: vec![(outputs[0].clone(), with_final_newline(code))],
+            notes: vec![
+                "the reply had no code fence; its whole text was taken as the code".to_owned(),
+            ],
+        });
+    }
+    Err(ExtractError::NoCode(
+        "the reply has no fenced code block".to_owned(),
+    ))
+}
+
+/// Plainly only code: it starts with a line of code, most lines look like code, and no line
+/// outside comments and multi-line strings reads as a sentence.
+fn looks_like_bare_code(text: &str) -> bool {
+    let mut in_string = false;
+    let mut code_like = 0;
+    let mut total = 0;
+    let mut first = true;
+    for line in text.lines() {
+        let trimmed = line.trim();
+        let quotes = trimmed.matches("\"\"\"").count() + trimmed.matches("'''").count();
+        let inside = in_string;
+        in_string ^= quotes % 2 == 1;
+        if trimmed.is_empty() || inside {
+            continue;
+        }
+        let code = quotes > 0 || looks_like_code_line(trimmed);
+        let comment = trimmed.starts_with(['#', '/', '*', ';', '<']) || trimmed.starts_with("--");
+        if first && !code && !comment {
+            return false;
+        }
+        first = false;
+        if line.len() == trimmed.len() && !comment && reads_as_sentence(trimmed) {
+            return false;
+        }
+        total += 1;
+        code_like += usize::from(code || comment);
+    }
+    total > 0 && code_like * 2 >= total
+}
+
+fn looks_like_code_line(line: &str) -> bool {
+    const KEYWORDS: &[&str] = &[
+        "def ",
+        "class ",
+        "import ",
+        "from ",
+        "fn ",
+        "pub ",
+        "use ",
+        "function ",
+        "const ",
+        "let ",
+        "var ",
+        "package ",
+        "return",
+        "if ",
+        "for ",
+        "while ",
+        "export ",
+        "async ",
+        "struct ",
+        "enum ",
+        "impl ",
+        "mod ",
+        "type ",
+        "interface ",
+        "public ",
+        "private ",
+        "static ",
+        "func ",
+        "end",
+        "echo ",
+        "set ",
+    ];
+    line.contains(['(', ')', '{', '}', '=', ';', '[', ']', '<', '>'])
+        || line.ends_with(':')
+        || KEYWORDS.iter().any(|keyword| line.starts_with(keyword))
+}
+
+/// Four or more words after any list marker, a capital first, and no code punctuation,
+/// except the brackets of a Markdown link in a long sentence.
+fn reads_as_sentence(line: &str) -> bool {
+    let text = line.trim_start_matches(['-', '*', '+']).trim_start();
+    let digits = text.chars().take_while(char::is_ascii_digit).count();
+    let text = text[digits..].trim_start_matches(['.', ')']).trim_start();
+    let words = text.split_whitespace().count();
+    let brackets = text.contains(['(', '[']);
+    words >= 4
+        && text.chars().next().is_some_and(char::is_uppercase)
+        && !text.contains(['{', ';', '=', '<'])
+        && (!brackets || (words >= 8 && text.ends_with('.')))
 }
 
 fn with_final_newline(code: &str) -> String {
@@ -422,6 +723,17 @@ fn with_final_newline(code: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_label_names_an_output_only_by_dropping_leading_directories() {
+        let outputs = ["src/a.py".to_owned(), "b.py".to_owned()];
+        assert_eq!(resolve_label("src/a.py", &outputs), Some("src/a.py"));
+        assert_eq!(resolve_label("./a.py", &outputs), Some("src/a.py"));
+        assert_eq!(resolve_label("vendor/b.py", &outputs), None);
+        assert_eq!(resolve_label("../b.py", &outputs), None);
+        assert_eq!(resolve_label("/etc/b.py", &outputs), None);
+        assert_eq!(resolve_label("lib/src/a.py", &outputs), None);
+    }
+
     use super::*;
 
     fn one(reply: &str, output: &str) -> Result<Extracted, ExtractError> {
@@ -430,6 +742,13 @@ mod tests {
             &[output.to_owned()],
             crate::language::for_path(output),
         )
+    }
+
+    fn code(reply: &str, output: &str) -> String {
+        match one(reply, output) {
+            Ok(out) => out.files[0].1.clone(),
+            Err(error) => panic!("{error}"),
+        }
     }
 
     #[test]
@@ -441,35 +760,115 @@ mod tests {
             out.files,
             [("src/f.py".to_owned(), "def f():\n    return 1\n".to_owned())]
         );
+        assert!(out.notes.is_empty());
     }
 
     #[test]
-    fn strips_think_sections() {
+    fn strips_leading_think_sections_only() {
         let reply = "<think>maybe ```js\nwrong\n```</think>\n```js\nright()\n```";
-        assert_eq!(one(reply, "a.js").unwrap().files[0].1, "right()\n");
+        assert_eq!(code(reply, "a.js"), "right()\n");
         assert!(matches!(
             one("<think>never finished", "a.js"),
             Err(ExtractError::NoCode(_))
         ));
+        // The template sent the opening tag; the reply starts inside the thinking.
+        assert_eq!(
+            code("so ```x``` then\n</think>\n\n```js\nok()\n```\n", "a.js"),
+            "ok()\n"
+        );
+        assert_eq!(
+            code(
+                "<thinking>a</thinking>\n<think>\nb\n</think>\n```js\nok()\n```",
+                "a.js"
+            ),
+            "ok()\n"
+        );
+        // A parser for think tags is code, not thinking.
+        let parser = "```python\ndef strip(t):\n    return t.split('<think>')[0]\n```\n";
+        assert!(code(parser, "s.py").contains("<think>"));
     }
 
     #[test]
     fn outer_fence_holds_inner_fences() {
         let reply = "````markdown\n# Title\n\n```sh\nls\n```\n````\n";
+        assert_eq!(code(reply, "README.md"), "# Title\n\n```sh\nls\n```\n");
+        // Same length: an inner fence with an info string opens a nested block.
+        let reply = "```markdown\n# Title\n\n```sh\nls\n```\n\nEnd.\n```\n";
         assert_eq!(
-            one(reply, "README.md").unwrap().files[0].1,
-            "# Title\n\n```sh\nls\n```\n"
+            code(reply, "README.md"),
+            "# Title\n\n```sh\nls\n```\n\nEnd.\n"
+        );
+        // Same length, bare inner fences in a Markdown block: one reading pairs them all.
+        let reply = "```markdown\n# T\n```\nls\n```\n\nEnd.\n```\n\nDone.\n";
+        assert_eq!(code(reply, "README.md"), "# T\n```\nls\n```\n\nEnd.\n");
+        let reply = "~~~\nA\n```\nB\n```\n~~~\n";
+        assert_eq!(code(reply, "a.md"), "A\n```\nB\n```\n");
+    }
+
+    #[test]
+    fn fences_indented_in_a_list_are_found_and_dedented() {
+        let reply =
+            "1. Create **src/a.py**:\n\n    ```python\n    def a():\n        return 1\n    ```\n";
+        assert_eq!(code(reply, "src/a.py"), "def a():\n    return 1\n");
+        // A fence inside an indented docstring does not close the block.
+        let reply = "```python\ndef f():\n    \"\"\"\n    ```\n    f()\n    ```\n    \"\"\"\n```\n";
+        assert_eq!(
+            code(reply, "f.py"),
+            "def f():\n    \"\"\"\n    ```\n    f()\n    ```\n    \"\"\"\n"
         );
     }
 
     #[test]
     fn labels_from_info_line_and_comment() {
-        let reply = "```python path=src/a.py\nA = 1\n```\n**src/b.py**\n```python\nB = 2\n```\n```python\n# src/c.py\nC = 3\n```\n";
-        let outputs = ["src/a.py", "src/b.py", "src/c.py"].map(str::to_owned);
+        let reply = "```python path=src/a.py\nA = 1\n```\n**src/b.py**\n```python\nB = 2\n```\n```python\n# src/c.py\nC = 3\n```\nHere is the updated `src/d.py`:\n```\nD = 4\n```\n";
+        let outputs = ["src/a.py", "src/b.py", "src/c.py", "src/d.py"].map(str::to_owned);
         let out = extract(reply, &outputs, "python").unwrap();
-        assert_eq!(out.files[0].1, "A = 1\n");
-        assert_eq!(out.files[1].1, "B = 2\n");
-        assert_eq!(out.files[2].1, "C = 3\n");
+        let codes: Vec<&str> = out.files.iter().map(|(_, code)| code.as_str()).collect();
+        assert_eq!(codes, ["A = 1\n", "B = 2\n", "C = 3\n", "D = 4\n"]);
+        assert!(out.notes.is_empty(), "{:?}", out.notes);
+    }
+
+    #[test]
+    fn label_lines_in_many_styles() {
+        for line in [
+            "src/a.py",
+            "**src/a.py**",
+            "`src/a.py`",
+            "File: src/a.py",
+            "**File:** `src/a.py`",
+            "### src/a.py",
+            "### 1. `src/a.py`",
+            "- `src/a.py`:",
+            "src/a.py (new file)",
+            "Create `src/a.py` with this content:",
+            "1. Create **src/a.py**:",
+            "### `src/a.py` (updated)",
+            "**`src/a.py`**",
+            "Filename: `src/a.py`",
+            "**File: src/a.py**",
+        ] {
+            assert_eq!(
+                path_in_label_line(line).as_deref(),
+                Some("src/a.py"),
+                "{line}"
+            );
+        }
+        for line in [
+            "Here is the code:",
+            "Use Python 3.10:",
+            "Update `a.py` and `b.py`:",
+            "I used `a.py` for this.",
+        ] {
+            assert_eq!(path_in_label_line(line), None, "{line}");
+        }
+    }
+
+    #[test]
+    fn a_path_comment_just_before_the_fence_labels_it() {
+        let reply = "// src/b.js\n```js\nexport const b = 1;\n```\n```js path=src/a.js\nexport const a = 1;\n```\n";
+        let outputs = ["src/a.js", "src/b.js"].map(str::to_owned);
+        let out = extract(reply, &outputs, "javascript").unwrap();
+        assert_eq!(out.files[1].1, "export const b = 1;\n");
     }
 
     #[test]
@@ -480,14 +879,51 @@ mod tests {
             extract(reply, &outputs, "python"),
             Err(ExtractError::MissingFiles(vec!["src/b.py".to_owned()]))
         );
+        let outputs = ["src/a.py".to_owned()];
+        let out = extract(reply, &outputs, "python").unwrap();
+        assert_eq!(out.files[0].1, "A = 1\n");
+        assert_eq!(
+            out.notes,
+            ["ignored a block for `evil.py`, a file the task did not ask for"]
+        );
     }
 
     #[test]
-    fn unclosed_fence_is_truncated() {
+    fn an_unlabelled_block_fills_the_one_file_of_its_language() {
+        let reply =
+            "```python path=src/a.py\nA = 1\n```\n```javascript\nexport const b = 2;\n```\n";
+        let outputs = ["src/a.py", "web/b.js"].map(str::to_owned);
+        let out = extract(reply, &outputs, "python").unwrap();
+        assert_eq!(out.files[1].1, "export const b = 2;\n");
+        assert_eq!(out.notes.len(), 1);
+        // Two Python outputs and one unlabelled Python block: no guess.
+        let reply = "```python path=src/a.py\nA = 1\n```\n```python\nB = 2\n```\n";
+        let outputs = ["src/a.py", "src/b.py", "src/c.py"].map(str::to_owned);
+        assert_eq!(
+            extract(reply, &outputs, "python"),
+            Err(ExtractError::MissingFiles(
+                ["src/b.py", "src/c.py"].map(str::to_owned).to_vec()
+            ))
+        );
+    }
+
+    #[test]
+    fn unclosed_fence_is_truncated_but_a_stray_fence_is_not() {
         assert!(matches!(
             one("```rust\nfn main() {\n", "a.rs"),
             Err(ExtractError::Truncated(_))
         ));
+        assert_eq!(
+            code("```rust\nfn main() {}\n```\n```\n", "a.rs"),
+            "fn main() {}\n"
+        );
+    }
+
+    #[test]
+    fn a_diff_is_not_a_file() {
+        let reply = "```diff\n--- a/f.py\n+++ b/f.py\n@@ -1 +1 @@\n-x = 1\n+x = 2\n```\n";
+        assert!(matches!(one(reply, "f.py"), Err(ExtractError::NoCode(_))));
+        assert!(one(reply, "fix.patch").is_ok());
     }
 
     #[test]
@@ -495,21 +931,40 @@ mod tests {
         let out = one("def f(x):\n    return x * 2\n", "f.py").unwrap();
         assert_eq!(out.files[0].1, "def f(x):\n    return x * 2\n");
         assert_eq!(out.notes.len(), 1);
-        assert!(matches!(
-            one(
-                "I cannot do that without more information about the project.",
-                "f.py"
-            ),
-            Err(ExtractError::NoCode(_))
-        ));
+        for prose in [
+            "I cannot do that without more information about the project.",
+            "Here is the function:\n\ndef f(x):\n    return x * 2\n",
+            "The function already exists.\nNo changes are needed here at all.",
+            "# Summary\n\n- Added the parser and wired it into the command line.\n",
+            "# Notes\n\nThe parser follows [the spec](https://example.com) closely, as asked.\n",
+        ] {
+            assert!(
+                matches!(one(prose, "f.py"), Err(ExtractError::NoCode(_))),
+                "{prose}"
+            );
+        }
+        // A docstring's sentences are code.
+        let doc = "def f(x):\n    \"\"\"Double x.\n\nThis is used by the parser everywhere.\n\"\"\"\n    return x * 2\n";
+        assert!(one(doc, "f.py").is_ok());
     }
 
     #[test]
     fn prefers_the_block_in_the_file_language() {
         let reply = "```python\ndef long_function():\n    pass\n```\nRun it:\n```bash\npython -c 'import f; f.long_function()' && echo ok && echo more\n```\n";
-        assert_eq!(
-            one(reply, "f.py").unwrap().files[0].1,
-            "def long_function():\n    pass\n"
-        );
+        assert_eq!(code(reply, "f.py"), "def long_function():\n    pass\n");
+        let reply = "```py\nx = 1\n```\n```\nsome much longer output text of the program\n```\n";
+        assert_eq!(code(reply, "f.py"), "x = 1\n");
+    }
+
+    #[test]
+    fn a_block_is_every_line_between_its_fences() {
+        assert_eq!(code("```c\nint x;\n\n```\n", "a.c"), "int x;\n\n");
+        assert_eq!(code("```c\n```\n", "a.c"), "");
+    }
+
+    #[test]
+    fn crlf_replies_give_lf_files() {
+        let reply = "Here:\r\n```python\r\nx = 1\r\ny = 2\r\n```\r\n";
+        assert_eq!(code(reply, "f.py"), "x = 1\ny = 2\n");
     }
 }

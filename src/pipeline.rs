@@ -548,7 +548,7 @@ fn check_reply(
         })?;
     notes.extend(extracted.notes);
     for (path, code) in &extracted.files {
-        if let Some(line) = guard::find_elision(code) {
+        if let Some(line) = guard::find_elision(path, code) {
             return Err(Failure::new(
                 Outcome::GuardRefused,
                 format!("the code for `{path}` leaves code out (`{line}`)"),

@@ -6,6 +6,7 @@ mod harness;
 
 mod conformance;
 mod core;
+mod extraction;
 mod providers;
 mod repair;
 mod safety;

@@ -1,0 +1,240 @@
+//! Extraction against a corpus of realistic model replies (`fixtures/replies/`), and end to
+//! end through the binary: several files from one reply, unrequested blocks, elided code.
+//!
+//! Each corpus case is a directory holding `reply.md` (the reply, byte for byte),
+//! `case.json` (the outputs asked for and the expected outcome: `ok`, `no_code`,
+//! `truncated`, `missing` or `elision`; for `ok` the exact notes, for `missing` the files)
+//! and, for `ok`, `expected/<output path>` with each file's exact content.
+
+use std::path::{Path, PathBuf};
+
+use execute_local_task::extract::{self, ExtractError};
+use execute_local_task::guard;
+use execute_local_task::result::{Outcome, Status};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::harness::{Test, spec};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    /// What the case exercises (for people reading the corpus).
+    #[allow(dead_code)]
+    about: String,
+    outputs: Vec<String>,
+    outcome: String,
+    #[serde(default)]
+    notes: Vec<String>,
+    #[serde(default)]
+    missing: Vec<String>,
+}
+
+fn corpus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/replies")
+}
+
+/// What the library makes of one case, as far as the case can tell: the outcome, and the
+/// files and notes when it is `ok`.
+fn run_case(dir: &Path) -> Result<(), String> {
+    let text = |name: &str| {
+        std::fs::read_to_string(dir.join(name)).map_err(|error| format!("{name}: {error}"))
+    };
+    let case: Case =
+        serde_json::from_str(&text("case.json")?).map_err(|error| format!("case.json: {error}"))?;
+    let reply = text("reply.md")?;
+    let language = execute_local_task::language::for_path(&case.outputs[0]);
+    let (outcome, detail) = match extract::extract(&reply, &case.outputs, language) {
+        Err(ExtractError::NoCode(reason)) => ("no_code", reason),
+        Err(ExtractError::Truncated(reason)) => ("truncated", reason),
+        Err(ExtractError::MissingFiles(files)) => {
+            if case.outcome == "missing" && files != case.missing {
+                return Err(format!("missing {files:?}, expected {:?}", case.missing));
+            }
+            ("missing", format!("{files:?}"))
+        }
+        Ok(extracted) => {
+            let elided = extracted
+                .files
+                .iter()
+                .find_map(|(path, code)| guard::find_elision(path, code).map(|line| (path, line)));
+            if let Some((path, line)) = elided {
+                ("elision", format!("`{path}`: {line}"))
+            } else {
+                if case.outcome == "ok" {
+                    for (path, code) in &extracted.files {
+                        let expected = text(&format!("expected/{path}"))?;
+                        if *code != expected {
+                            return Err(format!(
+                                "`{path}` differs\n--- expected\n{expected}--- got\n{code}---"
+                            ));
+                        }
+                    }
+                    if extracted.notes != case.notes {
+                        return Err(format!(
+                            "notes {:?}, expected {:?}",
+                            extracted.notes, case.notes
+                        ));
+                    }
+                }
+                ("ok", format!("notes {:?}", extracted.notes))
+            }
+        }
+    };
+    if outcome == case.outcome {
+        Ok(())
+    } else {
+        Err(format!(
+            "outcome {outcome} ({detail}), expected {}",
+            case.outcome
+        ))
+    }
+}
+
+#[test]
+fn every_reply_in_the_corpus_gives_its_expected_outcome() {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(corpus_dir())
+        .expect("read the corpus")
+        .map(|entry| entry.expect("a corpus entry").path())
+        .filter(|path| path.is_dir())
+        .collect();
+    dirs.sort();
+    assert!(
+        dirs.len() >= 40,
+        "the corpus has only {} replies",
+        dirs.len()
+    );
+    // Every mismatch at once, not only the first.
+    let failures: Vec<String> = dirs
+        .iter()
+        .filter_map(|dir| {
+            run_case(dir).err().map(|error| {
+                let name = dir.file_name().unwrap_or_default().to_string_lossy();
+                format!("{name}: {error}")
+            })
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} corpus replies differ:\n\n{}",
+        failures.len(),
+        dirs.len(),
+        failures.join("\n\n")
+    );
+}
+
+#[test]
+fn a_multi_file_reply_writes_every_file_and_reports_an_unrequested_block() {
+    let run = Test::new()
+        .spec(json!({
+            "task_id": "T-multi",
+            "description": "Add a version constant and its test.",
+            "output_files": ["src/version.py", "tests/test_version.py"],
+            "test_command": "grep -q VERSION src/version.py && grep -q test_version tests/test_version.py",
+        }))
+        .reply(
+            "I wrote both files, plus a helper.\n\n\
+             **src/version.py**\n```python\nVERSION = \"1.0\"\n```\n\n\
+             ```python\n# tests/test_version.py\nfrom src.version import VERSION\n\n\ndef test_version():\n    assert VERSION\n```\n\n\
+             ```python path=src/extra.py\nimport os\nos.remove('x')\n```\n",
+        )
+        .run();
+    run.assert_code(0);
+    assert_eq!(
+        run.read("src/version.py").as_deref(),
+        Some("VERSION = \"1.0\"\n")
+    );
+    assert_eq!(
+        run.read("tests/test_version.py").as_deref(),
+        Some("from src.version import VERSION\n\n\ndef test_version():\n    assert VERSION\n")
+    );
+    assert_eq!(
+        run.read("src/extra.py"),
+        None,
+        "an unrequested block was written"
+    );
+    let result = run.result();
+    assert_eq!(result.status, Status::Success);
+    assert_eq!(
+        result.attempts[0].notes,
+        ["ignored a block for `src/extra.py`, a file the task did not ask for"]
+    );
+    let paths: Vec<&str> = result.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, ["src/version.py", "tests/test_version.py"]);
+}
+
+#[test]
+fn a_missing_file_is_a_failed_attempt_naming_it() {
+    let run = Test::new()
+        .spec(json!({
+            "task_id": "T-missing",
+            "description": "Add two modules.",
+            "output_files": ["src/a.py", "src/b.py"],
+            "max_attempts": 1,
+        }))
+        .reply("```python path=src/a.py\nA = 1\n```\n")
+        .run();
+    run.assert_code(1);
+    run.assert_unchanged();
+    let result = run.result();
+    assert_eq!(result.status, Status::Escalate);
+    assert_eq!(result.attempts[0].outcome, Outcome::NoCode);
+    let error = result.attempts[0].error.as_deref().unwrap_or_default();
+    assert!(error.contains("`src/b.py`"), "{error}");
+}
+
+#[test]
+fn an_elided_reply_is_refused_then_repaired() {
+    let old = "def a():\n    return 1\n\n\ndef b():\n    return 2\n";
+    let new = "def a():\n    return 1\n\n\ndef b():\n    return 3\n";
+    let run = Test::new()
+        .file("calc.py", old)
+        .spec(spec(
+            "calc.py",
+            &json!({"test_command": "grep -q 'return 3' calc.py"}),
+        ))
+        .reply("```python\ndef a():\n    # ... (same as before)\n\n\ndef b():\n    return 3\n```\n")
+        .reply(&format!("```python\n{new}```\n"))
+        .run();
+    run.assert_code(0);
+    assert_eq!(run.read("calc.py").as_deref(), Some(new));
+    let result = run.result();
+    let outcomes: Vec<Outcome> = result.attempts.iter().map(|a| a.outcome).collect();
+    assert_eq!(outcomes, [Outcome::GuardRefused, Outcome::Ok]);
+    let error = result.attempts[0].error.as_deref().unwrap_or_default();
+    assert!(error.contains("# ... (same as before)"), "{error}");
+    // The repair prompt tells the model what was wrong.
+    let repair = run.requests[1].last_user_message();
+    assert!(repair.contains("# ... (same as before)"), "{repair}");
+}
+
+#[test]
+fn a_reply_without_a_fence_is_used_when_it_is_only_code_and_says_so() {
+    let run = Test::new()
+        .spec(spec("double.py", &json!({})))
+        .reply("def double(x):\n    return x * 2\n")
+        .run();
+    run.assert_code(0);
+    assert_eq!(
+        run.read("double.py").as_deref(),
+        Some("def double(x):\n    return x * 2\n")
+    );
+    let result = run.result();
+    assert_eq!(
+        result.attempts[0].notes,
+        ["the reply had no code fence; its whole text was taken as the code"]
+    );
+}
+
+#[test]
+fn a_reply_that_ends_inside_a_block_is_never_written() {
+    let run = Test::new()
+        .file("calc.py", "def add(a, b):\n    return a - b\n")
+        .spec(spec("calc.py", &json!({"max_attempts": 1})))
+        .reply("```python\ndef add(a, b):\n    return a +")
+        .run();
+    run.assert_code(1);
+    run.assert_unchanged();
+    let result = run.result();
+    assert_eq!(result.attempts[0].outcome, Outcome::Truncated);
+}
