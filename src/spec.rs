@@ -191,16 +191,16 @@ fn check_field_names(path: &Path, object: &Map<String, Value>) -> Result<()> {
             .iter()
             .map(|known| (strsim::jaro_winkler(key, known), known))
             .max_by(|a, b| a.0.total_cmp(&b.0))
-            .filter(|(score, _)| *score > 0.8)
-            .map(|(_, known)| format!("; did you mean `{known}`?"))
-            .unwrap_or_default();
+            .filter(|(score, _)| *score > 0.8);
+        // A near match is the likely fix; the whole list only helps when there is none.
+        let advice = match nearest {
+            Some((_, known)) => format!("did you mean `{known}`?"),
+            None => format!("known fields: {}", FIELDS.join(", ")),
+        };
         return Err(Error::spec(
             path,
             Some(key),
-            format!(
-                "unknown field{nearest} (known fields: {})",
-                FIELDS.join(", ")
-            ),
+            format!("unknown field; {advice}"),
         ));
     }
     Ok(())
@@ -374,6 +374,15 @@ mod tests {
         assert!(message.contains("field `contex_files`"), "{message}");
         assert!(
             message.contains("did you mean `context_files`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_field_far_from_any_lists_the_known_ones() {
+        let message = error_text(r#"{"task_id":"a","description":"d","output_file":"x","zzz":1}"#);
+        assert!(
+            message.contains("known fields: $schema, task_id"),
             "{message}"
         );
     }

@@ -108,3 +108,22 @@ fn normalised_result() {
         ".model.endpoint" => "[endpoint]",
     });
 }
+
+/// What a supervisor and a person see for a bad spec, all three streams at once.
+#[test]
+fn a_misspelled_field_exit_stderr_and_stdout() {
+    let run = Test::new()
+        .spec_text(r#"{"task_id": "T-9", "description": "d", "output_file": "a.py", "test_comand": "pytest"}"#)
+        .run();
+    let shown = format!(
+        "exit: {}\n--- stderr ---\n{}--- stdout ---\n{}",
+        run.code, run.stderr, run.stdout
+    );
+    insta::with_settings!({filters => vec![
+        (r"/\S*/spec\.json", "[DIR]/spec.json"),
+        (r#""run_id": "[^"]+""#, r#""run_id": "[run_id]""#),
+        (r#""duration_ms": \d+"#, r#""duration_ms": "[ms]""#),
+    ]}, {
+        insta::assert_snapshot!(shown);
+    });
+}
