@@ -89,7 +89,7 @@ fn context_gathering() {
     let mut samples = Vec::new();
     for _ in 0..50 {
         let started = Instant::now();
-        black_box(context::gather(&bounds, &patterns, 10_000_000).expect("gathers"));
+        black_box(context::gather(&bounds, &patterns, &[], 10_000_000).expect("gathers"));
         samples.push(started.elapsed());
     }
     report("gather 200 context files by glob", &mut samples);

@@ -20,14 +20,17 @@ pub struct ContextFile {
 }
 
 /// Reads every file the patterns name, in the order given (a glob's matches sorted by
-/// path), each file once.
+/// path), each file once. Output files are left out: the prompt shows their current
+/// content where it asks for the new one, and twice would waste a small context window.
 pub fn gather(
     bounds: &guard::Bounds,
     patterns: &[String],
+    outputs: &[String],
     budget_bytes: usize,
 ) -> Result<Vec<ContextFile>> {
     let root = bounds.root();
     let mut paths: Vec<String> = Vec::new();
+    let mut seen: std::collections::HashSet<String> = outputs.iter().cloned().collect();
     let mut walked: Option<Vec<String>> = None;
     for pattern in patterns {
         if is_glob(pattern) {
@@ -39,7 +42,7 @@ pub fn gather(
             let files = walked.get_or_insert_with(|| walk(root));
             let before = paths.len();
             for file in files.iter().filter(|file| matcher.is_match(file.as_str())) {
-                if !paths.contains(file) {
+                if seen.insert(file.clone()) {
                     paths.push(file.clone());
                 }
             }
@@ -48,42 +51,67 @@ pub fn gather(
                     message: format!("the glob `{pattern}` matches no file in the repository"),
                 });
             }
-        } else if !paths.contains(pattern) {
+        } else if seen.insert(pattern.clone()) {
             paths.push(pattern.clone());
         }
     }
 
+    // Sizes first, so one huge file is refused before it is read into memory. (A symlink
+    // counts with its own small size here; the check after reading catches what it hides.)
+    let sizes: Vec<(usize, &str)> = paths
+        .iter()
+        .map(|path| {
+            // Only paths the guard accepts are even looked at; the read refuses the rest.
+            let size = match bounds.locate(path) {
+                Ok(_) => std::fs::symlink_metadata(root.join(path))
+                    .ok()
+                    .filter(std::fs::Metadata::is_file)
+                    .map_or(0, |m| m.len()),
+                Err(_) => 0,
+            };
+            (usize::try_from(size).unwrap_or(usize::MAX), path.as_str())
+        })
+        .collect();
+    check_budget(sizes, budget_bytes)?;
+
     let mut files = Vec::with_capacity(paths.len());
-    let mut total = 0usize;
     for path in paths {
         let content = read_text(bounds, &path)?;
-        total += content.len();
         files.push(ContextFile {
             language: language::for_path(&path),
             path,
             content,
         });
     }
-    if total > budget_bytes {
-        let mut sizes: Vec<(usize, &str)> = files
+    check_budget(
+        files
             .iter()
             .map(|file| (file.content.len(), file.path.as_str()))
-            .collect();
-        sizes.sort_unstable_by(|a, b| b.cmp(a));
-        let largest: Vec<String> = sizes
-            .iter()
-            .take(3)
-            .map(|(size, path)| format!("{path} ({size} bytes)"))
-            .collect();
-        return Err(Error::Context {
-            message: format!(
-                "the context files are {total} bytes, over the budget of {budget_bytes} bytes \
-                 (largest: {}); name fewer files or raise --max-context-bytes",
-                largest.join(", ")
-            ),
-        });
-    }
+            .collect(),
+        budget_bytes,
+    )?;
     Ok(files)
+}
+
+/// Refuses context over the budget, naming the largest files.
+fn check_budget(mut sizes: Vec<(usize, &str)>, budget_bytes: usize) -> Result<()> {
+    let total: usize = sizes.iter().map(|(size, _)| size).sum();
+    if total <= budget_bytes {
+        return Ok(());
+    }
+    sizes.sort_unstable_by(|a, b| b.cmp(a));
+    let largest: Vec<String> = sizes
+        .iter()
+        .take(3)
+        .map(|(size, path)| format!("{path} ({size} bytes)"))
+        .collect();
+    Err(Error::Context {
+        message: format!(
+            "the context files are {total} bytes, over the budget of {budget_bytes} bytes \
+             (largest: {}); name fewer files or raise --max-context-bytes",
+            largest.join(", ")
+        ),
+    })
 }
 
 fn is_glob(pattern: &str) -> bool {
@@ -179,11 +207,13 @@ mod tests {
                 "src/**/*.rs".to_owned(),
                 "src/a.rs".to_owned(),
             ],
+            &["src/nested/b.rs".to_owned()],
             1000,
         )
         .unwrap();
+        // The output file is left out: its content is shown where the prompt asks for it.
         let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
-        assert_eq!(paths, ["src/c.txt", "src/a.rs", "src/nested/b.rs"]);
+        assert_eq!(paths, ["src/c.txt", "src/a.rs"]);
         assert_eq!(files[1].language, "rust");
     }
 
@@ -194,7 +224,9 @@ mod tests {
         let bounds = guard::Bounds::new(root.clone(), root.join(".git"));
         let error = |patterns: &[&str], budget| {
             let patterns: Vec<String> = patterns.iter().map(|p| (*p).to_owned()).collect();
-            gather(&bounds, &patterns, budget).unwrap_err().to_string()
+            gather(&bounds, &patterns, &[], budget)
+                .unwrap_err()
+                .to_string()
         };
         assert!(error(&["missing.rs"], 1000).contains("`missing.rs` does not exist"));
         assert!(error(&["blob.bin"], 1000).contains("is binary"));

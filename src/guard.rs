@@ -342,6 +342,16 @@ pub fn find_elision(path: &str, code: &str) -> Option<String> {
     // document, prose, markup text, and whatever the extension does not tell.
     let ellipsis_is_code = prose || matches!(language, "python" | "yaml" | "html" | "xml" | "");
     let lines: Vec<&str> = code.lines().map(str::trim).collect();
+    // The next non-blank line after each line, in one pass from the end: looking ahead
+    // from every line would be quadratic in a long run of blank lines.
+    let mut next_non_blank = vec![""; lines.len()];
+    let mut following = "";
+    for (index, &line) in lines.iter().enumerate().rev() {
+        next_non_blank[index] = following;
+        if !line.is_empty() {
+            following = line;
+        }
+    }
     // Multi-line strings and block comments hold text, not code: their lines are skipped.
     let mut in_string = false;
     let mut in_block_comment = false;
@@ -372,12 +382,7 @@ pub fn find_elision(path: &str, code: &str) -> Option<String> {
             // A lone `// ...` stands for code; inside a run of comments it elides text.
             (is_only_ellipsis(text) && marker != "*" && !after_comment) || is_placeholder(text)
         } else {
-            let next = lines[index + 1..]
-                .iter()
-                .find(|next| !next.is_empty())
-                .copied()
-                .unwrap_or_default();
-            stands_for_code(line, next, prose, ellipsis_is_code)
+            stands_for_code(line, next_non_blank[index], prose, ellipsis_is_code)
         };
         if elided {
             return Some(line.to_owned());

@@ -234,7 +234,12 @@ async fn run_task(
 
     let bounds = repo.bounds();
     let targets = read_targets(&bounds, &spec)?;
-    let context = context::gather(&bounds, &spec.context_files, options.max_context_bytes)?;
+    let context = context::gather(
+        &bounds,
+        &spec.context_files,
+        &spec.outputs,
+        options.max_context_bytes,
+    )?;
     let templates = Templates::load(&bounds, spec.kind, options.template.as_deref())?;
     let language = spec
         .language

@@ -515,3 +515,23 @@ fn command_line_errors_still_print_a_result() {
     run.assert_code(2);
     assert!(run.stderr.contains("no task spec given"), "{}", run.stderr);
 }
+
+#[test]
+fn an_output_file_matched_by_a_context_glob_is_shown_once() {
+    let run = Test::new()
+        .file(
+            "src/slug.py",
+            "def slug(text):\n    return text  # ORIGINAL\n",
+        )
+        .file("src/util.py", "X = 1\n")
+        .spec(spec("src/slug.py", &json!({"context_files": ["src/*.py"]})))
+        .arg("--dry-run")
+        .run();
+    run.assert_code(0);
+    let user = run.json()["request"]["messages"][1]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(user.matches("# ORIGINAL").count(), 1, "{user}");
+    assert!(user.contains("X = 1"), "{user}");
+}
