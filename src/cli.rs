@@ -25,7 +25,7 @@ Exit codes: 0 success; 1 the task ran but did not succeed (status failed or esca
 2 bad input (command line, spec, repository, unsafe path); 3 the model server could not be used.
 
 Environment: LOCAL_TASK_ENDPOINT, LOCAL_TASK_MODEL, LOCAL_TASK_PROVIDER, LOCAL_TASK_API_KEY,
-and the ecosystem's OPENAI_BASE_URL, OPENAI_API_KEY, OLLAMA_HOST.
+and the ecosystem's OPENAI_BASE_URL, OPENAI_API_KEY (sent only to OPENAI_BASE_URL), OLLAMA_HOST.
 Precedence: flag > spec > LOCAL_TASK_* > ecosystem variables > the usual local ports.";
 
 /// How long a run or a rollback waits for the repository's lock by default.
@@ -240,16 +240,15 @@ pub fn run() -> ExitCode {
             return usage_error(&misplaced_message(&name.to_string_lossy()));
         }
         Ok(cli) => cli,
-        Err(error) if error.use_stderr() && misplaced_subcommand(&args).is_some() => {
-            let name = misplaced_subcommand(&args).unwrap_or_default();
-            return usage_error(&misplaced_message(&name));
-        }
         Err(error) if !error.use_stderr() => {
             // --help and --version.
             let _ = error.print();
             return ExitCode::SUCCESS;
         }
         Err(error) => {
+            if let Some(name) = misplaced_subcommand(&args) {
+                return usage_error(&misplaced_message(&name));
+            }
             let _ = error.print();
             // The JSON gets clap's first sentence; stderr got the whole text with usage.
             let rendered = error.render().to_string();
