@@ -1,12 +1,13 @@
 //! The command line: parses arguments, runs the library, prints the JSON on stdout and
 //! progress and hints on stderr, and turns outcomes into exit codes.
 
+use std::ffi::OsString;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 use crate::context;
 use crate::demo;
@@ -24,8 +25,11 @@ Exit codes: 0 success; 1 the task ran but did not succeed (status failed or esca
 2 bad input (command line, spec, repository, unsafe path); 3 the model server could not be used.
 
 Environment: LOCAL_TASK_ENDPOINT, LOCAL_TASK_MODEL, LOCAL_TASK_PROVIDER, LOCAL_TASK_API_KEY,
-and the ecosystem's OPENAI_BASE_URL, OPENAI_API_KEY, OLLAMA_HOST.
+and the ecosystem's OPENAI_BASE_URL, OPENAI_API_KEY (sent only to OPENAI_BASE_URL), OLLAMA_HOST.
 Precedence: flag > spec > LOCAL_TASK_* > ecosystem variables > the usual local ports.";
+
+/// How long a run or a rollback waits for the repository's lock by default.
+const DEFAULT_LOCK_TIMEOUT_SECS: u64 = 600;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -58,14 +62,18 @@ enum Command {
         /// The repository (default: the one containing the current directory).
         #[arg(long, value_name = "DIR")]
         repo: Option<PathBuf>,
+        /// Seconds to wait for a run that is writing the same repository.
+        #[arg(long, value_name = "SECS", default_value_t = DEFAULT_LOCK_TIMEOUT_SECS)]
+        lock_timeout: u64,
     },
     /// List reachable local model servers and their models.
     Models {
-        /// Probe only this server.
-        #[arg(long, env = "LOCAL_TASK_ENDPOINT", value_name = "URL")]
+        /// Probe only this server (default: the one a run would use, from the same
+        /// variables, else every usual local port).
+        #[arg(long, value_name = "URL")]
         endpoint: Option<String>,
-        /// Protocol to probe for (default: both).
-        #[arg(long, env = "LOCAL_TASK_PROVIDER", value_parser = ["auto", "openai", "ollama"])]
+        /// Protocol to probe for (default: `LOCAL_TASK_PROVIDER`, else both).
+        #[arg(long, value_parser = route::PROVIDERS.to_vec())]
         provider: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -99,7 +107,7 @@ struct RunArgs {
     #[arg(long, value_name = "URL")]
     endpoint: Option<String>,
     /// Protocol to speak: `ollama` is Ollama's native API; `auto` probes the server.
-    #[arg(long, value_parser = ["auto", "openai", "ollama"])]
+    #[arg(long, value_parser = route::PROVIDERS.to_vec())]
     provider: Option<String>,
     /// Model name (default: the spec's, `LOCAL_TASK_MODEL`, or the server's only model).
     #[arg(long, value_name = "NAME")]
@@ -170,7 +178,7 @@ struct RunArgs {
     #[arg(long, value_name = "MODE", value_parser = ["strict", "sequential"], default_value = "strict", requires = "replay")]
     replay_match: String,
     /// Seconds to wait for another run that is writing the same repository.
-    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_LOCK_TIMEOUT_SECS)]
     lock_timeout: u64,
     /// No progress on stderr.
     #[arg(long, short)]
@@ -225,7 +233,12 @@ impl RunArgs {
 
 /// The whole program: parse, run, print, exit.
 pub fn run() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) if cli.command.is_none() && cli.run.spec.as_deref().is_some_and(is_subcommand) => {
+            let name = cli.run.spec.unwrap_or_default();
+            return usage_error(&misplaced_message(&name.to_string_lossy()));
+        }
         Ok(cli) => cli,
         Err(error) if !error.use_stderr() => {
             // --help and --version.
@@ -233,6 +246,9 @@ pub fn run() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(error) => {
+            if let Some(name) = misplaced_subcommand(&args) {
+                return usage_error(&misplaced_message(&name));
+            }
             let _ = error.print();
             // The JSON gets clap's first sentence; stderr got the whole text with usage.
             let rendered = error.render().to_string();
@@ -257,6 +273,46 @@ pub fn run() -> ExitCode {
         }
     };
     ExitCode::from(runtime.block_on(dispatch(cli)))
+}
+
+/// True for a spec path that is really a subcommand's name, e.g. `rollback` in
+/// `execute-local-task -q rollback ID`: once a run option is given, clap no longer looks
+/// for subcommands. A file of that name is still a spec.
+fn is_subcommand(path: &std::path::Path) -> bool {
+    let Some(name) = path.to_str() else {
+        return false;
+    };
+    !path.exists()
+        && Cli::command()
+            .get_subcommands()
+            .any(|command| command.get_name() == name)
+}
+
+/// The subcommand named after a leading run option, for a command line clap rejected
+/// (`-q rollback ID` fails on `ID`, as the spec was already `rollback`).
+fn misplaced_subcommand(args: &[OsString]) -> Option<String> {
+    let first = args.get(1)?.to_str()?;
+    if !first.starts_with('-') {
+        return None;
+    }
+    args.iter()
+        .skip(2)
+        .map(std::path::Path::new)
+        .find(|path| is_subcommand(path))
+        .map(|path| path.to_string_lossy().into_owned())
+}
+
+fn misplaced_message(name: &str) -> String {
+    format!(
+        "`{name}` is a subcommand, and the options before it are a run's: put options after the subcommand (`execute-local-task {name} [OPTIONS]`); `execute-local-task {name} --help` lists them"
+    )
+}
+
+/// A command-line mistake found after clap: stderr and the result JSON, exit 2.
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("error: {message}\n\nFor more information, try '--help'.");
+    print_json(&error_result(None, &Error::Usage(message.to_owned())));
+    ExitCode::from(2)
 }
 
 async fn dispatch(cli: Cli) -> u8 {
@@ -287,20 +343,14 @@ async fn dispatch(cli: Cli) -> u8 {
             last,
             force,
             repo,
+            lock_timeout,
         }) => {
             let which = match run_id.as_deref() {
                 Some(id) if !last => Which::Id(id),
                 _ => Which::Last,
             };
             let dir = repo.unwrap_or_else(|| PathBuf::from("."));
-            match rollback::rollback(
-                &dir,
-                which,
-                force,
-                Duration::from_secs(cli.run.lock_timeout),
-            )
-            .await
-            {
+            match rollback::rollback(&dir, which, force, Duration::from_secs(lock_timeout)).await {
                 Ok(report) => {
                     eprintln!(
                         "execute-local-task: rolled back {} ({}): {} restored, {} removed",
@@ -323,13 +373,25 @@ async fn dispatch(cli: Cli) -> u8 {
             provider,
             json,
         }) => {
-            let endpoint = endpoint.filter(|e| !e.trim().is_empty());
-            let ports = route::discovery_ports(env(route::PORTS_VARIABLE).as_deref());
+            // The same resolution as a run (minus the spec), so `models` probes the server
+            // a run would use, with the key a run would send.
+            let flags = ModelChoice {
+                endpoint: endpoint.filter(|e| !e.trim().is_empty()),
+                provider,
+                ..ModelChoice::default()
+            };
+            let choice = match ModelChoice::resolve(&flags, None, &env) {
+                Ok(choice) => choice,
+                Err(error) => {
+                    print_error(&error);
+                    return error.exit_code();
+                }
+            };
             let reports = route::survey(
-                endpoint.as_deref(),
-                provider.as_deref(),
-                env("LOCAL_TASK_API_KEY").or_else(|| env("OPENAI_API_KEY")),
-                &ports,
+                choice.endpoint.as_deref(),
+                choice.provider.as_deref(),
+                choice.api_key,
+                &choice.ports,
             )
             .await;
             let any = reports.iter().any(|r| r.reachable);

@@ -252,7 +252,7 @@ async fn run_task(
         .or(spec.max_attempts)
         .unwrap_or(spec::DEFAULT_MAX_ATTEMPTS)
         .clamp(1, spec::MAX_MAX_ATTEMPTS);
-    let choice = ModelChoice::resolve(&options.model_flags, spec.model.as_deref(), env);
+    let choice = ModelChoice::resolve(&options.model_flags, spec.model.as_deref(), env)?;
 
     if options.dry_run {
         return Ok(Finished::DryRun(dry_run_request(

@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::error::Error;
 use crate::model::ollama::Ollama;
 use crate::model::openai::OpenAi;
 use crate::model::recorded::{Cassette, Matching, Recorder, Replayer};
@@ -31,6 +32,9 @@ pub const PORTS_VARIABLE: &str = "LOCAL_TASK_DISCOVERY_PORTS";
 
 const OLLAMA_DEFAULT_PORT: u16 = 11434;
 
+/// The values `--provider` and `LOCAL_TASK_PROVIDER` accept.
+pub const PROVIDERS: &[&str] = &["auto", "openai", "ollama"];
+
 /// What the user asked for, before anything is probed.
 #[derive(Debug, Clone, Default)]
 pub struct ModelChoice {
@@ -39,6 +43,8 @@ pub struct ModelChoice {
     pub provider: Option<String>,
     pub model: Option<String>,
     pub api_key: Option<String>,
+    /// Where the API key came from (a variable's name), for `--dry-run`; never the key.
+    pub api_key_source: Option<String>,
     /// The ports discovery probes, with what usually listens there; empty means
     /// [`LOCAL_PORTS`].
     pub ports: Vec<(u16, String)>,
@@ -46,34 +52,61 @@ pub struct ModelChoice {
 
 impl ModelChoice {
     /// Merges flags, the spec's model, and the environment in precedence order.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Usage`] when the provider (flag or `LOCAL_TASK_PROVIDER`) is not one of
+    /// [`PROVIDERS`]: a typo is the user's input, not a server that could not be used.
     pub fn resolve(
         flags: &ModelChoice,
         spec_model: Option<&str>,
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> Self {
+    ) -> Result<Self, Error> {
         let env = |name: &str| env(name).filter(|value| !value.trim().is_empty());
-        let provider = flags
-            .provider
-            .clone()
-            .or_else(|| env("LOCAL_TASK_PROVIDER"))
-            .filter(|p| p != "auto");
-        let endpoint = flags
+        let provider = match (&flags.provider, env("LOCAL_TASK_PROVIDER")) {
+            (Some(flag), _) => Some(checked_provider(flag, "--provider")?),
+            (None, Some(variable)) => Some(checked_provider(&variable, "LOCAL_TASK_PROVIDER")?),
+            (None, None) => None,
+        }
+        .filter(|p| p != "auto");
+        let openai_base_url = || env("OPENAI_BASE_URL").map(|url| (url, true));
+        let ollama_host_url = |suffix: &str| {
+            env("OLLAMA_HOST").map(|host| (format!("{}{suffix}", ollama_host(&host)), false))
+        };
+        // The flag and `LOCAL_TASK_ENDPOINT` first; the ecosystem's variables after, with
+        // a note of whether the endpoint is `OPENAI_BASE_URL` (its key goes only there).
+        let (endpoint, from_openai_base_url) = match flags
             .endpoint
             .clone()
             .or_else(|| env("LOCAL_TASK_ENDPOINT"))
-            .or_else(|| match provider.as_deref() {
-                Some("ollama") => env("OLLAMA_HOST")
-                    .map(|host| ollama_host(&host))
-                    .or_else(|| env("OPENAI_BASE_URL")),
+        {
+            Some(endpoint) => (Some(endpoint), false),
+            None => match provider.as_deref() {
+                Some("ollama") => ollama_host_url("").or_else(openai_base_url),
                 // OpenAI explicitly: Ollama's host is used through its `/v1`.
-                Some("openai") => env("OPENAI_BASE_URL").or_else(|| {
-                    env("OLLAMA_HOST").map(|host| format!("{}/v1", ollama_host(&host)))
-                }),
+                Some("openai") => openai_base_url().or_else(|| ollama_host_url("/v1")),
                 // Auto: the bare host is probed and gets Ollama's native API.
-                _ => env("OPENAI_BASE_URL")
-                    .or_else(|| env("OLLAMA_HOST").map(|host| ollama_host(&host))),
-            });
-        Self {
+                _ => openai_base_url().or_else(|| ollama_host_url("")),
+            }
+            .map_or((None, false), |(endpoint, openai)| (Some(endpoint), openai)),
+        };
+        // `LOCAL_TASK_API_KEY` is meant for whatever server this tool talks to;
+        // `OPENAI_API_KEY` belongs to the `OPENAI_BASE_URL` server (often a hosted one) and
+        // must not leak to a local port or an `OLLAMA_HOST`.
+        let (api_key, api_key_source) = if let Some(key) = flags.api_key.clone() {
+            let source = flags
+                .api_key_source
+                .clone()
+                .or_else(|| Some("flag".to_owned()));
+            (Some(key), source)
+        } else if let Some(key) = env("LOCAL_TASK_API_KEY") {
+            (Some(key), Some("LOCAL_TASK_API_KEY".to_owned()))
+        } else if let Some(key) = env("OPENAI_API_KEY").filter(|_| from_openai_base_url) {
+            (Some(key), Some("OPENAI_API_KEY".to_owned()))
+        } else {
+            (None, None)
+        };
+        Ok(Self {
             endpoint,
             provider,
             model: flags
@@ -81,17 +114,14 @@ impl ModelChoice {
                 .clone()
                 .or_else(|| spec_model.map(str::to_owned))
                 .or_else(|| env("LOCAL_TASK_MODEL")),
-            api_key: flags
-                .api_key
-                .clone()
-                .or_else(|| env("LOCAL_TASK_API_KEY"))
-                .or_else(|| env("OPENAI_API_KEY")),
+            api_key,
+            api_key_source,
             ports: if flags.ports.is_empty() {
                 discovery_ports(env(PORTS_VARIABLE).as_deref())
             } else {
                 flags.ports.clone()
             },
-        }
+        })
     }
 
     fn ports(&self) -> Vec<(u16, String)> {
@@ -100,6 +130,20 @@ impl ModelChoice {
         } else {
             self.ports.clone()
         }
+    }
+}
+
+/// `value` as a provider name, or a usage error naming where it came from and what is
+/// accepted.
+fn checked_provider(value: &str, source: &str) -> Result<String, Error> {
+    let name = value.trim();
+    if PROVIDERS.contains(&name) {
+        Ok(name.to_owned())
+    } else {
+        Err(Error::Usage(format!(
+            "{source} is `{value}`, which is not a provider; accepted values: {}",
+            PROVIDERS.join(", ")
+        )))
     }
 }
 
@@ -378,6 +422,7 @@ fn probe_limits(limits: Limits) -> Limits {
     Limits {
         connect: limits.connect.min(Duration::from_millis(500)),
         first_byte: limits.first_byte.min(Duration::from_millis(1200)),
+        idle: limits.idle.min(Duration::from_millis(1200)),
         ..limits
     }
 }
@@ -453,22 +498,92 @@ async fn discover(
         .next()
 }
 
-/// What `--dry-run` shows: the endpoint and body the request would go to, without probing
-/// (auto is shown as OpenAI-compatible unless the endpoint names Ollama's API).
+/// The protocol a run will speak, when it is settled without probing: named by the flag
+/// or `LOCAL_TASK_PROVIDER`, or by an endpoint with an API path (`/v1`), which
+/// [`connect`] always treats as OpenAI-compatible.
+fn known_provider(choice: &ModelChoice) -> Option<Provider> {
+    match (choice.provider.as_deref(), choice.endpoint.as_deref()) {
+        (Some("ollama"), _) => Some(Provider::Ollama),
+        (Some(_), _) => Some(Provider::OpenAi),
+        (None, Some(endpoint)) if !is_bare(endpoint) => Some(Provider::OpenAi),
+        (None, _) => None,
+    }
+}
+
+/// What `--dry-run` shows, computed without calling anything.
+///
+/// When the protocol is settled ([`known_provider`]) it is the one request a run sends:
+/// `provider`, `endpoint`, `url`, `authorization` and the `request` body. When a run would
+/// probe the server first, the probe's outcome is unknown, so both candidates are shown
+/// under `requests` (`openai` and `ollama`, each with `endpoint`, `url`, `authorization`
+/// and `request`) and `provider` says `auto (not probed)`. Without an endpoint, discovery
+/// picks the server, so the addresses are null and `note` says which ports are probed.
 pub fn dry_run(choice: &ModelChoice, request: &ChatRequest) -> serde_json::Value {
-    let provider = match choice.provider.as_deref() {
-        Some("ollama") => Provider::Ollama,
-        _ => Provider::OpenAi,
+    let candidate = |provider: Provider| {
+        let endpoint = choice.endpoint.as_deref().map(|endpoint| match provider {
+            Provider::Ollama => ollama_base(endpoint),
+            _ => openai_base(endpoint),
+        });
+        let url = endpoint.as_deref().map(|base| match provider {
+            Provider::Ollama => format!("{base}/api/chat"),
+            _ => format!("{base}/chat/completions"),
+        });
+        // Only the OpenAI-compatible client sends a key; the key itself is never shown.
+        let authorization = match (provider, choice.api_key_source.as_deref()) {
+            (Provider::OpenAi, Some(source)) if choice.api_key.is_some() => {
+                Some(format!("Bearer <{source}>"))
+            }
+            _ => None,
+        };
+        serde_json::json!({
+            "endpoint": endpoint,
+            "url": url,
+            "authorization": authorization,
+            "request": request_body(provider, request),
+        })
     };
-    let endpoint = choice.endpoint.as_deref().map(|endpoint| match provider {
-        Provider::Ollama => ollama_base(endpoint),
-        _ => openai_base(endpoint),
-    });
-    serde_json::json!({
-        "provider": provider.as_str(),
-        "endpoint": endpoint,
-        "request": request_body(provider, request),
-    })
+    let discovery_note = || {
+        let ports = choice
+            .ports()
+            .iter()
+            .map(|(port, name)| format!("{port} ({name})"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "no endpoint given: a run uses the first of these local ports that answers: {ports}"
+        )
+    };
+    let mut printed = if let Some(provider) = known_provider(choice) {
+        let mut printed = serde_json::json!({"provider": provider.as_str()});
+        if let (Some(fields), serde_json::Value::Object(more)) =
+            (printed.as_object_mut(), candidate(provider))
+        {
+            fields.extend(more);
+        }
+        printed
+    } else {
+        let probed = choice
+            .endpoint
+            .as_deref()
+            .map(|e| with_scheme(e.trim()).trim_end_matches('/').to_owned());
+        serde_json::json!({
+            "provider": "auto (not probed)",
+            "endpoint": probed,
+            "note": "a run first probes the server: one answering /api/version is Ollama and gets the `ollama` request, anything else the `openai` one",
+            "requests": {
+                "openai": candidate(Provider::OpenAi),
+                "ollama": candidate(Provider::Ollama),
+            },
+        })
+    };
+    if choice.endpoint.is_none() {
+        let mut note = discovery_note();
+        if choice.provider.is_none() {
+            note.push_str("; one answering /api/version is Ollama and gets the `ollama` request, any other the `openai` one");
+        }
+        printed["note"] = serde_json::Value::String(note);
+    }
+    printed
 }
 
 #[cfg(test)]
@@ -507,11 +622,116 @@ mod tests {
                 provider: provider.map(str::to_owned),
                 ..ModelChoice::default()
             };
-            ModelChoice::resolve(&flags, None, &env).endpoint
+            ModelChoice::resolve(&flags, None, &env).unwrap().endpoint
         };
         assert_eq!(with(None).as_deref(), Some("http://box:11434"));
         assert_eq!(with(Some("ollama")).as_deref(), Some("http://box:11434"));
         assert_eq!(with(Some("openai")).as_deref(), Some("http://box:11434/v1"));
+    }
+
+    #[test]
+    fn a_provider_typo_is_a_usage_error_naming_its_source() {
+        let env = |name: &str| (name == "LOCAL_TASK_PROVIDER").then(|| "olama".to_owned());
+        let error = ModelChoice::resolve(&ModelChoice::default(), None, &env).unwrap_err();
+        assert_eq!(error.kind(), "usage");
+        assert_eq!(error.exit_code(), 2);
+        assert!(error.to_string().contains("LOCAL_TASK_PROVIDER is `olama`"));
+
+        // The flag wins over the variable, so a good flag hides a bad variable.
+        let flags = ModelChoice {
+            provider: Some("ollama".to_owned()),
+            ..ModelChoice::default()
+        };
+        let choice = ModelChoice::resolve(&flags, None, &env).unwrap();
+        assert_eq!(choice.provider.as_deref(), Some("ollama"));
+    }
+
+    #[test]
+    fn openai_api_key_follows_only_openai_base_url() {
+        let resolve = |vars: &'static [(&'static str, &'static str)]| {
+            let env = move |name: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| (*v).to_owned())
+            };
+            let choice = ModelChoice::resolve(&ModelChoice::default(), None, &env).unwrap();
+            (choice.api_key, choice.api_key_source)
+        };
+        let key = |k: &str, s: &str| (Some(k.to_owned()), Some(s.to_owned()));
+        assert_eq!(resolve(&[("OPENAI_API_KEY", "sk")]), (None, None));
+        assert_eq!(
+            resolve(&[("OPENAI_API_KEY", "sk"), ("OLLAMA_HOST", "box")]),
+            (None, None)
+        );
+        assert_eq!(
+            resolve(&[("OPENAI_API_KEY", "sk"), ("LOCAL_TASK_ENDPOINT", "h:1")]),
+            (None, None)
+        );
+        assert_eq!(
+            resolve(&[
+                ("OPENAI_API_KEY", "sk"),
+                ("OPENAI_BASE_URL", "https://h/v1")
+            ]),
+            key("sk", "OPENAI_API_KEY")
+        );
+        // LOCAL_TASK_ENDPOINT wins over OPENAI_BASE_URL, and so the key stays home.
+        assert_eq!(
+            resolve(&[
+                ("OPENAI_API_KEY", "sk"),
+                ("OPENAI_BASE_URL", "https://h/v1"),
+                ("LOCAL_TASK_ENDPOINT", "h:1")
+            ]),
+            (None, None)
+        );
+        assert_eq!(
+            resolve(&[("LOCAL_TASK_API_KEY", "lk"), ("OLLAMA_HOST", "box")]),
+            key("lk", "LOCAL_TASK_API_KEY")
+        );
+    }
+
+    #[test]
+    fn dry_run_shows_one_request_only_when_nothing_would_be_probed() {
+        let request = ChatRequest {
+            model: "m".to_owned(),
+            messages: vec![crate::model::Message::user("hi")],
+            temperature: 0.2,
+            max_tokens: None,
+        };
+        let with = |endpoint: Option<&str>, provider: Option<&str>| {
+            let choice = ModelChoice {
+                endpoint: endpoint.map(str::to_owned),
+                provider: provider.map(str::to_owned),
+                ports: vec![(11434, "Ollama".to_owned())],
+                ..ModelChoice::default()
+            };
+            dry_run(&choice, &request)
+        };
+        let bare = with(Some("h:1"), None);
+        assert_eq!(bare["provider"], "auto (not probed)");
+        assert_eq!(bare["endpoint"], "http://h:1");
+        assert_eq!(bare["requests"]["ollama"]["url"], "http://h:1/api/chat");
+        assert_eq!(
+            bare["requests"]["openai"]["url"],
+            "http://h:1/v1/chat/completions"
+        );
+
+        let path = with(Some("h:1/v1"), None);
+        assert_eq!(path["provider"], "openai");
+        assert_eq!(path["url"], "http://h:1/v1/chat/completions");
+
+        let native = with(Some("h:1/v1"), Some("ollama"));
+        assert_eq!(native["provider"], "ollama");
+        assert_eq!(native["url"], "http://h:1/api/chat");
+        assert!(native["request"]["options"]["num_ctx"].is_u64());
+
+        let discovered = with(None, Some("openai"));
+        assert_eq!(discovered["provider"], "openai");
+        assert!(discovered["url"].is_null());
+        assert!(
+            discovered["note"]
+                .as_str()
+                .is_some_and(|note| note.contains("11434 (Ollama)"))
+        );
     }
 
     #[test]
@@ -530,7 +750,8 @@ mod tests {
             "OLLAMA_HOST" => Some("0.0.0.0:11434".to_owned()),
             _ => None,
         };
-        let choice = ModelChoice::resolve(&ModelChoice::default(), Some("spec-model"), &env);
+        let choice =
+            ModelChoice::resolve(&ModelChoice::default(), Some("spec-model"), &env).unwrap();
         assert_eq!(choice.model.as_deref(), Some("spec-model"));
         assert_eq!(choice.endpoint.as_deref(), Some("http://127.0.0.1:11434"));
 
@@ -539,11 +760,11 @@ mod tests {
             endpoint: Some("http://x:1".to_owned()),
             ..ModelChoice::default()
         };
-        let choice = ModelChoice::resolve(&flags, Some("spec-model"), &env);
+        let choice = ModelChoice::resolve(&flags, Some("spec-model"), &env).unwrap();
         assert_eq!(choice.model.as_deref(), Some("flag-model"));
         assert_eq!(choice.endpoint.as_deref(), Some("http://x:1"));
 
-        let choice = ModelChoice::resolve(&ModelChoice::default(), None, &env);
+        let choice = ModelChoice::resolve(&ModelChoice::default(), None, &env).unwrap();
         assert_eq!(choice.model.as_deref(), Some("env-model"));
     }
 }

@@ -1,6 +1,7 @@
 //! Talking to a model: the request and reply every provider shares, the fault classes, and
 //! the client that dispatches to a provider, retries transient faults and records exchanges.
 
+mod body;
 pub mod ollama;
 pub mod openai;
 pub mod recorded;

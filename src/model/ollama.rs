@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use super::openai::{check_status, http_client, seconds, send, transport_error, within_total};
-use super::{ChatReply, ChatRequest, Finish, Limits, ModelError, ModelErrorKind, TokenUsage};
+use super::{ChatReply, ChatRequest, Finish, Limits, ModelError, ModelErrorKind, TokenUsage, body};
 
 /// Tokens reserved for the reply when no `--max-tokens` is given: room for a whole file.
 pub const DEFAULT_REPLY_TOKENS: u64 = 4096;
@@ -71,13 +71,8 @@ impl Ollama {
             .send()
             .await
             .map_err(|e| transport_error(&url, &e))?;
-        let response = check_status(&url, response).await?;
-        response.json().await.map_err(|error| {
-            ModelError::new(
-                ModelErrorKind::MalformedStream,
-                format!("{url}: the answer is not JSON: {error}"),
-            )
-        })
+        let response = check_status(&url, response, &self.limits).await?;
+        body::read_json(&url, response, &self.limits, "the answer").await
     }
 
     pub async fn chat(&self, request: &ChatRequest) -> Result<ChatReply, ModelError> {

@@ -10,7 +10,7 @@ use eventsource_stream::{EventStreamError, Eventsource};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use super::{ChatReply, ChatRequest, Finish, Limits, ModelError, ModelErrorKind, TokenUsage};
+use super::{ChatReply, ChatRequest, Finish, Limits, ModelError, ModelErrorKind, TokenUsage, body};
 
 pub struct OpenAi {
     http: reqwest::Client,
@@ -50,13 +50,8 @@ impl OpenAi {
             .send()
             .await
             .map_err(|e| transport_error(&url, &e))?;
-        let response = check_status(&url, response).await?;
-        let body: Value = response.json().await.map_err(|error| {
-            ModelError::new(
-                ModelErrorKind::MalformedStream,
-                format!("{url}: the model list is not JSON: {error}"),
-            )
-        })?;
+        let response = check_status(&url, response, &self.limits).await?;
+        let body = body::read_json(&url, response, &self.limits, "the model list").await?;
         Ok(body["data"]
             .as_array()
             .map(|models| {
@@ -181,11 +176,8 @@ impl OpenAi {
         url: &str,
         response: reqwest::Response,
     ) -> Result<ChatReply, ModelError> {
-        let text = response
-            .text()
-            .await
-            .map_err(|error| transport_error(url, &error))?;
-        let body: Value = serde_json::from_str(&text).map_err(|error| {
+        let bytes = body::read(url, response, &self.limits).await?;
+        let body: Value = serde_json::from_slice(&bytes).map_err(|error| {
             ModelError::new(
                 ModelErrorKind::MalformedStream,
                 format!("{url}: the reply is neither a stream nor JSON: {error}"),
@@ -392,13 +384,14 @@ pub(crate) async fn send(
             )
         })?
         .map_err(|error| transport_error(url, &error))?;
-    check_status(url, response).await
+    check_status(url, response, limits).await
 }
 
 /// Turns a non-success status into the fault class it stands for, with the server's words.
 pub(crate) async fn check_status(
     url: &str,
     response: reqwest::Response,
+    limits: &Limits,
 ) -> Result<reqwest::Response, ModelError> {
     let status = response.status();
     if status.is_success() {
@@ -410,7 +403,7 @@ pub(crate) async fn check_status(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
-    let body = response.text().await.unwrap_or_default();
+    let body = body::read_error_text(response, limits).await;
     let server_says = serde_json::from_str::<Value>(&body).ok().map_or_else(
         || body.trim().to_owned(),
         |json| {

@@ -273,10 +273,13 @@ fn dry_run_prints_the_request_and_sends_nothing() {
     run.assert_code(0);
     let printed = run.json();
     assert_eq!(printed["dry_run"], true);
-    assert_eq!(printed["request"]["model"], "test-model");
-    assert_eq!(printed["request"]["stream"], true);
+    assert_eq!(
+        printed["requests"]["openai"]["request"]["model"],
+        "test-model"
+    );
+    assert_eq!(printed["requests"]["openai"]["request"]["stream"], true);
     assert!(
-        printed["request"]["messages"][1]["content"]
+        printed["requests"]["openai"]["request"]["messages"][1]["content"]
             .as_str()
             .unwrap()
             .contains("X = 1")
@@ -390,7 +393,7 @@ fn a_repository_template_overrides_the_built_in_one() {
         .arg("--dry-run")
         .run();
     run.assert_code(0);
-    let user = run.json()["request"]["messages"][1]["content"]
+    let user = run.json()["requests"]["openai"]["request"]["messages"][1]["content"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -422,7 +425,7 @@ fn a_template_flag_replaces_the_kind_template_and_errors_name_it() {
         .run();
     run.assert_code(0);
     assert_eq!(
-        run.json()["request"]["messages"][1]["content"],
+        run.json()["requests"]["openai"]["request"]["messages"][1]["content"],
         "MINE a.py\n"
     );
 
@@ -447,7 +450,7 @@ fn context_globs_are_expanded_and_bad_context_is_a_clear_error() {
         .arg("--dry-run")
         .run();
     run.assert_code(0);
-    let user = run.json()["request"]["messages"][1]["content"]
+    let user = run.json()["requests"]["openai"]["request"]["messages"][1]["content"]
         .as_str()
         .unwrap()
         .to_owned();

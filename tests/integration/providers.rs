@@ -204,6 +204,181 @@ fn dry_run_shows_the_native_request() {
     assert!(run.requests.is_empty());
 }
 
+#[test]
+fn dry_run_with_a_bare_endpoint_shows_both_candidates_and_probes_nothing() {
+    // A real run would probe this server (it is Ollama) and speak the native API; a dry
+    // run calls nothing, so it shows both requests the probe could lead to.
+    let run = Test::new()
+        .ollama()
+        .spec(spec("a.txt", &json!({})))
+        .arg("--dry-run")
+        .run();
+    run.assert_code(0);
+    assert!(run.requests.is_empty());
+    let printed = run.json();
+    assert_eq!(printed["provider"], "auto (not probed)");
+    assert!(printed.get("request").is_none(), "{printed}");
+    let openai = &printed["requests"]["openai"];
+    let ollama = &printed["requests"]["ollama"];
+    assert!(
+        openai["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/v1/chat/completions")
+    );
+    assert_eq!(openai["request"]["stream"], true);
+    assert!(ollama["url"].as_str().unwrap().ends_with("/api/chat"));
+    assert!(ollama["request"]["options"]["num_ctx"].as_u64().unwrap() >= 4096);
+    assert_eq!(openai["request"]["messages"], ollama["request"]["messages"]);
+
+    // No endpoint at all: discovery decides, and the note names the ports it probes.
+    let run = Test::new()
+        .discovery(&[])
+        .spec(spec("a.txt", &json!({})))
+        .arg("--dry-run")
+        .run();
+    run.assert_code(0);
+    assert!(run.requests.is_empty());
+    let printed = run.json();
+    assert_eq!(printed["provider"], "auto (not probed)");
+    assert_eq!(printed["requests"]["ollama"]["url"], Value::Null);
+    assert!(
+        printed["note"].as_str().unwrap().contains("local ports"),
+        "{printed}"
+    );
+}
+
+#[test]
+fn dry_run_with_a_known_protocol_shows_the_one_request_and_url() {
+    // An API path names the OpenAI-compatible protocol: no probe would happen. The key is
+    // named by its source, never shown.
+    let run = Test::new()
+        .endpoint("http://127.0.0.1:9/v1")
+        .env("LOCAL_TASK_API_KEY", "sekrit-key-123")
+        .spec(spec("a.txt", &json!({})))
+        .arg("--dry-run")
+        .run();
+    run.assert_code(0);
+    let printed = run.json();
+    assert_eq!(printed["provider"], "openai");
+    assert_eq!(printed["url"], "http://127.0.0.1:9/v1/chat/completions");
+    assert_eq!(printed["authorization"], "Bearer <LOCAL_TASK_API_KEY>");
+    assert_eq!(printed["request"]["stream"], true);
+    assert!(printed.get("requests").is_none(), "{printed}");
+    assert!(!run.stdout.contains("sekrit"), "{}", run.stdout);
+
+    // The provider from the environment settles it too.
+    let run = Test::new()
+        .env("LOCAL_TASK_PROVIDER", "ollama")
+        .spec(spec("a.txt", &json!({})))
+        .arg("--dry-run")
+        .run();
+    run.assert_code(0);
+    let printed = run.json();
+    assert_eq!(printed["provider"], "ollama");
+    assert!(printed["url"].as_str().unwrap().ends_with("/api/chat"));
+    assert_eq!(printed["authorization"], Value::Null);
+    assert!(run.requests.is_empty());
+}
+
+#[test]
+fn a_bad_provider_variable_is_bad_input_for_runs_and_models() {
+    let run = Test::new()
+        .spec(spec("a.txt", &json!({})))
+        .env("LOCAL_TASK_PROVIDER", "olama")
+        .run();
+    let error = run.assert_error(2, "usage");
+    assert!(
+        error.message.contains("LOCAL_TASK_PROVIDER"),
+        "{}",
+        error.message
+    );
+    assert!(error.message.contains("`olama`"), "{}", error.message);
+    assert!(
+        error.message.contains("auto, openai, ollama"),
+        "{}",
+        error.message
+    );
+    assert!(run.requests.is_empty());
+    run.assert_unchanged();
+
+    // `models` reports it the same way (not through clap's wording for a flag).
+    let run = Test::new()
+        .env("LOCAL_TASK_PROVIDER", "olama")
+        .run_with(|_| vec!["models".to_owned(), "--json".to_owned()]);
+    run.assert_code(2);
+    let printed = run.json();
+    assert_eq!(printed["error"]["kind"], "usage");
+    assert_eq!(printed["error"]["message"], error.message.as_str());
+    assert!(run.requests.is_empty());
+}
+
+#[test]
+fn openai_api_key_goes_only_to_the_openai_base_url_server() {
+    let authorizations = |run: &Run| {
+        run.requests
+            .iter()
+            .map(|r| r.headers.get("authorization").cloned())
+            .collect::<Vec<_>>()
+    };
+    // The endpoint is LOCAL_TASK_ENDPOINT: the hosted service's key stays home.
+    let run = Test::new()
+        .spec(spec("a.txt", &json!({})))
+        .script(Script::code("a.txt", "x\n"))
+        .env("OPENAI_API_KEY", "sk-hosted")
+        .run();
+    run.assert_code(0);
+    assert!(authorizations(&run).iter().all(Option::is_none));
+
+    // The same through OLLAMA_HOST.
+    let run = Test::new()
+        .ollama()
+        .server_url_in("OLLAMA_HOST")
+        .spec(spec("a.txt", &json!({})))
+        .script(Script::code("a.txt", "x\n"))
+        .env("OPENAI_API_KEY", "sk-hosted")
+        .args(&["--provider", "openai"])
+        .run();
+    run.assert_code(0);
+    assert!(authorizations(&run).iter().all(Option::is_none));
+
+    // The endpoint is OPENAI_BASE_URL: its key goes with it.
+    let run = Test::new()
+        .server_url_in("OPENAI_BASE_URL")
+        .spec(spec("a.txt", &json!({})))
+        .script(Script::code("a.txt", "x\n"))
+        .env("OPENAI_API_KEY", "sk-hosted")
+        .run();
+    run.assert_code(0);
+    let sent = authorizations(&run);
+    assert!(!sent.is_empty());
+    assert!(
+        sent.iter()
+            .all(|a| a.as_deref() == Some("Bearer sk-hosted")),
+        "{sent:?}"
+    );
+
+    // LOCAL_TASK_API_KEY goes to whatever endpoint is used.
+    let run = Test::new()
+        .spec(spec("a.txt", &json!({})))
+        .script(Script::code("a.txt", "x\n"))
+        .env("LOCAL_TASK_API_KEY", "local-key")
+        .env("OPENAI_API_KEY", "sk-hosted")
+        .run();
+    run.assert_code(0);
+    let sent = authorizations(&run);
+    assert!(
+        sent.iter()
+            .any(|a| a.as_deref() == Some("Bearer local-key")),
+        "{sent:?}"
+    );
+    assert!(
+        !sent
+            .iter()
+            .any(|a| a.as_deref() == Some("Bearer sk-hosted"))
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Truncation and usage, both protocols
 // ---------------------------------------------------------------------------------------
@@ -385,6 +560,39 @@ fn a_reply_that_never_ends_is_cut_at_the_size_cap() {
         );
         assert_fault(&run, "reply_too_large");
     }
+}
+
+#[test]
+fn a_reply_without_streaming_is_read_under_the_size_cap() {
+    // Some servers ignore `stream: true` and answer one JSON document: it is accepted...
+    let whole = |text: &str| {
+        json!({"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]})
+            .to_string()
+    };
+    let run = Test::new()
+        .spec(spec("a.txt", &json!({})))
+        .script(Script::status(200, &whole("```\nx\n```\n")))
+        .run();
+    run.assert_code(0);
+    assert_eq!(run.read("a.txt").as_deref(), Some("x\n"));
+
+    // ...but read under the same cap as a stream.
+    let run = Test::new()
+        .spec(spec("a.txt", &json!({})))
+        .script(Script::status(200, &whole(&"x".repeat(100_000))))
+        .args(&["--max-reply-bytes", "10000", "--retries", "0"])
+        .run();
+    let message = assert_fault(&run, "reply_too_large");
+    assert!(message.contains("10000"), "{message}");
+
+    // The model list too.
+    let run = Test::new()
+        .spec(spec("a.txt", &json!({})))
+        .env("LOCAL_TASK_MODEL", "")
+        .args(&["--provider", "openai", "--max-reply-bytes", "16"])
+        .run();
+    let message = assert_fault(&run, "reply_too_large");
+    assert!(message.contains("/v1/models"), "{message}");
 }
 
 #[test]
@@ -723,6 +931,51 @@ fn models_probes_a_named_endpoint() {
     assert_eq!(reports[0]["provider"], "openai");
     assert!(reports[0]["endpoint"].as_str().unwrap().ends_with("/v1"));
     assert_eq!(reports[0]["models"], json!(["a", "b"]));
+}
+
+#[test]
+fn models_probes_the_server_a_run_would_use() {
+    // OLLAMA_HOST names the server; discovery's ports have nothing. A run would use
+    // OLLAMA_HOST, so `models` must too.
+    let closed = port_of(&closed_port_url()).to_string();
+    let run = Test::new()
+        .ollama()
+        .server_url_in("OLLAMA_HOST")
+        .env("LOCAL_TASK_DISCOVERY_PORTS", &closed)
+        .run_with(|_| vec!["models".to_owned(), "--json".to_owned()]);
+    run.assert_code(0);
+    let reports = run.json();
+    let reports = reports.as_array().expect("a list of servers");
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0]["reachable"], true);
+    assert_eq!(reports[0]["provider"], "ollama");
+}
+
+#[test]
+fn rollback_takes_a_lock_timeout_and_options_before_a_subcommand_are_named() {
+    let run = Test::new().run_with(|_| {
+        ["rollback", "--lock-timeout", "5", "--last"]
+            .map(str::to_owned)
+            .to_vec()
+    });
+    run.assert_code(2);
+    assert_eq!(run.json()["error"]["kind"], "rollback", "{}", run.stdout);
+
+    // A run option before the subcommand: a clear usage error, not a spec called
+    // `rollback`.
+    for args in [
+        &["-q", "rollback", "20261120T221210529Z-0dbe"][..],
+        &["--quiet", "models"][..],
+    ] {
+        let run = Test::new().run_with(|_| args.iter().map(|a| (*a).to_owned()).collect());
+        let error = run.assert_error(2, "usage");
+        assert!(
+            error.message.contains("is a subcommand") && error.message.contains(args[1]),
+            "{}",
+            error.message
+        );
+        assert!(run.stderr.contains("is a subcommand"), "{}", run.stderr);
+    }
 }
 
 // ---------------------------------------------------------------------------------------

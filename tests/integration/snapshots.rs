@@ -23,7 +23,7 @@ fn prompt_of(kind: &str) -> String {
         .arg("--dry-run")
         .run();
     run.assert_code(0);
-    let request = &run.json()["request"];
+    let request = &run.json()["requests"]["openai"]["request"];
     request["messages"]
         .as_array()
         .unwrap()
@@ -67,7 +67,7 @@ fn prompt_for_several_new_files() {
         .run();
     run.assert_code(0);
     insta::assert_snapshot!(
-        run.json()["request"]["messages"][1]["content"]
+        run.json()["requests"]["openai"]["request"]["messages"][1]["content"]
             .as_str()
             .unwrap()
     );

@@ -1,0 +1,95 @@
+//! Reading a whole (non-streamed) response body under the same limits as a stream.
+//!
+//! A model list, a server that ignores `stream: true`, or an error page can be as endless
+//! or as stalled as any stream, so every body is read chunk by chunk with the size cap
+//! (`max_reply_bytes`) and the idle timeout, never with `Response::text()` or `json()`.
+
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use super::openai::{seconds, transport_error};
+use super::{Limits, ModelError, ModelErrorKind};
+
+/// How much of an error response is kept: enough for the server's own words.
+const ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// The whole body, or the fault that stopped it: `reply_too_large` past the size cap,
+/// `idle_timeout` when it stalls, `stream_cut` when the connection breaks.
+pub(crate) async fn read(
+    url: &str,
+    response: reqwest::Response,
+    limits: &Limits,
+) -> Result<Vec<u8>, ModelError> {
+    let mut chunks = response.bytes_stream();
+    let mut body = Vec::new();
+    loop {
+        let next = tokio::time::timeout(limits.idle, chunks.next())
+            .await
+            .map_err(|_| {
+                ModelError::new(
+                    ModelErrorKind::IdleTimeout,
+                    format!(
+                        "{url}: the answer stalled for {} after {} bytes",
+                        seconds(limits.idle),
+                        body.len()
+                    ),
+                )
+            })?;
+        let Some(chunk) = next else {
+            return Ok(body);
+        };
+        let chunk = chunk.map_err(|error| {
+            ModelError::new(
+                ModelErrorKind::StreamCut,
+                format!(
+                    "{url}: the answer broke off after {} bytes: {}",
+                    body.len(),
+                    transport_error(url, &error).message
+                ),
+            )
+        })?;
+        if body.len() + chunk.len() > limits.max_reply_bytes {
+            return Err(ModelError::new(
+                ModelErrorKind::ReplyTooLarge,
+                format!(
+                    "{url}: the answer passed {} bytes without ending",
+                    limits.max_reply_bytes
+                ),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+}
+
+/// The body as JSON; `what` names it in the error ("the model list").
+pub(crate) async fn read_json(
+    url: &str,
+    response: reqwest::Response,
+    limits: &Limits,
+    what: &str,
+) -> Result<Value, ModelError> {
+    let bytes = read(url, response, limits).await?;
+    serde_json::from_slice(&bytes).map_err(|error| {
+        ModelError::new(
+            ModelErrorKind::MalformedStream,
+            format!("{url}: {what} is not JSON: {error}"),
+        )
+    })
+}
+
+/// As much of an error response's text as arrives in time, cut to a readable size: the
+/// status already says what went wrong, so a stalled or endless error body must not turn
+/// it into a different fault.
+pub(crate) async fn read_error_text(response: reqwest::Response, limits: &Limits) -> String {
+    let cap = ERROR_BODY_BYTES.min(limits.max_reply_bytes);
+    let mut chunks = response.bytes_stream();
+    let mut body = Vec::new();
+    while body.len() < cap {
+        match tokio::time::timeout(limits.idle, chunks.next()).await {
+            Ok(Some(Ok(chunk))) => body.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    body.truncate(cap);
+    String::from_utf8_lossy(&body).into_owned()
+}
