@@ -225,6 +225,8 @@ impl RunArgs {
 
 /// The whole program: parse, run, print, exit.
 pub fn run() -> ExitCode {
+    // First, while the process has a single thread: reading the umask briefly sets it.
+    crate::write::capture_umask();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) if !error.use_stderr() => {
