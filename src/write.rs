@@ -349,6 +349,11 @@ impl Journal {
                 done.removed_dirs.push(dir.clone());
             }
         }
+        // A directory removed here is not the run's any more: a later rollback must not
+        // remove one of that name the user makes meanwhile (a later write records it again).
+        self.manifest
+            .created_dirs
+            .retain(|dir| !done.removed_dirs.contains(dir));
         self.manifest.rolled_back = rolled_back;
         self.save_manifest()?;
         Ok(done)
@@ -769,12 +774,24 @@ mod tests {
         assert_eq!(done.restored, ["old.txt"]);
         assert_eq!(done.removed, ["a/b/c.txt"]);
         assert_eq!(done.removed_dirs, ["a/b", "a"]);
+        assert!(journal.manifest().created_dirs.is_empty());
         assert_eq!(
             fs::read_to_string(dir.path().join("old.txt")).unwrap(),
             "old\n"
         );
         assert!(!dir.path().join("a").exists());
         assert!(!journal.has_writes());
+
+        // Put back already: a second restore leaves the user's new files and directories.
+        fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        fs::write(dir.path().join("old.txt"), "committed since\n").unwrap();
+        let again = journal.restore().unwrap();
+        assert!(again.restored.is_empty() && again.removed_dirs.is_empty());
+        assert!(dir.path().join("a/b").is_dir());
+        assert_eq!(
+            fs::read_to_string(dir.path().join("old.txt")).unwrap(),
+            "committed since\n"
+        );
 
         // The saved manifest reads back as what the journal holds.
         let reopened = Journal::open(&repo, "R1").unwrap();
