@@ -233,6 +233,8 @@ impl RunArgs {
 
 /// The whole program: parse, run, print, exit.
 pub fn run() -> ExitCode {
+    // First, while the process has a single thread: reading the umask briefly sets it.
+    crate::write::capture_umask();
     let args: Vec<OsString> = std::env::args_os().collect();
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) if cli.command.is_none() && cli.run.spec.as_deref().is_some_and(is_subcommand) => {

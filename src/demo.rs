@@ -29,10 +29,32 @@ pub struct DemoSetup {
 }
 
 /// Creates the example repository (one commit) and its spec under `dir`.
+///
+/// `dir` may be one the user gave (`--dir`): the demo never re-initialises, overwrites or
+/// commits anything of theirs, so `dir/repo` and `dir/demo-spec.json` must not exist yet.
 pub fn prepare(dir: &Path) -> Result<DemoSetup> {
     let repo_dir = dir.join("repo");
-    std::fs::create_dir_all(&repo_dir)
-        .map_err(|error| Error::io("create directory", &repo_dir, error))?;
+    let spec_path = dir.join("demo-spec.json");
+    let taken = |path: &Path| {
+        Error::Usage(format!(
+            "demo: {} already exists; the demo only creates `repo/` and `demo-spec.json` and never overwrites anything, so give --dir a directory without them (or an empty or new one)",
+            path.display()
+        ))
+    };
+    // `symlink_metadata`: a dangling symlink there is something too.
+    if std::fs::symlink_metadata(&spec_path).is_ok() {
+        return Err(taken(&spec_path));
+    }
+    std::fs::create_dir_all(dir).map_err(|error| Error::io("create directory", dir, error))?;
+    // `create_dir`, not `create_dir_all`: it fails when `repo` exists, with no window
+    // between a check and the creation.
+    std::fs::create_dir(&repo_dir).map_err(|error| {
+        if error.kind() == std::io::ErrorKind::AlreadyExists {
+            taken(&repo_dir)
+        } else {
+            Error::io("create directory", &repo_dir, error)
+        }
+    })?;
     let git = git2::Repository::init(&repo_dir).map_err(|error| Error::Repo {
         path: repo_dir.clone(),
         message: format!("cannot create the demo repository: {}", error.message()),
@@ -45,8 +67,18 @@ pub fn prepare(dir: &Path) -> Result<DemoSetup> {
         path: repo_dir.clone(),
         message: format!("cannot commit the demo files: {}", error.message()),
     })?;
-    let spec_path = dir.join("demo-spec.json");
-    std::fs::write(&spec_path, SPEC).map_err(|error| Error::io("write", &spec_path, error))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&spec_path)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, SPEC.as_bytes()))
+        .map_err(|error| {
+            if error.kind() == std::io::ErrorKind::AlreadyExists {
+                taken(&spec_path)
+            } else {
+                Error::io("write", &spec_path, error)
+            }
+        })?;
     Ok(DemoSetup {
         spec_path,
         repo_dir,
@@ -55,7 +87,10 @@ pub fn prepare(dir: &Path) -> Result<DemoSetup> {
 
 fn commit_all(git: &git2::Repository) -> std::result::Result<(), git2::Error> {
     let mut index = git.index()?;
-    index.add_all(["*"], git2::IndexAddOption::DEFAULT, None)?;
+    // Only the demo's own files: nothing else is ever staged or committed.
+    for (name, _) in REPO_FILES {
+        index.add_path(Path::new(name))?;
+    }
     index.write()?;
     let tree = git.find_tree(index.write_tree()?)?;
     // A fixed identity: the demo must not depend on the user's git configuration.

@@ -31,11 +31,10 @@ pub enum Error {
     #[error("unsafe path `{path}`: {reason}")]
     UnsafePath { path: String, reason: String },
 
-    /// An output file has uncommitted changes and `--force` was not given.
-    #[error(
-        "`{path}` has uncommitted changes; commit or stash them first, or pass --force to overwrite it (its bytes are backed up either way)"
-    )]
-    DirtyTarget { path: String },
+    /// An output file has uncommitted changes, or is ignored by git, and `--force` was not
+    /// given.
+    #[error("{}", dirty_target_message(path, *ignored))]
+    DirtyTarget { path: String, ignored: bool },
 
     /// An output file changed behind the run's back (another run or an editor wrote it);
     /// writing or restoring it would lose that change.
@@ -70,6 +69,18 @@ pub enum Error {
     /// The model server could not be used.
     #[error(transparent)]
     Model(#[from] ModelError),
+}
+
+fn dirty_target_message(path: &str, ignored: bool) -> String {
+    if ignored {
+        format!(
+            "`{path}` exists and is ignored by git, so git can neither show nor undo overwriting it; pass --force to overwrite it anyway (its bytes are backed up and `execute-local-task rollback` restores them), or choose another output file"
+        )
+    } else {
+        format!(
+            "`{path}` has uncommitted changes; commit or stash them first, or pass --force to overwrite it (its bytes are backed up either way)"
+        )
+    }
 }
 
 impl Error {

@@ -14,7 +14,7 @@ use crate::language;
 use crate::lock;
 use crate::model::{ChatReply, ChatRequest, Finish, Limits, Message};
 use crate::prompt::{self, OutputView, RepairView, Templates};
-use crate::repo::Repo;
+use crate::repo::{Repo, TargetStatus};
 use crate::result::{
     Attempt, ErrorInfo, FileAction, FileChange, ModelInfo, Outcome, SCHEMA_VERSION, Status,
     TaskResult, TestReport, Usage,
@@ -194,6 +194,11 @@ struct Target {
     /// Something (a file or a symlink) stands at the path.
     exists: bool,
     before: Option<String>,
+    /// The path relative to the root with every directory symlink resolved: what git
+    /// knows the file by, and what tells two names of one file apart.
+    real: PathBuf,
+    /// The target of the symlink standing at the path, which the run replaces.
+    link: Option<String>,
 }
 
 /// Why an attempt did not succeed, in the words the repair prompt and the result use.
@@ -343,6 +348,7 @@ async fn run_task(
                     .await?
                     {
                         TestVerdict::Passed(test) => {
+                            attempt.notes.extend(replaced_link_notes(&targets, &files));
                             state.attempts.push(attempt);
                             let changes = file_changes(&journal, &targets, &files);
                             let summary = success_summary(&changes, test.as_ref(), n, max_attempts);
@@ -427,9 +433,12 @@ fn open_repo(options: &RunOptions) -> Result<Repo> {
     Repo::discover(&start)
 }
 
-/// The output files as they are now; refuses paths that resolve outside the repository.
+/// The output files as they are now; refuses paths that resolve outside the repository,
+/// and two outputs that are one file (or a file and a directory holding another) through
+/// a symlink, before any model call.
 fn read_targets(bounds: &guard::Bounds, spec: &TaskSpec) -> Result<Vec<Target>> {
-    spec.outputs
+    let targets = spec
+        .outputs
         .iter()
         .map(|path| {
             let unsafe_path = |reason: String| Error::UnsafePath {
@@ -455,13 +464,47 @@ fn read_targets(bounds: &guard::Bounds, spec: &TaskSpec) -> Result<Vec<Target>> 
                     ));
                 }
             };
+            let real = location.parent().join(&location.name);
+            let link = if location.existing == guard::Existing::Symlink {
+                let shown = bounds.root().join(&real);
+                let target = std::fs::read_link(&shown)
+                    .map_err(|error| Error::io("read symlink", &shown, error))?;
+                Some(target.to_string_lossy().into_owned())
+            } else {
+                None
+            };
             Ok(Target {
                 path: path.clone(),
                 exists: location.existing != guard::Existing::Nothing,
                 before,
+                real,
+                link,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    for (index, target) in targets.iter().enumerate() {
+        for other in &targets[..index] {
+            let same = target.real == other.real;
+            if same || target.real.starts_with(&other.real) || other.real.starts_with(&target.real)
+            {
+                return Err(Error::spec(
+                    &spec.source,
+                    Some(&format!("output_files[{index}]")),
+                    format!(
+                        "`{}` and `{}` {} (through a symlink); list each file once",
+                        target.path,
+                        other.path,
+                        if same {
+                            "are the same file"
+                        } else {
+                            "are a file and a directory holding the other"
+                        }
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(targets)
 }
 
 fn output_views(targets: &[Target], language: &str) -> Vec<OutputView> {
@@ -493,11 +536,15 @@ fn fence_language(path: &str, language: &str, outputs: usize) -> String {
 
 fn check_clean_targets(repo: &Repo, targets: &[Target]) -> Result<()> {
     for target in targets.iter().filter(|t| t.exists) {
-        if repo.has_uncommitted_changes(&target.path)? {
-            return Err(Error::DirtyTarget {
-                path: target.path.clone(),
-            });
-        }
+        let ignored = match repo.target_status(&target.real)? {
+            TargetStatus::Clean => continue,
+            TargetStatus::Uncommitted => false,
+            TargetStatus::Ignored => true,
+        };
+        return Err(Error::DirtyTarget {
+            path: target.path.clone(),
+            ignored,
+        });
     }
     Ok(())
 }
@@ -769,11 +816,11 @@ fn file_changes(
     files
         .iter()
         .map(|(path, code)| {
-            let before = targets
-                .iter()
-                .find(|t| &t.path == path)
-                .and_then(|t| t.before.as_deref());
+            let target = targets.iter().find(|t| &t.path == path);
+            let before = target.and_then(|t| t.before.as_deref());
             let action = match before {
+                // A symlink stood there: the run replaced it (see `replaced_link_notes`).
+                None if target.is_some_and(|t| t.link.is_some()) => FileAction::Modified,
                 None => FileAction::Created,
                 Some(old) if old == code => FileAction::Unchanged,
                 Some(_) => FileAction::Modified,
@@ -798,13 +845,32 @@ fn file_changes(
                 bytes: code.len() as u64,
                 lines_added: added,
                 lines_removed: removed,
-                backup: journal.backup_path(path).map(|p| p.display().to_string()),
+                backup: journal
+                    .written_backup_path(path)
+                    .map(|p| p.display().to_string()),
                 diff: diff
                     .unified_diff()
                     .context_radius(3)
                     .header(&old_header, &format!("b/{path}"))
                     .to_string(),
             }
+        })
+        .collect()
+}
+
+/// Notes for the outputs that were symlinks: the result says the link was replaced (its
+/// backup is null because a link has no bytes; `rollback` puts the link back).
+fn replaced_link_notes(targets: &[Target], files: &[(String, String)]) -> Vec<String> {
+    targets
+        .iter()
+        .filter(|t| files.iter().any(|(path, _)| path == &t.path))
+        .filter_map(|t| {
+            t.link.as_ref().map(|link| {
+                format!(
+                    "`{}` was a symlink to `{link}`; it was replaced by a regular file, not written through (`rollback` restores the symlink)",
+                    t.path
+                )
+            })
         })
         .collect()
 }
@@ -881,11 +947,15 @@ mod tests {
                 path: "a.py".to_owned(),
                 exists: false,
                 before: None,
+                real: PathBuf::from("a.py"),
+                link: None,
             },
             Target {
                 path: "README.md".to_owned(),
                 exists: true,
                 before: Some("old\n".to_owned()),
+                real: PathBuf::from("README.md"),
+                link: None,
             },
         ];
         let files = [

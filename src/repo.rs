@@ -5,6 +5,18 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::result::GitInfo;
 
+/// What git knows about an existing output file, for the `--force` check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetStatus {
+    /// Committed and unchanged: `git diff` shows the run's change and `git checkout` undoes it.
+    Clean,
+    /// Modified, staged, untracked, or unknown to git: overwriting would lose work git
+    /// cannot give back.
+    Uncommitted,
+    /// Ignored by git (a `.env`, a build output): git can neither show nor restore it.
+    Ignored,
+}
+
 pub struct Repo {
     /// Canonical working-tree root: every relative path is resolved against it.
     root: PathBuf,
@@ -70,14 +82,23 @@ impl Repo {
         target.strip_prefix("refs/heads/").map(str::to_owned)
     }
 
-    /// True when the file differs from what is committed and staged (modified, staged,
-    /// or untracked). Ignored files count as clean: git cannot show their change either way.
-    pub fn has_uncommitted_changes(&self, relative: &str) -> Result<bool> {
-        match self.git.status_file(Path::new(relative)) {
-            Ok(status) => Ok(!(status.is_empty() || status.contains(git2::Status::IGNORED))),
-            Err(error) if error.code() == git2::ErrorCode::NotFound => Ok(false),
+    /// Whether git can show and undo a change to the existing file at `real_relative`.
+    ///
+    /// `real_relative` must be the path with every directory symlink resolved (the guard's
+    /// location): git knows a file only by its real path, and asked about `link/x.py` it
+    /// answers "not found" for `src/x.py` behind it. For the same reason a file git still
+    /// says it does not know is treated as changed, never as clean: the caller only asks
+    /// about files that exist.
+    pub fn target_status(&self, real_relative: &Path) -> Result<TargetStatus> {
+        match self.git.status_file(real_relative) {
+            Ok(status) if status.is_empty() => Ok(TargetStatus::Clean),
+            Ok(status) if status.contains(git2::Status::IGNORED) => Ok(TargetStatus::Ignored),
+            Ok(_) => Ok(TargetStatus::Uncommitted),
+            Err(error) if error.code() == git2::ErrorCode::NotFound => {
+                Ok(TargetStatus::Uncommitted)
+            }
             Err(error) => Err(Error::Repo {
-                path: self.root.join(relative),
+                path: self.root.join(real_relative),
                 message: format!("cannot read git status: {}", error.message()),
             }),
         }

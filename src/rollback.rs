@@ -56,6 +56,14 @@ pub async fn rollback(
             message: "was already rolled back".to_owned(),
         });
     }
+    if !journal.has_writes() {
+        // A run that did not succeed undid its own writes: restoring its backups now would
+        // overwrite whatever the files hold since.
+        return Err(Error::Rollback {
+            run_id,
+            message: "has nothing to undo: the run left no file changed (a run that does not succeed puts back what it wrote)".to_owned(),
+        });
+    }
     let changed = journal.changed_since_written();
     if !changed.is_empty() && !force {
         return Err(Error::Rollback {

@@ -250,6 +250,18 @@ fn validate(path: &Path, document: SpecDocument) -> Result<TaskSpec> {
                         format!("`{normalized}` is listed twice"),
                     ));
                 }
+                // One path cannot be both a file to write and a directory holding another.
+                if let Some(other) = outputs.iter().find(|other| {
+                    Path::new(&normalized).starts_with(other.as_str())
+                        || Path::new(other.as_str()).starts_with(&normalized)
+                }) {
+                    return Err(field_error(
+                        &format!("output_files[{index}]"),
+                        format!(
+                            "`{normalized}` and `{other}` cannot both be output files: one would have to be a file and a directory at once"
+                        ),
+                    ));
+                }
                 outputs.push(normalized);
             }
             outputs

@@ -31,8 +31,45 @@ use crate::repo::Repo;
 
 const MANIFEST: &str = "manifest.json";
 
-/// The mode of a file the run creates.
-const NEW_FILE_MODE: u32 = 0o644;
+/// The permission bits of the process umask, read once (see [`capture_umask`]).
+static UMASK: OnceLock<u32> = OnceLock::new();
+
+/// Reads the process umask and keeps it for every file a run creates.
+///
+/// POSIX can only read the umask by setting it: `umask(m)` returns the old value, which is
+/// then put back. The mask is process-wide, so between the two calls another thread
+/// creating a file would get `m`: this must run at startup, before any thread exists
+/// (the command line calls it first thing). `m` is the restrictive 0o077 so that even then
+/// nothing could be created more open than intended.
+pub fn capture_umask() {
+    UMASK.get_or_init(|| {
+        let old = nix::sys::stat::umask(Mode::from_bits_truncate(0o077));
+        nix::sys::stat::umask(old);
+        #[allow(clippy::useless_conversion)] // `mode_t` is u16 on some platforms.
+        u32::from(old.bits())
+    });
+}
+
+/// The mode of a file the run creates: 0o666 less the umask, as any editor or `touch`
+/// would make it. Made with an explicit mode (the temp file is renamed into place), so
+/// the kernel does not apply the umask by itself.
+fn new_file_mode() -> u32 {
+    let umask = UMASK.get_or_init(|| {
+        // Not captured at startup (the library used on its own, or unit tests running in
+        // threads): read it without changing it where the kernel tells (Linux), else
+        // assume the usual 0o022.
+        fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| {
+                status.lines().find_map(|line| {
+                    let value = line.strip_prefix("Umask:")?;
+                    u32::from_str_radix(value.trim(), 8).ok()
+                })
+            })
+            .unwrap_or(0o022)
+    });
+    0o666 & !umask
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
@@ -150,12 +187,14 @@ impl Journal {
         &self.manifest
     }
 
-    /// The absolute path of a file's backup, when it had previous bytes.
-    pub fn backup_path(&self, relative: &str) -> Option<PathBuf> {
+    /// The absolute path of a file's backup, when it had previous bytes and the run's
+    /// current state wrote it. An entry an earlier attempt wrote and then restored has a
+    /// backup too, but the file holds its own bytes again: no backup of it is in play.
+    pub fn written_backup_path(&self, relative: &str) -> Option<PathBuf> {
         self.manifest
             .files
             .iter()
-            .find(|e| e.path == relative)
+            .find(|e| e.path == relative && e.written.is_some())
             .and_then(|entry| match &entry.prior {
                 Prior::File { backup, .. } => Some(self.dir.join(backup)),
                 _ => None,
@@ -215,13 +254,18 @@ impl Journal {
         let (parent, parent_path) = self.create_missing_dirs(base, &location)?;
         let mode = match &self.manifest.files[index].prior {
             Prior::File { mode, .. } => *mode,
-            _ => NEW_FILE_MODE,
+            _ => new_file_mode(),
         };
         self.replace(&parent, &parent_path, &location.name, bytes, mode)
     }
 
-    /// Puts every file back as it was before the run and removes the directories the run
-    /// created that are empty, keeping the journal so the run can write again.
+    /// Puts every file the run's current state wrote back as it was before the run and
+    /// removes the directories the run created that are empty, keeping the journal so the
+    /// run can write again.
+    ///
+    /// Entries whose `written` is None were restored already (by an earlier attempt's
+    /// restore): their file holds its own bytes again and may have been edited and committed
+    /// since, so they are left alone.
     ///
     /// Unconditional: between attempts the files may differ from what the run wrote because
     /// its own test command reformatted them. `rollback` checks for others' edits first
@@ -241,6 +285,9 @@ impl Journal {
         let mut done = Restored::default();
         for index in (0..self.manifest.files.len()).rev() {
             let entry = self.manifest.files[index].clone();
+            if entry.written.is_none() {
+                continue;
+            }
             let location = self.locate(&entry.path)?;
             match &entry.prior {
                 Prior::Absent => {
@@ -302,17 +349,24 @@ impl Journal {
                 done.removed_dirs.push(dir.clone());
             }
         }
+        // A directory removed here is not the run's any more: a later rollback must not
+        // remove one of that name the user makes meanwhile (a later write records it again).
+        self.manifest
+            .created_dirs
+            .retain(|dir| !done.removed_dirs.contains(dir));
         self.manifest.rolled_back = rolled_back;
         self.save_manifest()?;
         Ok(done)
     }
 
-    /// The paths that hold neither what the run wrote nor what was there before it: undoing
-    /// the run would lose those changes.
+    /// The paths the run still has written that hold neither what the run wrote nor what
+    /// was there before it: undoing the run would lose those changes. Files the run already
+    /// put back are not the run's any more and are never looked at.
     pub fn changed_since_written(&self) -> Vec<String> {
         self.manifest
             .files
             .iter()
+            .filter(|entry| entry.written.is_some())
             .filter(|entry| {
                 let Ok(current) = self.current(&entry.path) else {
                     return true;
@@ -496,9 +550,7 @@ impl Journal {
         Ok(temp)
     }
 
-    /// Puts a symlink back at `name` in `parent`: made in the state directory and renamed
-    /// into place (next to the target only when the git directory is on another file
-    /// system), so the tree never holds a stray temp link.
+    /// Puts a symlink back at `name` in `parent`, the way [`Journal::replace`] puts a file.
     fn replace_with_symlink(
         &self,
         parent: &File,
@@ -506,50 +558,10 @@ impl Journal {
         name: &str,
         link: &str,
     ) -> Result<()> {
-        let target = parent_path.join(name);
-        ensure_dir(&self.tmp_dir)?;
-        let temp = self.tmp_dir.join(format!(
-            "link-{}-{:08x}",
-            std::process::id(),
-            fastrand::u32(..)
-        ));
-        std::os::unix::fs::symlink(link, &temp)
-            .map_err(|error| Error::io("create symlink", &temp, error))?;
-        crash_point();
-        match renameat(None, &temp, Some(parent.as_raw_fd()), name) {
-            Ok(()) => {}
-            Err(Errno::EXDEV) => {
-                let _ = fs::remove_file(&temp);
-                let temp_name = format!(".execute-local-task-link-{}.tmp", std::process::id());
-                let _ = unlinkat(
-                    Some(parent.as_raw_fd()),
-                    temp_name.as_str(),
-                    UnlinkatFlags::NoRemoveDir,
-                );
-                symlinkat(link, Some(parent.as_raw_fd()), temp_name.as_str())
-                    .map_err(|error| Error::io("create symlink", &target, error.into()))?;
-                renameat(
-                    Some(parent.as_raw_fd()),
-                    temp_name.as_str(),
-                    Some(parent.as_raw_fd()),
-                    name,
-                )
-                .map_err(|error| Error::io("replace", &target, error.into()))?;
-            }
-            Err(error) => {
-                let _ = fs::remove_file(&temp);
-                return Err(Error::io("replace", &target, error.into()));
-            }
-        }
-        crash_point();
-        sync(parent, parent_path)?;
-        crash_point();
-        Ok(())
+        self.place(parent, parent_path, name, &Content::Symlink(link))
     }
 
-    /// Replaces `name` in the open directory `parent` with `bytes`: a temp file is flushed,
-    /// renamed over the name and the directory synced, so the name holds its old or its
-    /// new bytes at every instant. A symlink there is replaced, never followed.
+    /// Replaces `name` in the open directory `parent` with `bytes` and `mode`.
     fn replace(
         &self,
         parent: &File,
@@ -558,18 +570,37 @@ impl Journal {
         bytes: &[u8],
         mode: u32,
     ) -> Result<()> {
+        self.place(parent, parent_path, name, &Content::File { bytes, mode })
+    }
+
+    /// Puts `content` at `name` in the open directory `parent`: it is made under a temp
+    /// name in the state directory (a file flushed to disk), renamed over the name and the
+    /// directory synced, so the name holds its old or its new content at every instant and
+    /// the tree never holds a stray temp file. A symlink at the name is replaced, never
+    /// followed.
+    ///
+    /// When the git directory is on another file system than the target the rename fails
+    /// with EXDEV, and the same steps are taken with the temp name in `parent` itself (a
+    /// crash at that moment can leave a hidden `.execute-local-task-*.tmp` there: the one
+    /// case a temp file can be left in the tree).
+    fn place(
+        &self,
+        parent: &File,
+        parent_path: &Path,
+        name: &str,
+        content: &Content,
+    ) -> Result<()> {
         let target = parent_path.join(name);
-        let temp = self.temp_file(bytes, mode)?.into_temp_path();
-        match renameat(None, &*temp, Some(parent.as_raw_fd()), name) {
-            Ok(()) => {
-                // Renamed away: nothing is left for the drop to delete.
-                let _ = temp.keep();
+        ensure_dir(&self.tmp_dir)?;
+        let staging = File::open(&self.tmp_dir)
+            .map_err(|error| Error::io("open directory", &self.tmp_dir, error))?;
+        match stage_and_rename(&staging, parent, name, content) {
+            Ok(()) => {}
+            Err(error) if error.raw_os_error() == Some(Errno::EXDEV as i32) => {
+                stage_and_rename(parent, parent, name, content)
+                    .map_err(|error| Error::io("replace", &target, error))?;
             }
-            Err(Errno::EXDEV) => {
-                drop(temp);
-                replace_in_directory(parent, &target, name, bytes, mode)?;
-            }
-            Err(error) => return Err(Error::io("replace", &target, error.into())),
+            Err(error) => return Err(Error::io("replace", &target, error)),
         }
         crash_point();
         sync(parent, parent_path)?;
@@ -578,50 +609,59 @@ impl Journal {
     }
 }
 
-/// The git directory is on another file system than the target, so the temp file must be
-/// made next to the target (a crash at this moment can leave a hidden
-/// `.execute-local-task-*.tmp` there: the one case a temp file can be left in the tree).
-fn replace_in_directory(
+/// What [`Journal::place`] puts at a name.
+enum Content<'a> {
+    File { bytes: &'a [u8], mode: u32 },
+    Symlink(&'a str),
+}
+
+/// Makes `content` under a fresh temp name in the open directory `staging` and renames it
+/// to `name` in `parent`; the temp name is removed again if anything fails.
+fn stage_and_rename(
+    staging: &File,
     parent: &File,
-    target: &Path,
     name: &str,
-    bytes: &[u8],
-    mode: u32,
-) -> Result<()> {
+    content: &Content,
+) -> std::io::Result<()> {
     let temp_name = format!(
         ".execute-local-task-{}-{:08x}.tmp",
         std::process::id(),
         fastrand::u32(..)
     );
-    let mut file = guard::open_at(
-        parent,
-        OsStr::new(&temp_name),
-        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY,
-        Mode::S_IRUSR | Mode::S_IWUSR,
-    )
-    .map_err(|error| Error::io("create temp file for", target, error))?;
-    let written = file
-        .write_all(bytes)
-        .and_then(|()| file.set_permissions(fs::Permissions::from_mode(mode)))
-        .and_then(|()| file.sync_all())
-        .and_then(|()| {
-            renameat(
-                Some(parent.as_raw_fd()),
-                temp_name.as_str(),
-                Some(parent.as_raw_fd()),
-                name,
-            )
-            .map_err(std::io::Error::from)
-        });
-    if let Err(error) = written {
-        let _ = unlinkat(
+    let made = match content {
+        Content::File { bytes, mode } => guard::open_at(
+            staging,
+            OsStr::new(&temp_name),
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY,
+            Mode::S_IRUSR | Mode::S_IWUSR,
+        )
+        .and_then(|mut file| {
+            file.write_all(bytes)?;
+            // Explicit, so the umask does not apply twice (see `new_file_mode`).
+            file.set_permissions(fs::Permissions::from_mode(*mode))?;
+            file.sync_all()
+        }),
+        Content::Symlink(link) => symlinkat(*link, Some(staging.as_raw_fd()), temp_name.as_str())
+            .map_err(std::io::Error::from),
+    };
+    let done = made.and_then(|()| {
+        crash_point();
+        renameat(
+            Some(staging.as_raw_fd()),
+            temp_name.as_str(),
             Some(parent.as_raw_fd()),
+            name,
+        )
+        .map_err(std::io::Error::from)
+    });
+    if done.is_err() {
+        let _ = unlinkat(
+            Some(staging.as_raw_fd()),
             temp_name.as_str(),
             UnlinkatFlags::NoRemoveDir,
         );
-        return Err(Error::io("replace", target, error));
     }
-    Ok(())
+    done
 }
 
 /// What stands at `name` in `parent`, read without following a symlink.
@@ -734,12 +774,24 @@ mod tests {
         assert_eq!(done.restored, ["old.txt"]);
         assert_eq!(done.removed, ["a/b/c.txt"]);
         assert_eq!(done.removed_dirs, ["a/b", "a"]);
+        assert!(journal.manifest().created_dirs.is_empty());
         assert_eq!(
             fs::read_to_string(dir.path().join("old.txt")).unwrap(),
             "old\n"
         );
         assert!(!dir.path().join("a").exists());
         assert!(!journal.has_writes());
+
+        // Put back already: a second restore leaves the user's new files and directories.
+        fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        fs::write(dir.path().join("old.txt"), "committed since\n").unwrap();
+        let again = journal.restore().unwrap();
+        assert!(again.restored.is_empty() && again.removed_dirs.is_empty());
+        assert!(dir.path().join("a/b").is_dir());
+        assert_eq!(
+            fs::read_to_string(dir.path().join("old.txt")).unwrap(),
+            "committed since\n"
+        );
 
         // The saved manifest reads back as what the journal holds.
         let reopened = Journal::open(&repo, "R1").unwrap();
@@ -781,6 +833,34 @@ mod tests {
         // As after a crash between recording the write and making it.
         fs::write(dir.path().join("old.txt"), "old\n").unwrap();
         assert!(journal.changed_since_written().is_empty());
+    }
+
+    #[test]
+    fn the_cross_device_fallback_stages_next_to_the_target_and_leaves_no_temp_file() {
+        // `place` takes this path when the state directory is on another file system: the
+        // staging directory is the target's own.
+        let dir = tempfile::tempdir().unwrap();
+        let parent = File::open(dir.path()).unwrap();
+        fs::write(dir.path().join("f"), "old\n").unwrap();
+        let file = Content::File {
+            bytes: b"new\n",
+            mode: 0o640,
+        };
+        stage_and_rename(&parent, &parent, "f", &file).unwrap();
+        stage_and_rename(&parent, &parent, "l", &Content::Symlink("f")).unwrap();
+        assert_eq!(fs::read_to_string(dir.path().join("f")).unwrap(), "new\n");
+        let mode = fs::metadata(dir.path().join("f"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o640);
+        assert_eq!(fs::read_link(dir.path().join("l")).unwrap(), Path::new("f"));
+        let mut names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["f", "l"]);
     }
 
     #[test]

@@ -531,7 +531,7 @@ fn an_output_file_matched_by_a_context_glob_is_shown_once() {
         .arg("--dry-run")
         .run();
     run.assert_code(0);
-    let user = run.json()["request"]["messages"][1]["content"]
+    let user = run.json()["requests"]["openai"]["request"]["messages"][1]["content"]
         .as_str()
         .unwrap()
         .to_owned();

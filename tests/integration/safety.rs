@@ -1196,3 +1196,322 @@ fn sigkill_at_every_durable_step_of_a_repair_keeps_every_invariant() {
     let steps = kill_everywhere(true);
     assert!(steps >= 40, "only {steps} crash points");
 }
+
+// ---------------------------------------------------------------------------------------
+// Review fixes: dirty checks by real path, ignored targets, rollback of restored files,
+// overlapping outputs, replaced symlinks, the umask, `demo --dir`
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn an_uncommitted_edit_reached_through_a_symlinked_directory_needs_force() {
+    let scene = Scene::new();
+    scene
+        .file("src/x.py", "x = 1\n")
+        .link("src", "link")
+        .commit();
+    // Clean through the link: written as usual.
+    let (out, _) = scene.run(
+        &one_file_spec("link/x.py", &json!({})),
+        vec![Script::code("link/x.py", "x = 2\n")],
+        &[],
+    );
+    out.assert_code(0);
+    scene.tool(&["rollback", "--last"]).assert_code(0);
+
+    scene.file("src/x.py", "x = 'my uncommitted edit'\n");
+    let before = both(&scene);
+    let (out, server) = scene.run(
+        &one_file_spec("link/x.py", &json!({})),
+        vec![Script::code("link/x.py", "x = 3\n")],
+        &[],
+    );
+    out.assert_code(2);
+    assert_eq!(out.error_kind(), "dirty_target");
+    assert!(
+        out.error_message().contains("`link/x.py`"),
+        "{}",
+        out.error_message()
+    );
+    assert!(server.requests().is_empty(), "the model was called");
+    assert_eq!(both(&scene), before);
+}
+
+#[test]
+fn an_ignored_target_needs_force_and_is_backed_up_with_it() {
+    let scene = Scene::new();
+    scene
+        .file(".gitignore", ".env\nbuild/\n")
+        .file(".env", "API_KEY=secret\n")
+        .file("build/out.js", "built\n")
+        .commit();
+    let before = both(&scene);
+    for path in [".env", "build/out.js"] {
+        let (out, server) = scene.run(
+            &one_file_spec(path, &json!({})),
+            vec![Script::code(path, "replaced\n")],
+            &[],
+        );
+        out.assert_code(2);
+        assert_eq!(out.error_kind(), "dirty_target", "{path}");
+        let message = out.error_message();
+        assert!(message.contains(&format!("`{path}`")), "{message}");
+        assert!(message.contains("ignored by git"), "{message}");
+        assert!(message.contains("--force"), "{message}");
+        assert!(server.requests().is_empty(), "{path}: the model was called");
+        assert_eq!(both(&scene), before);
+    }
+    let (out, _) = scene.run(
+        &one_file_spec(".env", &json!({})),
+        vec![Script::code(".env", "API_KEY=replaced\n")],
+        &["--force"],
+    );
+    out.assert_code(0);
+    let result = out.result();
+    let backup = result.files[0].backup.as_deref().unwrap();
+    assert_eq!(fs::read_to_string(backup).unwrap(), "API_KEY=secret\n");
+    scene.tool(&["rollback", "--last"]).assert_code(0);
+    assert_eq!(both(&scene), before);
+}
+
+#[test]
+fn rollback_leaves_alone_files_the_run_had_already_put_back() {
+    let scene = Scene::new();
+    scene
+        .file("a.py", "a = 0\n")
+        .file("b.py", "b = 0\n")
+        .commit();
+    let spec = json!({"task_id": "T-two", "description": "d",
+        "output_files": ["a.py", "b.py"], "test_command": "grep -q good a.py"});
+    let (out, _) = scene.run(
+        &spec,
+        vec![
+            Script::reply(
+                "```python path=a.py\na = 1  # bad\n```\n```python path=b.py\nb = 1\n```\n",
+            ),
+            Script::reply(
+                "```python path=a.py\na = 2  # good\n```\n```python path=b.py\nb = 0\n```\n",
+            ),
+        ],
+        &[],
+    );
+    out.assert_code(0);
+    let result = out.result();
+    assert_eq!(result.attempts.len(), 2);
+    let b = result.files.iter().find(|f| f.path == "b.py").unwrap();
+    assert_eq!(serde_json::to_value(b.action).unwrap(), json!("unchanged"));
+    assert_eq!(b.backup, None, "b.py was not written by this result");
+    let a = result.files.iter().find(|f| f.path == "a.py").unwrap();
+    assert!(a.backup.is_some());
+
+    // The user takes the result, then edits b.py.
+    scene.file("b.py", "b = 'mine'\n");
+    let undo = scene.tool(&["rollback", &result.run_id]);
+    undo.assert_code(0);
+    assert_eq!(undo.json()["restored"], json!(["a.py"]));
+    assert_eq!(scene.read("a.py").as_deref(), Some("a = 0\n"));
+    assert_eq!(scene.read("b.py").as_deref(), Some("b = 'mine'\n"));
+}
+
+#[test]
+fn rollback_with_force_never_restores_a_file_the_run_had_put_back() {
+    let scene = Scene::new();
+    scene
+        .file("a.py", "a = 0\n")
+        .file("b.py", "b = 0\n")
+        .commit();
+    let spec = json!({"task_id": "T-two", "description": "d",
+        "output_files": ["a.py", "b.py"], "test_command": "grep -q good a.py"});
+    let (out, _) = scene.run(
+        &spec,
+        vec![
+            Script::reply(
+                "```python path=a.py\na = 1  # bad\n```\n```python path=b.py\nb = 1\n```\n",
+            ),
+            Script::reply(
+                "```python path=a.py\na = 2  # good\n```\n```python path=b.py\nb = 0\n```\n",
+            ),
+        ],
+        &[],
+    );
+    out.assert_code(0);
+    let run_id = out.result().run_id;
+    scene
+        .file("a.py", "a = 'edited'\n")
+        .file("b.py", "b = 'mine'\n");
+    let undo = scene.tool(&["rollback", &run_id]);
+    undo.assert_code(2);
+    let message = undo.error_message();
+    assert!(message.contains("`a.py`"), "{message}");
+    assert!(!message.contains("b.py"), "{message}");
+    scene.tool(&["rollback", &run_id, "--force"]).assert_code(0);
+    assert_eq!(scene.read("a.py").as_deref(), Some("a = 0\n"));
+    assert_eq!(scene.read("b.py").as_deref(), Some("b = 'mine'\n"));
+}
+
+#[test]
+fn rollback_of_a_run_that_left_nothing_written_has_nothing_to_undo() {
+    let scene = Scene::new();
+    scene.file("a.py", "a = 0\n").commit();
+    let (out, _) = scene.run(
+        &one_file_spec("a.py", &json!({"test_command": "false"})),
+        vec![
+            Script::code("a.py", "a = 1\n"),
+            Script::code("a.py", "a = 2\n"),
+        ],
+        &[],
+    );
+    out.assert_code(1);
+    let result = out.result();
+    assert_eq!(result.status, Status::Escalate);
+    assert!(result.files.is_empty());
+    scene.file("a.py", "a = 'edited since'\n");
+    let before = both(&scene);
+    for args in [
+        &["rollback", result.run_id.as_str()][..],
+        &["rollback", result.run_id.as_str(), "--force"],
+    ] {
+        let undo = scene.tool(args);
+        undo.assert_code(2);
+        assert_eq!(undo.error_kind(), "rollback");
+        let message = undo.error_message();
+        assert!(message.contains("nothing to undo"), "{message}");
+        assert!(message.contains(&result.run_id), "{message}");
+        assert_eq!(both(&scene), before, "{args:?}");
+    }
+}
+
+#[test]
+fn overlapping_outputs_are_refused_before_the_model_is_called() {
+    let scene = Scene::new();
+    scene
+        .file("src/x.py", "x = 1\n")
+        .link("src", "link")
+        .commit();
+    let before = both(&scene);
+    for (outputs, field) in [
+        (json!(["a", "a/b.py"]), "output_files[1]"),
+        (json!(["a/b/c.py", "a/b"]), "output_files[1]"),
+        (json!(["src/x.py", "link/x.py"]), "output_files[1]"),
+        (json!(["link/new.py", "src/new.py"]), "output_files[1]"),
+        (json!(["src/new", "link/new/y.py"]), "output_files[1]"),
+    ] {
+        let spec = json!({"task_id": "T-safe", "description": "d", "output_files": outputs});
+        let (out, server) = scene.run(&spec, vec![], &[]);
+        out.assert_code(2);
+        assert_eq!(out.error_kind(), "spec", "{outputs}");
+        let message = out.error_message();
+        assert!(message.contains(field), "{outputs}: {message}");
+        assert!(
+            server.requests().is_empty(),
+            "{outputs}: the model was called"
+        );
+        assert_eq!(both(&scene), before, "{outputs}");
+    }
+}
+
+#[test]
+fn a_replaced_symlink_is_reported_as_modified_with_a_note() {
+    let scene = Scene::new();
+    scene.link("README.md", "doc.md").commit();
+    let (out, _) = scene.run(
+        &one_file_spec("doc.md", &json!({})),
+        vec![Script::code("doc.md", "# doc\n")],
+        &[],
+    );
+    out.assert_code(0);
+    let result = out.result();
+    assert_eq!(
+        serde_json::to_value(result.files[0].action).unwrap(),
+        json!("modified")
+    );
+    let notes = result.attempts[0].notes.join("\n");
+    assert!(notes.contains("symlink to `README.md`"), "{notes}");
+    assert_eq!(scene.read("README.md").as_deref(), Some("# project\n"));
+    scene.tool(&["rollback", "--last"]).assert_code(0);
+    assert_eq!(
+        fs::read_link(scene.repo.join("doc.md")).unwrap(),
+        Path::new("README.md")
+    );
+}
+
+#[test]
+fn created_files_and_directories_honour_the_umask() {
+    let scene = Scene::new();
+    scene.commit();
+    let spec_path = scene.dir.path().join("umask.json");
+    fs::write(
+        &spec_path,
+        one_file_spec("made/new.txt", &json!({})).to_string(),
+    )
+    .unwrap();
+    let server = ModelServer::start(
+        vec![Script::code("made/new.txt", "new\n")],
+        vec![MODEL.to_owned()],
+    );
+    let base = scene.command(&[spec_path.to_str().unwrap()], &server, &[]);
+    // The binary started by a shell with a umask that takes group write and all of other.
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg("umask 027 && exec \"$0\" \"$@\"")
+        .arg(base.get_program())
+        .args(base.get_args())
+        .current_dir(&scene.repo)
+        .env_clear();
+    for (name, value) in base.get_envs() {
+        if let Some(value) = value {
+            command.env(name, value);
+        }
+    }
+    let out = Out::from(&command.output().unwrap());
+    out.assert_code(0);
+    let after = state(&scene.repo);
+    assert_eq!(after["made/new.txt"], "file 640 \"new\\n\"");
+    assert_eq!(after["made"], "dir");
+    let dir_mode = fs::metadata(scene.repo.join("made"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(dir_mode & 0o777, 0o750);
+}
+
+#[test]
+fn demo_dir_never_clobbers_and_commits_only_its_own_files() {
+    let scene = Scene::new();
+    let base = scene.dir.path().join("demo-base");
+    // An existing repo/ (with the user's files) or spec is refused, untouched.
+    fs::create_dir_all(base.join("repo")).unwrap();
+    fs::write(base.join("repo/mine.txt"), "mine\n").unwrap();
+    let before = state(&base);
+    let out = scene.tool(&["demo", "--dir", base.to_str().unwrap()]);
+    out.assert_code(2);
+    assert!(out.stderr.contains("already exists"), "{}", out.stderr);
+    assert!(out.stderr.contains("repo"), "{}", out.stderr);
+    assert_eq!(state(&base), before);
+    assert!(!base.join("repo/.git").exists());
+
+    fs::remove_dir_all(base.join("repo")).unwrap();
+    fs::write(base.join("demo-spec.json"), "{\"mine\": true}\n").unwrap();
+    let before = state(&base);
+    let out = scene.tool(&["demo", "--dir", base.to_str().unwrap()]);
+    out.assert_code(2);
+    assert!(out.stderr.contains("demo-spec.json"), "{}", out.stderr);
+    assert_eq!(state(&base), before);
+
+    // A directory holding other things of the user's: they are neither touched nor committed.
+    fs::remove_file(base.join("demo-spec.json")).unwrap();
+    fs::write(base.join("notes.txt"), "my notes\n").unwrap();
+    let out = scene.tool(&["demo", "--dir", base.to_str().unwrap()]);
+    out.assert_code(0);
+    assert_eq!(
+        fs::read_to_string(base.join("notes.txt")).unwrap(),
+        "my notes\n"
+    );
+    let git = git2::Repository::open(base.join("repo")).unwrap();
+    let tree = git.head().unwrap().peel_to_tree().unwrap();
+    let names: Vec<String> = tree
+        .iter()
+        .map(|entry| entry.name().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["README.md", "test_slugify.sh"]);
+}
