@@ -125,5 +125,6 @@ pub fn recorded_route() -> Route {
             replies,
         ))),
         model: "recorded-demo".to_owned(),
+        notes: Vec::new(),
     }
 }

@@ -271,12 +271,19 @@ async fn run_task(
         check_clean_targets(&repo, &targets)?;
     }
 
-    let Route { client, model } = if let Some(route) = route {
+    let Route {
+        client,
+        model,
+        notes: route_notes,
+    } = if let Some(route) = route {
         route
     } else {
         progress("connecting to the model server");
         route::connect(&choice, options.limits, &options.connection).await?
     };
+    for note in &route_notes {
+        progress(note);
+    }
     state.model = Some(ModelInfo {
         provider: client.provider().as_str().to_owned(),
         endpoint: client.endpoint(),
@@ -326,7 +333,15 @@ async fn run_task(
             outcome: Outcome::Ok,
             error: None,
             usage,
-            notes: reply.notes.clone(),
+            // How the model was chosen is said once, with the first attempt.
+            notes: if n == 1 {
+                route_notes.clone()
+            } else {
+                Vec::new()
+            }
+            .into_iter()
+            .chain(reply.notes.iter().cloned())
+            .collect(),
         };
 
         let (failure, turn) =

@@ -256,6 +256,8 @@ impl Default for Connection {
 pub struct Route {
     pub client: Client,
     pub model: String,
+    /// What the supervisor should know about the choice (a name the server did not have).
+    pub notes: Vec<String>,
 }
 
 /// Connects to the chosen server (discovering one when none was named) and settles the
@@ -280,18 +282,24 @@ pub async fn connect(
                 connection.replay_matching,
             ))),
             model,
+            notes: Vec::new(),
         });
     }
     let (backend, models) = open_backend(choice, limits).await?;
     let client = Client::new(backend).with_retry(connection.retry);
-    let model = if let Some(model) = &choice.model {
-        model.clone()
+    let (model, notes) = if let Some(named) = &choice.model {
+        // A server that cannot list its models is taken at its word.
+        let listed = match models {
+            Some(models) => models.ok(),
+            None => list_models(&client).await.ok(),
+        };
+        settle_named(&client.endpoint(), named, listed)?
     } else {
         let models = match models {
             Some(models) => models?,
             None => list_models(&client).await?,
         };
-        only_model(&client.endpoint(), models)?
+        (only_model(&client.endpoint(), models)?, Vec::new())
     };
     let client = match &connection.record {
         Some(path) => {
@@ -300,7 +308,45 @@ pub async fn connect(
         }
         None => client,
     };
-    Ok(Route { client, model })
+    Ok(Route {
+        client,
+        model,
+        notes,
+    })
+}
+
+/// Checks a model name against the server's list, so the result never names a model that
+/// did not answer. A server with several models must have it. A server with one model
+/// (llama.cpp's, which answers with that model whatever the name) is asked for that one,
+/// and a note says so.
+fn settle_named(
+    base: &str,
+    named: &str,
+    listed: Option<Vec<String>>,
+) -> Result<(String, Vec<String>), ModelError> {
+    let Some(mut models) = listed.filter(|models| !models.is_empty()) else {
+        return Ok((named.to_owned(), Vec::new()));
+    };
+    // Ollama lists `name:latest` for a model pulled as `name`.
+    let found = models
+        .iter()
+        .any(|model| model == named || *model == format!("{named}:latest"));
+    if found {
+        return Ok((named.to_owned(), Vec::new()));
+    }
+    if models.len() == 1 {
+        let served = models.remove(0);
+        let note =
+            format!("{base} has no model `{named}`; it serves only `{served}`, which was used");
+        return Ok((served, vec![note]));
+    }
+    Err(ModelError::new(
+        ModelErrorKind::ModelNotFound,
+        format!(
+            "{base} has no model `{named}`; it offers: {}",
+            models.join(", ")
+        ),
+    ))
 }
 
 async fn list_models(client: &Client) -> Result<Vec<String>, ModelError> {

@@ -823,6 +823,53 @@ fn an_interrupted_stream_is_retried_and_never_written() {
     );
 }
 
+#[test]
+fn a_named_model_is_checked_against_the_servers_list() {
+    // Several models: the name must be one of them.
+    let run = Test::new()
+        .spec(spec("a.txt", &json!({})))
+        .models(&["alpha", "beta"])
+        .args(&["--model", "gamma"])
+        .script(Script::code("a.txt", "x\n"))
+        .run();
+    let message = assert_fault(&run, "model_not_found");
+    assert!(
+        message.contains("no model `gamma`") && message.contains("alpha, beta"),
+        "{message}"
+    );
+    assert!(
+        run.requests.is_empty(),
+        "nothing is asked of a model that is not there"
+    );
+
+    // One model (a llama.cpp server answers with it whatever the name): it is used, and
+    // the result names it rather than the name that was asked for.
+    let run = Test::new()
+        .spec(spec("a.txt", &json!({})))
+        .models(&["served.gguf"])
+        .args(&["--model", "asked-for"])
+        .script(Script::code("a.txt", "x\n"))
+        .run();
+    run.assert_code(0);
+    let result = run.result();
+    assert_eq!(result.model.unwrap().name, "served.gguf");
+    assert_eq!(run.requests[0].body["model"], "served.gguf");
+    assert!(
+        result.attempts[0].notes[0].contains("no model `asked-for`"),
+        "{:?}",
+        result.attempts[0].notes
+    );
+
+    // Ollama's implicit `:latest` tag matches.
+    let run = Test::new()
+        .spec(spec("a.txt", &json!({})))
+        .models(&["qwen:latest", "llama:latest"])
+        .args(&["--model", "qwen"])
+        .script(Script::code("a.txt", "x\n"))
+        .run();
+    run.assert_code(0);
+}
+
 // ---------------------------------------------------------------------------------------
 // Discovery and `models`
 // ---------------------------------------------------------------------------------------
