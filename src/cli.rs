@@ -15,14 +15,15 @@ use crate::error::Error;
 use crate::model::Limits;
 use crate::model::recorded::Matching;
 use crate::model::retry::RetryPolicy;
-use crate::pipeline::{self, RunOptions, RunOutput};
-use crate::result::{ErrorInfo, SCHEMA_VERSION, Status, TaskResult, Usage};
+use crate::pipeline::{self, Cancel, RunOptions, RunOutput};
+use crate::result::{ErrorInfo, Status, TaskResult};
 use crate::rollback::{self, Which};
 use crate::route::{self, Connection, ModelChoice};
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 success; 1 the task ran but did not succeed (status failed or escalate);
-2 bad input (command line, spec, repository, unsafe path); 3 the model server could not be used.
+2 bad input (command line, spec, repository, unsafe path); 3 the model server could not be used;
+130, 143, 129 interrupted by SIGINT, SIGTERM, SIGHUP (the test is stopped, the tree restored).
 
 Environment: LOCAL_TASK_ENDPOINT, LOCAL_TASK_MODEL, LOCAL_TASK_PROVIDER, LOCAL_TASK_API_KEY,
 and the ecosystem's OPENAI_BASE_URL, OPENAI_API_KEY (sent only to OPENAI_BASE_URL), OLLAMA_HOST.
@@ -260,7 +261,7 @@ pub fn run() -> ExitCode {
                 .unwrap_or_default()
                 .trim_start_matches("error: ")
                 .to_owned();
-            print_json(&error_result(None, &Error::Usage(message)));
+            print_json(&error_result(&Error::Usage(message)));
             return ExitCode::from(2);
         }
     };
@@ -313,7 +314,7 @@ fn misplaced_message(name: &str) -> String {
 /// A command-line mistake found after clap: stderr and the result JSON, exit 2.
 fn usage_error(message: &str) -> ExitCode {
     eprintln!("error: {message}\n\nFor more information, try '--help'.");
-    print_json(&error_result(None, &Error::Usage(message.to_owned())));
+    print_json(&error_result(&Error::Usage(message.to_owned())));
     ExitCode::from(2)
 }
 
@@ -325,10 +326,9 @@ async fn dispatch(cli: Cli) -> u8 {
                 eprintln!(
                     "error: no task spec given\n\nUsage: execute-local-task [OPTIONS] <SPEC>\n       execute-local-task demo    (see it work first)\n\nFor more information, try '--help'."
                 );
-                print_json(&error_result(
-                    None,
-                    &Error::Usage("no task spec given".to_owned()),
-                ));
+                print_json(&error_result(&Error::Usage(
+                    "no task spec given".to_owned(),
+                )));
                 return 2;
             };
             let quiet = cli.run.quiet;
@@ -337,7 +337,11 @@ async fn dispatch(cli: Cli) -> u8 {
                     eprintln!("execute-local-task: {line}");
                 }
             };
-            let output = pipeline::run(&cli.run.options(spec), None, &env, &progress).await;
+            let options = RunOptions {
+                cancel: stop_on_signals(),
+                ..cli.run.options(spec)
+            };
+            let output = pipeline::run(&options, None, &env, &progress).await;
             report(output)
         }
         Some(Command::Rollback {
@@ -452,6 +456,7 @@ async fn run_demo(dir: Option<PathBuf>, env: &dyn Fn(&str) -> Option<String>) ->
     );
     let options = RunOptions {
         repo_dir: Some(setup.repo_dir.clone()),
+        cancel: stop_on_signals(),
         ..RunOptions::new(&setup.spec_path)
     };
     let progress = |line: &str| eprintln!("execute-local-task: {line}");
@@ -550,25 +555,50 @@ fn parse_secs(text: &str) -> Result<Duration, String> {
         .map_err(|_| format!("`{text}` is not a usable number of seconds"))
 }
 
-fn error_result(task_id: Option<String>, error: &Error) -> TaskResult {
-    TaskResult {
-        schema_version: SCHEMA_VERSION,
-        task_id,
-        run_id: pipeline::new_run_id(),
-        status: Status::Error,
-        summary: error.to_string(),
-        files: Vec::new(),
-        test: None,
-        attempts: Vec::new(),
-        model: None,
-        usage: Usage::default(),
-        git: None,
-        duration_ms: 0,
-        error: Some(ErrorInfo {
+/// The result for an error before any run began (a bad command line).
+fn error_result(error: &Error) -> TaskResult {
+    TaskResult::error(
+        pipeline::new_run_id(),
+        None,
+        ErrorInfo {
             kind: error.kind().to_owned(),
             message: error.to_string(),
-        }),
+        },
+    )
+}
+
+/// A [`Cancel`] that SIGINT (Ctrl-C), SIGTERM (a caller's timeout) and SIGHUP (a closed
+/// terminal) set. Without it such a signal would kill the tool at once and leave the
+/// test running (in its own session it gets none of them), the attempt's code in the
+/// tree, and no JSON; with it the run stops, cleans up, and reports `interrupted`.
+/// A signal that cannot be listened for keeps its default action.
+fn stop_on_signals() -> Cancel {
+    use nix::sys::signal::Signal;
+    use tokio::signal::unix::{SignalKind, signal};
+    let (canceller, cancel) = Cancel::new();
+    // Registered here, before the run starts, so no signal falls between.
+    let mut interrupt = signal(SignalKind::interrupt()).ok();
+    let mut terminate = signal(SignalKind::terminate()).ok();
+    let mut hangup = signal(SignalKind::hangup()).ok();
+    tokio::spawn(async move {
+        let signal = tokio::select! {
+            () = received(interrupt.as_mut()) => Signal::SIGINT,
+            () = received(terminate.as_mut()) => Signal::SIGTERM,
+            () = received(hangup.as_mut()) => Signal::SIGHUP,
+        };
+        canceller.cancel(signal);
+    });
+    cancel
+}
+
+/// Completes when `listener` gets its signal; never without a listener.
+async fn received(listener: Option<&mut tokio::signal::unix::Signal>) {
+    if let Some(listener) = listener
+        && listener.recv().await.is_some()
+    {
+        return;
     }
+    std::future::pending::<()>().await;
 }
 
 fn print_json(value: &impl serde::Serialize) {

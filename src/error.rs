@@ -5,6 +5,8 @@
 
 use std::path::PathBuf;
 
+use nix::sys::signal::Signal;
+
 use crate::model::ModelError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -69,6 +71,11 @@ pub enum Error {
     /// The model server could not be used.
     #[error(transparent)]
     Model(#[from] ModelError),
+
+    /// A signal (Ctrl-C, a caller's timeout) stopped the run: its test was stopped and its
+    /// writes undone.
+    #[error("interrupted by {}", .0.as_str())]
+    Interrupted(Signal),
 }
 
 fn dirty_target_message(path: &str, ignored: bool) -> String {
@@ -115,14 +122,17 @@ impl Error {
             Self::Lock { .. } => "lock",
             Self::Rollback { .. } => "rollback",
             Self::Model(error) => error.kind.as_str(),
+            Self::Interrupted(_) => "interrupted",
         }
     }
 
     /// The documented exit code: 2 for bad input of any kind, 3 when the model server
-    /// could not be used.
+    /// could not be used, and for a signal the shell's own 128 + its number (130 SIGINT,
+    /// 143 SIGTERM, 129 SIGHUP), so a caller sees the run ended as a killed one would.
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Model(_) => 3,
+            Self::Interrupted(signal) => u8::try_from(128 + *signal as i32).unwrap_or(u8::MAX),
             _ => 2,
         }
     }
@@ -137,6 +147,9 @@ impl Error {
             Self::Repo { .. } => Some(
                 "run inside a git repository, or pass --repo DIR (create one with `git init`)"
                     .to_owned(),
+            ),
+            Self::Interrupted(_) => Some(
+                "if a caller's timeout sent it, give the run more time or lower the spec's timeout_secs".to_owned(),
             ),
             Self::Lock { .. } => Some(
                 "another execute-local-task run is writing this repository; wait for it or raise --lock-timeout".to_owned(),

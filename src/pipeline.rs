@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use serde_json::json;
+use tokio::sync::watch;
 
 use crate::context;
 use crate::error::{Error, Result};
@@ -16,8 +18,8 @@ use crate::model::{ChatReply, ChatRequest, Finish, Limits, Message};
 use crate::prompt::{self, OutputView, RepairView, Templates};
 use crate::repo::{Repo, TargetStatus};
 use crate::result::{
-    Attempt, ErrorInfo, FileAction, FileChange, ModelInfo, Outcome, SCHEMA_VERSION, Status,
-    TaskResult, TestReport, Usage,
+    Attempt, ErrorInfo, FileAction, FileChange, ModelInfo, Outcome, Status, TaskResult, TestReport,
+    Usage,
 };
 use crate::route::{self, ModelChoice, Route};
 use crate::spec::{self, TaskSpec};
@@ -48,6 +50,8 @@ pub struct RunOptions {
     /// Retries, `--record` and `--replay`.
     pub connection: route::Connection,
     pub lock_timeout: Duration,
+    /// Stops the run early (the command line sets it on a signal).
+    pub cancel: Cancel,
 }
 
 impl RunOptions {
@@ -68,7 +72,64 @@ impl RunOptions {
             limits: Limits::default(),
             connection: route::Connection::default(),
             lock_timeout: Duration::from_secs(600),
+            cancel: Cancel::never(),
         }
+    }
+}
+
+/// Tells a run to stop, with the signal that asked for it. The run stops at whatever it
+/// is waiting for (the server, the model, the lock, the test): a test is stopped with
+/// everything it started, the attempt's writes are undone, and the run ends with error
+/// kind `interrupted`. Work that does not wait (a write, a restore) is finished first,
+/// so the tree is never left half-written.
+#[derive(Debug, Clone)]
+pub struct Cancel(watch::Receiver<Option<Signal>>);
+
+/// Sets the [`Cancel`] it was made with.
+#[derive(Debug)]
+pub struct Canceller(watch::Sender<Option<Signal>>);
+
+impl Cancel {
+    pub fn new() -> (Canceller, Self) {
+        let (sender, receiver) = watch::channel(None);
+        (Canceller(sender), Self(receiver))
+    }
+
+    /// For a run nothing stops.
+    pub fn never() -> Self {
+        Self::new().1
+    }
+
+    /// The signal, once the run was told to stop.
+    pub fn signal(&self) -> Option<Signal> {
+        *self.0.borrow()
+    }
+
+    /// Completes when the run is told to stop.
+    pub async fn cancelled(&self) -> Signal {
+        let mut receiver = self.0.clone();
+        if let Ok(signal) = receiver.wait_for(Option::is_some).await
+            && let Some(signal) = *signal
+        {
+            return signal;
+        }
+        // The canceller is gone without having stopped the run: nothing can stop it now.
+        std::future::pending().await
+    }
+
+    /// `work`, unless the run is told to stop first; then `work` is dropped.
+    async fn or_cancel<T>(&self, work: impl Future<Output = T>) -> Result<T> {
+        tokio::select! {
+            biased;
+            signal = self.cancelled() => Err(Error::Interrupted(signal)),
+            value = work => Ok(value),
+        }
+    }
+}
+
+impl Canceller {
+    pub fn cancel(&self, signal: Signal) {
+        self.0.send_replace(Some(signal));
     }
 }
 
@@ -104,11 +165,14 @@ pub async fn run(
         git: None,
         model: None,
         attempts: Vec::new(),
+        unrestored: None,
     };
     match run_task(options, route, env, progress, &mut state).await {
         Ok(Finished::DryRun(request)) => RunOutput::DryRun(request),
         Ok(Finished::Done(result)) => {
-            let exit_code = result.status.exit_code();
+            // A run that finished, and so has no error to take a code from: it succeeded,
+            // or ran and did not (failed, escalate).
+            let exit_code = u8::from(result.status != Status::Success);
             RunOutput::Result {
                 result,
                 exit_code,
@@ -116,25 +180,23 @@ pub async fn run(
             }
         }
         Err(error) => {
-            let exit_code = error.exit_code();
-            let task_id = state
-                .task_id
-                .clone()
-                .or_else(|| spec::peek_task_id(&options.spec_path));
-            let result = state.finish(
-                task_id,
-                Status::Error,
-                error.to_string(),
-                Vec::new(),
-                None,
-                Some(ErrorInfo {
-                    kind: error.kind().to_owned(),
-                    message: error.to_string(),
-                }),
-            );
+            if state.task_id.is_none() {
+                state.task_id = spec::peek_task_id(&options.spec_path);
+            }
+            let mut message = error.to_string();
+            if let Some(n) = state.unrestored {
+                message = format!(
+                    "{message}; the working tree may still hold attempt {n}'s code: undo it with `execute-local-task rollback {}`",
+                    state.run_id
+                );
+            }
+            let result = state.fail(ErrorInfo {
+                kind: error.kind().to_owned(),
+                message,
+            });
             RunOutput::Result {
                 result,
-                exit_code,
+                exit_code: error.exit_code(),
                 hint: error.hint(),
             }
         }
@@ -148,36 +210,48 @@ struct RunState {
     git: Option<crate::result::GitInfo>,
     model: Option<ModelInfo>,
     attempts: Vec<Attempt>,
+    /// The attempt whose code an error left in the tree, when undoing it failed too.
+    unrestored: Option<u32>,
 }
 
 impl RunState {
+    /// The result of a run that finished, with or without success.
     fn finish(
         &self,
-        task_id: Option<String>,
         status: Status,
         summary: String,
         files: Vec<FileChange>,
         test: Option<TestReport>,
-        error: Option<ErrorInfo>,
     ) -> TaskResult {
+        self.complete(TaskResult {
+            files,
+            test,
+            ..TaskResult::new(self.run_id.clone(), self.task_id.clone(), status, summary)
+        })
+    }
+
+    /// The result of a run that ended with an error.
+    fn fail(&self, error: ErrorInfo) -> TaskResult {
+        self.complete(TaskResult::error(
+            self.run_id.clone(),
+            self.task_id.clone(),
+            error,
+        ))
+    }
+
+    /// `result` with what every result reports of the run so far.
+    fn complete(&self, result: TaskResult) -> TaskResult {
         let mut usage = Usage::default();
         for attempt in &self.attempts {
             usage.add(&attempt.usage);
         }
         TaskResult {
-            schema_version: SCHEMA_VERSION,
-            task_id,
-            run_id: self.run_id.clone(),
-            status,
-            summary,
-            files,
-            test,
             attempts: self.attempts.clone(),
             model: self.model.clone(),
             usage,
             git: self.git.clone(),
             duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            error,
+            ..result
         }
     }
 }
@@ -199,6 +273,14 @@ struct Target {
     real: PathBuf,
     /// The target of the symlink standing at the path, which the run replaces.
     link: Option<String>,
+}
+
+/// The text `path` held before the run, when it is a target that was a file.
+fn before_of<'a>(targets: &'a [Target], path: &str) -> Option<&'a str> {
+    targets
+        .iter()
+        .find(|target| target.path == path)
+        .and_then(|target| target.before.as_deref())
 }
 
 /// Why an attempt did not succeed, in the words the repair prompt and the result use.
@@ -279,7 +361,10 @@ async fn run_task(
         route
     } else {
         progress("connecting to the model server");
-        route::connect(&choice, options.limits, &options.connection).await?
+        options
+            .cancel
+            .or_cancel(route::connect(&choice, options.limits, &options.connection))
+            .await??
     };
     for note in &route_notes {
         progress(note);
@@ -314,17 +399,26 @@ async fn run_task(
             temperature: options.temperature,
             max_tokens: options.max_tokens,
         };
-        let reply = match client.chat(&request).await {
+        let reply = match options
+            .cancel
+            .or_cancel(client.chat(&request))
+            .await
+            .and_then(|reply| reply.map_err(Error::from))
+        {
             Ok(reply) => reply,
             Err(error) => {
                 state.attempts.push(Attempt {
                     n,
-                    outcome: Outcome::ModelError,
+                    outcome: if matches!(error, Error::Model(_)) {
+                        Outcome::ModelError
+                    } else {
+                        Outcome::Error
+                    },
                     error: Some(error.to_string()),
                     usage: Usage::default(),
                     notes: Vec::new(),
                 });
-                return Err(error.into());
+                return Err(error);
             }
         };
         let usage = reply.usage_for(&request);
@@ -351,7 +445,7 @@ async fn run_task(
                     (failure, turn)
                 }
                 Ok(files) => {
-                    match write_and_test(
+                    let verdict = write_and_test(
                         &repo,
                         &mut journal,
                         &files,
@@ -360,23 +454,31 @@ async fn run_task(
                         options,
                         progress,
                     )
-                    .await?
-                    {
-                        TestVerdict::Passed(test) => {
+                    .await;
+                    match verdict {
+                        Err(error) => {
+                            // The attempt's reply and usage belong in the result all the same.
+                            attempt.outcome = Outcome::Error;
+                            attempt.error = Some(one_line(&error.to_string()));
+                            state.attempts.push(attempt);
+                            if journal.has_writes() {
+                                state.unrestored = Some(n);
+                            }
+                            return Err(error);
+                        }
+                        Ok(TestVerdict::Passed(test)) => {
                             attempt.notes.extend(replaced_link_notes(&targets, &files));
                             state.attempts.push(attempt);
                             let changes = file_changes(&journal, &targets, &files);
                             let summary = success_summary(&changes, test.as_ref(), n, max_attempts);
                             return Ok(Finished::Done(state.finish(
-                                Some(spec.task_id.clone()),
                                 Status::Success,
                                 summary,
                                 changes,
                                 test,
-                                None,
                             )));
                         }
-                        TestVerdict::CannotStart(message, test) => {
+                        Ok(TestVerdict::CannotStart(message, test)) => {
                             // No attempt can pass a test that cannot run: stop here.
                             attempt.outcome = Outcome::TestFailed;
                             attempt.error = Some(message.clone());
@@ -385,7 +487,7 @@ async fn run_task(
                             cannot_start = Some(message);
                             break;
                         }
-                        TestVerdict::Failed(test) => {
+                        Ok(TestVerdict::Failed(test)) => {
                             let failure = test_failure(&test, spec.timeout_secs);
                             let turn = written_turn(&files, &targets, &language);
                             last_tested = Some(Tested {
@@ -412,7 +514,7 @@ async fn run_task(
         Some(message) => (Status::Failed, format!("failed: {message}")),
         None => (Status::Escalate, escalate_summary(&spec, &state.attempts)),
     };
-    let (changes, tree) = leave_tree(
+    let left = leave_tree(
         &repo,
         &mut journal,
         &targets,
@@ -420,14 +522,16 @@ async fn run_task(
         options,
         &state.run_id,
     )
-    .await?;
+    .await;
+    if left.is_err() && journal.has_writes() {
+        state.unrestored = last_tested.as_ref().map(|tested| tested.n);
+    }
+    let (changes, tree) = left?;
     Ok(Finished::Done(state.finish(
-        Some(spec.task_id.clone()),
         status,
         format!("{what}; {tree}"),
         changes,
         last_tested.and_then(|tested| tested.test),
-        None,
     )))
 }
 
@@ -596,14 +700,28 @@ fn check_reply(
     language: &str,
     notes: &mut Vec<String>,
 ) -> std::result::Result<Vec<(String, String)>, Failure> {
-    if reply.finish == Finish::Length {
-        return Err(Failure::new(
-            Outcome::Truncated,
-            "the reply was cut off by the server's token limit before it ended",
-        )
-        .with_details(
-            "Give a complete but shorter answer: only the requested files, no explanations.",
-        ));
+    match &reply.finish {
+        Finish::Stop => {}
+        Finish::Length => {
+            return Err(Failure::new(
+                Outcome::Truncated,
+                "the reply was cut off by the server's token limit before it ended",
+            )
+            .with_details(
+                "Give a complete but shorter answer: only the requested files, no explanations.",
+            ));
+        }
+        // A content filter, an aborted request, a tool call: the reply did not end
+        // naturally, so even balanced fences may hold a partial file.
+        Finish::Other(reason) => {
+            return Err(Failure::new(
+                Outcome::Truncated,
+                format!(
+                    "the reply ended with finish reason `{reason}` instead of a natural stop, so it may be incomplete"
+                ),
+            )
+            .with_details("Give the complete answer: only the requested files, no explanations."));
+        }
     }
     let extracted =
         extract::extract(&reply.content, &spec.outputs, language).map_err(|error| match error {
@@ -624,15 +742,11 @@ fn check_reply(
                 "Write out every line of the file; placeholders for omitted code are rejected.",
             ));
         }
-        if !spec.allow_shrink {
-            let before = targets
-                .iter()
-                .find(|t| &t.path == path)
-                .and_then(|t| t.before.as_ref());
-            if let Some(before) = before {
-                guard::check_shrink(path, before.len(), code.len())
-                    .map_err(|reason| Failure::new(Outcome::GuardRefused, reason))?;
-            }
+        if !spec.allow_shrink
+            && let Some(before) = before_of(targets, path)
+        {
+            guard::check_shrink(path, before.len(), code.len())
+                .map_err(|reason| Failure::new(Outcome::GuardRefused, reason))?;
         }
     }
     Ok(extracted.files)
@@ -644,10 +758,7 @@ fn write_files(
     targets: &[Target],
 ) -> Result<()> {
     for (path, code) in files {
-        let before = targets
-            .iter()
-            .find(|t| &t.path == path)
-            .and_then(|t| t.before.as_deref());
+        let before = before_of(targets, path);
         if before != Some(code.as_str()) {
             journal.write(path, code.as_bytes(), before.map(str::as_bytes))?;
         }
@@ -674,17 +785,27 @@ async fn write_and_test(
     options: &RunOptions,
     progress: Progress<'_>,
 ) -> Result<TestVerdict> {
-    let _lock = lock::acquire(repo, options.lock_timeout).await?;
+    let _lock = options
+        .cancel
+        .or_cancel(lock::acquire(repo, options.lock_timeout))
+        .await??;
     write::clean_stale_temp_files(repo);
     if let Err(error) = write_files(journal, files, targets) {
+        // Undo what was written before the error. Should that fail too, the journal still
+        // has writes, and the caller's error says the tree may hold code.
         let _ = journal.restore();
         return Err(error);
     }
     let verdict = run_test(spec, options, repo.root(), progress).await;
-    if !matches!(verdict, TestVerdict::Passed(_)) {
+    // An interrupted run reports no success, so even code that passed is undone.
+    let interrupted = options.cancel.signal();
+    if interrupted.is_some() || !matches!(verdict, TestVerdict::Passed(_)) {
         journal.restore()?;
     }
-    Ok(verdict)
+    match interrupted {
+        Some(signal) => Err(Error::Interrupted(signal)),
+        None => Ok(verdict),
+    }
 }
 
 async fn run_test(
@@ -697,7 +818,10 @@ async fn run_test(
         return TestVerdict::Passed(None);
     };
     progress(&format!("testing: {command}"));
-    match test_run::run(command, root, Duration::from_secs(spec.timeout_secs)).await {
+    let stop = async {
+        options.cancel.cancelled().await;
+    };
+    match test_run::run(command, root, Duration::from_secs(spec.timeout_secs), stop).await {
         Ok(report) if report.passed => TestVerdict::Passed(Some(report)),
         Ok(report) => TestVerdict::Failed(report),
         Err(cannot_start) => TestVerdict::CannotStart(cannot_start.message, cannot_start.report),
@@ -809,8 +933,12 @@ async fn leave_tree(
                 .to_owned(),
         ));
     };
-    let _lock = lock::acquire(repo, options.lock_timeout).await?;
+    let _lock = options
+        .cancel
+        .or_cancel(lock::acquire(repo, options.lock_timeout))
+        .await??;
     if let Err(error) = write_files(journal, &tested.files, targets) {
+        // As in `write_and_test`: a failed undo shows in the journal and the error says so.
         let _ = journal.restore();
         return Err(error);
     }
@@ -832,7 +960,7 @@ fn file_changes(
         .iter()
         .map(|(path, code)| {
             let target = targets.iter().find(|t| &t.path == path);
-            let before = target.and_then(|t| t.before.as_deref());
+            let before = before_of(targets, path);
             let action = match before {
                 // A symlink stood there: the run replaced it (see `replaced_link_notes`).
                 None if target.is_some_and(|t| t.link.is_some()) => FileAction::Modified,

@@ -29,6 +29,38 @@ pub struct TaskResult {
     pub error: Option<ErrorInfo>,
 }
 
+impl TaskResult {
+    /// A result that reports only its status and summary: no files, test, attempts, model,
+    /// usage or repository, for the caller to fill in what the run got to.
+    pub fn new(run_id: String, task_id: Option<String>, status: Status, summary: String) -> Self {
+        Self {
+            schema_version: SCHEMA_VERSION,
+            task_id,
+            run_id,
+            status,
+            summary,
+            files: Vec::new(),
+            test: None,
+            attempts: Vec::new(),
+            model: None,
+            usage: Usage::default(),
+            git: None,
+            duration_ms: 0,
+            error: None,
+        }
+    }
+
+    /// The result of a run that ended with an error: status `error`, summarised by the
+    /// error's message.
+    pub fn error(run_id: String, task_id: Option<String>, error: ErrorInfo) -> Self {
+        let summary = error.message.clone();
+        Self {
+            error: Some(error),
+            ..Self::new(run_id, task_id, Status::Error, summary)
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
@@ -38,19 +70,9 @@ pub enum Status {
     Failed,
     /// The local model could not do it within its attempts: the supervisor should do the task itself.
     Escalate,
-    /// Bad input or an unusable model server; nothing was written.
+    /// Bad input, an unusable model server, or an interruption: the run stopped, and the
+    /// working tree is as it was unless the error says otherwise.
     Error,
-}
-
-impl Status {
-    /// 0 success, 1 the task ran but did not succeed; errors carry their own code.
-    pub fn exit_code(self) -> u8 {
-        match self {
-            Self::Success => 0,
-            Self::Failed | Self::Escalate => 1,
-            Self::Error => 2,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -108,6 +130,9 @@ pub enum Outcome {
     Truncated,
     TestFailed,
     ModelError,
+    /// The run stopped with status `error` during this attempt (its code could not be
+    /// written or restored, or the run was interrupted); `error` says why.
+    Error,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -1,6 +1,6 @@
 //! Runs the task's test command — `sh -c` in the repository root, in a session of its own
-//! with stdin closed, under a hard time limit, with bounded output — and picks from that
-//! output the lines a repair prompt needs.
+//! with stdin closed, under a hard time limit (and stopped when the run is interrupted),
+//! with bounded output — and picks from that output the lines a repair prompt needs.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -67,7 +67,15 @@ pub struct CannotStart {
     pub report: Option<TestReport>,
 }
 
-pub async fn run(command: &str, dir: &Path, timeout: Duration) -> Result<TestReport, CannotStart> {
+/// Runs `command` until it ends, `timeout` passes, or `stop` completes (the run was
+/// interrupted). In the last two cases the test and everything it started are stopped:
+/// SIGTERM, a grace, then SIGKILL. The report's `timed_out` is only for the limit.
+pub async fn run(
+    command: &str,
+    dir: &Path,
+    timeout: Duration,
+    stop: impl Future<Output = ()>,
+) -> Result<TestReport, CannotStart> {
     let started = Instant::now();
     let id = format!("{}-{:016x}", std::process::id(), fastrand::u64(..));
     let marker = format!("{MARKER_VAR}={id}");
@@ -120,23 +128,20 @@ pub async fn run(command: &str, dir: &Path, timeout: Duration) -> Result<TestRep
             .map(|pipe| tokio::spawn(read_into(pipe, Arc::clone(&output)))),
     ];
 
-    let (status, timed_out) = if let Ok(status) = tokio::time::timeout(timeout, child.wait()).await
-    {
-        (status.ok(), false)
-    } else {
-        signal_all(group, &marker, Signal::SIGTERM);
-        // A stopped process acts on SIGTERM only once it runs again.
-        signal_all(group, &marker, Signal::SIGCONT);
-        let grace_end = Instant::now() + KILL_GRACE;
-        let status = tokio::time::timeout(KILL_GRACE, child.wait())
-            .await
-            .ok()
-            .and_then(Result::ok);
-        // The shell may go at once; what it started gets the same grace to shut down.
-        while Instant::now() < grace_end && !marked_processes(&marker).is_empty() {
-            tokio::time::sleep(POLL).await;
-        }
-        (status, true)
+    // In a session of its own the test gets none of the signals sent to the tool (Ctrl-C,
+    // a caller's SIGTERM): the tool passes them on through `stop`, ending it as at its limit.
+    let ended = tokio::select! {
+        biased;
+        () = stop => Ended::Stopped,
+        waited = tokio::time::timeout(timeout, child.wait()) => match waited {
+            Ok(status) => Ended::Exited(status.ok()),
+            Err(_) => Ended::TimedOut,
+        },
+    };
+    let (status, timed_out) = match ended {
+        Ended::Exited(status) => (status, false),
+        Ended::TimedOut => (terminate(&mut child, group, &marker).await, true),
+        Ended::Stopped => (terminate(&mut child, group, &marker).await, false),
     };
     // Whatever the test left running (a server, `sleep 1000 &`, a daemon that left the
     // session) goes too: it would hold the output pipes open and outlive the tool.
@@ -175,6 +180,35 @@ pub async fn run(command: &str, dir: &Path, timeout: Duration) -> Result<TestRep
         }),
         None => Ok(report),
     }
+}
+
+/// How the wait for the test's shell ended.
+enum Ended {
+    Exited(Option<std::process::ExitStatus>),
+    TimedOut,
+    Stopped,
+}
+
+/// Asks the test to end (SIGTERM to its group and every marked process) and gives it
+/// [`KILL_GRACE`] to do so; the shell's exit status, if it went in that time.
+async fn terminate(
+    child: &mut tokio::process::Child,
+    group: Option<Pid>,
+    marker: &str,
+) -> Option<std::process::ExitStatus> {
+    signal_all(group, marker, Signal::SIGTERM);
+    // A stopped process acts on SIGTERM only once it runs again.
+    signal_all(group, marker, Signal::SIGCONT);
+    let grace_end = Instant::now() + KILL_GRACE;
+    let status = tokio::time::timeout(KILL_GRACE, child.wait())
+        .await
+        .ok()
+        .and_then(Result::ok);
+    // The shell may go at once; what it started gets the same grace to shut down.
+    while Instant::now() < grace_end && !marked_processes(marker).is_empty() {
+        tokio::time::sleep(POLL).await;
+    }
+    status
 }
 
 /// Why the command could not start, when `sh` itself says so: exit 127 (not found) or 126

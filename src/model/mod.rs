@@ -71,7 +71,8 @@ pub enum Finish {
 impl Finish {
     pub fn from_reason(reason: &str) -> Self {
         match reason {
-            "stop" | "eos" | "end_turn" | "stop_sequence" => Self::Stop,
+            // `eos_token`: older text-generation-inference releases (and IBM watsonx) at a natural end.
+            "stop" | "eos" | "eos_token" | "end_turn" | "stop_sequence" => Self::Stop,
             "length" | "max_tokens" => Self::Length,
             other => Self::Other(other.to_owned()),
         }

@@ -537,6 +537,33 @@ pub struct Test {
     discovery: Option<Vec<u16>>,
     /// The environment variable that gets the scripted server's URL.
     url_variable: String,
+    /// Acts on the binary while it runs.
+    during: Option<Act>,
+}
+
+/// What [`Test::during`] does to the running binary.
+type Act = Box<dyn FnOnce(&Running)>;
+
+/// The binary while it runs, for [`Test::during`].
+pub struct Running<'a> {
+    pub pid: u32,
+    server: &'a ModelServer,
+}
+
+impl Running<'_> {
+    /// How many chat requests the scripted server has received so far.
+    pub fn chat_requests(&self) -> usize {
+        self.server.requests().len()
+    }
+
+    /// Sends `signal` to the binary.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(self.pid).unwrap()),
+            signal,
+        )
+        .expect("signal the binary");
+    }
 }
 
 impl Test {
@@ -555,7 +582,14 @@ impl Test {
             protocol: Protocol::OpenAi,
             discovery: None,
             url_variable: "LOCAL_TASK_ENDPOINT".to_owned(),
+            during: None,
         }
+    }
+
+    /// Calls `act` once the binary has started, then waits for it to end.
+    pub fn during(mut self, act: impl FnOnce(&Running) + 'static) -> Self {
+        self.during = Some(Box::new(act));
+        self
     }
 
     /// Hands the scripted server's URL, as `host:port` without a scheme, to the tool
@@ -722,7 +756,30 @@ impl Test {
             command.env(name, value);
         }
         let started = std::time::Instant::now();
-        let output = command.output().expect("run the binary");
+        let output = match self.during {
+            None => command.output().expect("run the binary"),
+            Some(act) => {
+                let child = command
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("start the binary");
+                let mut child = child;
+                let running = Running {
+                    pid: child.id(),
+                    server: &server,
+                };
+                // A failed check must not leave the binary running behind the test.
+                if let Err(panic) =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| act(&running)))
+                {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    std::panic::resume_unwind(panic);
+                }
+                child.wait_with_output().expect("wait for the binary")
+            }
+        };
         let elapsed = started.elapsed();
         Run {
             elapsed,

@@ -3,6 +3,7 @@
 //! attempt is tested alone, and a run that does not succeed says what is in the tree.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use execute_local_task::result::{FileAction, Outcome, Status};
@@ -611,4 +612,174 @@ fn no_test_gives_a_null_test_and_an_untested_summary() {
     assert!(result.test.is_none());
     assert!(run.json()["test"].is_null());
     assert!(result.summary.contains("UNTESTED"), "{}", result.summary);
+}
+
+/// Waits, bounded, until `file` holds a line `ready`; the pids written before it.
+fn wait_until_ready(file: &Path) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pids = pids(file);
+        if pids.last().is_some_and(|last| last == "ready") {
+            return pids[..pids.len() - 1].to_vec();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the test never started: {pids:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_signal_during_the_test_stops_it_undoes_the_attempt_and_says_interrupted() {
+    use nix::sys::signal::Signal;
+    let scratch = tempfile::tempdir().unwrap();
+    let pid_file = scratch.path().join("pids");
+    let ready = pid_file.clone();
+    let started = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&started);
+    // The test's shell, and a process that left its session: neither gets the tool's
+    // signal from the kernel, and both outlive a tool that dies of it.
+    let run = Test::new()
+        .file("out.txt", "old\n")
+        .spec(spec(
+            "out.txt",
+            &json!({"test_command": format!(
+                "echo $$ >> {0}; setsid sleep 77 & echo $! >> {0}; echo ready >> {0}; exec sleep 77",
+                pid_file.display()
+            )}),
+        ))
+        .script(Script::code("out.txt", "new\n"))
+        .during(move |running| {
+            *seen.lock().unwrap() = wait_until_ready(&ready);
+            running.signal(Signal::SIGTERM);
+        })
+        .run();
+    let error = run.assert_error(143, "interrupted");
+    assert!(error.message.contains("SIGTERM"), "{}", error.message);
+    assert!(
+        run.elapsed < Duration::from_secs(20),
+        "the test was not stopped: {:?}",
+        run.elapsed
+    );
+    let result = run.result();
+    assert!(result.files.is_empty(), "{:?}", result.files);
+    assert_eq!(result.attempts.len(), 1);
+    assert_eq!(result.attempts[0].outcome, Outcome::Error);
+    assert_eq!(result.attempts[0].usage.prompt_tokens, 100);
+    run.assert_unchanged();
+    let pids = started.lock().unwrap().clone();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    let survivors: Vec<&String> = pids.iter().filter(|pid| alive(pid)).collect();
+    assert!(survivors.is_empty(), "still running: {survivors:?}");
+}
+
+#[test]
+fn a_signal_while_the_model_thinks_ends_the_run_at_once() {
+    use nix::sys::signal::Signal;
+    for (signal, code) in [(Signal::SIGINT, 130), (Signal::SIGHUP, 129)] {
+        let run = Test::new()
+            .spec(spec("out.txt", &json!({"test_command": "true"})))
+            .script(Script::Hang)
+            .during(move |running| {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while running.chat_requests() == 0 {
+                    assert!(Instant::now() < deadline, "the model was never called");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                running.signal(signal);
+            })
+            .run();
+        let error = run.assert_error(code, "interrupted");
+        assert!(error.message.contains(signal.as_str()), "{}", error.message);
+        assert!(
+            run.elapsed < Duration::from_secs(20),
+            "{signal}: {:?}",
+            run.elapsed
+        );
+        let result = run.result();
+        assert_eq!(result.attempts.len(), 1);
+        assert_eq!(result.attempts[0].outcome, Outcome::Error);
+        run.assert_unchanged();
+    }
+}
+
+#[test]
+fn an_attempt_that_cannot_be_written_is_still_reported() {
+    // Attempt 1 leaves `b.txt` as it was, so its test can change it behind the run's
+    // back; attempt 2 then finds `b.txt` changed and must not overwrite it.
+    let both =
+        |a: &str, b: &str| format!("```text path=a.txt\n{a}```\n\n```text path=b.txt\n{b}```\n");
+    let run = Test::new()
+        .file("a.txt", "A\n")
+        .file("b.txt", "B\n")
+        .spec(json!({
+            "task_id": "T-001",
+            "description": "d",
+            "output_files": ["a.txt", "b.txt"],
+            "test_command": "echo changed > b.txt; exit 1",
+        }))
+        .reply(&both("A1\n", "B\n"))
+        .reply(&both("A2\n", "B2\n"))
+        .run();
+    run.assert_error(2, "conflict");
+    let result = run.result();
+    let outcomes: Vec<Outcome> = result.attempts.iter().map(|a| a.outcome).collect();
+    assert_eq!(outcomes, [Outcome::TestFailed, Outcome::Error]);
+    let second = &result.attempts[1];
+    assert!(
+        second
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("b.txt"),
+        "{second:?}"
+    );
+    assert_eq!(second.usage.completion_tokens, 50);
+    assert_eq!(result.usage.completion_tokens, 100);
+    assert_eq!(run.read("a.txt").as_deref(), Some("A\n"));
+    assert_eq!(run.read("b.txt").as_deref(), Some("changed\n"));
+}
+
+#[test]
+fn a_failed_undo_says_the_tree_holds_code_and_how_to_remove_it() {
+    // The test damages the run's backup, so the attempt cannot be undone from it.
+    let run = Test::new()
+        .file("out.txt", "old\n")
+        .spec(spec(
+            "out.txt",
+            &json!({"test_command": "for f in .git/execute-local-task/runs/*/files/*; do echo damaged > \"$f\"; done; exit 1"}),
+        ))
+        .script(Script::code("out.txt", "new\n"))
+        .run();
+    let error = run.assert_error(2, "rollback");
+    let result = run.result();
+    let rollback = format!("execute-local-task rollback {}", result.run_id);
+    for text in [&error.message, &result.summary] {
+        assert!(
+            text.contains("may still hold attempt 1's code") && text.contains(&rollback),
+            "{text}"
+        );
+    }
+    assert_eq!(run.read("out.txt").as_deref(), Some("new\n"));
+    assert_eq!(result.attempts[0].outcome, Outcome::Error);
+}
+
+#[test]
+fn a_reply_that_did_not_stop_naturally_is_never_written() {
+    for reason in ["content_filter", "abort"] {
+        let run = Test::new()
+            .spec(spec("out.txt", &json!({"max_attempts": 1})))
+            .script(Script::chat("```text path=out.txt\nx\n```\n", |chat| {
+                chat.finish_reason = Some(reason.to_owned());
+            }))
+            .run();
+        run.assert_code(1);
+        let result = run.result();
+        assert_eq!(result.status, Status::Escalate);
+        assert_eq!(result.attempts[0].outcome, Outcome::Truncated);
+        let message = result.attempts[0].error.clone().unwrap_or_default();
+        assert!(message.contains(reason), "{message}");
+        run.assert_unchanged();
+    }
 }
