@@ -419,7 +419,8 @@ fn a_reply_cut_by_the_context_limit_is_never_written() {
     // message and one to open the reply.
     let dry = build().arg("--dry-run").run();
     dry.assert_code(0);
-    let messages = dry.json()["request"]["messages"]
+    // The harness's endpoint is a bare host:port, so the dry run shows both candidates.
+    let messages = dry.json()["requests"]["openai"]["request"]["messages"]
         .as_array()
         .expect("messages")
         .clone();
