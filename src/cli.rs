@@ -139,7 +139,7 @@ struct RunArgs {
     max_context_bytes: usize,
     /// Sampling temperature sent to the model.
     #[arg(long, default_value_t = 0.2)]
-    temperature: f32,
+    temperature: f64,
     /// Cap on the reply's tokens (default: the server's).
     #[arg(long, value_name = "N")]
     max_tokens: Option<u32>,
@@ -253,12 +253,16 @@ pub fn run() -> ExitCode {
                 return usage_error(&misplaced_message(&name));
             }
             let _ = error.print();
-            // The JSON gets clap's first sentence; stderr got the whole text with usage.
+            // The JSON gets what clap says is wrong (which argument, which values are
+            // possible), without the usage block; stderr got the whole text.
             let rendered = error.render().to_string();
             let message = rendered
                 .lines()
-                .next()
-                .unwrap_or_default()
+                .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more"))
+                .map(str::trim)
+                .filter(|line| !line.is_empty() && !line.starts_with("tip:"))
+                .collect::<Vec<_>>()
+                .join(" ")
                 .trim_start_matches("error: ")
                 .to_owned();
             print_json(&error_result(&Error::Usage(message)));
@@ -502,7 +506,9 @@ fn print_error(error: &Error) {
     if let Some(hint) = error.hint() {
         eprintln!("hint: {hint}");
     }
+    // The same `status` and `error` fields as a run's result, so `jq .status` reads both.
     print_json(&serde_json::json!({
+        "status": "error",
         "error": {"kind": error.kind(), "message": error.to_string()}
     }));
 }

@@ -44,7 +44,7 @@ pub struct RunOptions {
     /// Replaces the kind template for this run.
     pub template: Option<PathBuf>,
     pub max_context_bytes: usize,
-    pub temperature: f32,
+    pub temperature: f64,
     pub max_tokens: Option<u32>,
     pub limits: Limits,
     /// Retries, `--record` and `--replay`.
@@ -341,6 +341,10 @@ async fn run_task(
         .clamp(1, spec::MAX_MAX_ATTEMPTS);
     let choice = ModelChoice::resolve(&options.model_flags, spec.model.as_deref(), env)?;
 
+    // Before the dry run too: it should refuse what the real run would refuse.
+    if !options.force {
+        check_clean_targets(&repo, &targets)?;
+    }
     if options.dry_run {
         return Ok(Finished::DryRun(dry_run_request(
             &spec,
@@ -348,9 +352,6 @@ async fn run_task(
             options,
             first_messages,
         )));
-    }
-    if !options.force {
-        check_clean_targets(&repo, &targets)?;
     }
 
     let Route {
@@ -683,7 +684,7 @@ fn dry_run_request(
         temperature: options.temperature,
         max_tokens: options.max_tokens,
     };
-    let mut printed = json!({"dry_run": true, "task_id": spec.task_id});
+    let mut printed = json!({"status": "dry_run", "dry_run": true, "task_id": spec.task_id});
     if let (Some(printed), serde_json::Value::Object(target)) =
         (printed.as_object_mut(), route::dry_run(choice, &request))
     {

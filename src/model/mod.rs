@@ -53,7 +53,7 @@ impl Message {
 pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<Message>,
-    pub temperature: f32,
+    pub temperature: f64,
     pub max_tokens: Option<u32>,
 }
 

@@ -194,7 +194,7 @@ fn difference(recorded: &ChatRequest, now: &ChatRequest) -> Option<String> {
             recorded.model, now.model
         ));
     }
-    if (recorded.temperature - now.temperature).abs() > f32::EPSILON {
+    if (recorded.temperature - now.temperature).abs() > f64::EPSILON {
         return Some(format!(
             "temperature {} was recorded, {} is asked for",
             recorded.temperature, now.temperature

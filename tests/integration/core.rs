@@ -278,6 +278,11 @@ fn dry_run_prints_the_request_and_sends_nothing() {
         "test-model"
     );
     assert_eq!(printed["requests"]["openai"]["request"]["stream"], true);
+    assert_eq!(
+        printed["requests"]["openai"]["request"]["temperature"],
+        json!(0.2)
+    );
+    assert_eq!(printed["status"], "dry_run");
     assert!(
         printed["requests"]["openai"]["request"]["messages"][1]["content"]
             .as_str()
@@ -514,6 +519,25 @@ fn command_line_errors_still_print_a_result() {
     );
     assert!(run.stderr.contains("--max-attempts"), "{}", run.stderr);
 
+    let run = Test::new().run_with(|_| vec!["schema".to_owned()]);
+    let error = run.assert_error(2, "usage");
+    assert!(error.message.contains("<WHICH>"), "{}", error.message);
+    let run = Test::new().run_with(|_| {
+        vec![
+            "--provider".to_owned(),
+            "lmstudio".to_owned(),
+            "s.json".to_owned(),
+        ]
+    });
+    let error = run.assert_error(2, "usage");
+    assert!(
+        error
+            .message
+            .contains("possible values: auto, openai, ollama"),
+        "{}",
+        error.message
+    );
+
     let run = Test::new().run_with(|_| Vec::new());
     run.assert_code(2);
     assert!(run.stderr.contains("no task spec given"), "{}", run.stderr);
@@ -537,4 +561,16 @@ fn an_output_file_matched_by_a_context_glob_is_shown_once() {
         .to_owned();
     assert_eq!(user.matches("# ORIGINAL").count(), 1, "{user}");
     assert!(user.contains("X = 1"), "{user}");
+}
+
+#[test]
+fn a_dry_run_refuses_what_the_real_run_would_refuse() {
+    let run = Test::new()
+        .file("a.py", "X = 1\n")
+        .uncommitted("a.py", "X = 2  # work in progress\n")
+        .spec(spec("a.py", &json!({})))
+        .arg("--dry-run")
+        .run();
+    run.assert_error(2, "dirty_target");
+    run.assert_unchanged();
 }
