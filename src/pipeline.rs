@@ -353,6 +353,24 @@ async fn run_task(
             first_messages,
         )));
     }
+    // A typo in the test command should not cost a whole model call first.
+    let missing = match spec.test_command.as_deref().filter(|_| !options.no_test) {
+        Some(command) => test_run::missing_program(command, repo.root(), &spec.outputs)
+            .await
+            .map(|program| (command, program)),
+        None => None,
+    };
+    if let Some((command, program)) = missing {
+        return Ok(Finished::Done(state.finish(
+            Status::Failed,
+            format!(
+                "failed: the test command `{command}` could not start: `{program}` is not found; \
+                 fix test_command in the spec or install `{program}` (the model was not called)"
+            ),
+            Vec::new(),
+            None,
+        )));
+    }
 
     let Route {
         client,

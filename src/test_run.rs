@@ -67,6 +67,37 @@ pub struct CannotStart {
     pub report: Option<TestReport>,
 }
 
+/// The program that starts `command`, when `sh` cannot find it: checked before the model
+/// is called, so a typo in `test_command` does not cost a whole model call first.
+///
+/// Only a plain first word is checked. Shell syntax, variable assignments and paths
+/// (which the task itself may be about to create) are left for the real run to judge.
+pub async fn missing_program(command: &str, dir: &Path, outputs: &[String]) -> Option<String> {
+    let word = command.split_whitespace().next()?;
+    let plain = word
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+'));
+    if !plain || outputs.iter().any(|output| output == word) {
+        return None;
+    }
+    let mut check = Command::new("sh");
+    check
+        .arg("-c")
+        .arg(r#"command -v -- "$1" >/dev/null 2>&1"#)
+        .arg("sh")
+        .arg(word)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let status = tokio::time::timeout(Duration::from_secs(5), check.status())
+        .await
+        .ok()?
+        .ok()?;
+    (!status.success()).then(|| word.to_owned())
+}
+
 /// Runs `command` until it ends, `timeout` passes, or `stop` completes (the run was
 /// interrupted). In the last two cases the test and everything it started are stopped:
 /// SIGTERM, a grace, then SIGKILL. The report's `timed_out` is only for the limit.

@@ -232,9 +232,11 @@ fn megabytes_of_output_are_bounded_and_keep_their_end() {
 
 #[test]
 fn a_test_command_that_cannot_start_is_failed_without_a_repair() {
-    for (command, expected) in [
-        ("no-such-test-runner --quick", "not found"),
-        ("./check.sh", "Permission denied"),
+    // A missing program is found before the model is called; a script that cannot run
+    // only when the runner tries it.
+    for (command, expected, requests) in [
+        ("no-such-test-runner --quick", "not found", 0),
+        ("./check.sh", "Permission denied", 1),
     ] {
         let run = Test::new()
             .file("check.sh", "#!/bin/sh\nexit 0\n")
@@ -259,7 +261,7 @@ fn a_test_command_that_cannot_start_is_failed_without_a_repair() {
         );
         assert_eq!(
             run.requests.len(),
-            1,
+            requests,
             "{command}: a test that cannot run was repaired"
         );
         run.assert_unchanged();
@@ -269,10 +271,8 @@ fn a_test_command_that_cannot_start_is_failed_without_a_repair() {
 #[test]
 fn keep_failed_keeps_code_whose_test_could_not_start() {
     let run = Test::new()
-        .spec(spec(
-            "out.txt",
-            &json!({"test_command": "no-such-test-runner"}),
-        ))
+        .file("check.sh", "#!/bin/sh\nexit 0\n")
+        .spec(spec("out.txt", &json!({"test_command": "./check.sh"})))
         .arg("--keep-failed")
         .script(Script::code("out.txt", "x\n"))
         .run();
@@ -284,7 +284,7 @@ fn keep_failed_keeps_code_whose_test_could_not_start() {
     assert!(
         result
             .summary
-            .starts_with("failed: the test command `no-such-test-runner` could not start")
+            .starts_with("failed: the test command `./check.sh` could not start")
             && result
                 .summary
                 .contains("the working tree holds attempt 1's failed code"),
