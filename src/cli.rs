@@ -415,8 +415,8 @@ async fn dispatch(cli: Cli) -> u8 {
         }
         Some(Command::Schema { which }) => {
             let schema = match which {
-                SchemaKind::Spec => schemars::schema_for!(crate::spec::SpecDocument),
-                SchemaKind::Result => schemars::schema_for!(TaskResult),
+                SchemaKind::Spec => crate::spec::json_schema(),
+                SchemaKind::Result => serde_json::json!(schemars::schema_for!(TaskResult)),
             };
             print_json(&schema);
             0
@@ -452,8 +452,13 @@ async fn run_demo(dir: Option<PathBuf>, env: &dyn Fn(&str) -> Option<String>) ->
             return error.exit_code();
         }
     };
+    let kept = if temp.is_some() {
+        " (deleted when the demo ends; `demo --dir DIR` keeps it)"
+    } else {
+        ""
+    };
     eprintln!(
-        "execute-local-task demo: a scratch repository at {} and the spec {}\n\
+        "execute-local-task demo: a scratch repository at {}{kept} and the spec {}\n\
          The model's replies are RECORDED (no model server is used): the first has a bug the test catches, the second repairs it.\n",
         setup.repo_dir.display(),
         setup.spec_path.display()

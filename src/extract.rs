@@ -88,14 +88,17 @@ impl std::fmt::Display for ExtractError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::NoCode(reason) | Self::Truncated(reason) => f.write_str(reason),
+            // Said so the repair prompt tells the model how to fix it: usually the block
+            // was there, without the path that says which file it is.
             Self::MissingFiles(files) => write!(
                 f,
-                "the reply has no code block for {}",
+                "the reply has no code block labelled with the path of {}; start each block's fence with its path (```python path={})",
                 files
                     .iter()
                     .map(|file| format!("`{file}`"))
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                files.first().map_or("src/a.py", String::as_str)
             ),
         }
     }

@@ -531,7 +531,10 @@ async fn run_task(
 
     let (status, what) = match cannot_start {
         Some(message) => (Status::Failed, format!("failed: {message}")),
-        None => (Status::Escalate, escalate_summary(&spec, &state.attempts)),
+        None => (
+            Status::Escalate,
+            escalate_summary(&spec, &state.attempts, options.max_tokens),
+        ),
     };
     let left = leave_tree(
         &repo,
@@ -1060,7 +1063,7 @@ fn describe_changes(changes: &[FileChange]) -> String {
 }
 
 /// What was tried and what failed last, for a supervisor deciding to do the task itself.
-fn escalate_summary(spec: &TaskSpec, attempts: &[Attempt]) -> String {
+fn escalate_summary(spec: &TaskSpec, attempts: &[Attempt], max_tokens: Option<u32>) -> String {
     let outcomes = attempts
         .iter()
         .map(|a| outcome_name(a.outcome))
@@ -1070,8 +1073,15 @@ fn escalate_summary(spec: &TaskSpec, attempts: &[Attempt]) -> String {
         .last()
         .and_then(|a| a.error.clone())
         .unwrap_or_default();
+    // Replies cut short under a --max-tokens cap will be cut again: say what to change.
+    let advice = match max_tokens {
+        Some(cap) if attempts.iter().all(|a| a.outcome == Outcome::Truncated) => {
+            format!("; every reply was cut short: --max-tokens {cap} is too low for this task")
+        }
+        _ => String::new(),
+    };
     format!(
-        "escalate: the local model did not complete {} in {} attempt{} ({outcomes}); last: {last}",
+        "escalate: the local model did not complete {} in {} attempt{} ({outcomes}); last: {last}{advice}",
         spec.task_id,
         attempts.len(),
         if attempts.len() == 1 { "" } else { "s" },

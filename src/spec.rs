@@ -134,6 +134,17 @@ const FIELDS: &[&str] = &[
     "allow_shrink",
 ];
 
+/// The spec's JSON Schema, with the rule the struct cannot express: exactly one of
+/// `output_file` and `output_files`.
+pub fn json_schema() -> Value {
+    let mut schema = serde_json::json!(schemars::schema_for!(SpecDocument));
+    schema["oneOf"] = serde_json::json!([
+        {"required": ["output_file"], "not": {"required": ["output_files"]}},
+        {"required": ["output_files"], "not": {"required": ["output_file"]}},
+    ]);
+    schema
+}
+
 /// Reads and validates the spec at `path`.
 pub fn load(path: &Path) -> Result<TaskSpec> {
     let text = std::fs::read_to_string(path)

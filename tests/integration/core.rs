@@ -366,6 +366,9 @@ fn schemas_are_json_schemas() {
             "{which}"
         );
         assert!(schema["properties"]["task_id"].is_object(), "{which}");
+        if which == "spec" {
+            assert_eq!(schema["oneOf"][0]["required"], json!(["output_file"]));
+        }
     }
 }
 
@@ -572,5 +575,29 @@ fn a_dry_run_refuses_what_the_real_run_would_refuse() {
         .arg("--dry-run")
         .run();
     run.assert_error(2, "dirty_target");
+    run.assert_unchanged();
+}
+
+#[test]
+fn replies_cut_short_under_a_token_cap_say_to_raise_it() {
+    let cut = || {
+        Script::chat("```\npart", |chat| {
+            chat.finish_reason = Some("length".to_owned());
+        })
+    };
+    let run = Test::new()
+        .spec(spec("a.txt", &json!({})))
+        .args(&["--max-tokens", "3"])
+        .script(cut())
+        .script(cut())
+        .run();
+    run.assert_code(1);
+    let result = run.result();
+    assert_eq!(run.requests[0].body["max_tokens"], 3);
+    assert!(
+        result.summary.contains("--max-tokens 3 is too low"),
+        "{}",
+        result.summary
+    );
     run.assert_unchanged();
 }
