@@ -754,7 +754,25 @@ fn check_reply(
             }
         })?;
     notes.extend(extracted.notes);
-    for (path, code) in &extracted.files {
+    // Replies come with LF line ends; a file written with CRLF throughout keeps them, so
+    // its diff shows the real changes instead of every line.
+    let files: Vec<(String, String)> = extracted
+        .files
+        .into_iter()
+        .map(|(path, code)| {
+            let crlf = before_of(targets, &path).is_some_and(|before| {
+                before.contains('\n')
+                    && before.matches("\r\n").count() == before.matches('\n').count()
+            });
+            let code = if crlf && !code.contains('\r') {
+                code.replace('\n', "\r\n")
+            } else {
+                code
+            };
+            (path, code)
+        })
+        .collect();
+    for (path, code) in &files {
         if let Some(line) = guard::find_elision(path, code) {
             return Err(Failure::new(
                 Outcome::GuardRefused,
@@ -771,7 +789,7 @@ fn check_reply(
                 .map_err(|reason| Failure::new(Outcome::GuardRefused, reason))?;
         }
     }
-    Ok(extracted.files)
+    Ok(files)
 }
 
 fn write_files(

@@ -71,7 +71,9 @@ impl Ollama {
             .send()
             .await
             .map_err(|e| transport_error(&url, &e))?;
-        let response = check_status(&url, response, &self.limits).await?;
+        let response = check_status(&url, response, &self.limits)
+            .await
+            .map_err(not_ollama)?;
         body::read_json(&url, response, &self.limits, "the answer").await
     }
 
@@ -86,7 +88,8 @@ impl Ollama {
             url,
             self.http.post(url).json(&request_body(request)),
         )
-        .await?;
+        .await
+        .map_err(not_ollama)?;
 
         let mut bytes = response.bytes_stream();
         let mut pending: Vec<u8> = Vec::new();
@@ -242,6 +245,17 @@ impl Streamed {
             usage: self.usage,
             notes: Vec::new(),
         }
+    }
+}
+
+/// A plain 404 from an `/api/*` path means the server is not Ollama: say which flag fits.
+fn not_ollama(error: ModelError) -> ModelError {
+    if error.kind == ModelErrorKind::HttpClientError && error.message.contains("HTTP 404") {
+        error.with_hint(
+            "this server does not answer Ollama's API; for an OpenAI-compatible server use --provider openai (or auto)",
+        )
+    } else {
+        error
     }
 }
 

@@ -601,3 +601,19 @@ fn replies_cut_short_under_a_token_cap_say_to_raise_it() {
     );
     run.assert_unchanged();
 }
+
+#[test]
+fn a_crlf_file_keeps_its_line_ends() {
+    let run = Test::new()
+        .file("win.txt", "one\r\ntwo\r\nthree\r\n")
+        .spec(spec("win.txt", &json!({})))
+        .script(Script::code("win.txt", "one\ntwo\nTHREE\n"))
+        .run();
+    run.assert_code(0);
+    assert_eq!(
+        run.read("win.txt").as_deref(),
+        Some("one\r\ntwo\r\nTHREE\r\n")
+    );
+    let file = &run.result().files[0];
+    assert_eq!((file.lines_added, file.lines_removed), (1, 1));
+}

@@ -1177,3 +1177,14 @@ fn faults_are_recorded_and_replayed_too() {
     assert_fault(&run, "unavailable");
     assert!(run.elapsed < Duration::from_secs(4), "{:?}", run.elapsed);
 }
+
+#[test]
+fn the_ollama_provider_against_another_server_says_which_flag_fits() {
+    let run = Test::new()
+        .spec(spec("a.txt", &json!({})))
+        .args(&["--provider", "ollama"])
+        .script(Script::code("a.txt", "x\n"))
+        .run();
+    assert_fault(&run, "http_client_error");
+    assert!(run.stderr.contains("--provider openai"), "{}", run.stderr);
+}
