@@ -283,12 +283,7 @@ fn dry_run_prints_the_request_and_sends_nothing() {
         json!(0.2)
     );
     assert_eq!(printed["status"], "dry_run");
-    assert!(
-        printed["requests"]["openai"]["request"]["messages"][1]["content"]
-            .as_str()
-            .unwrap()
-            .contains("X = 1")
-    );
+    assert!(run.dry_run_prompt().contains("X = 1"));
     assert!(run.requests.is_empty());
     run.assert_unchanged();
 }
@@ -401,10 +396,7 @@ fn a_repository_template_overrides_the_built_in_one() {
         .arg("--dry-run")
         .run();
     run.assert_code(0);
-    let user = run.json()["requests"]["openai"]["request"]["messages"][1]["content"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let user = run.dry_run_prompt();
     assert_eq!(user, "CUSTOM for T-001: Do the task.\n");
 }
 
@@ -433,8 +425,9 @@ fn a_template_flag_replaces_the_kind_template_and_errors_name_it() {
         .run();
     run.assert_code(0);
     assert_eq!(
-        run.json()["requests"]["openai"]["request"]["messages"][1]["content"],
-        "MINE a.py\n"
+        run.dry_run_prompt(),
+        "MINE a.py
+"
     );
 
     let test = Test::new();
@@ -458,10 +451,7 @@ fn context_globs_are_expanded_and_bad_context_is_a_clear_error() {
         .arg("--dry-run")
         .run();
     run.assert_code(0);
-    let user = run.json()["requests"]["openai"]["request"]["messages"][1]["content"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let user = run.dry_run_prompt();
     assert!(user.contains("src/a.rs\n```rust\nfn a() {}\n```"), "{user}");
     assert!(user.contains("fn c() {}"), "{user}");
     assert!(!user.contains("not rust"), "{user}");
@@ -558,10 +548,7 @@ fn an_output_file_matched_by_a_context_glob_is_shown_once() {
         .arg("--dry-run")
         .run();
     run.assert_code(0);
-    let user = run.json()["requests"]["openai"]["request"]["messages"][1]["content"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let user = run.dry_run_prompt();
     assert_eq!(user.matches("# ORIGINAL").count(), 1, "{user}");
     assert!(user.contains("X = 1"), "{user}");
 }

@@ -891,6 +891,21 @@ impl Run {
             .unwrap_or_else(|error| panic!("stdout is not JSON ({error}):\n{}", self.stdout))
     }
 
+    /// The task message of a `--dry-run`'s (OpenAI-compatible) request: the prompt the
+    /// model would be given.
+    pub fn dry_run_prompt(&self) -> String {
+        let printed = self.json();
+        let request = if printed["request"].is_object() {
+            &printed["request"]
+        } else {
+            &printed["requests"]["openai"]["request"]
+        };
+        request["messages"][1]["content"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no task message in:\n{}", self.stdout))
+            .to_owned()
+    }
+
     pub fn read(&self, path: &str) -> Option<String> {
         std::fs::read_to_string(self.repo.join(path)).ok()
     }

@@ -1273,8 +1273,9 @@ fn an_ignored_target_needs_force_and_is_backed_up_with_it() {
     assert_eq!(both(&scene), before);
 }
 
-#[test]
-fn rollback_leaves_alone_files_the_run_had_already_put_back() {
+/// A two-file run whose first attempt changed both files and failed its test (so both
+/// were put back), and whose second attempt changed only `a.py` and passed.
+fn run_that_put_b_back() -> (Scene, Out) {
     let scene = Scene::new();
     scene
         .file("a.py", "a = 0\n")
@@ -1295,6 +1296,12 @@ fn rollback_leaves_alone_files_the_run_had_already_put_back() {
         &[],
     );
     out.assert_code(0);
+    (scene, out)
+}
+
+#[test]
+fn rollback_leaves_alone_files_the_run_had_already_put_back() {
+    let (scene, out) = run_that_put_b_back();
     let result = out.result();
     assert_eq!(result.attempts.len(), 2);
     let b = result.files.iter().find(|f| f.path == "b.py").unwrap();
@@ -1314,26 +1321,7 @@ fn rollback_leaves_alone_files_the_run_had_already_put_back() {
 
 #[test]
 fn rollback_with_force_never_restores_a_file_the_run_had_put_back() {
-    let scene = Scene::new();
-    scene
-        .file("a.py", "a = 0\n")
-        .file("b.py", "b = 0\n")
-        .commit();
-    let spec = json!({"task_id": "T-two", "description": "d",
-        "output_files": ["a.py", "b.py"], "test_command": "grep -q good a.py"});
-    let (out, _) = scene.run(
-        &spec,
-        vec![
-            Script::reply(
-                "```python path=a.py\na = 1  # bad\n```\n```python path=b.py\nb = 1\n```\n",
-            ),
-            Script::reply(
-                "```python path=a.py\na = 2  # good\n```\n```python path=b.py\nb = 0\n```\n",
-            ),
-        ],
-        &[],
-    );
-    out.assert_code(0);
+    let (scene, out) = run_that_put_b_back();
     let run_id = out.result().run_id;
     scene
         .file("a.py", "a = 'edited'\n")

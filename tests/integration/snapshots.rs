@@ -66,11 +66,7 @@ fn prompt_for_several_new_files() {
         .arg("--dry-run")
         .run();
     run.assert_code(0);
-    insta::assert_snapshot!(
-        run.json()["requests"]["openai"]["request"]["messages"][1]["content"]
-            .as_str()
-            .unwrap()
-    );
+    insta::assert_snapshot!(&run.dry_run_prompt());
 }
 
 fn repaired_run() -> crate::harness::Run {
