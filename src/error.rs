@@ -85,7 +85,7 @@ fn dirty_target_message(path: &str, ignored: bool) -> String {
         )
     } else {
         format!(
-            "`{path}` has uncommitted changes; commit or stash them first, or pass --force to overwrite it (its bytes are backed up either way)"
+            "`{path}` has changes git has not committed (or git does not track it yet); commit or stash them first, or pass --force to overwrite it (its bytes are backed up either way)"
         )
     }
 }
