@@ -22,7 +22,7 @@ pub struct SpecDocument {
     /// Ignored; lets editors validate the file.
     #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<String>,
-    /// Names the run, its backups and branch: `[A-Za-z0-9._-]{1,64}`.
+    /// Names the run and its backups: `[A-Za-z0-9._-]{1,64}`, not starting with `.` or `-`, without `..`, not ending in `.lock`.
     #[schemars(regex(pattern = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$"))]
     pub task_id: String,
     /// What to build.
@@ -352,8 +352,8 @@ fn normalize_field(path: &Path, field: &str, value: &str) -> Result<String> {
     })
 }
 
-/// `[A-Za-z0-9._-]{1,64}`, and not starting with `.` or `-` because the id names a branch
-/// and a directory.
+/// `[A-Za-z0-9._-]{1,64}`, and not starting with `.` or `-`: the id names a directory of
+/// backups, and is kept fit to name a git branch for task branches later.
 pub fn valid_task_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id
