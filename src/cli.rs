@@ -20,6 +20,16 @@ use crate::result::{ErrorInfo, Status, TaskResult};
 use crate::rollback::{self, Which};
 use crate::route::{self, Connection, ModelChoice};
 
+/// Writes one line to stderr and never panics: a closed stderr (a caller that stopped
+/// reading, a hung-up terminal) must not stop a run between its write and its test, nor
+/// keep the result JSON from stdout. `eprintln!` panics on a failed write.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 const AFTER_HELP: &str = "\
 Exit codes: 0 success; 1 the task ran but did not succeed (status failed or escalate);
 2 bad input (command line, spec, repository, unsafe path); 3 the model server could not be used;
@@ -275,7 +285,7 @@ pub fn run() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
+            say!("error: cannot start the async runtime: {error}");
             return ExitCode::from(2);
         }
     };
@@ -317,7 +327,7 @@ fn misplaced_message(name: &str) -> String {
 
 /// A command-line mistake found after clap: stderr and the result JSON, exit 2.
 fn usage_error(message: &str) -> ExitCode {
-    eprintln!("error: {message}\n\nFor more information, try '--help'.");
+    say!("error: {message}\n\nFor more information, try '--help'.");
     print_json(&error_result(&Error::Usage(message.to_owned())));
     ExitCode::from(2)
 }
@@ -327,7 +337,7 @@ async fn dispatch(cli: Cli) -> u8 {
     match cli.command {
         None => {
             let Some(spec) = cli.run.spec.clone() else {
-                eprintln!(
+                say!(
                     "error: no task spec given\n\nUsage: execute-local-task [OPTIONS] <SPEC>\n       execute-local-task demo    (see it work first)\n\nFor more information, try '--help'."
                 );
                 print_json(&error_result(&Error::Usage(
@@ -338,7 +348,7 @@ async fn dispatch(cli: Cli) -> u8 {
             let quiet = cli.run.quiet;
             let progress = move |line: &str| {
                 if !quiet {
-                    eprintln!("execute-local-task: {line}");
+                    say!("execute-local-task: {line}");
                 }
             };
             let options = RunOptions {
@@ -362,7 +372,7 @@ async fn dispatch(cli: Cli) -> u8 {
             let dir = repo.unwrap_or_else(|| PathBuf::from("."));
             match rollback::rollback(&dir, which, force, Duration::from_secs(lock_timeout)).await {
                 Ok(report) => {
-                    eprintln!(
+                    say!(
                         "execute-local-task: rolled back {} ({}): {} restored, {} removed",
                         report.run_id,
                         report.task_id,
@@ -435,7 +445,7 @@ async fn run_demo(dir: Option<PathBuf>, env: &dyn Fn(&str) -> Option<String>) ->
         {
             Ok(temp) => Some(temp),
             Err(error) => {
-                eprintln!("error: cannot create a temporary directory: {error}");
+                say!("error: cannot create a temporary directory: {error}");
                 return 2;
             }
         },
@@ -457,7 +467,7 @@ async fn run_demo(dir: Option<PathBuf>, env: &dyn Fn(&str) -> Option<String>) ->
     } else {
         ""
     };
-    eprintln!(
+    say!(
         "execute-local-task demo: a scratch repository at {}{kept} and the spec {}\n\
          The model's replies are RECORDED (no model server is used): the first has a bug the test catches, the second repairs it.\n",
         setup.repo_dir.display(),
@@ -468,10 +478,10 @@ async fn run_demo(dir: Option<PathBuf>, env: &dyn Fn(&str) -> Option<String>) ->
         cancel: stop_on_signals(),
         ..RunOptions::new(&setup.spec_path)
     };
-    let progress = |line: &str| eprintln!("execute-local-task: {line}");
+    let progress = |line: &str| say!("execute-local-task: {line}");
     let output = pipeline::run(&options, Some(demo::recorded_route()), env, &progress).await;
     let code = report(output);
-    eprintln!(
+    say!(
         "\nThat was the whole pipeline on recorded replies. To run it on your own model:\n  \
          Ollama:    ollama pull qwen2.5-coder:7b && execute-local-task SPEC.json --endpoint http://127.0.0.1:11434 --model qwen2.5-coder:7b\n  \
          LM Studio: start its server (port 1234) and run: execute-local-task SPEC.json --endpoint http://127.0.0.1:1234/v1\n\
@@ -491,31 +501,32 @@ fn report(output: RunOutput) -> u8 {
             exit_code,
             hint,
         } => {
+            // The JSON first: it is what the caller acts on.
+            print_json(&result);
             match (&result.status, &result.error) {
                 (Status::Error, Some(error)) => {
-                    eprintln!("error: {}", error.message);
+                    say!("error: {}", error.message);
                 }
-                _ => eprintln!("execute-local-task: {}", result.summary),
+                _ => say!("execute-local-task: {}", result.summary),
             }
             if let Some(hint) = hint {
-                eprintln!("hint: {hint}");
+                say!("hint: {hint}");
             }
-            print_json(&result);
             exit_code
         }
     }
 }
 
 fn print_error(error: &Error) {
-    eprintln!("error: {error}");
-    if let Some(hint) = error.hint() {
-        eprintln!("hint: {hint}");
-    }
     // The same `status` and `error` fields as a run's result, so `jq .status` reads both.
     print_json(&serde_json::json!({
         "status": "error",
         "error": {"kind": error.kind(), "message": error.to_string()}
     }));
+    say!("error: {error}");
+    if let Some(hint) = error.hint() {
+        say!("hint: {hint}");
+    }
 }
 
 fn print_model_table(reports: &[route::ServerReport]) {
@@ -548,11 +559,11 @@ fn print_model_table(reports: &[route::ServerReport]) {
 
 fn print_model_hint(reports: &[route::ServerReport]) {
     if !reports.iter().any(|r| r.reachable) {
-        eprintln!(
+        say!(
             "hint: no model server answered; start Ollama (`ollama serve`) or LM Studio's server, or pass --endpoint URL"
         );
     } else if reports.iter().any(|r| r.reachable && r.models.len() > 1) {
-        eprintln!("hint: choose a model with --model NAME (or LOCAL_TASK_MODEL)");
+        say!("hint: choose a model with --model NAME (or LOCAL_TASK_MODEL)");
     }
 }
 

@@ -830,21 +830,40 @@ async fn write_and_test(
         .or_cancel(lock::acquire(repo, options.lock_timeout))
         .await??;
     write::clean_stale_temp_files(repo);
-    if let Err(error) = write_files(journal, files, targets) {
-        // Undo what was written before the error. Should that fail too, the journal still
-        // has writes, and the caller's error says the tree may hold code.
-        let _ = journal.restore();
-        return Err(error);
-    }
+    // From the first write until the verdict, anything that ends this early (an error, a
+    // panic unwinding, the future dropped) undoes the writes: untested code never stays.
+    // Should the undo fail too, the journal still has writes, and the caller's error says
+    // the tree may hold code.
+    let mut undo = UndoUnlessSettled {
+        journal,
+        settled: false,
+    };
+    write_files(undo.journal, files, targets)?;
     let verdict = run_test(spec, options, repo.root(), progress).await;
     // An interrupted run reports no success, so even code that passed is undone.
     let interrupted = options.cancel.signal();
-    if interrupted.is_some() || !matches!(verdict, TestVerdict::Passed(_)) {
-        journal.restore()?;
+    let keep = interrupted.is_none() && matches!(verdict, TestVerdict::Passed(_));
+    undo.settled = true;
+    if !keep {
+        undo.journal.restore()?;
     }
     match interrupted {
         Some(signal) => Err(Error::Interrupted(signal)),
         None => Ok(verdict),
+    }
+}
+
+/// Restores the journal when dropped before the attempt's verdict settled what stays.
+struct UndoUnlessSettled<'a> {
+    journal: &'a mut Journal,
+    settled: bool,
+}
+
+impl Drop for UndoUnlessSettled<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            let _ = self.journal.restore();
+        }
     }
 }
 

@@ -604,3 +604,22 @@ fn a_crlf_file_keeps_its_line_ends() {
     let file = &run.result().files[0];
     assert_eq!((file.lines_added, file.lines_removed), (1, 1));
 }
+
+#[test]
+fn a_closed_stderr_neither_stops_the_run_nor_the_json() {
+    // Progress goes to stderr between the write and the test: a failed write there must
+    // not leave untested code in the tree, nor the caller without its result.
+    let run = Test::new()
+        .file("calc.py", "X = 0\n")
+        .spec(spec(
+            "calc.py",
+            &json!({"test_command": "grep -q 'X = 1' calc.py"}),
+        ))
+        .script(Script::code("calc.py", "X = 1\n"))
+        .closed_stderr()
+        .run();
+    run.assert_code(0);
+    let result = run.result();
+    assert!(result.test.expect("the test ran").passed);
+    assert_eq!(run.read("calc.py").as_deref(), Some("X = 1\n"));
+}

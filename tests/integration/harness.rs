@@ -539,6 +539,8 @@ pub struct Test {
     url_variable: String,
     /// Acts on the binary while it runs.
     during: Option<Act>,
+    /// The binary's stderr is a pipe whose reading end is closed at once.
+    closed_stderr: bool,
 }
 
 /// What [`Test::during`] does to the running binary.
@@ -583,10 +585,17 @@ impl Test {
             discovery: None,
             url_variable: "LOCAL_TASK_ENDPOINT".to_owned(),
             during: None,
+            closed_stderr: false,
         }
     }
 
     /// Calls `act` once the binary has started, then waits for it to end.
+    /// Runs the binary with a stderr nobody reads: every write to it fails.
+    pub fn closed_stderr(mut self) -> Self {
+        self.closed_stderr = true;
+        self
+    }
+
     pub fn during(mut self, act: impl FnOnce(&Running) + 'static) -> Self {
         self.during = Some(Box::new(act));
         self
@@ -757,6 +766,15 @@ impl Test {
         }
         let started = std::time::Instant::now();
         let output = match self.during {
+            None if self.closed_stderr => {
+                let mut child = command
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("start the binary");
+                drop(child.stderr.take());
+                child.wait_with_output().expect("wait for the binary")
+            }
             None => command.output().expect("run the binary"),
             Some(act) => {
                 let child = command
