@@ -503,11 +503,10 @@ fn report(output: RunOutput) -> u8 {
         } => {
             // The JSON first: it is what the caller acts on.
             print_json(&result);
-            match (&result.status, &result.error) {
-                (Status::Error, Some(error)) => {
-                    say!("error: {}", error.message);
-                }
-                _ => say!("execute-local-task: {}", result.summary),
+            if let (Status::Error, Some(error)) = (&result.status, &result.error) {
+                say!("error: {}", error.message);
+            } else {
+                say!("execute-local-task: {}", result.summary);
             }
             if let Some(hint) = hint {
                 say!("hint: {hint}");

@@ -355,8 +355,14 @@ async fn run_task(
     }
     // A typo in the test command should not cost a whole model call first.
     let missing = match spec.test_command.as_deref().filter(|_| !options.no_test) {
-        Some(command) => test_run::missing_program(command, repo.root(), &spec.outputs)
-            .await
+        Some(command) => options
+            .cancel
+            .or_cancel(test_run::missing_program(
+                command,
+                repo.root(),
+                &spec.outputs,
+            ))
+            .await?
             .map(|program| (command, program)),
         None => None,
     };

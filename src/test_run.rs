@@ -73,11 +73,14 @@ pub struct CannotStart {
 /// Only a plain first word is checked. Shell syntax, variable assignments and paths
 /// (which the task itself may be about to create) are left for the real run to judge.
 pub async fn missing_program(command: &str, dir: &Path, outputs: &[String]) -> Option<String> {
-    let word = command.split_whitespace().next()?;
+    let mut words = command.split_whitespace();
+    let word = words.next()?;
     let plain = word
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+'));
-    if !plain || outputs.iter().any(|output| output == word) {
+    // `name () { …; }` defines a function the command then runs: not a program.
+    let defines_function = words.next().is_some_and(|next| next.starts_with('('));
+    if !plain || defines_function || outputs.iter().any(|output| output == word) {
         return None;
     }
     let mut check = Command::new("sh");
@@ -95,7 +98,9 @@ pub async fn missing_program(command: &str, dir: &Path, outputs: &[String]) -> O
         .await
         .ok()?
         .ok()?;
-    (!status.success()).then(|| word.to_owned())
+    // Only the check's own "no" counts; a check killed by a signal (Ctrl-C reaches the
+    // whole process group) knows nothing.
+    matches!(status.code(), Some(1 | 127)).then(|| word.to_owned())
 }
 
 /// Runs `command` until it ends, `timeout` passes, or `stop` completes (the run was

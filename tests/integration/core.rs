@@ -623,3 +623,17 @@ fn a_closed_stderr_neither_stops_the_run_nor_the_json() {
     assert!(result.test.expect("the test ran").passed);
     assert_eq!(run.read("calc.py").as_deref(), Some("X = 1\n"));
 }
+
+#[test]
+fn a_test_command_that_defines_a_function_is_not_mistaken_for_a_missing_program() {
+    let run = Test::new()
+        .spec(spec(
+            "a.txt",
+            &json!({"test_command": "check () { grep -q x a.txt; }; check"}),
+        ))
+        .script(Script::code("a.txt", "x\n"))
+        .run();
+    run.assert_code(0);
+    assert_eq!(run.requests.len(), 1);
+    assert!(run.result().test.unwrap().passed);
+}

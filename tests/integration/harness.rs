@@ -765,39 +765,7 @@ impl Test {
             command.env(name, value);
         }
         let started = std::time::Instant::now();
-        let output = match self.during {
-            None if self.closed_stderr => {
-                let mut child = command
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .expect("start the binary");
-                drop(child.stderr.take());
-                child.wait_with_output().expect("wait for the binary")
-            }
-            None => command.output().expect("run the binary"),
-            Some(act) => {
-                let child = command
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .expect("start the binary");
-                let mut child = child;
-                let running = Running {
-                    pid: child.id(),
-                    server: &server,
-                };
-                // A failed check must not leave the binary running behind the test.
-                if let Err(panic) =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| act(&running)))
-                {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    std::panic::resume_unwind(panic);
-                }
-                child.wait_with_output().expect("wait for the binary")
-            }
-        };
+        let output = launch(&mut command, self.during, self.closed_stderr, &server);
         let elapsed = started.elapsed();
         Run {
             elapsed,
@@ -809,6 +777,48 @@ impl Test {
             repo,
             spec_path,
             _dir: self.dir,
+        }
+    }
+}
+
+/// Runs the binary: plainly, with a stderr nobody reads, or with an act on it meanwhile.
+fn launch(
+    command: &mut Command,
+    during: Option<Act>,
+    closed_stderr: bool,
+    server: &ModelServer,
+) -> std::process::Output {
+    match during {
+        None if closed_stderr => {
+            let mut child = command
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start the binary");
+            drop(child.stderr.take());
+            child.wait_with_output().expect("wait for the binary")
+        }
+        None => command.output().expect("run the binary"),
+        Some(act) => {
+            let child = command
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start the binary");
+            let mut child = child;
+            let running = Running {
+                pid: child.id(),
+                server,
+            };
+            // A failed check must not leave the binary running behind the test.
+            if let Err(panic) =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| act(&running)))
+            {
+                let _ = child.kill();
+                let _ = child.wait();
+                std::panic::resume_unwind(panic);
+            }
+            child.wait_with_output().expect("wait for the binary")
         }
     }
 }
