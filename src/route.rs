@@ -293,7 +293,7 @@ pub async fn connect(
             Some(models) => models.ok(),
             None => list_models(&client).await.ok(),
         };
-        settle_named(&client.endpoint(), named, listed)?
+        settle_named(&client.endpoint(), client.provider(), named, listed)?
     } else {
         let models = match models {
             Some(models) => models?,
@@ -316,11 +316,12 @@ pub async fn connect(
 }
 
 /// Checks a model name against the server's list, so the result never names a model that
-/// did not answer. A server with several models must have it. A server with one model
-/// (llama.cpp's, which answers with that model whatever the name) is asked for that one,
-/// and a note says so.
+/// did not answer. Ollama, and any server with several models, must have it: there the
+/// name picks the model. An OpenAI-compatible server with one model (llama.cpp's, which
+/// answers with that model whatever the name) is asked for that one, and a note says so.
 fn settle_named(
     base: &str,
+    provider: Provider,
     named: &str,
     listed: Option<Vec<String>>,
 ) -> Result<(String, Vec<String>), ModelError> {
@@ -334,19 +335,26 @@ fn settle_named(
     if found {
         return Ok((named.to_owned(), Vec::new()));
     }
-    if models.len() == 1 {
+    if models.len() == 1 && provider == Provider::OpenAi {
         let served = models.remove(0);
         let note =
             format!("{base} has no model `{named}`; it serves only `{served}`, which was used");
         return Ok((served, vec![note]));
     }
-    Err(ModelError::new(
+    let error = ModelError::new(
         ModelErrorKind::ModelNotFound,
         format!(
             "{base} has no model `{named}`; it offers: {}",
             models.join(", ")
         ),
-    ))
+    );
+    Err(if provider == Provider::Ollama {
+        error.with_hint(format!(
+            "pull it first (`ollama pull {named}`) or choose one of the listed models with --model"
+        ))
+    } else {
+        error
+    })
 }
 
 async fn list_models(client: &Client) -> Result<Vec<String>, ModelError> {

@@ -860,6 +860,21 @@ fn a_named_model_is_checked_against_the_servers_list() {
         result.attempts[0].notes
     );
 
+    // On Ollama the name picks the model: a missing one is never swapped for another.
+    let run = protocol_test(Protocol::Ollama)
+        .spec(spec("a.txt", &json!({})))
+        .models(&["served:latest"])
+        .args(&["--model", "asked-for"])
+        .script(Script::code("a.txt", "x\n"))
+        .run();
+    let message = assert_fault(&run, "model_not_found");
+    assert!(message.contains("no model `asked-for`"), "{message}");
+    assert!(
+        run.stderr.contains("ollama pull asked-for"),
+        "{}",
+        run.stderr
+    );
+
     // Ollama's implicit `:latest` tag matches.
     let run = Test::new()
         .spec(spec("a.txt", &json!({})))
