@@ -306,17 +306,36 @@ fn is_subcommand(path: &std::path::Path) -> bool {
 }
 
 /// The subcommand named after a leading run option, for a command line clap rejected
-/// (`-q rollback ID` fails on `ID`, as the spec was already `rollback`).
+/// (`-q rollback ID` fails on `ID`, as the spec was already `rollback`). Only the word in
+/// the spec's place counts: `--model demo` names a model, not the `demo` subcommand.
 fn misplaced_subcommand(args: &[OsString]) -> Option<String> {
-    let first = args.get(1)?.to_str()?;
-    if !first.starts_with('-') {
+    if !args.get(1)?.to_str()?.starts_with('-') {
         return None;
     }
-    args.iter()
-        .skip(2)
-        .map(std::path::Path::new)
-        .find(|path| is_subcommand(path))
-        .map(|path| path.to_string_lossy().into_owned())
+    let command = Cli::command();
+    let takes_value = |flag: &str| {
+        command.get_arguments().any(|arg| {
+            arg.get_action().takes_values()
+                && (arg
+                    .get_long()
+                    .is_some_and(|long| flag == format!("--{long}"))
+                    || arg
+                        .get_short()
+                        .is_some_and(|short| flag == format!("-{short}")))
+        })
+    };
+    let mut value_next = false;
+    for arg in args.iter().skip(1) {
+        let text = arg.to_str()?;
+        if value_next {
+            value_next = false;
+        } else if text.starts_with('-') {
+            value_next = !text.contains('=') && takes_value(text);
+        } else {
+            return is_subcommand(std::path::Path::new(text)).then(|| text.to_owned());
+        }
+    }
+    None
 }
 
 fn misplaced_message(name: &str) -> String {

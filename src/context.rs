@@ -56,19 +56,20 @@ pub fn gather(
         }
     }
 
-    // Sizes first, so one huge file is refused before it is read into memory. (A symlink
-    // counts with its own small size here; the check after reading catches what it hides.)
+    // Sizes first, so one huge file is refused before it is read into memory. A symlink
+    // counts with what it points to, when that is inside the repository (the read refuses
+    // the rest).
     let sizes: Vec<(usize, &str)> = paths
         .iter()
         .map(|path| {
-            // Only paths the guard accepts are even looked at; the read refuses the rest.
-            let size = match bounds.locate(path) {
-                Ok(_) => std::fs::symlink_metadata(root.join(path))
-                    .ok()
-                    .filter(std::fs::Metadata::is_file)
-                    .map_or(0, |m| m.len()),
-                Err(_) => 0,
-            };
+            let size = bounds
+                .locate(path)
+                .ok()
+                .and_then(|_| std::fs::canonicalize(root.join(path)).ok())
+                .filter(|real| real.starts_with(root))
+                .and_then(|real| std::fs::metadata(real).ok())
+                .filter(std::fs::Metadata::is_file)
+                .map_or(0, |metadata| metadata.len());
             (usize::try_from(size).unwrap_or(usize::MAX), path.as_str())
         })
         .collect();

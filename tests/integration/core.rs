@@ -637,3 +637,26 @@ fn a_test_command_that_defines_a_function_is_not_mistaken_for_a_missing_program(
     assert_eq!(run.requests.len(), 1);
     assert!(run.result().test.unwrap().passed);
 }
+
+#[test]
+fn an_option_value_that_names_a_subcommand_is_only_a_value() {
+    let run = Test::new().run_with(|_| {
+        ["--max-attempts", "9", "--model", "demo", "spec.json"]
+            .map(str::to_owned)
+            .to_vec()
+    });
+    let error = run.assert_error(2, "usage");
+    assert!(
+        error.message.contains("--max-attempts"),
+        "{}",
+        error.message
+    );
+
+    let run = Test::new().run_with(|_| ["-q", "rollback", "X"].map(str::to_owned).to_vec());
+    let error = run.assert_error(2, "usage");
+    assert!(
+        error.message.contains("`rollback` is a subcommand"),
+        "{}",
+        error.message
+    );
+}
