@@ -20,6 +20,48 @@ use serde_json::{Value, json};
 pub const BIN: &str = env!("CARGO_BIN_EXE_execute-local-task");
 pub const MODEL: &str = "test-model";
 
+/// How long one run of the binary may take before the test kills it and fails: a
+/// regression that hangs (a test process never killed) must fail the suite, not hang CI.
+pub const BINARY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The file modes the tests expect are those of umask 022, whatever the machine's is.
+/// Process-wide, so set once; every test sets the same value, and children inherit it.
+pub fn hermetic_umask() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    });
+}
+
+/// Waits for a started binary, within [`BINARY_DEADLINE`]; past it the binary is killed
+/// and the test fails.
+pub fn finish(child: std::process::Child) -> std::process::Output {
+    let pid = child.id();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(child.wait_with_output());
+    });
+    match receiver.recv_timeout(BINARY_DEADLINE) {
+        Ok(output) => output.expect("wait for the binary"),
+        Err(_) => {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid"));
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            panic!("the binary ran past {BINARY_DEADLINE:?} and was killed");
+        }
+    }
+}
+
+/// Runs a command for the binary to its end, within [`BINARY_DEADLINE`].
+pub fn output(command: &mut Command) -> std::process::Output {
+    finish(
+        command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the binary"),
+    )
+}
+
 // ---------------------------------------------------------------------------------------
 // The scripted model server
 // ---------------------------------------------------------------------------------------
@@ -509,12 +551,21 @@ pub fn unresponsive_url() -> Unresponsive {
     }
 }
 
-/// A loopback URL where nothing listens.
+/// A loopback URL where nothing listens. The port stays bound, never listening, for the
+/// life of the test process: connections are refused, and no other test's server can be
+/// given the port meanwhile (as it could be after a plain bind and release).
 pub fn closed_port_url() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    drop(listener);
-    url
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .expect("a socket");
+    let any_port: std::net::SocketAddr = "127.0.0.1:0".parse().expect("an address");
+    socket.bind(&any_port.into()).expect("bind a loopback port");
+    let address = socket
+        .local_addr()
+        .ok()
+        .and_then(|address| address.as_socket())
+        .expect("the bound address");
+    std::mem::forget(socket);
+    format!("http://{address}")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -570,6 +621,7 @@ impl Running<'_> {
 
 impl Test {
     pub fn new() -> Self {
+        hermetic_umask();
         Self {
             dir: tempfile::tempdir().expect("create a temp dir"),
             committed: vec![("README.md".to_owned(), b"# project\n".to_vec())],
@@ -796,9 +848,9 @@ fn launch(
                 .spawn()
                 .expect("start the binary");
             drop(child.stderr.take());
-            child.wait_with_output().expect("wait for the binary")
+            finish(child)
         }
-        None => command.output().expect("run the binary"),
+        None => output(command),
         Some(act) => {
             let child = command
                 .stdout(Stdio::piped())
@@ -818,7 +870,7 @@ fn launch(
                 let _ = child.wait();
                 std::panic::resume_unwind(panic);
             }
-            child.wait_with_output().expect("wait for the binary")
+            finish(child)
         }
     }
 }
@@ -978,16 +1030,18 @@ impl Run {
 
     /// Runs the binary again in the same repository (e.g. `rollback`).
     pub fn again(&self, args: &[&str]) -> (i32, String, String) {
-        let output = Command::new(BIN)
-            .args(args)
-            .current_dir(&self.repo)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.repo.parent().unwrap().join("home"))
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+        let output = output(
+            Command::new(BIN)
+                .args(args)
+                .current_dir(&self.repo)
+                .env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .env("HOME", self.repo.parent().unwrap().join("home"))
+                .env("LANG", "C")
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                .stdin(Stdio::null()),
+        );
         (
             output.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&output.stdout).into_owned(),

@@ -15,7 +15,9 @@ use std::process::{Child, Command, Output, Stdio};
 use execute_local_task::result::{Outcome, Status, TaskResult};
 use serde_json::{Value, json};
 
-use crate::harness::{BIN, MODEL, ModelServer, Script, init_and_commit};
+use crate::harness::{
+    BIN, MODEL, ModelServer, Script, finish, hermetic_umask, init_and_commit, output,
+};
 
 use execute_local_task::write::CRASH_AT_ENV;
 
@@ -90,6 +92,7 @@ impl Scene {
     /// A committed repository with a README, a `src/` directory and a file with a mode,
     /// and a sentinel directory outside it.
     fn new() -> Self {
+        hermetic_umask();
         let dir = tempfile::tempdir().expect("a temp dir");
         let repo = dir.path().join("repo");
         let outside = dir.path().join("outside");
@@ -187,7 +190,7 @@ impl Scene {
         env: &[(&str, &str)],
     ) -> (Out, ModelServer) {
         let (child, server) = self.start("spec", spec, script, args, env);
-        let output = child.wait_with_output().unwrap();
+        let output = finish(child);
         (Out::from(&output), server)
     }
 
@@ -198,7 +201,7 @@ impl Scene {
 
     fn tool_env(&self, args: &[&str], env: &[(&str, &str)]) -> Out {
         let server = ModelServer::start(Vec::new(), Vec::new());
-        Out::from(&self.command(args, &server, env).output().unwrap())
+        Out::from(&output(&mut self.command(args, &server, env)))
     }
 
     fn read(&self, path: &str) -> Option<String> {
@@ -952,7 +955,7 @@ fn concurrent_runs_on_one_repository_are_serialised_and_both_land() {
     assert!(scene.read("one.txt").is_none() && scene.read("two.txt").is_none());
     drop(lock);
     for child in [first, second] {
-        let out = Out::from(&child.wait_with_output().unwrap());
+        let out = Out::from(&finish(child));
         out.assert_code(0);
     }
     assert_eq!(scene.read("one.txt").as_deref(), Some("one\n"));
@@ -984,7 +987,7 @@ fn two_runs_replacing_one_file_never_lose_an_update() {
     drop(lock);
     let outs: Vec<Out> = [first, second]
         .into_iter()
-        .map(|child| Out::from(&child.wait_with_output().unwrap()))
+        .map(|child| Out::from(&finish(child)))
         .collect();
     let winners: Vec<&Out> = outs.iter().filter(|o| o.code == Some(0)).collect();
     let losers: Vec<&Out> = outs.iter().filter(|o| o.code != Some(0)).collect();
@@ -1451,7 +1454,7 @@ fn created_files_and_directories_honour_the_umask() {
             command.env(name, value);
         }
     }
-    let out = Out::from(&command.output().unwrap());
+    let out = Out::from(&output(&mut command));
     out.assert_code(0);
     let after = state(&scene.repo);
     assert_eq!(after["made/new.txt"], "file 640 \"new\\n\"");
