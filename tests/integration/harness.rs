@@ -41,14 +41,12 @@ pub fn finish(child: std::process::Child) -> std::process::Output {
     std::thread::spawn(move || {
         let _ = sender.send(child.wait_with_output());
     });
-    match receiver.recv_timeout(BINARY_DEADLINE) {
-        Ok(output) => output.expect("wait for the binary"),
-        Err(_) => {
-            let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid"));
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            panic!("the binary ran past {BINARY_DEADLINE:?} and was killed");
-        }
+    if let Ok(output) = receiver.recv_timeout(BINARY_DEADLINE) {
+        return output.expect("wait for the binary");
     }
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid"));
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    panic!("the binary ran past {BINARY_DEADLINE:?} and was killed");
 }
 
 /// Runs a command for the binary to its end, within [`BINARY_DEADLINE`].
@@ -555,8 +553,8 @@ pub fn unresponsive_url() -> Unresponsive {
 /// life of the test process: connections are refused, and no other test's server can be
 /// given the port meanwhile (as it could be after a plain bind and release).
 pub fn closed_port_url() -> String {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-        .expect("a socket");
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("a socket");
     let any_port: std::net::SocketAddr = "127.0.0.1:0".parse().expect("an address");
     socket.bind(&any_port.into()).expect("bind a loopback port");
     let address = socket

@@ -933,7 +933,7 @@ fn concurrent_runs_on_one_repository_are_serialised_and_both_land() {
         "first",
         &one_file_spec(
             "one.txt",
-            &json!({"task_id": "T-one", "test_command": "test -f one.txt"}),
+            &json!({"task_id": "T-one", "test_command": TRACED_TEST.replace("FILE", "one.txt")}),
         ),
         vec![Script::code("one.txt", "one\n")],
         &[],
@@ -943,7 +943,7 @@ fn concurrent_runs_on_one_repository_are_serialised_and_both_land() {
         "second",
         &one_file_spec(
             "two.txt",
-            &json!({"task_id": "T-two", "test_command": "test -f two.txt"}),
+            &json!({"task_id": "T-two", "test_command": TRACED_TEST.replace("FILE", "two.txt")}),
         ),
         vec![Script::code("two.txt", "two\n")],
         &[],
@@ -960,6 +960,57 @@ fn concurrent_runs_on_one_repository_are_serialised_and_both_land() {
     }
     assert_eq!(scene.read("one.txt").as_deref(), Some("one\n"));
     assert_eq!(scene.read("two.txt").as_deref(), Some("two\n"));
+    // The lock is held through each test: one test ends before the other starts.
+    let trace = fs::read_to_string(scene.dir.path().join("trace")).unwrap();
+    assert_eq!(trace, "start\nend\nstart\nend\n", "the tests overlapped");
+}
+
+/// A test command that marks its start and end in a trace beside the repository, taking a
+/// moment in between (its own work, not a wait of the test's), so overlapping tests show.
+const TRACED_TEST: &str =
+    "echo start >> ../trace && sleep 0.3 && echo end >> ../trace && test -f FILE";
+
+#[test]
+fn rollback_last_undoes_the_newest_run() {
+    let scene = Scene::new();
+    scene.file("a.txt", "a0\n").file("b.txt", "b0\n").commit();
+    for (id, path, text) in [("T-a", "a.txt", "a1\n"), ("T-b", "b.txt", "b1\n")] {
+        let (out, _) = scene.run(
+            &one_file_spec(path, &json!({"task_id": id})),
+            vec![Script::code(path, text)],
+            &["--force"],
+        );
+        out.assert_code(0);
+    }
+    scene.tool(&["rollback", "--last"]).assert_code(0);
+    assert_eq!(
+        scene.read("b.txt").as_deref(),
+        Some("b0\n"),
+        "the newest run is undone"
+    );
+    assert_eq!(
+        scene.read("a.txt").as_deref(),
+        Some("a1\n"),
+        "the older run stays"
+    );
+}
+
+#[test]
+fn rollback_waits_for_the_repository_lock() {
+    let scene = Scene::new();
+    scene.file("a.txt", "a0\n").commit();
+    let (out, _) = scene.run(
+        &one_file_spec("a.txt", &json!({})),
+        vec![Script::code("a.txt", "a1\n")],
+        &[],
+    );
+    out.assert_code(0);
+    let lock = hold_lock(&scene);
+    let undo = scene.tool(&["rollback", "--last", "--lock-timeout", "0"]);
+    undo.assert_code(2);
+    assert_eq!(undo.error_kind(), "lock");
+    assert_eq!(scene.read("a.txt").as_deref(), Some("a1\n"));
+    drop(lock);
 }
 
 #[test]
