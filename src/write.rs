@@ -722,10 +722,14 @@ pub const CRASH_AT_ENV: &str = "EXECUTE_LOCAL_TASK_TEST_CRASH_AT";
 /// a directory created or synced) calls this; when `EXECUTE_LOCAL_TASK_TEST_CRASH_AT=k` is
 /// set, the k-th call kills the process with SIGKILL, exactly as a crash or `kill -9` at
 /// that instant would. The crash-safety tests run a write with k = 1, 2, … and check the
-/// invariants after each death. Unset (always, outside those tests), it does nothing.
+/// invariants after each death. Unset (always, outside those tests), it does nothing, and
+/// a release build leaves it out: no variable can kill a user's run.
 fn crash_point() {
     static TARGET: OnceLock<Option<u32>> = OnceLock::new();
     static COUNT: AtomicU32 = AtomicU32::new(0);
+    if !cfg!(debug_assertions) {
+        return;
+    }
     let target = TARGET.get_or_init(|| {
         std::env::var(CRASH_AT_ENV)
             .ok()
