@@ -782,14 +782,8 @@ fn a_target_with_uncommitted_changes_is_not_overwritten_without_force() {
             vec![Script::code(path, "def f():\n    return 3\n")],
             &[],
         );
-        out.assert_code(2);
-        assert_eq!(out.error_kind(), "dirty_target");
-        let message = out.error_message();
-        assert!(message.contains(&format!("`{path}`")), "{message}");
-        assert!(message.contains("--force"), "{message}");
+        let message = assert_needs_force(&out, &server, path);
         assert!(message.contains("commit"), "{message}");
-        assert!(out.stderr.contains("--force"), "{}", out.stderr);
-        assert!(server.requests().is_empty(), "the model was called");
         assert_eq!(both(&scene), before);
     }
 
@@ -1195,6 +1189,18 @@ fn kill_everywhere(repair: bool) -> u32 {
     k - 1
 }
 
+/// A run refused before any model call because `path` needs `--force`; its message.
+fn assert_needs_force(out: &Out, server: &ModelServer, path: &str) -> String {
+    out.assert_code(2);
+    assert_eq!(out.error_kind(), "dirty_target", "{path}");
+    let message = out.error_message();
+    assert!(message.contains(&format!("`{path}`")), "{message}");
+    assert!(message.contains("--force"), "{message}");
+    assert!(out.stderr.contains("--force"), "{}", out.stderr);
+    assert!(server.requests().is_empty(), "{path}: the model was called");
+    message
+}
+
 /// The crash hook exists in debug builds only (what `cargo test` builds); a release build
 /// of the tests says so instead of failing on a hook that is not there.
 fn crash_hook_built() -> bool {
@@ -1325,13 +1331,8 @@ fn an_ignored_target_needs_force_and_is_backed_up_with_it() {
             vec![Script::code(path, "replaced\n")],
             &[],
         );
-        out.assert_code(2);
-        assert_eq!(out.error_kind(), "dirty_target", "{path}");
-        let message = out.error_message();
-        assert!(message.contains(&format!("`{path}`")), "{message}");
+        let message = assert_needs_force(&out, &server, path);
         assert!(message.contains("ignored by git"), "{message}");
-        assert!(message.contains("--force"), "{message}");
-        assert!(server.requests().is_empty(), "{path}: the model was called");
         assert_eq!(both(&scene), before);
     }
     let (out, _) = scene.run(
