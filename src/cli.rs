@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 
-use crate::context;
+use crate::defaults;
 use crate::demo;
 use crate::error::Error;
 use crate::model::Limits;
@@ -38,9 +38,6 @@ Exit codes: 0 success; 1 the task ran but did not succeed (status failed or esca
 Environment: LOCAL_TASK_ENDPOINT, LOCAL_TASK_MODEL, LOCAL_TASK_PROVIDER, LOCAL_TASK_API_KEY,
 and the ecosystem's OPENAI_BASE_URL, OPENAI_API_KEY (sent only to OPENAI_BASE_URL), OLLAMA_HOST.
 Precedence: flag > spec > LOCAL_TASK_* > ecosystem variables > the usual local ports.";
-
-/// How long a run or a rollback waits for the repository's lock by default.
-const DEFAULT_LOCK_TIMEOUT_SECS: u64 = 600;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -74,7 +71,7 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         repo: Option<PathBuf>,
         /// Seconds to wait for a run that is writing the same repository.
-        #[arg(long, value_name = "SECS", default_value_t = DEFAULT_LOCK_TIMEOUT_SECS)]
+        #[arg(long, value_name = "SECS", default_value_t = defaults::LOCK_TIMEOUT.as_secs())]
         lock_timeout: u64,
     },
     /// List reachable local model servers and their models.
@@ -145,38 +142,38 @@ struct RunArgs {
     #[arg(long, value_name = "FILE")]
     template: Option<PathBuf>,
     /// Cap on the bytes of all context files together.
-    #[arg(long, value_name = "BYTES", default_value_t = context::DEFAULT_BUDGET_BYTES)]
+    #[arg(long, value_name = "BYTES", default_value_t = defaults::CONTEXT_BUDGET_BYTES)]
     max_context_bytes: usize,
     /// Sampling temperature sent to the model.
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = defaults::TEMPERATURE)]
     temperature: f64,
     /// Cap on the reply's tokens (default: the server's).
     #[arg(long, value_name = "N")]
     max_tokens: Option<u32>,
     /// Seconds to wait for the connection to the model server (fractions allowed).
-    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
-    connect_timeout: Duration,
+    #[arg(long, value_name = "SECS", default_value_t = Secs(defaults::CONNECT_TIMEOUT), value_parser = parse_secs)]
+    connect_timeout: Secs,
     /// Seconds to wait for the first byte of a reply (a model may be loading).
-    #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse_secs)]
-    first_byte_timeout: Duration,
+    #[arg(long, value_name = "SECS", default_value_t = Secs(defaults::FIRST_BYTE_TIMEOUT), value_parser = parse_secs)]
+    first_byte_timeout: Secs,
     /// Seconds a reply stream may stall between two chunks.
-    #[arg(long, value_name = "SECS", default_value = "120", value_parser = parse_secs)]
-    idle_timeout: Duration,
+    #[arg(long, value_name = "SECS", default_value_t = Secs(defaults::IDLE_TIMEOUT), value_parser = parse_secs)]
+    idle_timeout: Secs,
     /// Seconds one model call may take in all.
-    #[arg(long, value_name = "SECS", default_value = "1800", value_parser = parse_secs)]
-    total_timeout: Duration,
+    #[arg(long, value_name = "SECS", default_value_t = Secs(defaults::TOTAL_TIMEOUT), value_parser = parse_secs)]
+    total_timeout: Secs,
     /// A reply longer than this many bytes is cut off and reported (`reply_too_large`).
-    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_reply_bytes)]
+    #[arg(long, value_name = "BYTES", default_value_t = defaults::MAX_REPLY_BYTES)]
     max_reply_bytes: usize,
     /// Retries of a transient model-server fault (reset, 429, 500, 503, a cut stream).
-    #[arg(long, value_name = "N", default_value_t = RetryPolicy::default().retries)]
+    #[arg(long, value_name = "N", default_value_t = defaults::RETRIES)]
     retries: u32,
     /// The first retry's backoff in milliseconds; it doubles each retry, with jitter.
-    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    #[arg(long, value_name = "MS", default_value_t = defaults::RETRY_BASE_MS)]
     retry_base_ms: u64,
     /// The longest wait before a retry, also capping a server's Retry-After.
-    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
-    retry_max_wait: Duration,
+    #[arg(long, value_name = "SECS", default_value_t = Secs(defaults::RETRY_MAX_WAIT), value_parser = parse_secs)]
+    retry_max_wait: Secs,
     /// Save every model request and reply of this run to a cassette file.
     #[arg(long, value_name = "FILE", conflicts_with = "replay")]
     record: Option<PathBuf>,
@@ -189,7 +186,7 @@ struct RunArgs {
     #[arg(long, value_name = "MODE", value_parser = ["strict", "sequential"], default_value = "strict", requires = "replay")]
     replay_match: String,
     /// Seconds to wait for another run that is writing the same repository.
-    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_LOCK_TIMEOUT_SECS)]
+    #[arg(long, value_name = "SECS", default_value_t = defaults::LOCK_TIMEOUT.as_secs())]
     lock_timeout: u64,
     /// No progress on stderr.
     #[arg(long, short)]
@@ -216,17 +213,17 @@ impl RunArgs {
             temperature: self.temperature,
             max_tokens: self.max_tokens,
             limits: Limits {
-                connect: self.connect_timeout,
-                first_byte: self.first_byte_timeout,
-                idle: self.idle_timeout,
-                total: self.total_timeout,
+                connect: self.connect_timeout.0,
+                first_byte: self.first_byte_timeout.0,
+                idle: self.idle_timeout.0,
+                total: self.total_timeout.0,
                 max_reply_bytes: self.max_reply_bytes,
             },
             connection: Connection {
                 retry: RetryPolicy {
                     retries: self.retries,
                     base: Duration::from_millis(self.retry_base_ms),
-                    max_wait: self.retry_max_wait,
+                    max_wait: self.retry_max_wait.0,
                 },
                 record: self.record.clone(),
                 replay: self.replay.clone(),
@@ -585,13 +582,24 @@ fn print_model_hint(reports: &[route::ServerReport]) {
     }
 }
 
-/// Seconds as a whole or fractional number (`5`, `0.2`).
-fn parse_secs(text: &str) -> Result<Duration, String> {
+/// A duration on the command line, in whole or fractional seconds (`5`, `0.2`); `--help`
+/// shows its default the same way.
+#[derive(Debug, Clone, Copy)]
+struct Secs(Duration);
+
+impl std::fmt::Display for Secs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0.as_secs_f64())
+    }
+}
+
+fn parse_secs(text: &str) -> Result<Secs, String> {
     let secs: f64 = text
         .trim()
         .parse()
         .map_err(|_| format!("`{text}` is not a number of seconds"))?;
     Duration::try_from_secs_f64(secs)
+        .map(Secs)
         .map_err(|_| format!("`{text}` is not a usable number of seconds"))
 }
 

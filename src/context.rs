@@ -10,7 +10,7 @@ use crate::language;
 
 /// The default cap on the bytes of all context files together. Local models have small
 /// windows; an explicit error beats a silently truncated prompt.
-pub const DEFAULT_BUDGET_BYTES: usize = 100_000;
+pub const DEFAULT_BUDGET_BYTES: usize = crate::defaults::CONTEXT_BUDGET_BYTES;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ContextFile {

@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod context;
+pub mod defaults;
 pub mod demo;
 pub mod error;
 pub mod extract;

@@ -9,6 +9,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::context;
+use crate::defaults;
 use crate::error::{Error, Result};
 use crate::extract::{self, ExtractError};
 use crate::guard;
@@ -66,12 +67,12 @@ impl RunOptions {
             keep_failed: false,
             max_attempts: None,
             template: None,
-            max_context_bytes: context::DEFAULT_BUDGET_BYTES,
-            temperature: 0.2,
+            max_context_bytes: defaults::CONTEXT_BUDGET_BYTES,
+            temperature: defaults::TEMPERATURE,
             max_tokens: None,
             limits: Limits::default(),
             connection: route::Connection::default(),
-            lock_timeout: Duration::from_secs(600),
+            lock_timeout: defaults::LOCK_TIMEOUT,
             cancel: Cancel::never(),
         }
     }

@@ -10,9 +10,9 @@ use crate::error::{Error, Result};
 use crate::guard;
 
 /// Defaults a spec may override.
-pub const DEFAULT_MAX_ATTEMPTS: u32 = 2;
-pub const MAX_MAX_ATTEMPTS: u32 = 5;
-pub const DEFAULT_TIMEOUT_SECS: u64 = 300;
+pub const DEFAULT_MAX_ATTEMPTS: u32 = crate::defaults::MAX_ATTEMPTS;
+pub const MAX_MAX_ATTEMPTS: u32 = crate::defaults::MAX_MAX_ATTEMPTS;
+pub const DEFAULT_TIMEOUT_SECS: u64 = crate::defaults::TEST_TIMEOUT_SECS;
 
 /// The task spec as written on disk. Its JSON Schema is `execute-local-task schema spec`.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]

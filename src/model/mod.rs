@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::defaults;
 use crate::result::Usage;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,11 +160,11 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            connect: Duration::from_secs(5),
-            first_byte: Duration::from_secs(300),
-            idle: Duration::from_secs(120),
-            total: Duration::from_secs(1800),
-            max_reply_bytes: 4 * 1024 * 1024,
+            connect: defaults::CONNECT_TIMEOUT,
+            first_byte: defaults::FIRST_BYTE_TIMEOUT,
+            idle: defaults::IDLE_TIMEOUT,
+            total: defaults::TOTAL_TIMEOUT,
+            max_reply_bytes: defaults::MAX_REPLY_BYTES,
         }
     }
 }

@@ -21,9 +21,9 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
-            retries: 2,
-            base: Duration::from_secs(1),
-            max_wait: Duration::from_secs(30),
+            retries: crate::defaults::RETRIES,
+            base: Duration::from_millis(crate::defaults::RETRY_BASE_MS),
+            max_wait: crate::defaults::RETRY_MAX_WAIT,
         }
     }
 }
