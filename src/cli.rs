@@ -11,6 +11,7 @@ use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 use crate::defaults;
 use crate::demo;
+use crate::discovery;
 use crate::error::Error;
 use crate::model::Limits;
 use crate::model::recorded::Matching;
@@ -18,7 +19,7 @@ use crate::model::retry::RetryPolicy;
 use crate::pipeline::{self, Cancel, RunOptions, RunOutput};
 use crate::result::{ErrorInfo, Status, TaskResult};
 use crate::rollback::{self, Which};
-use crate::route::{self, Connection, ModelChoice};
+use crate::server::{self, Connection, ModelChoice};
 
 /// Writes one line to stderr and never panics: a closed stderr (a caller that stopped
 /// reading, a hung-up terminal) must not stop a run between its write and its test, nor
@@ -81,7 +82,7 @@ enum Command {
         #[arg(long, value_name = "URL")]
         endpoint: Option<String>,
         /// Protocol to probe for (default: `LOCAL_TASK_PROVIDER`, else both).
-        #[arg(long, value_parser = route::PROVIDERS.to_vec())]
+        #[arg(long, value_parser = server::PROVIDERS.to_vec())]
         provider: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -115,7 +116,7 @@ struct RunArgs {
     #[arg(long, value_name = "URL")]
     endpoint: Option<String>,
     /// Protocol to speak: `ollama` is Ollama's native API; `auto` probes the server.
-    #[arg(long, value_parser = route::PROVIDERS.to_vec())]
+    #[arg(long, value_parser = server::PROVIDERS.to_vec())]
     provider: Option<String>,
     /// Model name (default: the spec's, `LOCAL_TASK_MODEL`, or the server's only model).
     #[arg(long, value_name = "NAME")]
@@ -423,7 +424,7 @@ async fn dispatch(cli: Cli) -> u8 {
                     return error.exit_code();
                 }
             };
-            let reports = route::survey(
+            let reports = discovery::survey(
                 choice.endpoint.as_deref(),
                 choice.provider.as_deref(),
                 choice.api_key,
@@ -495,7 +496,7 @@ async fn run_demo(dir: Option<PathBuf>, env: &dyn Fn(&str) -> Option<String>) ->
         ..RunOptions::new(&setup.spec_path)
     };
     let progress = |line: &str| say!("execute-local-task: {line}");
-    let output = pipeline::run(&options, Some(demo::recorded_route()), env, &progress).await;
+    let output = pipeline::run(&options, Some(demo::recorded_server()), env, &progress).await;
     let code = report(output);
     say!(
         "\nThat was the whole pipeline on recorded replies. To run it on your own model:\n  \
@@ -544,7 +545,7 @@ fn print_error(error: &Error) {
     }
 }
 
-fn print_model_table(reports: &[route::ServerReport]) {
+fn print_model_table(reports: &[discovery::ServerReport]) {
     for report in reports {
         if report.reachable {
             let version = report
@@ -572,7 +573,7 @@ fn print_model_table(reports: &[route::ServerReport]) {
     }
 }
 
-fn print_model_hint(reports: &[route::ServerReport]) {
+fn print_model_hint(reports: &[discovery::ServerReport]) {
     if !reports.iter().any(|r| r.reachable) {
         say!(
             "hint: no model server answered; start Ollama (`ollama serve`) or LM Studio's server, or pass --endpoint URL"

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::model::recorded::Replayer;
 use crate::model::{Backend, ChatReply, Client, Finish};
-use crate::route::Route;
+use crate::server::Connected;
 
 const SPEC: &str = include_str!("../fixtures/demo/spec.json");
 const REPO_FILES: &[(&str, &str)] = &[
@@ -109,7 +109,7 @@ fn commit_all(git: &git2::Repository) -> std::result::Result<(), git2::Error> {
 
 /// The recorded replies, served in order instead of a server. Sequential, not matched
 /// against the requests, so the demo survives changes to the prompt templates' wording.
-pub fn recorded_route() -> Route {
+pub fn recorded_server() -> Connected {
     let replies = REPLIES
         .iter()
         .map(|text| ChatReply {
@@ -119,7 +119,7 @@ pub fn recorded_route() -> Route {
             notes: Vec::new(),
         })
         .collect();
-    Route {
+    Connected {
         client: Client::new(Backend::Recorded(Replayer::sequential(
             "recorded demo replies (no model server used)",
             replies,

@@ -22,7 +22,7 @@ use crate::result::{
     Attempt, ErrorInfo, FileAction, FileChange, ModelInfo, Outcome, Status, TaskResult, TestReport,
     Usage,
 };
-use crate::route::{self, ModelChoice, Route};
+use crate::server::{self, Connected, ModelChoice};
 use crate::spec::{self, TaskSpec};
 use crate::test_run;
 use crate::write::{self, Journal};
@@ -49,7 +49,7 @@ pub struct RunOptions {
     pub max_tokens: Option<u32>,
     pub limits: Limits,
     /// Retries, `--record` and `--replay`.
-    pub connection: route::Connection,
+    pub connection: server::Connection,
     pub lock_timeout: Duration,
     /// Stops the run early (the command line sets it on a signal).
     pub cancel: Cancel,
@@ -71,7 +71,7 @@ impl RunOptions {
             temperature: defaults::TEMPERATURE,
             max_tokens: None,
             limits: Limits::default(),
-            connection: route::Connection::default(),
+            connection: server::Connection::default(),
             lock_timeout: defaults::LOCK_TIMEOUT,
             cancel: Cancel::never(),
         }
@@ -149,11 +149,11 @@ pub enum RunOutput {
 /// Human progress lines; the command line prints them on stderr.
 pub type Progress<'a> = &'a dyn Fn(&str);
 
-/// Runs one task. `route` replaces the server the options would choose (the demo's
+/// Runs one task. `server` replaces the server the options would choose (the demo's
 /// recorded replies); `env` reads the environment.
 pub async fn run(
     options: &RunOptions,
-    route: Option<Route>,
+    server: Option<Connected>,
     env: &dyn Fn(&str) -> Option<String>,
     progress: Progress<'_>,
 ) -> RunOutput {
@@ -168,7 +168,7 @@ pub async fn run(
         attempts: Vec::new(),
         unrestored: None,
     };
-    match run_task(options, route, env, progress, &mut state).await {
+    match run_task(options, server, env, progress, &mut state).await {
         Ok(Finished::DryRun(request)) => RunOutput::DryRun(request),
         Ok(Finished::Done(result)) => {
             // A run that finished, and so has no error to take a code from: it succeeded,
@@ -310,7 +310,7 @@ impl Failure {
 #[allow(clippy::too_many_lines)] // The stages in order are easier to follow in one place.
 async fn run_task(
     options: &RunOptions,
-    route: Option<Route>,
+    server: Option<Connected>,
     env: &dyn Fn(&str) -> Option<String>,
     progress: Progress<'_>,
     state: &mut RunState,
@@ -379,20 +379,24 @@ async fn run_task(
         )));
     }
 
-    let Route {
+    let Connected {
         client,
         model,
-        notes: route_notes,
-    } = if let Some(route) = route {
-        route
+        notes: server_notes,
+    } = if let Some(server) = server {
+        server
     } else {
         progress("connecting to the model server");
         options
             .cancel
-            .or_cancel(route::connect(&choice, options.limits, &options.connection))
+            .or_cancel(server::connect(
+                &choice,
+                options.limits,
+                &options.connection,
+            ))
             .await??
     };
-    for note in &route_notes {
+    for note in &server_notes {
         progress(note);
     }
     state.model = Some(ModelInfo {
@@ -455,7 +459,7 @@ async fn run_task(
             usage,
             // How the model was chosen is said once, with the first attempt.
             notes: if n == 1 {
-                route_notes.clone()
+                server_notes.clone()
             } else {
                 Vec::new()
             }
@@ -714,7 +718,7 @@ fn dry_run_request(
     };
     let mut printed = json!({"status": "dry_run", "dry_run": true, "task_id": spec.task_id});
     if let (Some(printed), serde_json::Value::Object(target)) =
-        (printed.as_object_mut(), route::dry_run(choice, &request))
+        (printed.as_object_mut(), server::dry_run(choice, &request))
     {
         printed.extend(target);
     }

@@ -7,11 +7,8 @@
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use super::openai::{seconds, transport_error};
+use super::http::{seconds, transport_error};
 use super::{Limits, ModelError, ModelErrorKind};
-
-/// How much of an error response is kept: enough for the server's own words.
-const ERROR_BODY_BYTES: usize = 64 * 1024;
 
 /// The whole body, or the fault that stopped it: `reply_too_large` past the size cap,
 /// `idle_timeout` when it stalls, `stream_cut` when the connection breaks.
@@ -75,21 +72,4 @@ pub(crate) async fn read_json(
             format!("{url}: {what} is not JSON: {error}"),
         )
     })
-}
-
-/// As much of an error response's text as arrives in time, cut to a readable size: the
-/// status already says what went wrong, so a stalled or endless error body must not turn
-/// it into a different fault.
-pub(crate) async fn read_error_text(response: reqwest::Response, limits: &Limits) -> String {
-    let cap = ERROR_BODY_BYTES.min(limits.max_reply_bytes);
-    let mut chunks = response.bytes_stream();
-    let mut body = Vec::new();
-    while body.len() < cap {
-        match tokio::time::timeout(limits.idle, chunks.next()).await {
-            Ok(Some(Ok(chunk))) => body.extend_from_slice(&chunk),
-            _ => break,
-        }
-    }
-    body.truncate(cap);
-    String::from_utf8_lossy(&body).into_owned()
 }

@@ -2,6 +2,7 @@
 //! the client that dispatches to a provider, retries transient faults and records exchanges.
 
 mod body;
+mod http;
 pub mod ollama;
 pub mod openai;
 pub mod recorded;

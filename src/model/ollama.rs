@@ -8,7 +8,7 @@
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use super::openai::{check_status, http_client, seconds, send, transport_error, within_total};
+use super::http::{check_status, http_client, seconds, send, transport_error, within_total};
 use super::{ChatReply, ChatRequest, Finish, Limits, ModelError, ModelErrorKind, TokenUsage, body};
 
 /// Tokens reserved for the reply when no `--max-tokens` is given: room for a whole file.

@@ -1,4 +1,5 @@
-//! Decides which server, protocol and model a run uses, and surveys the local servers.
+//! Decides which server, protocol and model a run uses, and connects to it ([`connect`]);
+//! finding a server on the usual local ports is [`crate::discovery`]'s.
 //!
 //! Precedence: command-line flag > spec > `LOCAL_TASK_*` > the ecosystem's own variables
 //! (`OLLAMA_HOST`, `OPENAI_BASE_URL` + `OPENAI_API_KEY`) > discovery of the usual local
@@ -6,8 +7,8 @@
 //! its native API; anything answering `/v1/models` is OpenAI-compatible.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
+use crate::discovery::{PORTS_VARIABLE, discover, discovery_ports, probe, probe_limits};
 use crate::error::Error;
 use crate::model::ollama::Ollama;
 use crate::model::openai::OpenAi;
@@ -16,19 +17,6 @@ use crate::model::retry::RetryPolicy;
 use crate::model::{
     Backend, ChatRequest, Client, Limits, ModelError, ModelErrorKind, Provider, request_body,
 };
-
-/// The usual local ports, in the order discovery prefers them.
-pub const LOCAL_PORTS: &[(u16, &str)] = &[
-    (11434, "Ollama"),
-    (1234, "LM Studio"),
-    (8080, "llama.cpp server"),
-    (9931, "llama.cpp server"),
-    (8000, "vLLM"),
-];
-
-/// Replaces [`LOCAL_PORTS`] for discovery (comma-separated ports). Undocumented for users:
-/// it exists so tests can point discovery at ports they own.
-pub const PORTS_VARIABLE: &str = "LOCAL_TASK_DISCOVERY_PORTS";
 
 const OLLAMA_DEFAULT_PORT: u16 = 11434;
 
@@ -46,7 +34,7 @@ pub struct ModelChoice {
     /// Where the API key came from (a variable's name), for `--dry-run`; never the key.
     pub api_key_source: Option<String>,
     /// The ports discovery probes, with what usually listens there; empty means
-    /// [`LOCAL_PORTS`].
+    /// [`crate::discovery::LOCAL_PORTS`].
     pub ports: Vec<(u16, String)>,
 }
 
@@ -147,29 +135,6 @@ fn checked_provider(value: &str, source: &str) -> Result<String, Error> {
     }
 }
 
-/// The ports to probe: the override's (labelled from [`LOCAL_PORTS`] when known) or the
-/// usual ones.
-pub fn discovery_ports(over: Option<&str>) -> Vec<(u16, String)> {
-    let label = |port: u16| {
-        LOCAL_PORTS
-            .iter()
-            .find(|(p, _)| *p == port)
-            .map_or("unknown", |(_, name)| name)
-            .to_owned()
-    };
-    match over {
-        Some(list) => list
-            .split(',')
-            .filter_map(|port| port.trim().parse::<u16>().ok())
-            .map(|port| (port, label(port)))
-            .collect(),
-        None => LOCAL_PORTS
-            .iter()
-            .map(|(port, name)| (*port, (*name).to_owned()))
-            .collect(),
-    }
-}
-
 /// `OLLAMA_HOST` as a URL: it may lack the scheme or the port, and is often the bind
 /// address `0.0.0.0`, which is reached through loopback.
 fn ollama_host(host: &str) -> String {
@@ -192,7 +157,7 @@ fn ollama_host(host: &str) -> String {
     }
 }
 
-fn with_scheme(url: &str) -> String {
+pub(crate) fn with_scheme(url: &str) -> String {
     if url.contains("://") {
         url.to_owned()
     } else {
@@ -201,7 +166,7 @@ fn with_scheme(url: &str) -> String {
 }
 
 /// True for `http://host:port` without a path: the protocol is then found by probing.
-fn is_bare(endpoint: &str) -> bool {
+pub(crate) fn is_bare(endpoint: &str) -> bool {
     let url = with_scheme(endpoint.trim());
     let url = url.trim_end_matches('/');
     let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
@@ -252,8 +217,8 @@ impl Default for Connection {
     }
 }
 
-/// A resolved model: the client to call and the model name.
-pub struct Route {
+/// A connected model server: the client to call and the model name.
+pub struct Connected {
     pub client: Client,
     pub model: String,
     /// What the supervisor should know about the choice (a name the server did not have).
@@ -266,7 +231,7 @@ pub async fn connect(
     choice: &ModelChoice,
     limits: Limits,
     connection: &Connection,
-) -> Result<Route, ModelError> {
+) -> Result<Connected, ModelError> {
     if let Some(path) = &connection.replay {
         let cassette = Cassette::load(path)?;
         let model = choice
@@ -275,7 +240,7 @@ pub async fn connect(
             .or_else(|| cassette.model().map(str::to_owned))
             .unwrap_or_default();
         let source = format!("replay of {}", path.display());
-        return Ok(Route {
+        return Ok(Connected {
             client: Client::new(Backend::Recorded(Replayer::new(
                 source,
                 cassette,
@@ -308,7 +273,7 @@ pub async fn connect(
         }
         None => client,
     };
-    Ok(Route {
+    Ok(Connected {
         client,
         model,
         notes,
@@ -450,106 +415,6 @@ fn only_model(base: &str, mut models: Vec<String>) -> Result<String, ModelError>
         )
         .with_hint("choose one with --model NAME, the spec's \"model\" field, or LOCAL_TASK_MODEL")),
     }
-}
-
-/// What answered at one address.
-struct Found {
-    provider: Provider,
-    /// The API root the client uses.
-    base: String,
-    /// An Ollama server may answer `/api/version` and still fail to list its models.
-    models: Result<Vec<String>, ModelError>,
-    version: Option<String>,
-}
-
-impl Found {
-    fn backend(&self, api_key: Option<String>, limits: Limits) -> Result<Backend, ModelError> {
-        Ok(match self.provider {
-            Provider::Ollama => Backend::Ollama(Ollama::new(&self.base, limits)?),
-            _ => Backend::OpenAi(OpenAi::new(&self.base, api_key, limits)?),
-        })
-    }
-}
-
-/// Short limits for probing: a local server answers these at once or not at all.
-fn probe_limits(limits: Limits) -> Limits {
-    Limits {
-        connect: limits.connect.min(Duration::from_millis(500)),
-        first_byte: limits.first_byte.min(Duration::from_millis(1200)),
-        idle: limits.idle.min(Duration::from_millis(1200)),
-        ..limits
-    }
-}
-
-/// Asks `root` (`http://host:port`) whether it is Ollama (`/api/version`) or
-/// OpenAI-compatible (`/v1/models`), both at once; `only` restricts to one protocol.
-async fn probe_as(
-    root: &str,
-    api_key: Option<String>,
-    limits: Limits,
-    only: Option<&str>,
-) -> Result<Found, ModelError> {
-    let ollama = async {
-        if only == Some("openai") {
-            return None;
-        }
-        let client = Ollama::new(root, limits).ok()?;
-        let version = client.version().await.ok()?;
-        Some((client.list_models().await, version))
-    };
-    let openai_base = format!("{root}/v1");
-    let openai = async {
-        if only == Some("ollama") {
-            return Err(ModelError::new(
-                ModelErrorKind::NoServer,
-                format!("{root}: not an Ollama server"),
-            ));
-        }
-        OpenAi::new(&openai_base, api_key, limits)?
-            .list_models()
-            .await
-    };
-    let (ollama, openai) = futures_util::future::join(ollama, openai).await;
-    if let Some((models, version)) = ollama {
-        return Ok(Found {
-            provider: Provider::Ollama,
-            base: root.to_owned(),
-            models,
-            version: Some(version),
-        });
-    }
-    Ok(Found {
-        provider: Provider::OpenAi,
-        base: openai_base,
-        models: Ok(openai?),
-        version: None,
-    })
-}
-
-async fn probe(root: &str, api_key: Option<String>, limits: Limits) -> Result<Found, ModelError> {
-    probe_as(root, api_key, limits, None).await
-}
-
-/// The first port, in preference order, with a server that answers; all probed at once.
-async fn discover(
-    ports: &[(u16, String)],
-    api_key: Option<String>,
-    only: Option<&str>,
-) -> Option<Found> {
-    let limits = probe_limits(Limits::default());
-    let probes = ports.iter().map(|(port, _)| {
-        let api_key = api_key.clone();
-        async move {
-            probe_as(&format!("http://127.0.0.1:{port}"), api_key, limits, only)
-                .await
-                .ok()
-        }
-    });
-    futures_util::future::join_all(probes)
-        .await
-        .into_iter()
-        .flatten()
-        .next()
 }
 
 /// The protocol a run will speak, when it is settled without probing: named by the flag
@@ -789,15 +654,6 @@ mod tests {
     }
 
     #[test]
-    fn discovery_ports_can_be_overridden() {
-        assert_eq!(discovery_ports(None).len(), LOCAL_PORTS.len());
-        assert_eq!(
-            discovery_ports(Some("1234, 7, x")),
-            [(1234, "LM Studio".to_owned()), (7, "unknown".to_owned())]
-        );
-    }
-
-    #[test]
     fn precedence_flag_spec_env_ecosystem() {
         let env = |name: &str| match name {
             "LOCAL_TASK_MODEL" => Some("env-model".to_owned()),
@@ -821,97 +677,4 @@ mod tests {
         let choice = ModelChoice::resolve(&ModelChoice::default(), None, &env).unwrap();
         assert_eq!(choice.model.as_deref(), Some("env-model"));
     }
-}
-
-/// One server `models` looked at.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct ServerReport {
-    pub endpoint: String,
-    /// The server: "Ollama" when it answered as one, else what usually listens on that
-    /// port (e.g. "LM Studio"), or "OpenAI-compatible" for a named endpoint.
-    pub kind: String,
-    /// The protocol the tool speaks to it (`ollama` or `openai`); null when unreachable.
-    pub provider: Option<String>,
-    /// The server's version, when it tells (Ollama does).
-    pub version: Option<String>,
-    pub reachable: bool,
-    pub models: Vec<String>,
-    pub error: Option<String>,
-    /// How long the probe took.
-    pub probe_ms: u64,
-}
-
-/// Probes `endpoint`, or every discovery port at once, with short timeouts.
-pub async fn survey(
-    endpoint: Option<&str>,
-    provider: Option<&str>,
-    api_key: Option<String>,
-    ports: &[(u16, String)],
-) -> Vec<ServerReport> {
-    let targets: Vec<(String, String)> = match endpoint {
-        Some(endpoint) => vec![(endpoint.to_owned(), "OpenAI-compatible".to_owned())],
-        None => ports
-            .iter()
-            .map(|(port, name)| (format!("http://127.0.0.1:{port}"), name.clone()))
-            .collect(),
-    };
-    let limits = probe_limits(Limits::default());
-    let provider = provider.filter(|p| *p != "auto");
-    let probes = targets.into_iter().map(|(target, kind)| {
-        let api_key = api_key.clone();
-        async move {
-            let started = std::time::Instant::now();
-            let found = if provider == Some("openai") || (provider.is_none() && !is_bare(&target)) {
-                let base = openai_base(&target);
-                match OpenAi::new(&base, api_key, limits) {
-                    Ok(client) => client.list_models().await.map(|models| Found {
-                        provider: Provider::OpenAi,
-                        base,
-                        models: Ok(models),
-                        version: None,
-                    }),
-                    Err(error) => Err(error),
-                }
-            } else {
-                let root = if provider == Some("ollama") {
-                    ollama_base(&target)
-                } else {
-                    with_scheme(target.trim()).trim_end_matches('/').to_owned()
-                };
-                probe_as(&root, api_key, limits, provider).await
-            };
-            let probe_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            match found {
-                Ok(found) => ServerReport {
-                    endpoint: found.base,
-                    kind: if found.provider == Provider::Ollama {
-                        "Ollama".to_owned()
-                    } else {
-                        kind
-                    },
-                    provider: Some(found.provider.as_str().to_owned()),
-                    version: found.version,
-                    reachable: true,
-                    error: found
-                        .models
-                        .as_ref()
-                        .err()
-                        .map(|e| format!("{}: {}", e.kind.as_str(), e.message)),
-                    models: found.models.unwrap_or_default(),
-                    probe_ms,
-                },
-                Err(error) => ServerReport {
-                    endpoint: target,
-                    kind,
-                    provider: None,
-                    version: None,
-                    reachable: false,
-                    models: Vec::new(),
-                    error: Some(format!("{}: {}", error.kind.as_str(), error.message)),
-                    probe_ms,
-                },
-            }
-        }
-    });
-    futures_util::future::join_all(probes).await
 }
