@@ -12,12 +12,12 @@ use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 use crate::defaults;
 use crate::demo;
 use crate::discovery;
-use crate::error::Error;
+use crate::document::Document;
 use crate::model::Limits;
 use crate::model::recorded::Matching;
 use crate::model::retry::RetryPolicy;
-use crate::pipeline::{self, Cancel, RunOptions, RunOutput};
-use crate::result::{ErrorInfo, Status, TaskResult};
+use crate::pipeline::{self, Cancel, RunOptions};
+use crate::result::TaskResult;
 use crate::rollback::{self, Which};
 use crate::server::{self, Connection, ModelChoice};
 
@@ -273,8 +273,9 @@ pub fn run() -> ExitCode {
                 .join(" ")
                 .trim_start_matches("error: ")
                 .to_owned();
-            print_json(&error_result(&Error::Usage(message)));
-            return ExitCode::from(2);
+            let document = Document::usage(&message);
+            print_json(&document.json);
+            return ExitCode::from(document.exit_code);
         }
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -345,8 +346,9 @@ fn misplaced_message(name: &str) -> String {
 /// A command-line mistake found after clap: stderr and the result JSON, exit 2.
 fn usage_error(message: &str) -> ExitCode {
     say!("error: {message}\n\nFor more information, try '--help'.");
-    print_json(&error_result(&Error::Usage(message.to_owned())));
-    ExitCode::from(2)
+    let document = Document::usage(message);
+    print_json(&document.json);
+    ExitCode::from(document.exit_code)
 }
 
 async fn dispatch(cli: Cli) -> u8 {
@@ -357,10 +359,9 @@ async fn dispatch(cli: Cli) -> u8 {
                 say!(
                     "error: no task spec given\n\nUsage: execute-local-task [OPTIONS] <SPEC>\n       execute-local-task demo    (see it work first)\n\nFor more information, try '--help'."
                 );
-                print_json(&error_result(&Error::Usage(
-                    "no task spec given".to_owned(),
-                )));
-                return 2;
+                let document = Document::usage("no task spec given");
+                print_json(&document.json);
+                return document.exit_code;
             };
             let quiet = cli.run.quiet;
             let progress = move |line: &str| {
@@ -373,7 +374,7 @@ async fn dispatch(cli: Cli) -> u8 {
                 ..cli.run.options(spec)
             };
             let output = pipeline::run(&options, None, &env, &progress).await;
-            report(output)
+            print(&Document::run(output))
         }
         Some(Command::Rollback {
             run_id,
@@ -387,23 +388,14 @@ async fn dispatch(cli: Cli) -> u8 {
                 _ => Which::Last,
             };
             let dir = repo.unwrap_or_else(|| PathBuf::from("."));
-            match rollback::rollback(&dir, which, force, Duration::from_secs(lock_timeout)).await {
-                Ok(report) => {
-                    say!(
-                        "execute-local-task: rolled back {} ({}): {} restored, {} removed",
-                        report.run_id,
-                        report.task_id,
-                        report.restored.len(),
-                        report.removed.len()
-                    );
-                    print_json(&report);
-                    0
-                }
-                Err(error) => {
-                    print_error(&error);
-                    error.exit_code()
-                }
-            }
+            print(
+                &match rollback::rollback(&dir, which, force, Duration::from_secs(lock_timeout))
+                    .await
+                {
+                    Ok(report) => Document::rollback(&report),
+                    Err(error) => Document::error(&error),
+                },
+            )
         }
         Some(Command::Models {
             endpoint,
@@ -419,10 +411,7 @@ async fn dispatch(cli: Cli) -> u8 {
             };
             let choice = match ModelChoice::resolve(&flags, None, &env) {
                 Ok(choice) => choice,
-                Err(error) => {
-                    print_error(&error);
-                    return error.exit_code();
-                }
+                Err(error) => return print(&Document::error(&error)),
             };
             let reports = discovery::survey(
                 choice.endpoint.as_deref(),
@@ -431,14 +420,13 @@ async fn dispatch(cli: Cli) -> u8 {
                 &choice.ports,
             )
             .await;
-            let any = reports.iter().any(|r| r.reachable);
+            let document = Document::models(&reports);
             if json {
-                print_json(&reports);
+                print(&document)
             } else {
                 print_model_table(&reports);
+                print_stderr(&document)
             }
-            print_model_hint(&reports);
-            if any { 0 } else { 3 }
         }
         Some(Command::Schema { which }) => {
             let schema = match which {
@@ -474,10 +462,7 @@ async fn run_demo(dir: Option<PathBuf>, env: &dyn Fn(&str) -> Option<String>) ->
     });
     let setup = match demo::prepare(&base) {
         Ok(setup) => setup,
-        Err(error) => {
-            print_error(&error);
-            return error.exit_code();
-        }
+        Err(error) => return print(&Document::error(&error)),
     };
     let kept = if temp.is_some() {
         " (deleted when the demo ends; `demo --dir DIR` keeps it)"
@@ -497,7 +482,7 @@ async fn run_demo(dir: Option<PathBuf>, env: &dyn Fn(&str) -> Option<String>) ->
     };
     let progress = |line: &str| say!("execute-local-task: {line}");
     let output = pipeline::run(&options, Some(demo::recorded_server()), env, &progress).await;
-    let code = report(output);
+    let code = print(&Document::run(output));
     say!(
         "\nThat was the whole pipeline on recorded replies. To run it on your own model:\n  \
          Ollama:    ollama pull qwen2.5-coder:7b && execute-local-task SPEC.json --endpoint http://127.0.0.1:11434 --model qwen2.5-coder:7b\n  \
@@ -505,44 +490,6 @@ async fn run_demo(dir: Option<PathBuf>, env: &dyn Fn(&str) -> Option<String>) ->
          (`execute-local-task models` lists what it can reach; --dir DIR keeps the demo repository.)"
     );
     code
-}
-
-fn report(output: RunOutput) -> u8 {
-    match output {
-        RunOutput::DryRun(request) => {
-            print_json(&request);
-            0
-        }
-        RunOutput::Result {
-            result,
-            exit_code,
-            hint,
-        } => {
-            // The JSON first: it is what the caller acts on.
-            print_json(&result);
-            if let (Status::Error, Some(error)) = (&result.status, &result.error) {
-                say!("error: {}", error.message);
-            } else {
-                say!("execute-local-task: {}", result.summary);
-            }
-            if let Some(hint) = hint {
-                say!("hint: {hint}");
-            }
-            exit_code
-        }
-    }
-}
-
-fn print_error(error: &Error) {
-    // The same `status` and `error` fields as a run's result, so `jq .status` reads both.
-    print_json(&serde_json::json!({
-        "status": "error",
-        "error": {"kind": error.kind(), "message": error.to_string()}
-    }));
-    say!("error: {error}");
-    if let Some(hint) = error.hint() {
-        say!("hint: {hint}");
-    }
 }
 
 fn print_model_table(reports: &[discovery::ServerReport]) {
@@ -573,16 +520,6 @@ fn print_model_table(reports: &[discovery::ServerReport]) {
     }
 }
 
-fn print_model_hint(reports: &[discovery::ServerReport]) {
-    if !reports.iter().any(|r| r.reachable) {
-        say!(
-            "hint: no model server answered; start Ollama (`ollama serve`) or LM Studio's server, or pass --endpoint URL"
-        );
-    } else if reports.iter().any(|r| r.reachable && r.models.len() > 1) {
-        say!("hint: choose a model with --model NAME (or LOCAL_TASK_MODEL)");
-    }
-}
-
 /// A duration on the command line, in whole or fractional seconds (`5`, `0.2`); `--help`
 /// shows its default the same way.
 #[derive(Debug, Clone, Copy)]
@@ -602,18 +539,6 @@ fn parse_secs(text: &str) -> Result<Secs, String> {
     Duration::try_from_secs_f64(secs)
         .map(Secs)
         .map_err(|_| format!("`{text}` is not a usable number of seconds"))
-}
-
-/// The result for an error before any run began (a bad command line).
-fn error_result(error: &Error) -> TaskResult {
-    TaskResult::error(
-        pipeline::new_run_id(),
-        None,
-        ErrorInfo {
-            kind: error.kind().to_owned(),
-            message: error.to_string(),
-        },
-    )
 }
 
 /// A [`Cancel`] that SIGINT (Ctrl-C), SIGTERM (a caller's timeout) and SIGHUP (a closed
@@ -648,6 +573,20 @@ async fn received(listener: Option<&mut tokio::signal::unix::Signal>) {
         return;
     }
     std::future::pending::<()>().await;
+}
+
+/// Prints a document: its JSON on stdout first (it is what the caller acts on), then its
+/// lines on stderr; returns its exit code.
+fn print(document: &Document) -> u8 {
+    print_json(&document.json);
+    print_stderr(document)
+}
+
+fn print_stderr(document: &Document) -> u8 {
+    for line in &document.stderr {
+        say!("{line}");
+    }
+    document.exit_code
 }
 
 fn print_json(value: &impl serde::Serialize) {

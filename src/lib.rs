@@ -8,6 +8,7 @@ pub mod context;
 pub mod defaults;
 pub mod demo;
 pub mod discovery;
+pub mod document;
 pub mod error;
 pub mod extract;
 pub mod guard;

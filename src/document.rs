@@ -1,0 +1,120 @@
+//! Every document the tool prints, built in one place with its exit code and its stderr
+//! lines: a run's result, a dry run's request, a rollback report, the models survey, and
+//! the error document of a command that failed before a run began. The command line prints
+//! these; a batch runner or an MCP server returns the same values, so their JSON cannot
+//! drift apart.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::discovery::ServerReport;
+use crate::error::Error;
+use crate::pipeline::{self, RunOutput};
+use crate::result::{ErrorInfo, Status, TaskResult};
+use crate::rollback::RollbackReport;
+
+/// One printed outcome: the JSON for stdout, the process's exit code, and the lines for a
+/// human on stderr (each whole, e.g. `error: …` or `hint: …`).
+#[derive(Debug, Clone)]
+pub struct Document {
+    pub json: Body,
+    pub exit_code: u8,
+    pub stderr: Vec<String>,
+}
+
+/// A document's JSON, kept typed so it prints with its fields in their declared order
+/// (a `serde_json::Value` would sort them); `serde_json::to_value` gives the value.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+#[allow(clippy::large_enum_variant)] // One document a call: boxing buys nothing.
+pub enum Body {
+    Result(TaskResult),
+    Rollback(RollbackReport),
+    Models(Vec<ServerReport>),
+    /// A dry run's request, or an error before any run began.
+    Value(Value),
+}
+
+impl Document {
+    fn new(json: Body, exit_code: u8, stderr: Vec<String>) -> Self {
+        Self {
+            json,
+            exit_code,
+            stderr,
+        }
+    }
+
+    /// A run's result, or for `--dry-run` the request it would send.
+    pub fn run(output: RunOutput) -> Self {
+        match output {
+            RunOutput::DryRun(request) => Self::new(Body::Value(request), 0, Vec::new()),
+            RunOutput::Result {
+                result,
+                exit_code,
+                hint,
+            } => {
+                let mut stderr = vec![match (&result.status, &result.error) {
+                    (Status::Error, Some(error)) => format!("error: {}", error.message),
+                    _ => format!("execute-local-task: {}", result.summary),
+                }];
+                stderr.extend(hint.iter().map(|hint| format!("hint: {hint}")));
+                Self::new(Body::Result(result), exit_code, stderr)
+            }
+        }
+    }
+
+    /// A command that failed before any run began (rollback, models, the demo's setup):
+    /// the same `status` and `error` fields as a run's result, so `jq .status` reads both.
+    pub fn error(error: &Error) -> Self {
+        let json = serde_json::json!({
+            "status": "error",
+            "error": {"kind": error.kind(), "message": error.to_string()}
+        });
+        let mut stderr = vec![format!("error: {error}")];
+        stderr.extend(error.hint().map(|hint| format!("hint: {hint}")));
+        Self::new(Body::Value(json), error.exit_code(), stderr)
+    }
+
+    /// A bad command line, as a whole result with status `error`. The stderr lines are the
+    /// caller's: the command line prints its own usage text.
+    pub fn usage(message: &str) -> Self {
+        let error = Error::Usage(message.to_owned());
+        let result = TaskResult::error(
+            pipeline::new_run_id(),
+            None,
+            ErrorInfo {
+                kind: error.kind().to_owned(),
+                message: error.to_string(),
+            },
+        );
+        Self::new(Body::Result(result), error.exit_code(), Vec::new())
+    }
+
+    /// What `rollback` undid.
+    pub fn rollback(report: &RollbackReport) -> Self {
+        let line = format!(
+            "execute-local-task: rolled back {} ({}): {} restored, {} removed",
+            report.run_id,
+            report.task_id,
+            report.restored.len(),
+            report.removed.len()
+        );
+        Self::new(Body::Rollback(report.clone()), 0, vec![line])
+    }
+
+    /// The servers `models` probed; exit 3 when none answered.
+    pub fn models(reports: &[ServerReport]) -> Self {
+        let any = reports.iter().any(|r| r.reachable);
+        let mut stderr = Vec::new();
+        if !any {
+            stderr.push("hint: no model server answered; start Ollama (`ollama serve`) or LM Studio's server, or pass --endpoint URL".to_owned());
+        } else if reports.iter().any(|r| r.reachable && r.models.len() > 1) {
+            stderr.push("hint: choose a model with --model NAME (or LOCAL_TASK_MODEL)".to_owned());
+        }
+        Self::new(
+            Body::Models(reports.to_vec()),
+            if any { 0 } else { 3 },
+            stderr,
+        )
+    }
+}
