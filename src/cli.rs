@@ -16,7 +16,7 @@ use crate::document::Document;
 use crate::model::Limits;
 use crate::model::recorded::Matching;
 use crate::model::retry::RetryPolicy;
-use crate::pipeline::{self, Cancel, RunOptions};
+use crate::pipeline::{self, Cancel, Env, RunOptions, SpecInput};
 use crate::result::TaskResult;
 use crate::rollback::{self, Which};
 use crate::server::{self, Connection, ModelChoice};
@@ -195,7 +195,7 @@ struct RunArgs {
 }
 
 impl RunArgs {
-    fn options(&self, spec: PathBuf) -> RunOptions {
+    fn options(&self) -> RunOptions {
         RunOptions {
             repo_dir: self.repo.clone(),
             model_flags: ModelChoice {
@@ -235,7 +235,7 @@ impl RunArgs {
                 },
             },
             lock_timeout: Duration::from_secs(self.lock_timeout),
-            ..RunOptions::new(spec)
+            ..RunOptions::new()
         }
     }
 }
@@ -371,9 +371,10 @@ async fn dispatch(cli: Cli) -> u8 {
             };
             let options = RunOptions {
                 cancel: stop_on_signals(),
-                ..cli.run.options(spec)
+                ..cli.run.options()
             };
-            let output = pipeline::run(&options, None, &env, &progress).await;
+            let output =
+                pipeline::run(&SpecInput::File(spec), &options, None, &env, &progress).await;
             print(&Document::run(output))
         }
         Some(Command::Rollback {
@@ -436,11 +437,12 @@ async fn dispatch(cli: Cli) -> u8 {
             print_json(&schema);
             0
         }
-        Some(Command::Demo { dir }) => run_demo(dir, &env).await,
+        // Boxed: the demo's run is a large future, and the other commands need no such stack.
+        Some(Command::Demo { dir }) => Box::pin(run_demo(dir, &env)).await,
     }
 }
 
-async fn run_demo(dir: Option<PathBuf>, env: &dyn Fn(&str) -> Option<String>) -> u8 {
+async fn run_demo(dir: Option<PathBuf>, env: Env<'_>) -> u8 {
     // The temporary directory lives until the end of the demo; --dir keeps the example.
     let temp = match dir {
         Some(_) => None,
@@ -478,10 +480,17 @@ async fn run_demo(dir: Option<PathBuf>, env: &dyn Fn(&str) -> Option<String>) ->
     let options = RunOptions {
         repo_dir: Some(setup.repo_dir.clone()),
         cancel: stop_on_signals(),
-        ..RunOptions::new(&setup.spec_path)
+        ..RunOptions::new()
     };
     let progress = |line: &str| say!("execute-local-task: {line}");
-    let output = pipeline::run(&options, Some(demo::recorded_server()), env, &progress).await;
+    let output = pipeline::run(
+        &SpecInput::File(setup.spec_path.clone()),
+        &options,
+        Some(demo::recorded_server()),
+        env,
+        &progress,
+    )
+    .await;
     let code = print(&Document::run(output));
     say!(
         "\nThat was the whole pipeline on recorded replies. To run it on your own model:\n  \

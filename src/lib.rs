@@ -3,6 +3,7 @@
 //!
 //! The modules below follow the data flow of a run.
 
+pub mod cancel;
 pub mod cli;
 pub mod context;
 pub mod defaults;
@@ -15,14 +16,21 @@ pub mod guard;
 pub mod language;
 pub mod lock;
 pub mod model;
+pub mod options;
 pub mod pipeline;
+pub mod prepare;
 pub mod prompt;
+mod repair;
+mod reply;
 pub mod repo;
 pub mod result;
 pub mod rollback;
 pub mod server;
 pub mod spec;
+mod summary;
+mod targets;
 pub mod test_run;
+mod transaction;
 pub mod write;
 
 pub use cli::run;

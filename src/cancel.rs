@@ -1,0 +1,62 @@
+//! Stopping a run early: the signal that asked for it, and waiting for it beside work.
+
+use nix::sys::signal::Signal;
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+
+/// Tells a run to stop, with the signal that asked for it. The run stops at whatever it
+/// is waiting for (the server, the model, the lock, the test): a test is stopped with
+/// everything it started, the attempt's writes are undone, and the run ends with error
+/// kind `interrupted`. Work that does not wait (a write, a restore) is finished first,
+/// so the tree is never left half-written.
+#[derive(Debug, Clone)]
+pub struct Cancel(watch::Receiver<Option<Signal>>);
+
+/// Sets the [`Cancel`] it was made with.
+#[derive(Debug)]
+pub struct Canceller(watch::Sender<Option<Signal>>);
+
+impl Cancel {
+    pub fn new() -> (Canceller, Self) {
+        let (sender, receiver) = watch::channel(None);
+        (Canceller(sender), Self(receiver))
+    }
+
+    /// For a run nothing stops.
+    pub fn never() -> Self {
+        Self::new().1
+    }
+
+    /// The signal, once the run was told to stop.
+    pub fn signal(&self) -> Option<Signal> {
+        *self.0.borrow()
+    }
+
+    /// Completes when the run is told to stop.
+    pub async fn cancelled(&self) -> Signal {
+        let mut receiver = self.0.clone();
+        if let Ok(signal) = receiver.wait_for(Option::is_some).await
+            && let Some(signal) = *signal
+        {
+            return signal;
+        }
+        // The canceller is gone without having stopped the run: nothing can stop it now.
+        std::future::pending().await
+    }
+
+    /// `work`, unless the run is told to stop first; then `work` is dropped.
+    pub(crate) async fn or_cancel<T>(&self, work: impl Future<Output = T>) -> Result<T> {
+        tokio::select! {
+            biased;
+            signal = self.cancelled() => Err(Error::Interrupted(signal)),
+            value = work => Ok(value),
+        }
+    }
+}
+
+impl Canceller {
+    pub fn cancel(&self, signal: Signal) {
+        self.0.send_replace(Some(signal));
+    }
+}

@@ -1,0 +1,65 @@
+//! What a run may be told besides its spec: the repository, model choices, limits, and
+//! the flags of the command line, with the defaults of [`crate::defaults`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cancel::Cancel;
+use crate::defaults;
+use crate::model::Limits;
+use crate::server::{self, ModelChoice};
+
+/// Everything a run needs besides its spec.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The repository to work in; the one containing the current directory when absent.
+    pub repo_dir: Option<PathBuf>,
+    /// Model choices from the command line (the spec and environment fill the rest).
+    pub model_flags: ModelChoice,
+    pub dry_run: bool,
+    pub no_test: bool,
+    /// Overwrite targets that have uncommitted changes.
+    pub force: bool,
+    /// Leave the last failed attempt's files in the tree.
+    pub keep_failed: bool,
+    pub max_attempts: Option<u32>,
+    /// Replaces the kind template for this run.
+    pub template: Option<PathBuf>,
+    pub max_context_bytes: usize,
+    pub temperature: f64,
+    pub max_tokens: Option<u32>,
+    pub limits: Limits,
+    /// Retries, `--record` and `--replay`.
+    pub connection: server::Connection,
+    pub lock_timeout: Duration,
+    /// Stops the run early (the command line sets it on a signal).
+    pub cancel: Cancel,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RunOptions {
+    pub fn new() -> Self {
+        Self {
+            repo_dir: None,
+            model_flags: ModelChoice::default(),
+            dry_run: false,
+            no_test: false,
+            force: false,
+            keep_failed: false,
+            max_attempts: None,
+            template: None,
+            max_context_bytes: defaults::CONTEXT_BUDGET_BYTES,
+            temperature: defaults::TEMPERATURE,
+            max_tokens: None,
+            limits: Limits::default(),
+            connection: server::Connection::default(),
+            lock_timeout: defaults::LOCK_TIMEOUT,
+            cancel: Cancel::never(),
+        }
+    }
+}

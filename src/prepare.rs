@@ -1,0 +1,201 @@
+//! The stages before the model, which run alone too (a dry run, a spec check): the spec,
+//! the repository, the targets, the context, the prompt, the model choice and the checks
+//! that refuse a run before any model call.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use crate::context;
+use crate::error::{Error, Result};
+use crate::language;
+use crate::model::{ChatRequest, Message};
+use crate::options::RunOptions;
+use crate::prompt::Templates;
+use crate::repo::Repo;
+use crate::result::GitInfo;
+use crate::server::{self, ModelChoice};
+use crate::spec::{self, TaskSpec};
+use crate::targets::{self, Target};
+
+/// Where a run's spec comes from. Errors about it name its file, or its label.
+#[derive(Debug, Clone)]
+pub enum SpecInput {
+    /// A spec file.
+    File(PathBuf),
+    /// A spec given as text (a batch entry, an MCP call), named in errors by `label`,
+    /// such as `<mcp>`.
+    Text { label: String, text: String },
+}
+
+impl SpecInput {
+    fn load(&self) -> Result<TaskSpec> {
+        match self {
+            Self::File(path) => spec::load(path),
+            Self::Text { label, text } => spec::parse(Path::new(label), text),
+        }
+    }
+
+    /// The `task_id` of a spec that may not validate, so an error result can still name it.
+    pub fn peek_task_id(&self) -> Option<String> {
+        match self {
+            Self::File(path) => spec::peek_task_id(path),
+            Self::Text { text, .. } => {
+                let value: serde_json::Value = serde_json::from_str(text).ok()?;
+                let id = value.get("task_id")?.as_str()?;
+                spec::valid_task_id(id).then(|| id.to_owned())
+            }
+        }
+    }
+}
+
+impl From<PathBuf> for SpecInput {
+    fn from(path: PathBuf) -> Self {
+        Self::File(path)
+    }
+}
+
+impl From<&Path> for SpecInput {
+    fn from(path: &Path) -> Self {
+        Self::File(path.to_path_buf())
+    }
+}
+
+/// A run ready for its model: everything the attempts need, checked.
+pub struct Prepared {
+    pub spec: TaskSpec,
+    pub repo: Repo,
+    /// The repository's HEAD and branch, for the result.
+    pub git: GitInfo,
+    pub(crate) targets: Vec<Target>,
+    pub(crate) templates: Templates,
+    /// The fence language of the outputs.
+    pub language: String,
+    /// The first request's messages: the task, its outputs and its context.
+    pub first_messages: Vec<Message>,
+    pub max_attempts: u32,
+    /// The server, protocol and model asked for, before anything is probed.
+    pub choice: ModelChoice,
+}
+
+/// A run that could not be prepared, with what was learnt before the error, for its result.
+pub struct Unprepared {
+    pub error: Error,
+    pub task_id: Option<String>,
+    pub git: Option<GitInfo>,
+}
+
+/// Runs the stages before the model. Nothing is written and no server is called.
+pub fn prepare(
+    input: &SpecInput,
+    options: &RunOptions,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> std::result::Result<Prepared, Box<Unprepared>> {
+    let unprepared = |error, task_id, git| {
+        Box::new(Unprepared {
+            error,
+            task_id,
+            git,
+        })
+    };
+    let spec = input
+        .load()
+        .map_err(|error| unprepared(error, input.peek_task_id(), None))?;
+    let task_id = Some(spec.task_id.clone());
+    let repo = open_repo(options).map_err(|error| unprepared(error, task_id.clone(), None))?;
+    let git = repo.info();
+    let (targets, templates, language, first_messages, choice) = stages(&spec, &repo, options, env)
+        .map_err(|error| unprepared(error, task_id, Some(git.clone())))?;
+    let max_attempts = options
+        .max_attempts
+        .or(spec.max_attempts)
+        .unwrap_or(spec::DEFAULT_MAX_ATTEMPTS)
+        .clamp(1, spec::MAX_MAX_ATTEMPTS);
+    Ok(Prepared {
+        spec,
+        repo,
+        git,
+        targets,
+        templates,
+        language,
+        first_messages,
+        max_attempts,
+        choice,
+    })
+}
+
+type Stages = (Vec<Target>, Templates, String, Vec<Message>, ModelChoice);
+
+fn stages(
+    spec: &TaskSpec,
+    repo: &Repo,
+    options: &RunOptions,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Stages> {
+    let bounds = repo.bounds();
+    let targets = targets::read_targets(&bounds, spec)?;
+    let context = context::gather(
+        &bounds,
+        &spec.context_files,
+        &spec.outputs,
+        options.max_context_bytes,
+    )?;
+    let templates = Templates::load(&bounds, spec.kind, options.template.as_deref())?;
+    let language = spec
+        .language
+        .clone()
+        .unwrap_or_else(|| language::for_path(&spec.outputs[0]).to_owned());
+    let first_messages =
+        templates.task_messages(spec, &targets::output_views(&targets, &language), &context)?;
+    let choice = ModelChoice::resolve(&options.model_flags, spec.model.as_deref(), env)?;
+    // Before the dry run too: it should refuse what the real run would refuse.
+    if !options.force {
+        targets::check_clean_targets(repo, &targets)?;
+    }
+    Ok((targets, templates, language, first_messages, choice))
+}
+
+impl Prepared {
+    /// What `--dry-run` prints: the exact request a run would send first.
+    pub fn dry_run(&self, options: &RunOptions) -> serde_json::Value {
+        dry_run_request(
+            &self.spec,
+            &self.choice,
+            options,
+            self.first_messages.clone(),
+        )
+    }
+}
+
+fn open_repo(options: &RunOptions) -> Result<Repo> {
+    let start = match &options.repo_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_dir()
+            .map_err(|error| Error::io("read current directory", ".", error))?,
+    };
+    Repo::discover(&start)
+}
+
+fn dry_run_request(
+    spec: &TaskSpec,
+    choice: &ModelChoice,
+    options: &RunOptions,
+    messages: Vec<Message>,
+) -> serde_json::Value {
+    let request = ChatRequest {
+        model: choice
+            .model
+            .clone()
+            .unwrap_or_else(|| "(the server's only model)".to_owned()),
+        messages,
+        temperature: options.temperature,
+        max_tokens: options.max_tokens,
+    };
+    let mut printed = json!({"status": "dry_run", "dry_run": true, "task_id": spec.task_id});
+    if let (Some(printed), serde_json::Value::Object(target)) =
+        (printed.as_object_mut(), server::dry_run(choice, &request))
+    {
+        printed.extend(target);
+    }
+    printed
+}

@@ -1,0 +1,161 @@
+//! One attempt's write-and-test transaction under the repository lock: its code is
+//! written, tested, and undone unless the test passed; and what a run that did not succeed
+//! leaves in the tree.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::lock;
+use crate::options::RunOptions;
+use crate::pipeline::Progress;
+use crate::repo::Repo;
+use crate::result::{FileChange, TestReport};
+use crate::spec::TaskSpec;
+use crate::summary::{describe_changes, file_changes};
+use crate::targets::{Target, before_of};
+use crate::test_run;
+use crate::write::{self, Journal};
+
+fn write_files(
+    journal: &mut Journal,
+    files: &[(String, String)],
+    targets: &[Target],
+) -> Result<()> {
+    for (path, code) in files {
+        let before = before_of(targets, path);
+        if before != Some(code.as_str()) {
+            journal.write(path, code.as_bytes(), before.map(str::as_bytes))?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) enum TestVerdict {
+    /// The test passed, or none ran (None).
+    Passed(Option<TestReport>),
+    Failed(TestReport),
+    CannotStart(String, Option<TestReport>),
+}
+
+/// Writes one attempt's files under the repository lock and tests them. Unless the test
+/// passed, the files are undone at once, so the next attempt's test sees exactly its own
+/// code, and the supervisor after the last attempt sees the tree as it was.
+pub(crate) async fn write_and_test(
+    repo: &Repo,
+    journal: &mut Journal,
+    files: &[(String, String)],
+    targets: &[Target],
+    spec: &TaskSpec,
+    options: &RunOptions,
+    progress: Progress<'_>,
+) -> Result<TestVerdict> {
+    let _lock = options
+        .cancel
+        .or_cancel(lock::acquire(repo, options.lock_timeout))
+        .await??;
+    write::clean_stale_temp_files(repo);
+    // From the first write until the verdict, anything that ends this early (an error, a
+    // panic unwinding, the future dropped) undoes the writes: untested code never stays.
+    // Should the undo fail too, the journal still has writes, and the caller's error says
+    // the tree may hold code.
+    let mut undo = UndoUnlessSettled {
+        journal,
+        settled: false,
+    };
+    write_files(undo.journal, files, targets)?;
+    let verdict = run_test(spec, options, repo.root(), progress).await;
+    // An interrupted run reports no success, so even code that passed is undone.
+    let interrupted = options.cancel.signal();
+    let keep = interrupted.is_none() && matches!(verdict, TestVerdict::Passed(_));
+    undo.settled = true;
+    if !keep {
+        undo.journal.restore()?;
+    }
+    match interrupted {
+        Some(signal) => Err(Error::Interrupted(signal)),
+        None => Ok(verdict),
+    }
+}
+
+/// Restores the journal when dropped before the attempt's verdict settled what stays.
+struct UndoUnlessSettled<'a> {
+    journal: &'a mut Journal,
+    settled: bool,
+}
+
+impl Drop for UndoUnlessSettled<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            let _ = self.journal.restore();
+        }
+    }
+}
+
+async fn run_test(
+    spec: &TaskSpec,
+    options: &RunOptions,
+    root: &Path,
+    progress: Progress<'_>,
+) -> TestVerdict {
+    let Some(command) = spec.test_command.as_deref().filter(|_| !options.no_test) else {
+        return TestVerdict::Passed(None);
+    };
+    progress(&format!("testing: {command}"));
+    let stop = async {
+        options.cancel.cancelled().await;
+    };
+    match test_run::run(command, root, Duration::from_secs(spec.timeout_secs), stop).await {
+        Ok(report) if report.passed => TestVerdict::Passed(Some(report)),
+        Ok(report) => TestVerdict::Failed(report),
+        Err(cannot_start) => TestVerdict::CannotStart(cannot_start.message, cannot_start.report),
+    }
+}
+
+/// What a run that did not succeed leaves in the tree, and the summary's words for it.
+/// Every failed attempt was undone when it failed, so the tree holds its original bytes;
+/// with `--keep-failed` the last tested attempt's files are written again for inspection,
+/// listed in the result, and undone by `rollback`.
+pub(crate) async fn leave_tree(
+    repo: &Repo,
+    journal: &mut Journal,
+    targets: &[Target],
+    tested: Option<&Tested>,
+    options: &RunOptions,
+    run_id: &str,
+) -> Result<(Vec<FileChange>, String)> {
+    if !options.keep_failed {
+        return Ok((Vec::new(), "the working tree is unchanged".to_owned()));
+    }
+    let Some(tested) = tested else {
+        return Ok((
+            Vec::new(),
+            "no attempt produced code to keep (--keep-failed); the working tree is unchanged"
+                .to_owned(),
+        ));
+    };
+    let _lock = options
+        .cancel
+        .or_cancel(lock::acquire(repo, options.lock_timeout))
+        .await??;
+    if let Err(error) = write_files(journal, &tested.files, targets) {
+        // As in `write_and_test`: a failed undo shows in the journal and the error says so.
+        let _ = journal.restore();
+        return Err(error);
+    }
+    let changes = file_changes(journal, targets, &tested.files);
+    let tree = format!(
+        "the working tree holds attempt {}'s failed code (--keep-failed): {}; undo it with `execute-local-task rollback {run_id}`",
+        tested.n,
+        describe_changes(&changes)
+    );
+    Ok((changes, tree))
+}
+
+/// An attempt whose code was written and tested.
+pub(crate) struct Tested {
+    pub(crate) n: u32,
+    pub(crate) files: Vec<(String, String)>,
+    /// None when the test command could not even be spawned.
+    pub(crate) test: Option<TestReport>,
+}
