@@ -5,6 +5,7 @@ use std::ffi::OsString;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
@@ -352,7 +353,7 @@ fn usage_error(message: &str) -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> u8 {
-    let env = |name: &str| std::env::var(name).ok();
+    let env: Env = Arc::new(|name: &str| std::env::var(name).ok());
     match cli.command {
         None => {
             let Some(spec) = cli.run.spec.clone() else {
@@ -410,7 +411,7 @@ async fn dispatch(cli: Cli) -> u8 {
                 provider,
                 ..ModelChoice::default()
             };
-            let choice = match ModelChoice::resolve(&flags, None, &env) {
+            let choice = match ModelChoice::resolve(&flags, None, &*env) {
                 Ok(choice) => choice,
                 Err(error) => return print(&Document::error(&error)),
             };
@@ -442,7 +443,7 @@ async fn dispatch(cli: Cli) -> u8 {
     }
 }
 
-async fn run_demo(dir: Option<PathBuf>, env: Env<'_>) -> u8 {
+async fn run_demo(dir: Option<PathBuf>, env: &Env) -> u8 {
     // The temporary directory lives until the end of the demo; --dir keeps the example.
     let temp = match dir {
         Some(_) => None,

@@ -3,6 +3,7 @@
 //!
 //! The modules below follow the data flow of a run.
 
+mod blocking;
 pub mod cancel;
 pub mod cli;
 pub mod context;

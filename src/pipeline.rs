@@ -2,7 +2,10 @@
 //! ([`prepare`]) → model → extract → guard ([`crate::reply`]) → write → test
 //! ([`crate::transaction`]) → repair ([`crate::repair`]) → result ([`crate::summary`]).
 
+use std::sync::Arc;
 use std::time::Instant;
+
+use crate::blocking::off_thread;
 
 use crate::error::{Error, Result};
 use crate::model::{ChatReply, ChatRequest, Message};
@@ -37,8 +40,9 @@ pub enum RunOutput {
 /// can share one across threads.
 pub type Progress<'a> = &'a (dyn Fn(&str) + Send + Sync);
 
-/// Reads the environment (a variable's value by name).
-pub type Env<'a> = &'a (dyn Fn(&str) -> Option<String> + Send + Sync);
+/// Reads the environment (a variable's value by name). Shared, so the stages before the
+/// model can read it off the async threads.
+pub type Env = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 /// Runs one task. `server` replaces the server the options would choose (the demo's
 /// recorded replies); `env` reads the environment.
@@ -46,7 +50,7 @@ pub async fn run(
     spec: &SpecInput,
     options: &RunOptions,
     server: Option<Connected>,
-    env: Env<'_>,
+    env: &Env,
     progress: Progress<'_>,
 ) -> RunOutput {
     let mut state = RunState {
@@ -58,16 +62,28 @@ pub async fn run(
         attempts: Vec::new(),
         unrestored: None,
     };
-    let finished = match prepare(spec, options, env) {
-        Err(unprepared) => {
+    let prepared = {
+        let (spec, options, env) = (spec.clone(), options.clone(), Arc::clone(env));
+        off_thread(move || prepare(&spec, &options, &*env))
+    };
+    let finished = match options.cancel.or_cancel(prepared).await {
+        Err(error) => {
+            state.task_id = spec.peek_task_id();
+            Err(error)
+        }
+        Ok(Err(unprepared)) => {
             state.task_id = unprepared.task_id;
             state.git = unprepared.git;
             Err(unprepared.error)
         }
-        Ok(prepared) => {
+        Ok(Ok(prepared)) => {
             state.task_id = Some(prepared.spec.task_id.clone());
             state.git = Some(prepared.git.clone());
-            run_prepared(prepared, options, server, progress, &mut state).await
+            // Boxed: the attempts are a large future, and callers hold many runs' at once.
+            Box::pin(run_prepared(
+                prepared, options, server, progress, &mut state,
+            ))
+            .await
         }
     };
     state.output(finished)
@@ -498,4 +514,66 @@ pub fn new_run_id() -> String {
         .format(&format)
         .unwrap_or_else(|_| now.unix_timestamp().to_string());
     format!("{stamp}-{:04x}", fastrand::u16(..))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// Several runs can share a multi-thread runtime only if a run can move between its
+    /// threads: this fails to compile when something the run holds across an `.await` is
+    /// not `Send`.
+    #[test]
+    fn the_run_future_is_send() {
+        let spec = SpecInput::File("spec.json".into());
+        let options = RunOptions::new();
+        let env: Env = Arc::new(|_: &str| None);
+        let progress = |_: &str| {};
+        let future = run(&spec, &options, None, &env, &progress);
+        assert_send(&future);
+    }
+
+    /// Two runs at once in one process, on a runtime whose threads they may move between:
+    /// each sees only its own repository, server and result (the demo's, on recorded
+    /// replies: the first fails its test, the repair passes).
+    #[test]
+    fn two_runs_execute_concurrently_in_one_process() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let temp = tempfile::tempdir().expect("a temporary directory");
+        let setups: Vec<_> = ["one", "two"]
+            .iter()
+            .map(|name| crate::demo::prepare(&temp.path().join(name)).expect("the demo"))
+            .collect();
+        let results = runtime.block_on(async {
+            let runs = setups.iter().map(|setup| {
+                let spec = SpecInput::File(setup.spec_path.clone());
+                let options = RunOptions {
+                    repo_dir: Some(setup.repo_dir.clone()),
+                    ..RunOptions::new()
+                };
+                tokio::spawn(async move {
+                    let env: Env = Arc::new(|_: &str| None);
+                    let progress = |_: &str| {};
+                    let server = crate::demo::recorded_server();
+                    run(&spec, &options, Some(server), &env, &progress).await
+                })
+            });
+            futures_util::future::join_all(runs).await
+        });
+        for (setup, output) in setups.iter().zip(results) {
+            let Ok(RunOutput::Result { result, .. }) = output else {
+                panic!("the run did not give a result");
+            };
+            assert_eq!(result.status, Status::Success, "{}", result.summary);
+            assert_eq!(result.attempts.len(), 2);
+            let written = setup.repo_dir.join("slugify.sh");
+            assert!(written.exists(), "{}", written.display());
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! The git repository a run works in: its root, its git directory, HEAD, and file status.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::result::GitInfo;
@@ -22,7 +23,9 @@ pub struct Repo {
     root: PathBuf,
     /// The repository's git directory (per worktree), where backups and the lock live.
     git_dir: PathBuf,
-    git: git2::Repository,
+    /// Behind a mutex: libgit2's handle may move between threads but not be shared, and a
+    /// run holding `&Repo` across an `.await` must stay `Send` to run on any thread.
+    git: Mutex<git2::Repository>,
 }
 
 impl Repo {
@@ -41,6 +44,7 @@ impl Repo {
             .map_err(|error| Error::io("resolve repository root", workdir, error))?;
         let git_dir = std::fs::canonicalize(git.path())
             .map_err(|error| Error::io("resolve git directory", git.path(), error))?;
+        let git = Mutex::new(git);
         Ok(Self { root, git_dir, git })
     }
 
@@ -60,14 +64,15 @@ impl Repo {
     }
 
     pub fn info(&self) -> GitInfo {
-        let head = self.git.head().ok();
+        let git = self.git();
+        let head = git.head().ok();
         GitInfo {
             root: self.root.display().to_string(),
             branch: head
                 .as_ref()
                 .filter(|head| head.is_branch())
                 .and_then(|head| head.shorthand().map(str::to_owned))
-                .or_else(|| self.unborn_branch()),
+                .or_else(|| unborn_branch(&git)),
             head: head
                 .as_ref()
                 .and_then(git2::Reference::target)
@@ -75,11 +80,11 @@ impl Repo {
         }
     }
 
-    /// The branch name HEAD points at in a repository without commits.
-    fn unborn_branch(&self) -> Option<String> {
-        let head = self.git.find_reference("HEAD").ok()?;
-        let target = head.symbolic_target()?;
-        target.strip_prefix("refs/heads/").map(str::to_owned)
+    /// The handle; a panic elsewhere while it was held leaves nothing half-changed in it.
+    fn git(&self) -> std::sync::MutexGuard<'_, git2::Repository> {
+        self.git
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Whether git can show and undo a change to the existing file at `real_relative`.
@@ -90,7 +95,7 @@ impl Repo {
     /// says it does not know is treated as changed, never as clean: the caller only asks
     /// about files that exist.
     pub fn target_status(&self, real_relative: &Path) -> Result<TargetStatus> {
-        match self.git.status_file(real_relative) {
+        match self.git().status_file(real_relative) {
             Ok(status) if status.is_empty() => Ok(TargetStatus::Clean),
             Ok(status) if status.contains(git2::Status::IGNORED) => Ok(TargetStatus::Ignored),
             Ok(_) => Ok(TargetStatus::Uncommitted),
@@ -111,4 +116,11 @@ impl Repo {
             .map(|oid| oid.to_string())
             .unwrap_or_default()
     }
+}
+
+/// The branch name HEAD points at in a repository without commits.
+fn unborn_branch(git: &git2::Repository) -> Option<String> {
+    let head = git.find_reference("HEAD").ok()?;
+    let target = head.symbolic_target()?;
+    target.strip_prefix("refs/heads/").map(str::to_owned)
 }
