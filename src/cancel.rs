@@ -60,3 +60,26 @@ impl Canceller {
         self.0.send_replace(Some(signal));
     }
 }
+
+/// Test hook, left out of release builds: `PHASE:MARKER` makes the named phase (`extract`
+/// or `diff`, both CPU-bound; `cleanup`, the undo after a signal) create the file MARKER,
+/// then keep working until `MARKER.sent` exists or, given `cancel`, the run is told to
+/// stop: a test can signal the run while it is busy there.
+pub const STALL_AT_ENV: &str = "EXECUTE_LOCAL_TASK_TEST_STALL_AT";
+
+/// Where the [`STALL_AT_ENV`] hook holds a phase; nothing in release builds.
+pub(crate) fn stall_point(phase: &str, cancel: Option<&Cancel>) {
+    #[cfg(debug_assertions)]
+    if let Ok(value) = std::env::var(STALL_AT_ENV)
+        && let Some((at, marker)) = value.split_once(':')
+        && at == phase
+    {
+        let _ = std::fs::write(marker, b"");
+        let sent = std::path::PathBuf::from(format!("{marker}.sent"));
+        while !sent.exists() && cancel.is_none_or(|cancel| cancel.signal().is_none()) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = (phase, cancel);
+}

@@ -289,7 +289,11 @@ pub fn run() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    ExitCode::from(runtime.block_on(dispatch(cli)))
+    let code = runtime.block_on(dispatch(cli));
+    // A run stopped by a signal may leave CPU-bound work (a long diff) on a blocking
+    // thread; it only reads, so the process ends now instead of waiting for it.
+    runtime.shutdown_background();
+    ExitCode::from(code)
 }
 
 /// True for a spec path that is really a subcommand's name, e.g. `rollback` in
@@ -552,12 +556,11 @@ fn parse_secs(text: &str) -> Result<Secs, String> {
 }
 
 /// A [`Cancel`] that SIGINT (Ctrl-C), SIGTERM (a caller's timeout) and SIGHUP (a closed
-/// terminal) set. Without it such a signal would kill the tool at once and leave the
+/// terminal) set; a second such signal ends the process at once. Without it such a signal would kill the tool at once and leave the
 /// test running (in its own session it gets none of them), the attempt's code in the
 /// tree, and no JSON; with it the run stops, cleans up, and reports `interrupted`.
 /// A signal that cannot be listened for keeps its default action.
 fn stop_on_signals() -> Cancel {
-    use nix::sys::signal::Signal;
     use tokio::signal::unix::{SignalKind, signal};
     let (canceller, cancel) = Cancel::new();
     // Registered here, before the run starts, so no signal falls between.
@@ -565,14 +568,31 @@ fn stop_on_signals() -> Cancel {
     let mut terminate = signal(SignalKind::terminate()).ok();
     let mut hangup = signal(SignalKind::hangup()).ok();
     tokio::spawn(async move {
-        let signal = tokio::select! {
-            () = received(interrupt.as_mut()) => Signal::SIGINT,
-            () = received(terminate.as_mut()) => Signal::SIGTERM,
-            () = received(hangup.as_mut()) => Signal::SIGHUP,
-        };
-        canceller.cancel(signal);
+        canceller.cancel(next(&mut interrupt, &mut terminate, &mut hangup).await);
+        // The listeners stay installed, so without this a second Ctrl-C from a user whose
+        // run is slow to clean up would be swallowed: it ends the tool at once instead.
+        let again = next(&mut interrupt, &mut terminate, &mut hangup).await;
+        say!(
+            "error: {} again: stopping at once; `execute-local-task rollback --last` undoes what the run left",
+            again.as_str()
+        );
+        std::process::exit(128 + again as i32);
     });
     cancel
+}
+
+/// The next of the three signals to arrive.
+async fn next(
+    interrupt: &mut Option<tokio::signal::unix::Signal>,
+    terminate: &mut Option<tokio::signal::unix::Signal>,
+    hangup: &mut Option<tokio::signal::unix::Signal>,
+) -> nix::sys::signal::Signal {
+    use nix::sys::signal::Signal;
+    tokio::select! {
+        () = received(interrupt.as_mut()) => Signal::SIGINT,
+        () = received(terminate.as_mut()) => Signal::SIGTERM,
+        () = received(hangup.as_mut()) => Signal::SIGHUP,
+    }
 }
 
 /// Completes when `listener` gets its signal; never without a listener.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::blocking::off_thread;
+use crate::cancel::stall_point;
 
 use crate::error::{Error, Result};
 use crate::model::{ChatReply, ChatRequest, Message};
@@ -296,6 +297,12 @@ struct Attempts<'a> {
     cannot_start: Option<String>,
 }
 
+/// A checked reply: the files to write or why it cannot be used, and the notes on it.
+type Checked = (
+    std::result::Result<Vec<(String, String)>, Failure>,
+    Vec<String>,
+);
+
 /// What an attempt leads to.
 #[allow(clippy::large_enum_variant)]
 enum Next {
@@ -335,13 +342,18 @@ impl Attempts<'_> {
             .chain(reply.notes.iter().cloned())
             .collect(),
         };
+        let (reply, checked) = match self.check(reply).await {
+            Ok(checked) => checked,
+            Err(error) => return Err(self.interrupted(attempt, error)),
+        };
+        attempt.notes.extend(checked.1);
         let Prepared {
             spec,
             targets,
             language,
             ..
         } = &self.prepared;
-        let files = match check_reply(&reply, spec, targets, language, &mut attempt.notes) {
+        let files = match checked.0 {
             Ok(files) => files,
             Err(failure) => {
                 let turn = reply_turn(&reply.content, failure.outcome == Outcome::Truncated);
@@ -370,7 +382,10 @@ impl Attempts<'_> {
             }
             Ok(TestVerdict::Passed(test)) => {
                 attempt.notes.extend(replaced_link_notes(targets, &files));
-                let changes = file_changes(&self.journal, targets, &files);
+                let changes = match self.changes(n, files).await {
+                    Ok(changes) => changes,
+                    Err(error) => return Err(self.interrupted(attempt, error)),
+                };
                 let summary =
                     success_summary(&changes, test.as_ref(), n, self.prepared.max_attempts);
                 self.state.settle(attempt, Outcome::Ok, None);
@@ -400,6 +415,58 @@ impl Attempts<'_> {
                 Ok(self.repair(attempt, turn, failure))
             }
         }
+    }
+
+    /// Extraction and guards, off the async threads: a reply of megabytes takes a while,
+    /// and a signal meanwhile must still stop the run at once.
+    async fn check(&self, reply: ChatReply) -> Result<(ChatReply, Checked)> {
+        let (spec, targets) = (
+            Arc::clone(&self.prepared.spec),
+            Arc::clone(&self.prepared.targets),
+        );
+        let language = self.prepared.language.clone();
+        let cancel = self.options.cancel.clone();
+        let work = off_thread(move || {
+            stall_point("extract", Some(&cancel));
+            let mut notes = Vec::new();
+            let files = check_reply(&reply, &spec, &targets, &language, &mut notes);
+            (reply, (files, notes))
+        });
+        self.options.cancel.or_cancel(work).await
+    }
+
+    /// The result's file changes and diffs, off the async threads. The journal goes with
+    /// the diff, and the run keeps the same journal read back from disk: a signal during a
+    /// long diff then still undoes the attempt's code, as an interrupted run keeps none.
+    async fn changes(&mut self, n: u32, files: Vec<(String, String)>) -> Result<Vec<FileChange>> {
+        let kept = if self.journal.has_writes() {
+            Journal::open(&self.prepared.repo, &self.state.run_id)?
+        } else {
+            Journal::new(
+                &self.prepared.repo,
+                &self.state.run_id,
+                &self.prepared.spec.task_id,
+            )
+        };
+        let journal = std::mem::replace(&mut self.journal, kept);
+        let targets = Arc::clone(&self.prepared.targets);
+        let cancel = self.options.cancel.clone();
+        let diff = off_thread(move || {
+            stall_point("diff", Some(&cancel));
+            file_changes(&journal, &targets, &files)
+        });
+        let changes = self.options.cancel.or_cancel(diff).await;
+        if changes.is_err() && self.journal.restore().is_err() && self.journal.has_writes() {
+            self.state.unrestored = Some(n);
+        }
+        changes
+    }
+
+    /// Records attempt `attempt` as ended by `error` (a signal, mostly), and gives the error.
+    fn interrupted(&mut self, attempt: Attempt, error: Error) -> Error {
+        self.state
+            .settle(attempt, Outcome::Error, Some(one_line(&error.to_string())));
+        error
     }
 
     /// Attempt `n`'s request: the task, and after a failed attempt that attempt's turn and

@@ -3,6 +3,7 @@
 //! that refuse a run before any model call.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde_json::json;
 
@@ -63,11 +64,12 @@ impl From<&Path> for SpecInput {
 
 /// A run ready for its model: everything the attempts need, checked.
 pub struct Prepared {
-    pub spec: TaskSpec,
+    /// Shared with the work done off the async threads (extraction, the diff).
+    pub spec: Arc<TaskSpec>,
     pub repo: Repo,
     /// The repository's HEAD and branch, for the result.
     pub git: GitInfo,
-    pub(crate) targets: Vec<Target>,
+    pub(crate) targets: Arc<[Target]>,
     pub(crate) templates: Templates,
     /// The fence language of the outputs.
     pub language: String,
@@ -112,10 +114,10 @@ pub fn prepare(
         .unwrap_or(spec::DEFAULT_MAX_ATTEMPTS)
         .clamp(1, spec::MAX_MAX_ATTEMPTS);
     Ok(Prepared {
-        spec,
+        spec: Arc::new(spec),
         repo,
         git,
-        targets,
+        targets: targets.into(),
         templates,
         language,
         first_messages,

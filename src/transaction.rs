@@ -68,6 +68,11 @@ pub(crate) async fn write_and_test(
     // An interrupted run reports no success, so even code that passed is undone.
     let interrupted = options.cancel.signal();
     let keep = interrupted.is_none() && matches!(verdict, TestVerdict::Passed(_));
+    if interrupted.is_some() {
+        // Debug builds only: a test holds the cleanup here to send a second signal.
+        #[cfg(debug_assertions)]
+        crate::blocking::off_thread(|| crate::cancel::stall_point("cleanup", None)).await;
+    }
     undo.settled = true;
     if !keep {
         undo.journal.restore()?;

@@ -10,4 +10,5 @@ mod extraction;
 mod providers;
 mod repair;
 mod safety;
+mod signals;
 mod snapshots;
