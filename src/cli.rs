@@ -442,8 +442,7 @@ async fn dispatch(cli: Cli) -> u8 {
             print_json(&schema);
             0
         }
-        // Boxed: the demo's run is a large future, and the other commands need no such stack.
-        Some(Command::Demo { dir }) => Box::pin(run_demo(dir, &env)).await,
+        Some(Command::Demo { dir }) => run_demo(dir, &env).await,
     }
 }
 

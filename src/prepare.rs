@@ -201,3 +201,25 @@ fn dry_run_request(
     }
     printed
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spec_given_as_text_is_named_by_its_label() {
+        let input = SpecInput::Text {
+            label: "<mcp>".to_owned(),
+            text: r#"{"task_id": "T-1", "description": "d"}"#.to_owned(),
+        };
+        let Err(unprepared) = prepare(&input, &RunOptions::new(), &|_: &str| None) else {
+            panic!("a spec without an output file was accepted");
+        };
+        assert!(
+            unprepared.error.to_string().starts_with("<mcp>"),
+            "{}",
+            unprepared.error
+        );
+        assert_eq!(unprepared.task_id.as_deref(), Some("T-1"));
+    }
+}
