@@ -440,7 +440,12 @@ impl Attempts<'_> {
     /// long diff then still undoes the attempt's code, as an interrupted run keeps none.
     async fn changes(&mut self, n: u32, files: Vec<(String, String)>) -> Result<Vec<FileChange>> {
         let kept = if self.journal.has_writes() {
-            Journal::open(&self.prepared.repo, &self.state.run_id)?
+            match Journal::open(&self.prepared.repo, &self.state.run_id) {
+                Ok(kept) => kept,
+                // Without a second journal the diff is made here, as nothing could undo
+                // the code a signal meanwhile would leave.
+                Err(_) => return Ok(file_changes(&self.journal, &self.prepared.targets, &files)),
+            }
         } else {
             Journal::new(
                 &self.prepared.repo,
