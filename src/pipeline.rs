@@ -1,13 +1,12 @@
 //! One task, end to end, in the README's order: spec → validate → context → prompt
-//! ([`prepare`]) → model → extract → guard ([`crate::reply`]) → write → test
-//! ([`crate::transaction`]) → repair ([`crate::repair`]) → result ([`crate::summary`]).
+//! ([`prepare`]) → model → extract → guard (`reply.rs`) → write → test
+//! (`transaction.rs`) → repair (`repair.rs`) → result (`summary.rs`).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::blocking::off_thread;
 use crate::cancel::stall_point;
-
 use crate::error::{Error, Result};
 use crate::model::{ChatReply, ChatRequest, Message};
 use crate::repair::{reply_turn, test_failure, written_turn};
