@@ -7,6 +7,7 @@ mod harness;
 mod conformance;
 mod core;
 mod extraction;
+mod hardening_input;
 mod providers;
 mod repair;
 mod safety;
