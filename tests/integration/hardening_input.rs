@@ -51,3 +51,21 @@ fn the_root_is_the_working_tree_in_every_git_layout() {
         );
     }
 }
+
+/// Model-written code runs as the test: it must not be handed the tool's API keys.
+#[test]
+fn the_test_command_does_not_get_the_api_keys() {
+    let run = Test::new()
+        .env("LOCAL_TASK_API_KEY", "secret-local")
+        .env("OPENAI_API_KEY", "secret-openai")
+        .env("KEPT_VARIABLE", "kept")
+        .spec(spec("out.py", &json!({"test_command": "env"})))
+        .script(Script::code("out.py", "x = 1\n"))
+        .run();
+    run.assert_code(0);
+    let output = run.result().test.expect("a test ran").output_tail;
+    assert!(output.contains("KEPT_VARIABLE=kept"), "{output}");
+    assert!(output.contains("PATH="), "{output}");
+    assert!(!output.contains("API_KEY"), "{output}");
+    assert!(!output.contains("secret"), "{output}");
+}
