@@ -9,6 +9,7 @@ pub mod demo;
 pub mod error;
 pub mod extract;
 pub mod guard;
+pub mod input_file;
 pub mod language;
 pub mod lock;
 pub mod model;

@@ -345,6 +345,14 @@ async fn run_task(
     if !options.force {
         check_clean_targets(&repo, &targets)?;
     }
+    let connection = &options.connection;
+    crate::model::recorded::check_files(
+        connection.record.as_deref(),
+        connection.replay.as_deref(),
+        &options.spec_path,
+        repo.root(),
+        &spec.outputs,
+    )?;
     if options.dry_run {
         return Ok(Finished::DryRun(dry_run_request(
             &spec,

@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 use crate::guard;
+use crate::input_file;
 
 /// Defaults a spec may override.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 2;
@@ -147,14 +148,14 @@ pub fn json_schema() -> Value {
 
 /// Reads and validates the spec at `path`.
 pub fn load(path: &Path) -> Result<TaskSpec> {
-    let text = std::fs::read_to_string(path)
+    let text = input_file::read_text(path, input_file::MAX_SPEC_BYTES)
         .map_err(|error| Error::spec(path, None, format!("cannot read the spec: {error}")))?;
     parse(path, &text)
 }
 
 /// Reads the `task_id` of a spec that may not validate, so an error result can still name it.
 pub fn peek_task_id(path: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
+    let text = input_file::read_text(path, input_file::MAX_SPEC_BYTES).ok()?;
     let value: Value = serde_json::from_str(&text).ok()?;
     let id = value.get("task_id")?.as_str()?;
     valid_task_id(id).then(|| id.to_owned())

@@ -69,3 +69,142 @@ fn the_test_command_does_not_get_the_api_keys() {
     assert!(!output.contains("API_KEY"), "{output}");
     assert!(!output.contains("secret"), "{output}");
 }
+
+/// A `--record` run refused before the model call, exit 2, with a message naming the file.
+#[track_caller]
+fn assert_record_refused(run: &crate::harness::Run, file: &str, reason: &str) {
+    let error = run.assert_error(2, "usage");
+    assert!(error.message.contains(file), "{}", error.message);
+    assert!(error.message.contains(reason), "{}", error.message);
+    assert!(run.requests.is_empty(), "the model was called");
+    assert!(run.stderr.contains(reason), "{}", run.stderr);
+}
+
+#[test]
+fn record_refuses_an_existing_file_that_is_not_a_cassette() {
+    let run = Test::new()
+        .uncommitted("notes.txt", "uncommitted work\n")
+        .spec(spec("out.py", &json!({})))
+        .script(Script::code("out.py", "x = 1\n"))
+        .args(&["--record", "notes.txt"])
+        .run();
+    assert_record_refused(&run, "notes.txt", "not a cassette");
+    assert_eq!(run.read("notes.txt").as_deref(), Some("uncommitted work\n"));
+    run.assert_unchanged();
+}
+
+#[test]
+fn record_refuses_the_spec_and_the_output_files() {
+    let run = Test::new()
+        .spec(spec("out.py", &json!({})))
+        .script(Script::code("out.py", "x = 1\n"))
+        .run_with(|spec| {
+            let spec = spec.display().to_string();
+            vec![spec.clone(), "--record".to_owned(), spec]
+        });
+    assert_record_refused(&run, "spec.json", "is the spec");
+    let spec_text = std::fs::read_to_string(&run.spec_path).unwrap();
+    assert!(spec_text.contains("\"task_id\""), "{spec_text}");
+
+    // The output file, spelled another way, and before it exists.
+    let run = Test::new()
+        .file("src/keep.txt", "k\n")
+        .spec(spec("src/out.py", &json!({})))
+        .script(Script::code("src/out.py", "x = 1\n"))
+        .args(&["--record", "./src/../src/out.py"])
+        .run();
+    assert_record_refused(&run, "out.py", "an output file of this run");
+    run.assert_unchanged();
+}
+
+#[test]
+fn record_checks_its_directory_before_the_model_call() {
+    let run = Test::new()
+        .spec(spec("out.py", &json!({})))
+        .script(Script::code("out.py", "x = 1\n"))
+        .args(&["--record", "no-such-dir/cassette.json"])
+        .run();
+    assert_record_refused(&run, "no-such-dir", "does not exist");
+    run.assert_unchanged();
+}
+
+/// A FIFO nobody writes to, in the test's temporary directory.
+fn fifo(dir: &std::path::Path) -> String {
+    let path = dir.join("fifo");
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    path.display().to_string()
+}
+
+#[test]
+fn a_spec_that_is_a_fifo_or_a_device_is_refused_at_once() {
+    for device in [None, Some("/dev/zero")] {
+        let run = Test::new().run_with(|spec| {
+            let path = device.map_or_else(|| fifo(spec.parent().unwrap()), str::to_owned);
+            vec![path]
+        });
+        let error = run.assert_error(2, "spec");
+        let kind = if device.is_some() {
+            "a device"
+        } else {
+            "a FIFO"
+        };
+        assert!(
+            error
+                .message
+                .contains(&format!("is {kind}, not a regular file")),
+            "{}",
+            error.message
+        );
+        assert!(
+            error.message.contains(device.unwrap_or("fifo")),
+            "{}",
+            error.message
+        );
+    }
+}
+
+#[test]
+fn a_replay_file_that_is_a_fifo_or_a_device_is_refused_at_once() {
+    for device in [None, Some("/dev/zero")] {
+        let run = Test::new()
+            .spec(spec("out.py", &json!({})))
+            .run_with(|spec| {
+                let path = device.map_or_else(|| fifo(spec.parent().unwrap()), str::to_owned);
+                vec![spec.display().to_string(), "--replay".to_owned(), path]
+            });
+        let error = run.assert_error(2, "usage");
+        let kind = if device.is_some() {
+            "a device"
+        } else {
+            "a FIFO"
+        };
+        assert!(
+            error
+                .message
+                .contains(&format!("is {kind}, not a regular file")),
+            "{}",
+            error.message
+        );
+        assert!(
+            error.message.contains(device.unwrap_or("fifo")),
+            "{}",
+            error.message
+        );
+        run.assert_unchanged();
+    }
+}
+
+#[test]
+fn a_spec_larger_than_the_limit_is_refused() {
+    let big = format!(
+        r#"{{"task_id":"T-001","description":"{}","output_file":"x.py"}}"#,
+        "d".repeat(1 << 20)
+    );
+    let run = Test::new().spec_text(&big).run();
+    let error = run.assert_error(2, "spec");
+    assert!(
+        error.message.contains("is larger than the limit of 1 MiB"),
+        "{}",
+        error.message
+    );
+}
