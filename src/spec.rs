@@ -1,8 +1,11 @@
 //! The task spec: reading, validating, and the errors that name the spec file and field.
 
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use schemars::JsonSchema;
+use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -173,6 +176,15 @@ pub fn parse(path: &Path, text: &str) -> Result<TaskSpec> {
             ),
         )
     })?;
+    // serde_json keeps the last of two equal keys: `output_file` given twice would write
+    // the second file while a reader of the spec sees the first.
+    if let Some(key) = duplicate_key(text) {
+        return Err(Error::spec(
+            path,
+            Some(&key),
+            "is given twice; give each field once (JSON keeps only the last)",
+        ));
+    }
     let Value::Object(object) = value else {
         return Err(Error::spec(
             path,
@@ -192,6 +204,103 @@ pub fn parse(path: &Path, text: &str) -> Result<TaskSpec> {
             Error::spec(path, Some(&field), error.into_inner().to_string())
         })?;
     validate(path, document)
+}
+
+/// The JSON path (`output_file`, `constraints[2]`, `a.b`) of the first key given twice in
+/// one object of `text`, which must be valid JSON.
+fn duplicate_key(text: &str) -> Option<String> {
+    let found = RefCell::new(None);
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let seed = UniqueKeys {
+        path: String::new(),
+        found: &found,
+    };
+    // The only error the walk itself raises is the duplicate, recorded in `found`.
+    let _ = seed.deserialize(&mut deserializer);
+    found.into_inner()
+}
+
+/// Walks a JSON value, stopping at the first object key seen twice.
+struct UniqueKeys<'a> {
+    path: String,
+    found: &'a RefCell<Option<String>>,
+}
+
+impl UniqueKeys<'_> {
+    fn at(&self, path: String) -> Self {
+        UniqueKeys {
+            path,
+            found: self.found,
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for UniqueKeys<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for UniqueKeys<'_> {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut index = 0;
+        while seq
+            .next_element_seed(self.at(format!("{}[{index}]", self.path)))?
+            .is_some()
+        {
+            index += 1;
+        }
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let path = if self.path.is_empty() {
+                key.clone()
+            } else {
+                format!("{}.{key}", self.path)
+            };
+            if !seen.insert(key) {
+                *self.found.borrow_mut() = Some(path);
+                return Err(A::Error::custom("duplicate key"));
+            }
+            map.next_value_seed(self.at(path))?;
+        }
+        Ok(())
+    }
 }
 
 fn check_field_names(path: &Path, object: &Map<String, Value>) -> Result<()> {
@@ -461,6 +570,22 @@ mod tests {
                 "{text}: {message}"
             );
         }
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused_with_its_path() {
+        let message = error_text(
+            r#"{"task_id":"a","description":"d","output_file":"x.py","output_file":"y.py"}"#,
+        );
+        assert!(
+            message.starts_with("spec.json: field `output_file`: is given twice"),
+            "{message}"
+        );
+        assert_eq!(
+            duplicate_key(r#"{"a":[1,{"b":null,"c":{"d":1,"d":2}}],"e":true}"#).as_deref(),
+            Some("a[1].c.d")
+        );
+        assert_eq!(duplicate_key(r#"{"a":{"b":1},"c":{"b":1}}"#), None);
     }
 
     #[test]

@@ -208,3 +208,22 @@ fn a_spec_larger_than_the_limit_is_refused() {
         error.message
     );
 }
+
+#[test]
+fn a_spec_key_given_twice_is_refused() {
+    let run = Test::new()
+        .spec_text(
+            r#"{"task_id": "T-001", "description": "d", "output_file": "a.py", "output_file": "b.py"}"#,
+        )
+        .run();
+    let error = run.assert_error(2, "spec");
+    assert!(
+        error
+            .message
+            .contains("field `output_file`: is given twice"),
+        "{}",
+        error.message
+    );
+    assert!(run.requests.is_empty());
+    run.assert_unchanged();
+}
