@@ -7,6 +7,7 @@ pub mod cli;
 pub mod context;
 pub mod demo;
 pub mod error;
+pub mod escape;
 pub mod extract;
 pub mod guard;
 pub mod input_file;

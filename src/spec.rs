@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+use crate::escape;
 use crate::guard;
 use crate::input_file;
 
@@ -26,8 +27,8 @@ pub struct SpecDocument {
     /// Ignored; lets editors validate the file.
     #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<String>,
-    /// Names the run and its backups: `[A-Za-z0-9._-]{1,64}`, not starting with `.` or `-`, without `..`, not ending in `.lock`.
-    #[schemars(regex(pattern = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$"))]
+    /// Names the run and its backups: `[A-Za-z0-9._-]{1,64}`, not starting with `.` or `-`, without `..`, not ending in `.` or `.lock`.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_]([A-Za-z0-9._-]{0,62}[A-Za-z0-9_-])?$"))]
     pub task_id: String,
     /// What to build.
     pub description: String,
@@ -164,7 +165,25 @@ pub fn peek_task_id(path: &Path) -> Option<String> {
     valid_task_id(id).then(|| id.to_owned())
 }
 
+/// Parses and validates the spec `text` read from `path`.
 pub fn parse(path: &Path, text: &str) -> Result<TaskSpec> {
+    parse_unescaped(path, text).map_err(|error| match error {
+        // Messages quote spec text (an id, a path, a field name): an escape sequence there
+        // must not reach the terminal raw.
+        Error::Spec {
+            path,
+            field,
+            message,
+        } => Error::Spec {
+            path,
+            field: field.as_deref().map(escape::controls),
+            message: escape::controls(&message),
+        },
+        other => other,
+    })
+}
+
+fn parse_unescaped(path: &Path, text: &str) -> Result<TaskSpec> {
     let value: Value = serde_json::from_str(text).map_err(|error| {
         Error::spec(
             path,
@@ -331,11 +350,11 @@ fn check_field_names(path: &Path, object: &Map<String, Value>) -> Result<()> {
 fn validate(path: &Path, document: SpecDocument) -> Result<TaskSpec> {
     let field_error = |field: &str, message: String| Error::spec(path, Some(field), message);
 
-    if !valid_task_id(&document.task_id) {
+    if let Some(problem) = task_id_problem(&document.task_id) {
         return Err(field_error(
             "task_id",
             format!(
-                "`{}` is not a valid task id: use 1 to 64 of A-Z a-z 0-9 . _ -, not starting with `.` or `-`",
+                "`{}` is not a valid task id: it {problem}",
                 document.task_id
             ),
         ));
@@ -415,10 +434,10 @@ fn validate(path: &Path, document: SpecDocument) -> Result<TaskSpec> {
     }
     let depends_on = document.depends_on.unwrap_or_default();
     for (index, id) in depends_on.iter().enumerate() {
-        if !valid_task_id(id) {
+        if let Some(problem) = task_id_problem(id) {
             return Err(field_error(
                 &format!("depends_on[{index}]"),
-                format!("`{id}` is not a valid task id"),
+                format!("`{id}` is not a valid task id: it {problem}"),
             ));
         }
     }
@@ -462,17 +481,44 @@ fn normalize_field(path: &Path, field: &str, value: &str) -> Result<String> {
     })
 }
 
-/// `[A-Za-z0-9._-]{1,64}`, and not starting with `.` or `-`: the id names a directory of
-/// backups, and is kept fit to name a git branch for task branches later.
+/// Whether `id` is a valid task id (see [`task_id_problem`]).
 pub fn valid_task_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        && !id.starts_with(['.', '-'])
-        && !id.contains("..")
-        // Git refuses branch names ending in `.lock`, in any case.
-        && !id.to_ascii_lowercase().ends_with(".lock")
+    task_id_problem(id).is_none()
+}
+
+/// The rule `id` breaks, if any: `[A-Za-z0-9._-]{1,64}`, not starting with `.` or `-`,
+/// and valid as the git branch `local-task/<id>` (so no `..`, no trailing `.`, no
+/// `.lock` at the end). The id names a directory of backups, and task branches are
+/// named after it: an id git refuses would fail only when its branch is made.
+pub fn task_id_problem(id: &str) -> Option<String> {
+    if id.is_empty() {
+        return Some("is empty".to_owned());
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !c.is_ascii_alphanumeric() && !matches!(c, '.' | '_' | '-'))
+    {
+        return Some(format!(
+            "has `{}`: use only A-Z a-z 0-9 . _ -",
+            crate::escape::controls(&c.to_string())
+        ));
+    }
+    let rule = if id.len() > 64 {
+        "is longer than 64 characters"
+    } else if id.starts_with(['.', '-']) {
+        "starts with `.` or `-`"
+    } else if id.contains("..") {
+        "contains `..`, which git refuses in a branch name"
+    } else if id.to_ascii_lowercase().ends_with(".lock") {
+        "ends in `.lock`, which git refuses in a branch name"
+    } else if id.ends_with('.') {
+        "ends in `.`, which git refuses in a branch name"
+    } else if !git2::Reference::is_valid_name(&format!("refs/heads/local-task/{id}")) {
+        "is not valid in a git branch name"
+    } else {
+        return None;
+    };
+    Some(rule.to_owned())
 }
 
 #[cfg(test)]
@@ -586,6 +632,41 @@ mod tests {
             Some("a[1].c.d")
         );
         assert_eq!(duplicate_key(r#"{"a":{"b":1},"c":{"b":1}}"#), None);
+    }
+
+    #[test]
+    fn task_ids_git_refuses_as_branch_names_are_refused_naming_the_rule() {
+        for (id, rule) in [
+            ("T-1.", "ends in `.`"),
+            ("a..b", "contains `..`"),
+            ("x.lock", "ends in `.lock`"),
+            ("X.LOCK", "ends in `.lock`"),
+            ("@{", "`@`"),
+            ("a/", "`/`"),
+            ("-a", "starts with `.` or `-`"),
+            (".a", "starts with `.` or `-`"),
+            ("a b", "` `"),
+            ("a\u{1b}[31mb", "`\\u{1b}`"),
+        ] {
+            let message = error_text(&format!(
+                r#"{{"task_id":{},"description":"d","output_file":"x"}}"#,
+                serde_json::to_string(id).unwrap()
+            ));
+            assert!(message.contains("field `task_id`"), "{id}: {message}");
+            assert!(message.contains(rule), "{id}: {message}");
+            assert!(!message.contains('\u{1b}'), "{id}: {message}");
+        }
+        let message = error_text(
+            "{\"task_id\":\"a\",\"description\":\"d\",\"output_file\":\"x\",\"\\u001b]0;t\\u0007\":1}",
+        );
+        assert!(message.contains(r"field `\u{1b}]0;t\u{7}`"), "{message}");
+        // Every id git takes as a branch and valid before stays valid.
+        for id in ["T-001", "a.b", "_x", "a-", "A_1.2-3", "lock", "x.locks"] {
+            assert!(valid_task_id(id), "{id}");
+            assert!(git2::Reference::is_valid_name(&format!(
+                "refs/heads/local-task/{id}"
+            )));
+        }
     }
 
     #[test]

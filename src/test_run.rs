@@ -153,7 +153,8 @@ pub async fn run(
     }
     let mut child = process.spawn().map_err(|error| CannotStart {
         message: format!(
-            "the test command `{command}` could not start: cannot run `sh` in {}: {error}",
+            "the test command `{}` could not start: cannot run `sh` in {}: {error}",
+            crate::escape::controls(command),
             dir.display()
         ),
         report: None,
@@ -221,7 +222,8 @@ pub async fn run(
     match start_failure(&report) {
         Some(reason) => Err(CannotStart {
             message: format!(
-                "the test command `{command}` could not start ({reason}); fix test_command in the spec or install what it runs"
+                "the test command `{}` could not start ({reason}); fix test_command in the spec or install what it runs",
+                crate::escape::controls(command)
             ),
             report: Some(report),
         }),

@@ -227,3 +227,23 @@ fn a_spec_key_given_twice_is_refused() {
     assert!(run.requests.is_empty());
     run.assert_unchanged();
 }
+
+/// An escape sequence in a spec reaches messages escaped, never raw.
+#[test]
+fn spec_text_in_messages_has_its_control_characters_escaped() {
+    let run = Test::new()
+        .spec_text(
+            r#"{"task_id": "\u001b]0;owned\u0007T", "description": "d", "output_file": "a.py"}"#,
+        )
+        .run();
+    let error = run.assert_error(2, "spec");
+    assert!(
+        error
+            .message
+            .contains(r"`\u{1b}]0;owned\u{7}T` is not a valid task id"),
+        "{}",
+        error.message
+    );
+    assert!(!run.stderr.contains('\u{1b}'), "{}", run.stderr);
+    assert!(!run.stdout.contains('\u{1b}'), "{}", run.stdout);
+}
