@@ -247,3 +247,22 @@ fn spec_text_in_messages_has_its_control_characters_escaped() {
     assert!(!run.stderr.contains('\u{1b}'), "{}", run.stderr);
     assert!(!run.stdout.contains('\u{1b}'), "{}", run.stdout);
 }
+
+#[test]
+fn an_ollama_stall_names_its_limit_once_in_seconds() {
+    let line = json!({"message": {"role": "assistant", "content": "half"}, "done": false});
+    let run = Test::new()
+        .ollama()
+        .spec(spec("out.py", &json!({})))
+        .script(Script::Stall(format!("{line}\n")))
+        .args(&["--retries", "0", "--idle-timeout", "0.2"])
+        .run();
+    let error = run.assert_error(3, "idle_timeout");
+    assert!(
+        error
+            .message
+            .ends_with("/api/chat: the stream stalled for 0.2 s after 4 bytes"),
+        "{}",
+        error.message
+    );
+}
