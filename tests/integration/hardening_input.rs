@@ -266,3 +266,37 @@ fn an_ollama_stall_names_its_limit_once_in_seconds() {
         error.message
     );
 }
+
+/// Template errors name the file the user wrote, never an internal name.
+#[test]
+fn template_errors_name_the_users_file() {
+    for text in ["{% if %}\n", "{{ no_such_variable.x }}\n"] {
+        let test = Test::new();
+        let broken = test.repo_path().parent().unwrap().join("broken.md");
+        std::fs::write(&broken, text).unwrap();
+        let run = test
+            .spec(spec("a.py", &json!({})))
+            .args(&["--template", broken.to_str().unwrap()])
+            .run();
+        let error = run.assert_error(2, "template");
+        let named = format!("template {}: ", broken.display());
+        assert!(error.message.starts_with(&named), "{}", error.message);
+        assert!(!error.message.contains("override.md"), "{}", error.message);
+        assert!(error.message.contains("line 1"), "{}", error.message);
+    }
+    for text in ["{% if %}\n", "{{ no_such_variable.x }}\n"] {
+        let run = Test::new()
+            .file(".execute-local-task/prompts/code.md", text)
+            .spec(spec("a.py", &json!({})))
+            .run();
+        let error = run.assert_error(2, "template");
+        assert!(
+            error
+                .message
+                .contains("/.execute-local-task/prompts/code.md: "),
+            "{}",
+            error.message
+        );
+        assert!(!error.message.contains("(in code.md"), "{}", error.message);
+    }
+}
