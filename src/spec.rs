@@ -346,7 +346,7 @@ fn check_field_names(path: &Path, object: &Map<String, Value>) -> Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_lines)] // One check a field, in the order of the table.
+/// One check a field, in the order of the table.
 fn validate(path: &Path, document: SpecDocument) -> Result<TaskSpec> {
     let field_error = |field: &str, message: String| Error::spec(path, Some(field), message);
 
@@ -363,50 +363,7 @@ fn validate(path: &Path, document: SpecDocument) -> Result<TaskSpec> {
         return Err(field_error("description", "is empty".to_owned()));
     }
 
-    let outputs = match (document.output_file, document.output_files) {
-        (Some(_), Some(_)) => {
-            return Err(field_error(
-                "output_files",
-                "give either output_file or output_files, not both".to_owned(),
-            ));
-        }
-        (None, None) => {
-            return Err(field_error(
-                "output_file",
-                "is required (or output_files for several files)".to_owned(),
-            ));
-        }
-        (Some(file), None) => vec![normalize_field(path, "output_file", &file)?],
-        (None, Some(files)) => {
-            if files.is_empty() {
-                return Err(field_error("output_files", "is empty".to_owned()));
-            }
-            let mut outputs: Vec<String> = Vec::with_capacity(files.len());
-            for (index, file) in files.iter().enumerate() {
-                let normalized = normalize_field(path, &format!("output_files[{index}]"), file)?;
-                if outputs.contains(&normalized) {
-                    return Err(field_error(
-                        &format!("output_files[{index}]"),
-                        format!("`{normalized}` is listed twice"),
-                    ));
-                }
-                // One path cannot be both a file to write and a directory holding another.
-                if let Some(other) = outputs.iter().find(|other| {
-                    Path::new(&normalized).starts_with(other.as_str())
-                        || Path::new(other.as_str()).starts_with(&normalized)
-                }) {
-                    return Err(field_error(
-                        &format!("output_files[{index}]"),
-                        format!(
-                            "`{normalized}` and `{other}` cannot both be output files: one would have to be a file and a directory at once"
-                        ),
-                    ));
-                }
-                outputs.push(normalized);
-            }
-            outputs
-        }
-    };
+    let outputs = outputs(path, document.output_file, document.output_files)?;
 
     let context_files = document
         .context_files
@@ -469,6 +426,61 @@ fn validate(path: &Path, document: SpecDocument) -> Result<TaskSpec> {
         depends_on,
         allow_shrink: document.allow_shrink.unwrap_or(false),
     })
+}
+
+/// The output files, normalised: exactly one of `output_file` and `output_files`, each
+/// file once, none inside another.
+fn outputs(
+    path: &Path,
+    output_file: Option<String>,
+    output_files: Option<Vec<String>>,
+) -> Result<Vec<String>> {
+    let field_error = |field: &str, message: String| Error::spec(path, Some(field), message);
+    let outputs = match (output_file, output_files) {
+        (Some(_), Some(_)) => {
+            return Err(field_error(
+                "output_files",
+                "give either output_file or output_files, not both".to_owned(),
+            ));
+        }
+        (None, None) => {
+            return Err(field_error(
+                "output_file",
+                "is required (or output_files for several files)".to_owned(),
+            ));
+        }
+        (Some(file), None) => vec![normalize_field(path, "output_file", &file)?],
+        (None, Some(files)) => {
+            if files.is_empty() {
+                return Err(field_error("output_files", "is empty".to_owned()));
+            }
+            let mut outputs: Vec<String> = Vec::with_capacity(files.len());
+            for (index, file) in files.iter().enumerate() {
+                let normalized = normalize_field(path, &format!("output_files[{index}]"), file)?;
+                if outputs.contains(&normalized) {
+                    return Err(field_error(
+                        &format!("output_files[{index}]"),
+                        format!("`{normalized}` is listed twice"),
+                    ));
+                }
+                // One path cannot be both a file to write and a directory holding another.
+                if let Some(other) = outputs.iter().find(|other| {
+                    Path::new(&normalized).starts_with(other.as_str())
+                        || Path::new(other.as_str()).starts_with(&normalized)
+                }) {
+                    return Err(field_error(
+                        &format!("output_files[{index}]"),
+                        format!(
+                            "`{normalized}` and `{other}` cannot both be output files: one would have to be a file and a directory at once"
+                        ),
+                    ));
+                }
+                outputs.push(normalized);
+            }
+            outputs
+        }
+    };
+    Ok(outputs)
 }
 
 fn normalize_field(path: &Path, field: &str, value: &str) -> Result<String> {
