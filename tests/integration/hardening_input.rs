@@ -300,3 +300,21 @@ fn template_errors_name_the_users_file() {
         assert!(!error.message.contains("(in code.md"), "{}", error.message);
     }
 }
+
+/// The test command is spec text too: a message about it that cannot start has it escaped.
+#[test]
+fn a_test_command_that_cannot_start_is_named_escaped() {
+    let run = Test::new()
+        .spec(spec(
+            "out.py",
+            &json!({"test_command": "./no-such-program \u{1b}[2J"}),
+        ))
+        .script(Script::code("out.py", "x = 1\n"))
+        .run();
+    run.assert_code(1);
+    let summary = run.result().summary;
+    assert!(
+        summary.contains(r"the test command `./no-such-program \u{1b}[2J` could not start"),
+        "{summary}"
+    );
+}
