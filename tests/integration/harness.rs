@@ -857,6 +857,7 @@ impl Test {
             before,
             repo,
             spec_path,
+            home,
             _dir: self.dir,
         }
     }
@@ -1057,6 +1058,7 @@ pub struct Run {
     before: BTreeMap<String, Vec<u8>>,
     pub repo: PathBuf,
     pub spec_path: PathBuf,
+    home: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -1141,7 +1143,7 @@ impl Run {
                 .current_dir(&self.repo)
                 .env_clear()
                 .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-                .env("HOME", self.repo.parent().unwrap().join("home"))
+                .env("HOME", &self.home)
                 .env("LANG", "C")
                 .env("GIT_CONFIG_NOSYSTEM", "1")
                 .env("GIT_CONFIG_GLOBAL", "/dev/null")
