@@ -138,10 +138,12 @@ fn linked_working_tree(git: &git2::Repository, start: &Path, git_dir: &Path) -> 
         .ancestors()
         .find(|dir| dir.join(".git").symlink_metadata().is_ok())?;
     let dot_git = holder.join(".git");
-    let named = match std::fs::read_to_string(&dot_git) {
+    let named = if dot_git.symlink_metadata().ok()?.is_file() {
         // A file `.git` holds `gitdir: PATH`, PATH relative to the file's directory.
-        Ok(text) => holder.join(text.strip_prefix("gitdir:")?.trim()),
-        Err(_) => dot_git,
+        let text = crate::input_file::read_text(&dot_git, 64 * 1024).ok()?;
+        holder.join(text.strip_prefix("gitdir:")?.trim())
+    } else {
+        dot_git
     };
     // A `.git` naming another repository is not the one discovery found (the run
     // started inside a git directory, say): keep libgit2's answer.
