@@ -64,7 +64,7 @@ enum Command {
         /// The `run_id` from the run's result JSON.
         #[arg(required_unless_present = "last")]
         run_id: Option<String>,
-        /// Undo the newest run that still has writes to undo.
+        /// Undo the newest run (if it left nothing to undo, say so and change nothing).
         #[arg(long, conflicts_with = "run_id")]
         last: bool,
         /// Restore even files that changed since the run wrote them.
@@ -389,23 +389,12 @@ async fn dispatch(cli: Cli) -> u8 {
                 _ => Which::Last,
             };
             let dir = repo.unwrap_or_else(|| PathBuf::from("."));
-            match rollback::rollback(&dir, which, force, Duration::from_secs(lock_timeout)).await {
-                Ok(report) => {
-                    say!(
-                        "execute-local-task: rolled back {} ({}): {} restored, {} removed",
-                        report.run_id,
-                        report.task_id,
-                        report.restored.len(),
-                        report.removed.len()
-                    );
-                    print_json(&report);
-                    0
-                }
-                Err(error) => {
-                    print_error(&error);
-                    error.exit_code()
-                }
+            let outcome =
+                rollback::rollback(&dir, which, force, Duration::from_secs(lock_timeout)).await;
+            if let Ok(report) = &outcome {
+                say!("execute-local-task: {}", report.describe());
             }
+            print_outcome(outcome)
         }
         Some(Command::Models {
             endpoint,
@@ -595,10 +584,24 @@ fn parse_secs(text: &str) -> Result<Duration, String> {
         .map_err(|_| format!("`{text}` is not a usable number of seconds"))
 }
 
+/// Prints a subcommand's report, or its error; the exit code.
+fn print_outcome(outcome: Result<impl serde::Serialize, Error>) -> u8 {
+    match outcome {
+        Ok(report) => {
+            print_json(&report);
+            0
+        }
+        Err(error) => {
+            print_error(&error);
+            error.exit_code()
+        }
+    }
+}
+
 /// The result for an error before any run began (a bad command line).
 fn error_result(error: &Error) -> TaskResult {
     TaskResult::error(
-        pipeline::new_run_id(),
+        crate::write::new_run_id(),
         None,
         ErrorInfo {
             kind: error.kind().to_owned(),

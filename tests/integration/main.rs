@@ -9,5 +9,6 @@ mod core;
 mod extraction;
 mod providers;
 mod repair;
+mod runs;
 mod safety;
 mod snapshots;
