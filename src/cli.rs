@@ -16,6 +16,7 @@ use crate::model::Limits;
 use crate::model::recorded::Matching;
 use crate::model::retry::RetryPolicy;
 use crate::pipeline::{self, Cancel, RunOptions, RunOutput};
+use crate::prune;
 use crate::result::{ErrorInfo, Status, TaskResult};
 use crate::rollback::{self, Which};
 use crate::route::{self, Connection, ModelChoice};
@@ -57,6 +58,25 @@ struct Cli {
     run: RunArgs,
 }
 
+#[derive(Args, Debug)]
+struct PruneArgs {
+    /// Keep at least this many of the newest runs.
+    #[arg(long, value_name = "N")]
+    keep: Option<usize>,
+    /// Keep every run younger than this many days.
+    #[arg(long, value_name = "DAYS")]
+    older_than: Option<u64>,
+    /// List what would be removed, and remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// The repository (default: the one containing the current directory).
+    #[arg(long, value_name = "DIR")]
+    repo: Option<PathBuf>,
+    /// Seconds to wait for a run that is writing the same repository.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_LOCK_TIMEOUT_SECS)]
+    lock_timeout: u64,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Undo a run's writes byte for byte and delete the files it created.
@@ -77,6 +97,9 @@ enum Command {
         #[arg(long, value_name = "SECS", default_value_t = DEFAULT_LOCK_TIMEOUT_SECS)]
         lock_timeout: u64,
     },
+    /// Remove old runs' backups: those past the newest --keep runs and older than
+    /// --older-than days (defaults 50 and 14, or `LOCAL_TASK_KEEP_RUNS`/`_DAYS`).
+    Prune(PruneArgs),
     /// List reachable local model servers and their models.
     Models {
         /// Probe only this server (default: the one a run would use, from the same
@@ -396,6 +419,7 @@ async fn dispatch(cli: Cli) -> u8 {
             }
             print_outcome(outcome)
         }
+        Some(Command::Prune(args)) => run_prune(args, &env).await,
         Some(Command::Models {
             endpoint,
             provider,
@@ -582,6 +606,19 @@ fn parse_secs(text: &str) -> Result<Duration, String> {
         .map_err(|_| format!("`{text}` is not a number of seconds"))?;
     Duration::try_from_secs_f64(secs)
         .map_err(|_| format!("`{text}` is not a usable number of seconds"))
+}
+
+async fn run_prune(args: PruneArgs, env: &dyn Fn(&str) -> Option<String>) -> u8 {
+    let dir = args.repo.unwrap_or_else(|| PathBuf::from("."));
+    let retention = prune::Retention::from_env(env)
+        .map(|retention| retention.overridden(args.keep, args.older_than));
+    print_outcome(match retention {
+        Ok(retention) => {
+            let wait = Duration::from_secs(args.lock_timeout);
+            prune::prune(&dir, retention, args.dry_run, wait).await
+        }
+        Err(error) => Err(error),
+    })
 }
 
 /// Prints a subcommand's report, or its error; the exit code.

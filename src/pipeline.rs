@@ -16,6 +16,7 @@ use crate::language;
 use crate::lock;
 use crate::model::{ChatReply, ChatRequest, Finish, Limits, Message};
 use crate::prompt::{self, OutputView, RepairView, Templates};
+use crate::prune;
 use crate::repo::{Repo, TargetStatus};
 use crate::result::{
     Attempt, ErrorInfo, FileAction, FileChange, ModelInfo, Outcome, Status, TaskResult, TestReport,
@@ -356,6 +357,7 @@ async fn run_task(
     // The run's mark, before anything can end it: `rollback --last` means this run now.
     let mut journal = Journal::begin(&repo, &spec.task_id)?;
     journal.run_id().clone_into(&mut state.run_id);
+    prune::at_start(&repo, env);
     // A typo in the test command should not cost a whole model call first.
     let missing = match spec.test_command.as_deref().filter(|_| !options.no_test) {
         Some(command) => options

@@ -270,3 +270,73 @@ fn runs_started_together_get_distinct_ids_and_directories() {
     assert_eq!(ids.len(), 8, "{ids:?}");
     assert_eq!(run_dirs(&repo), ids);
 }
+
+/// A recorded run with a manifest that wrote nothing.
+fn fake_run(repo: &Path, id: &str) {
+    let dir = runs_dir(repo).join(id);
+    fs::create_dir_all(dir.join("files")).unwrap();
+    fs::write(dir.join("files/0"), "backup\n").unwrap();
+    fs::write(
+        dir.join("manifest.json"),
+        json!({"version": 1, "run_id": id, "task_id": "T", "files": [], "created_dirs": []})
+            .to_string(),
+    )
+    .unwrap();
+}
+
+const OLD: [&str; 3] = [
+    "20200101T000000000Z-0001",
+    "20200102T000000000Z-0002",
+    "20200103T000000000Z-0003",
+];
+
+#[test]
+fn prune_removes_old_runs_beyond_the_newest_kept_and_skips_a_running_one() {
+    let run = Test::new().run_with(|_| vec!["--version".to_owned()]);
+    let repo = &run.repo;
+    for id in OLD {
+        fake_run(repo, id);
+    }
+    let (code, report) = tool(repo, &["prune", "--keep", "1", "--dry-run"]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["dry_run"], json!(true));
+    assert_eq!(report["pruned"], json!([OLD[0], OLD[1]]));
+    assert_eq!(run_dirs(repo).len(), 3, "a dry run removes nothing");
+
+    // A run still holding its directory's lock is never pruned.
+    let held = fs::File::open(runs_dir(repo).join(OLD[0])).unwrap();
+    held.lock().unwrap();
+    let (code, report) = tool(repo, &["prune", "--keep", "1"]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["pruned"], json!([OLD[1]]));
+    assert_eq!(report["running"], json!([OLD[0]]));
+    assert_eq!(run_dirs(repo), [OLD[0], OLD[2]]);
+    drop(held);
+
+    // Younger than --older-than: kept whatever the count.
+    let (_, report) = tool(repo, &["prune", "--keep", "0", "--older-than", "36500"]);
+    assert_eq!(report["pruned"], json!([]));
+    assert_eq!(run_dirs(repo), [OLD[0], OLD[2]]);
+}
+
+#[test]
+fn a_run_prunes_old_runs_over_the_limits_at_its_start() {
+    let run = Test::new().run_with(|_| vec!["--version".to_owned()]);
+    for id in OLD {
+        fake_run(&run.repo, id);
+    }
+    let spec = json!({"task_id": "T-2", "description": "d", "output_file": "two.txt"});
+    let spec_path = run.repo.parent().unwrap().join("two.json");
+    fs::write(&spec_path, spec.to_string()).unwrap();
+    let server = ModelServer::start(
+        vec![Script::code("two.txt", "two\n")],
+        vec![MODEL.to_owned()],
+    );
+    let (code, result) = json_of(&output(
+        command(&run.repo, Some(&server), &[spec_path.to_str().unwrap()])
+            .env("LOCAL_TASK_KEEP_RUNS", "1"),
+    ));
+    assert_eq!(code, 0, "{result}");
+    assert_eq!(result["status"], json!("success"));
+    assert_eq!(run_dirs(&run.repo), [result["run_id"].as_str().unwrap()]);
+}
