@@ -187,11 +187,7 @@ impl Journal {
     /// locks it and saves a manifest of no files, before anything else the run does.
     pub fn begin(repo: &Repo, task_id: &str) -> Result<Self> {
         let state = repo.state_dir();
-        let (run_id, dir) = create_run_dir(&state.join("runs"), new_run_id)?;
-        let running = File::open(&dir).map_err(|error| Error::io("open directory", &dir, error))?;
-        running
-            .lock()
-            .map_err(|error| Error::io("lock", &dir, error))?;
+        let (run_id, dir, running) = create_run_dir(&state.join("runs"), new_run_id)?;
         let journal = Self {
             bounds: repo.bounds(),
             dir,
@@ -774,21 +770,45 @@ pub fn run_id_stamp(at: time::OffsetDateTime) -> String {
         .unwrap_or_else(|_| at.unix_timestamp().to_string())
 }
 
-/// Makes the directory of a new run under `runs` with `create_dir`, never `create_dir_all`:
-/// an id another run holds already (two runs in the same millisecond with the same
-/// random part) fails with EEXIST instead of sharing its journal, and a fresh id is tried.
-fn create_run_dir(runs: &Path, mut next_id: impl FnMut() -> String) -> Result<(String, PathBuf)> {
+/// Makes the directory of a new run under `runs` with `create_dir`, never `create_dir_all`,
+/// and locks it: an id another run holds already (two runs in the same millisecond with
+/// the same random part) fails with EEXIST instead of sharing its journal, and a fresh id
+/// is tried. So is one that `prune` took in the instant between the two steps (it holds
+/// the lock from its check until the directory is gone, so the lock is busy or the
+/// directory has gone): a run never writes into a directory being removed.
+fn create_run_dir(
+    runs: &Path,
+    mut next_id: impl FnMut() -> String,
+) -> Result<(String, PathBuf, File)> {
     ensure_dir(runs)?;
     let mut tries = 0;
     loop {
         let id = next_id();
         let dir = runs.join(&id);
-        match fs::create_dir(&dir) {
-            Ok(()) => return Ok((id, dir)),
-            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists && tries < 16 => {
-                tries += 1;
+        let retry = match fs::create_dir(&dir) {
+            Ok(()) => match File::open(&dir) {
+                Ok(running) => match running.try_lock() {
+                    Ok(()) => return Ok((id, dir, running)),
+                    Err(std::fs::TryLockError::WouldBlock) => {
+                        Error::io("lock", &dir, std::io::ErrorKind::WouldBlock.into())
+                    }
+                    Err(std::fs::TryLockError::Error(error)) => {
+                        return Err(Error::io("lock", &dir, error));
+                    }
+                },
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                    Error::io("open directory", &dir, error)
+                }
+                Err(error) => return Err(Error::io("open directory", &dir, error)),
+            },
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                Error::io("create directory", &dir, error)
             }
             Err(error) => return Err(Error::io("create directory", &dir, error)),
+        };
+        tries += 1;
+        if tries > 16 {
+            return Err(retry);
         }
     }
 }
@@ -1001,7 +1021,7 @@ mod tests {
         fs::create_dir_all(runs.join("A")).unwrap();
         fs::write(runs.join("A/manifest.json"), "theirs").unwrap();
         let mut ids = ["A", "A", "B"].into_iter();
-        let (id, made) = create_run_dir(&runs, || ids.next().unwrap().to_owned()).unwrap();
+        let (id, made, _held) = create_run_dir(&runs, || ids.next().unwrap().to_owned()).unwrap();
         assert_eq!(id, "B");
         assert_eq!(made, runs.join("B"));
         assert_eq!(
