@@ -74,18 +74,20 @@ pub async fn rollback(
             message: "is not a run id (see the result's run_id)".to_owned(),
         });
     }
-    let journal = match Journal::open(&repo, &run_id) {
+    let dir = repo.state_dir().join("runs").join(&run_id);
+    if dir.is_dir() && !dir.join("manifest.json").exists() {
         // Its directory is made before its manifest, and the manifest before any write:
         // a run killed between the two wrote nothing.
-        Err(_) if last && repo.state_dir().join("runs").join(&run_id).is_dir() => {
-            return Ok(nothing_to_undo(
-                run_id,
-                String::new(),
-                "was stopped before it wrote anything",
-            ));
+        let why = "was stopped before it wrote anything";
+        if last {
+            return Ok(nothing_to_undo(run_id, String::new(), why));
         }
-        opened => opened?,
-    };
+        return Err(Error::Rollback {
+            run_id,
+            message: format!("has nothing to undo: the run {why}"),
+        });
+    }
+    let journal = Journal::open(&repo, &run_id)?;
     if last && !journal.has_writes() {
         // `--last` never reaches back past the newest run to one the user did not mean.
         let why = if journal.manifest().rolled_back {

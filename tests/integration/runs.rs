@@ -239,6 +239,32 @@ fn rollback_last_after_a_run_killed_before_writing_changes_nothing() {
 }
 
 #[test]
+fn rollback_last_after_a_run_killed_as_it_recorded_itself_changes_nothing() {
+    last_after(|repo| {
+        let spec_path = repo.parent().unwrap().join("two.json");
+        let spec = json!({"task_id": "T-2", "description": "d", "output_file": "two.txt"});
+        fs::write(&spec_path, spec.to_string()).unwrap();
+        // The first durable step of a run is its empty manifest's temp file: killed there,
+        // the run's directory has no manifest yet.
+        let killed = output(
+            command(repo, None, &[spec_path.to_str().unwrap()])
+                .env("EXECUTE_LOCAL_TASK_TEST_CRASH_AT", "1"),
+        );
+        assert_eq!(killed.status.code(), None, "not killed");
+        let newest = run_dirs(repo).pop().unwrap();
+        assert!(!runs_dir(repo).join(&newest).join("manifest.json").exists());
+        let (code, report) = tool(repo, &["rollback", &newest]);
+        assert_eq!(code, 2, "{report}");
+        assert!(
+            report["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("stopped before it wrote")),
+            "{report}"
+        );
+    });
+}
+
+#[test]
 fn runs_started_together_get_distinct_ids_and_directories() {
     let run = Test::new().run_with(|_| vec!["--version".to_owned()]);
     let repo = run.repo.clone();
