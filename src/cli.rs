@@ -98,7 +98,8 @@ enum Command {
         lock_timeout: u64,
     },
     /// Remove old runs' backups: those past the newest --keep runs and older than
-    /// --older-than days (defaults 50 and 14, or `LOCAL_TASK_KEEP_RUNS`/`_DAYS`).
+    /// --older-than days (defaults: `LOCAL_TASK_KEEP_RUNS`, `LOCAL_TASK_KEEP_DAYS`, else
+    /// 50 and 14).
     Prune(PruneArgs),
     /// List reachable local model servers and their models.
     Models {

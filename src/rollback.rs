@@ -87,7 +87,7 @@ pub async fn rollback(
             message: format!("has nothing to undo: the run {why}"),
         });
     }
-    let journal = Journal::open(&repo, &run_id)?;
+    let mut journal = Journal::open(&repo, &run_id)?;
     if last && !journal.has_writes() {
         // `--last` never reaches back past the newest run to one the user did not mean.
         let why = if journal.manifest().rolled_back {
@@ -101,7 +101,6 @@ pub async fn rollback(
             why,
         ));
     }
-    let mut journal = journal;
     if journal.manifest().rolled_back {
         return Err(Error::Rollback {
             run_id,
