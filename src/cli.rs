@@ -16,6 +16,7 @@ use crate::model::Limits;
 use crate::model::recorded::Matching;
 use crate::model::retry::RetryPolicy;
 use crate::pipeline::{self, Cancel, RunOptions, RunOutput};
+use crate::prune;
 use crate::result::{ErrorInfo, Status, TaskResult};
 use crate::rollback::{self, Which};
 use crate::route::{self, Connection, ModelChoice};
@@ -57,6 +58,25 @@ struct Cli {
     run: RunArgs,
 }
 
+#[derive(Args, Debug)]
+struct PruneArgs {
+    /// Keep at least this many of the newest runs.
+    #[arg(long, value_name = "N")]
+    keep: Option<usize>,
+    /// Keep every run younger than this many days.
+    #[arg(long, value_name = "DAYS")]
+    older_than: Option<u64>,
+    /// List what would be removed, and remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// The repository (default: the one containing the current directory).
+    #[arg(long, value_name = "DIR")]
+    repo: Option<PathBuf>,
+    /// Seconds to wait for a run that is writing the same repository.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_LOCK_TIMEOUT_SECS)]
+    lock_timeout: u64,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Undo a run's writes byte for byte and delete the files it created.
@@ -64,7 +84,7 @@ enum Command {
         /// The `run_id` from the run's result JSON.
         #[arg(required_unless_present = "last")]
         run_id: Option<String>,
-        /// Undo the newest run that still has writes to undo.
+        /// Undo the newest run (if it left nothing to undo, say so and change nothing).
         #[arg(long, conflicts_with = "run_id")]
         last: bool,
         /// Restore even files that changed since the run wrote them.
@@ -77,6 +97,10 @@ enum Command {
         #[arg(long, value_name = "SECS", default_value_t = DEFAULT_LOCK_TIMEOUT_SECS)]
         lock_timeout: u64,
     },
+    /// Remove old runs' backups: those past the newest --keep runs and older than
+    /// --older-than days (defaults: `LOCAL_TASK_KEEP_RUNS`, `LOCAL_TASK_KEEP_DAYS`, else
+    /// 50 and 14).
+    Prune(PruneArgs),
     /// List reachable local model servers and their models.
     Models {
         /// Probe only this server (default: the one a run would use, from the same
@@ -389,24 +413,14 @@ async fn dispatch(cli: Cli) -> u8 {
                 _ => Which::Last,
             };
             let dir = repo.unwrap_or_else(|| PathBuf::from("."));
-            match rollback::rollback(&dir, which, force, Duration::from_secs(lock_timeout)).await {
-                Ok(report) => {
-                    say!(
-                        "execute-local-task: rolled back {} ({}): {} restored, {} removed",
-                        report.run_id,
-                        report.task_id,
-                        report.restored.len(),
-                        report.removed.len()
-                    );
-                    print_json(&report);
-                    0
-                }
-                Err(error) => {
-                    print_error(&error);
-                    error.exit_code()
-                }
+            let outcome =
+                rollback::rollback(&dir, which, force, Duration::from_secs(lock_timeout)).await;
+            if let Ok(report) = &outcome {
+                say!("execute-local-task: {}", report.describe());
             }
+            print_outcome(outcome)
         }
+        Some(Command::Prune(args)) => run_prune(args, &env).await,
         Some(Command::Models {
             endpoint,
             provider,
@@ -595,10 +609,37 @@ fn parse_secs(text: &str) -> Result<Duration, String> {
         .map_err(|_| format!("`{text}` is not a usable number of seconds"))
 }
 
+async fn run_prune(args: PruneArgs, env: &dyn Fn(&str) -> Option<String>) -> u8 {
+    let dir = args.repo.unwrap_or_else(|| PathBuf::from("."));
+    let retention = prune::Retention::from_env(env)
+        .map(|retention| retention.overridden(args.keep, args.older_than));
+    print_outcome(match retention {
+        Ok(retention) => {
+            let wait = Duration::from_secs(args.lock_timeout);
+            prune::prune(&dir, retention, args.dry_run, wait).await
+        }
+        Err(error) => Err(error),
+    })
+}
+
+/// Prints a subcommand's report, or its error; the exit code.
+fn print_outcome(outcome: Result<impl serde::Serialize, Error>) -> u8 {
+    match outcome {
+        Ok(report) => {
+            print_json(&report);
+            0
+        }
+        Err(error) => {
+            print_error(&error);
+            error.exit_code()
+        }
+    }
+}
+
 /// The result for an error before any run began (a bad command line).
 fn error_result(error: &Error) -> TaskResult {
     TaskResult::error(
-        pipeline::new_run_id(),
+        crate::write::new_run_id(),
         None,
         ErrorInfo {
             kind: error.kind().to_owned(),

@@ -16,6 +16,7 @@ pub mod lock;
 pub mod model;
 pub mod pipeline;
 pub mod prompt;
+pub mod prune;
 pub mod repo;
 pub mod result;
 pub mod rollback;

@@ -16,6 +16,7 @@ use crate::language;
 use crate::lock;
 use crate::model::{ChatReply, ChatRequest, Finish, Limits, Message};
 use crate::prompt::{self, OutputView, RepairView, Templates};
+use crate::prune;
 use crate::repo::{Repo, TargetStatus};
 use crate::result::{
     Attempt, ErrorInfo, FileAction, FileChange, ModelInfo, Outcome, Status, TaskResult, TestReport,
@@ -157,7 +158,7 @@ pub async fn run(
     progress: Progress<'_>,
 ) -> RunOutput {
     let started = Instant::now();
-    let run_id = new_run_id();
+    let run_id = write::new_run_id();
     let mut state = RunState {
         run_id: run_id.clone(),
         started,
@@ -361,6 +362,10 @@ async fn run_task(
             first_messages,
         )));
     }
+    // The run's mark, before anything can end it: `rollback --last` means this run now.
+    let mut journal = Journal::begin(&repo, &spec.task_id)?;
+    journal.run_id().clone_into(&mut state.run_id);
+    prune::at_start(&repo, env);
     // A typo in the test command should not cost a whole model call first.
     let missing = match spec.test_command.as_deref().filter(|_| !options.no_test) {
         Some(command) => options
@@ -408,7 +413,6 @@ async fn run_task(
         name: model.clone(),
     });
 
-    let mut journal = Journal::new(&repo, &state.run_id, &spec.task_id);
     // Only the latest failed attempt goes back to the model, as its own turn (see
     // `written_turn`) followed by what went wrong: local context windows are small.
     let mut last_exchange: Option<(String, Failure)> = None;
@@ -859,7 +863,11 @@ async fn write_and_test(
     let keep = interrupted.is_none() && matches!(verdict, TestVerdict::Passed(_));
     undo.settled = true;
     if !keep {
-        undo.journal.restore()?;
+        let restored = undo.journal.restore()?;
+        let why = interrupted.map(|signal| format!("interrupted by {}", signal.as_str()));
+        if let Some(conflict) = restored.conflict(why.as_deref()) {
+            return Err(conflict);
+        }
     }
     match interrupted {
         Some(signal) => Err(Error::Interrupted(signal)),
@@ -1145,18 +1153,6 @@ fn outcome_name(outcome: Outcome) -> String {
         .ok()
         .and_then(|value| value.as_str().map(str::to_owned))
         .unwrap_or_default()
-}
-
-/// `20261120T220512123Z-3f9a`: sorts by time, unique across concurrent runs.
-pub fn new_run_id() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let format = time::macros::format_description!(
-        "[year][month][day]T[hour][minute][second][subsecond digits:3]Z"
-    );
-    let stamp = now
-        .format(&format)
-        .unwrap_or_else(|_| now.unix_timestamp().to_string());
-    format!("{stamp}-{:04x}", fastrand::u16(..))
 }
 
 #[cfg(test)]

@@ -10,5 +10,6 @@ mod extraction;
 mod hardening_input;
 mod providers;
 mod repair;
+mod runs;
 mod safety;
 mod snapshots;

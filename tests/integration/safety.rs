@@ -687,19 +687,20 @@ fn rollback_restores_bytes_and_modes_and_removes_created_files_and_dirs() {
     );
     assert!(undo.stderr.contains(&run_id), "{}", undo.stderr);
 
-    // Undone once: by id it says so, and --last finds nothing left.
+    // Undone once: by id it says so, and --last (still this run) has nothing to undo.
     let again = scene.tool(&["rollback", &run_id]);
     again.assert_code(2);
     assert_eq!(again.error_kind(), "rollback");
     assert!(again.error_message().contains("already rolled back"));
     assert!(again.error_message().contains(&run_id));
     let last = scene.tool(&["rollback", "--last"]);
-    last.assert_code(2);
-    assert!(
-        last.error_message().contains("no run"),
-        "{}",
-        last.error_message()
-    );
+    last.assert_code(0);
+    let why = last.json()["nothing_to_undo"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(why.contains("already rolled back"), "{}", last.stdout);
+    assert_eq!(both(&scene), before);
 }
 
 #[test]
@@ -836,16 +837,17 @@ fn shrinking_a_file_below_half_needs_allow_shrink() {
 }
 
 #[test]
-fn a_test_command_that_reformats_its_target_does_not_block_the_repair() {
+fn a_test_command_that_reformats_its_target_is_an_edit_the_run_keeps() {
     let scene = Scene::new();
     scene.file("out.txt", "original\n").commit();
     let before = both(&scene);
-    // Like `black x.py && pytest`: the test rewrites the file the run wrote.
+    // Like `black x.py && pytest`: the test rewrites the file the run wrote. After a
+    // failing test that is an editor's save as far as anyone can tell: kept, no repair.
     let spec = one_file_spec(
         "out.txt",
         &json!({"test_command": "echo formatted >> out.txt; grep -q good out.txt"}),
     );
-    let (out, _) = scene.run(
+    let (out, server) = scene.run(
         &spec,
         vec![
             Script::code("out.txt", "bad\n"),
@@ -853,6 +855,14 @@ fn a_test_command_that_reformats_its_target_does_not_block_the_repair() {
         ],
         &[],
     );
+    out.assert_code(2);
+    assert_eq!(out.error_kind(), "conflict");
+    assert_eq!(scene.read("out.txt").as_deref(), Some("bad\nformatted\n"));
+    assert_eq!(server.requests().len(), 1);
+
+    // After a passing test the reformatted file stays.
+    scene.file("out.txt", "original\n");
+    let (out, _) = scene.run(&spec, vec![Script::code("out.txt", "good\n")], &[]);
     out.assert_code(0);
     assert_eq!(scene.read("out.txt").as_deref(), Some("good\nformatted\n"));
     // The file is not what the run wrote any more: rollback needs --force.
