@@ -29,13 +29,13 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde_json::json;
 
-use crate::harness::{Run, Script, Test, spec};
+use crate::harness::{BINARY_DEADLINE, Run, Script, Test, spec};
 
 /// The name the server gives its one model (`--model_alias`).
 const ALIAS: &str = "scripted-coder";
 /// Starting a real server: importing llama-cpp-python and loading a tiny model takes about
-/// a second; the bound only matters on a badly overloaded machine.
-const START_LIMIT: Duration = Duration::from_secs(60);
+/// a second; a server that never answers gets the harness's deadline for a whole run.
+const START_LIMIT: Duration = BINARY_DEADLINE;
 const POLL: Duration = Duration::from_millis(50);
 /// Names the server's Python when it is not in the default venv (read by `build.rs` too).
 const PYTHON_ENV: &str = "LOCAL_TASK_CONFORMANCE_PYTHON";

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use execute_local_task::result::{FileAction, Outcome, Status};
 use serde_json::json;
 
-use crate::harness::{Chat, Script, Test, spec};
+use crate::harness::{BINARY_DEADLINE, Chat, Script, Test, spec};
 
 /// A process is dead when it is gone or a zombie (`Z`): in a container the init process
 /// may never reap what it inherits.
@@ -602,9 +602,10 @@ fn no_test_gives_a_null_test_and_an_untested_summary() {
     assert!(result.summary.contains("UNTESTED"), "{}", result.summary);
 }
 
-/// Waits, bounded, until `file` holds a line `ready`; the pids written before it.
+/// Waits until `file` holds a line `ready`; the pids written before it. Bounded by the
+/// harness's deadline for a whole run, which a loaded machine does not reach.
 fn wait_until_ready(file: &Path) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + BINARY_DEADLINE;
     loop {
         let pids = pids(file);
         if pids.last().is_some_and(|last| last == "ready") {
@@ -668,7 +669,7 @@ fn a_signal_while_the_model_thinks_ends_the_run_at_once() {
             // A run that waited for the model instead would run into the harness's deadline.
             .args(&["--first-byte-timeout", "600"])
             .during(move |running| {
-                let deadline = Instant::now() + Duration::from_secs(30);
+                let deadline = Instant::now() + BINARY_DEADLINE;
                 while running.chat_requests() == 0 {
                     assert!(Instant::now() < deadline, "the model was never called");
                     std::thread::sleep(Duration::from_millis(10));
