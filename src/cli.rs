@@ -18,6 +18,7 @@ use crate::model::Limits;
 use crate::model::recorded::Matching;
 use crate::model::retry::RetryPolicy;
 use crate::pipeline::{self, Cancel, Env, RunOptions, SpecInput};
+use crate::prune;
 use crate::result::TaskResult;
 use crate::rollback::{self, Which};
 use crate::server::{self, Connection, ModelChoice};
@@ -56,6 +57,25 @@ struct Cli {
     run: RunArgs,
 }
 
+#[derive(Args, Debug)]
+struct PruneArgs {
+    /// Keep at least this many of the newest runs.
+    #[arg(long, value_name = "N")]
+    keep: Option<usize>,
+    /// Keep every run younger than this many days.
+    #[arg(long, value_name = "DAYS")]
+    older_than: Option<u64>,
+    /// List what would be removed, and remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// The repository (default: the one containing the current directory).
+    #[arg(long, value_name = "DIR")]
+    repo: Option<PathBuf>,
+    /// Seconds to wait for a run that is writing the same repository.
+    #[arg(long, value_name = "SECS", default_value_t = defaults::LOCK_TIMEOUT.as_secs())]
+    lock_timeout: u64,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Undo a run's writes byte for byte and delete the files it created.
@@ -63,7 +83,7 @@ enum Command {
         /// The `run_id` from the run's result JSON.
         #[arg(required_unless_present = "last")]
         run_id: Option<String>,
-        /// Undo the newest run that still has writes to undo.
+        /// Undo the newest run (if it left nothing to undo, say so and change nothing).
         #[arg(long, conflicts_with = "run_id")]
         last: bool,
         /// Restore even files that changed since the run wrote them.
@@ -76,6 +96,10 @@ enum Command {
         #[arg(long, value_name = "SECS", default_value_t = defaults::LOCK_TIMEOUT.as_secs())]
         lock_timeout: u64,
     },
+    /// Remove old runs' backups: those past the newest --keep runs and older than
+    /// --older-than days (defaults: `LOCAL_TASK_KEEP_RUNS`, `LOCAL_TASK_KEEP_DAYS`, else
+    /// 50 and 14).
+    Prune(PruneArgs),
     /// List reachable local model servers and their models.
     Models {
         /// Probe only this server (default: the one a run would use, from the same
@@ -403,6 +427,7 @@ async fn dispatch(cli: Cli) -> u8 {
                 },
             )
         }
+        Some(Command::Prune(args)) => run_prune(args, &env).await,
         Some(Command::Models {
             endpoint,
             provider,
@@ -554,8 +579,26 @@ fn parse_secs(text: &str) -> Result<Secs, String> {
         .map_err(|_| format!("`{text}` is not a usable number of seconds"))
 }
 
+async fn run_prune(args: PruneArgs, env: &Env) -> u8 {
+    let dir = args.repo.unwrap_or_else(|| PathBuf::from("."));
+    let retention = prune::Retention::from_env(&**env)
+        .map(|retention| retention.overridden(args.keep, args.older_than));
+    let outcome = match retention {
+        Ok(retention) => {
+            let wait = Duration::from_secs(args.lock_timeout);
+            prune::prune(&dir, retention, args.dry_run, wait).await
+        }
+        Err(error) => Err(error),
+    };
+    print(&match outcome {
+        Ok(report) => Document::prune(&report),
+        Err(error) => Document::error(&error),
+    })
+}
+
 /// A [`Cancel`] that SIGINT (Ctrl-C), SIGTERM (a caller's timeout) and SIGHUP (a closed
-/// terminal) set; a second such signal ends the process at once. Without it such a signal would kill the tool at once and leave the
+/// terminal) set; a second such signal ends the process at once. Without it such a
+/// signal would kill the tool at once and leave the
 /// test running (in its own session it gets none of them), the attempt's code in the
 /// tree, and no JSON; with it the run stops, cleans up, and reports `interrupted`.
 /// A signal that cannot be listened for keeps its default action.

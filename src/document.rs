@@ -1,15 +1,16 @@
 //! Every document the tool prints, built in one place with its exit code and its stderr
-//! lines: a run's result, a dry run's request, a rollback report, the models survey, and
-//! the error document of a command that failed before a run began. The command line prints
-//! these; a batch runner or an MCP server returns the same values, so their JSON cannot
-//! drift apart.
+//! lines: a run's result, a dry run's request, a rollback or prune report, the models
+//! survey, and the error document of a command that failed before a run began. The
+//! command line prints these; a batch runner or an MCP server returns the same values, so
+//! their JSON cannot drift apart.
 
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::discovery::ServerReport;
 use crate::error::Error;
-use crate::pipeline::{self, RunOutput};
+use crate::pipeline::RunOutput;
+use crate::prune::PruneReport;
 use crate::result::{ErrorInfo, Status, TaskResult};
 use crate::rollback::RollbackReport;
 
@@ -30,6 +31,7 @@ pub struct Document {
 pub enum Body {
     Result(TaskResult),
     Rollback(RollbackReport),
+    Prune(PruneReport),
     Models(Vec<ServerReport>),
     /// A dry run's request, or an error before any run began.
     Value(Value),
@@ -80,7 +82,7 @@ impl Document {
     pub fn usage(message: &str) -> Self {
         let error = Error::Usage(message.to_owned());
         let result = TaskResult::error(
-            pipeline::new_run_id(),
+            crate::write::new_run_id(),
             None,
             ErrorInfo {
                 kind: error.kind().to_owned(),
@@ -92,14 +94,13 @@ impl Document {
 
     /// What `rollback` undid.
     pub fn rollback(report: &RollbackReport) -> Self {
-        let line = format!(
-            "execute-local-task: rolled back {} ({}): {} restored, {} removed",
-            report.run_id,
-            report.task_id,
-            report.restored.len(),
-            report.removed.len()
-        );
+        let line = format!("execute-local-task: {}", report.describe());
         Self::new(Body::Rollback(report.clone()), 0, vec![line])
+    }
+
+    /// What `prune` removed, or with `--dry-run` would remove.
+    pub fn prune(report: &PruneReport) -> Self {
+        Self::new(Body::Prune(report.clone()), 0, Vec::new())
     }
 
     /// The servers `models` probed; exit 3 when none answered.

@@ -1,6 +1,7 @@
 //! The repository lock that serialises runs writing the same working tree.
 
 use std::fs::{File, TryLockError};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -13,15 +14,7 @@ pub struct RepoLock {
 }
 
 pub async fn acquire(repo: &Repo, timeout: Duration) -> Result<RepoLock> {
-    let dir = repo.state_dir();
-    std::fs::create_dir_all(&dir).map_err(|error| Error::io("create directory", &dir, error))?;
-    let path = dir.join("lock");
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|error| Error::io("open lock", &path, error))?;
+    let (file, path) = open(repo)?;
     let started = Instant::now();
     loop {
         match file.try_lock() {
@@ -41,4 +34,28 @@ pub async fn acquire(repo: &Repo, timeout: Duration) -> Result<RepoLock> {
             Err(TryLockError::Error(error)) => return Err(Error::io("lock", &path, error)),
         }
     }
+}
+
+/// The lock if it is free now, else None: for work that may be skipped, such as the
+/// pruning at a run's start, which must never make a run wait.
+pub fn try_acquire(repo: &Repo) -> Result<Option<RepoLock>> {
+    let (file, path) = open(repo)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(RepoLock { _file: file })),
+        Err(TryLockError::WouldBlock) => Ok(None),
+        Err(TryLockError::Error(error)) => Err(Error::io("lock", &path, error)),
+    }
+}
+
+fn open(repo: &Repo) -> Result<(File, PathBuf)> {
+    let dir = repo.state_dir();
+    std::fs::create_dir_all(&dir).map_err(|error| Error::io("create directory", &dir, error))?;
+    let path = dir.join("lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|error| Error::io("open lock", &path, error))?;
+    Ok((file, path))
 }

@@ -9,6 +9,7 @@ use crate::blocking::off_thread;
 use crate::cancel::stall_point;
 use crate::error::{Error, Result};
 use crate::model::{ChatReply, ChatRequest, Message};
+use crate::prune;
 use crate::repair::{reply_turn, test_failure, written_turn};
 use crate::reply::{Failure, check_reply, one_line};
 use crate::result::{
@@ -54,7 +55,7 @@ pub async fn run(
     progress: Progress<'_>,
 ) -> RunOutput {
     let mut state = RunState {
-        run_id: new_run_id(),
+        run_id: crate::write::new_run_id(),
         started: Instant::now(),
         task_id: None,
         git: None,
@@ -81,7 +82,7 @@ pub async fn run(
             state.git = Some(prepared.git.clone());
             // Boxed: the attempts are a large future, and callers hold many runs' at once.
             Box::pin(run_prepared(
-                prepared, options, server, progress, &mut state,
+                prepared, options, server, env, progress, &mut state,
             ))
             .await
         }
@@ -196,12 +197,17 @@ async fn run_prepared(
     prepared: Prepared,
     options: &RunOptions,
     server: Option<Connected>,
+    env: &Env,
     progress: Progress<'_>,
     state: &mut RunState,
 ) -> Result<Finished> {
     if options.dry_run {
         return Ok(Finished::DryRun(prepared.dry_run(options)));
     }
+    // The run's mark, before anything can end it: `rollback --last` means this run now.
+    let journal = Journal::begin(&prepared.repo, &prepared.spec.task_id)?;
+    journal.run_id().clone_into(&mut state.run_id);
+    prune::at_start(&prepared.repo, &**env);
     if let Some(result) = missing_test_program(&prepared, options, state).await? {
         return Ok(Finished::Done(result));
     }
@@ -226,7 +232,6 @@ async fn run_prepared(
         endpoint: server.client.endpoint(),
         name: server.model.clone(),
     });
-    let journal = Journal::new(&prepared.repo, &state.run_id, &prepared.spec.task_id);
     Attempts {
         prepared,
         options,
@@ -438,19 +443,10 @@ impl Attempts<'_> {
     /// the diff, and the run keeps the same journal read back from disk: a signal during a
     /// long diff then still undoes the attempt's code, as an interrupted run keeps none.
     async fn changes(&mut self, n: u32, files: Vec<(String, String)>) -> Result<Vec<FileChange>> {
-        let kept = if self.journal.has_writes() {
-            match Journal::open(&self.prepared.repo, &self.state.run_id) {
-                Ok(kept) => kept,
-                // Without a second journal the diff is made here, as nothing could undo
-                // the code a signal meanwhile would leave.
-                Err(_) => return Ok(file_changes(&self.journal, &self.prepared.targets, &files)),
-            }
-        } else {
-            Journal::new(
-                &self.prepared.repo,
-                &self.state.run_id,
-                &self.prepared.spec.task_id,
-            )
+        // Without a second journal the diff is made here, as nothing could undo the code a
+        // signal meanwhile would leave.
+        let Ok(kept) = Journal::open(&self.prepared.repo, &self.state.run_id) else {
+            return Ok(file_changes(&self.journal, &self.prepared.targets, &files));
         };
         let journal = std::mem::replace(&mut self.journal, kept);
         let targets = Arc::clone(&self.prepared.targets);
@@ -573,18 +569,6 @@ impl Attempts<'_> {
             self.last_tested.and_then(|tested| tested.test),
         ))
     }
-}
-
-/// `20261120T220512123Z-3f9a`: sorts by time, unique across concurrent runs.
-pub fn new_run_id() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let format = time::macros::format_description!(
-        "[year][month][day]T[hour][minute][second][subsecond digits:3]Z"
-    );
-    let stamp = now
-        .format(&format)
-        .unwrap_or_else(|_| now.unix_timestamp().to_string());
-    format!("{stamp}-{:04x}", fastrand::u16(..))
 }
 
 #[cfg(test)]

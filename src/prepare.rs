@@ -154,6 +154,14 @@ fn stages(
     if !options.force {
         targets::check_clean_targets(repo, &targets)?;
     }
+    let connection = &options.connection;
+    crate::model::recorded::check_files(
+        connection.record.as_deref(),
+        connection.replay.as_deref(),
+        &spec.source,
+        repo.root(),
+        &spec.outputs,
+    )?;
     Ok((targets, templates, language, first_messages, choice))
 }
 

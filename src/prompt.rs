@@ -4,7 +4,8 @@
 //! override any of them with `.execute-local-task/prompts/<name>.md`, and `--template FILE`
 //! overrides the task's kind template for one run.
 
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::path::Path;
 
 use minijinja::Environment;
 use serde::Serialize;
@@ -32,6 +33,11 @@ pub const OVERRIDE_DIR: &str = ".execute-local-task/prompts";
 pub struct Templates {
     env: Environment<'static>,
     kind_template: String,
+    /// How each template is named in messages: the file it was read from (a repository
+    /// override's real path, `--template`'s path as given) or `prompts/<name>` for a
+    /// built-in one. Template names are internal (`override.md`); a message naming one
+    /// sends the user looking for a file that does not exist.
+    shown: HashMap<String, String>,
 }
 
 /// An output file as the template sees it.
@@ -72,17 +78,24 @@ impl Templates {
         env.set_lstrip_blocks(true);
         env.set_keep_trailing_newline(true);
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        let mut shown = HashMap::new();
         for (name, text) in BUILT_IN {
             let relative = format!("{OVERRIDE_DIR}/{name}");
             let override_path = bounds.root().join(&relative);
             // Through the guard: a symlinked override must not pull a file from outside
             // the repository into the prompt.
             let source = match bounds.read(&relative, true) {
-                Ok(Some(bytes)) => String::from_utf8(bytes).map_err(|_| Error::Template {
-                    name: relative.clone(),
-                    message: "is not UTF-8 text".to_owned(),
-                })?,
-                Ok(None) => (*text).to_owned(),
+                Ok(Some(bytes)) => {
+                    shown.insert((*name).to_owned(), override_path.display().to_string());
+                    String::from_utf8(bytes).map_err(|_| Error::Template {
+                        name: relative.clone(),
+                        message: "is not UTF-8 text".to_owned(),
+                    })?
+                }
+                Ok(None) => {
+                    shown.insert((*name).to_owned(), format!("prompts/{name} (built in)"));
+                    (*text).to_owned()
+                }
                 Err(ReadError::Unsafe(reason)) => {
                     return Err(Error::UnsafePath {
                         path: relative,
@@ -99,18 +112,24 @@ impl Templates {
                     return Err(Error::io("read template", override_path, error));
                 }
             };
-            add(&mut env, name, source, &override_path)?;
+            add(&mut env, &shown, name, source)?;
         }
         let kind_template = match kind_override {
             Some(path) => {
-                let source = std::fs::read_to_string(path)
-                    .map_err(|error| Error::io("read template", path, error))?;
-                add(&mut env, "override.md", source, path)?;
-                "override.md".to_owned()
+                let source =
+                    crate::input_file::read_text(path, crate::input_file::MAX_TEMPLATE_BYTES)
+                        .map_err(|error| Error::io("read template", path, error))?;
+                shown.insert(OVERRIDE_NAME.to_owned(), path.display().to_string());
+                add(&mut env, &shown, OVERRIDE_NAME, source)?;
+                OVERRIDE_NAME.to_owned()
             }
             None => format!("{}.md", kind.as_str()),
         };
-        Ok(Self { env, kind_template })
+        Ok(Self {
+            env,
+            kind_template,
+            shown,
+        })
     }
 
     /// The first messages of a task: the system text and the rendered kind template.
@@ -166,37 +185,41 @@ impl Templates {
         let template = self
             .env
             .get_template(name)
-            .map_err(|error| template_error(name, &error))?;
+            .map_err(|error| template_error(&self.shown, name, &error))?;
         let text = template
             .render(context)
-            .map_err(|error| template_error(name, &error))?;
+            .map_err(|error| template_error(&self.shown, name, &error))?;
         // File contents pass through verbatim: only the ends of the whole text are trimmed.
         Ok(text.trim().to_owned() + "\n")
     }
 }
 
-fn add(env: &mut Environment<'static>, name: &str, source: String, path: &Path) -> Result<()> {
+/// The internal name of `--template`'s file among the templates.
+const OVERRIDE_NAME: &str = "override.md";
+
+fn add(
+    env: &mut Environment<'static>,
+    shown: &HashMap<String, String>,
+    name: &str,
+    source: String,
+) -> Result<()> {
     env.add_template_owned(name.to_owned(), source)
-        .map_err(|error| template_error(&path_name(name, path), &error))
+        .map_err(|error| template_error(shown, name, &error))
 }
 
-fn path_name(name: &str, path: &Path) -> String {
-    if path.exists() {
-        path.display().to_string()
-    } else {
-        PathBuf::from("prompts").join(name).display().to_string()
-    }
-}
-
-fn template_error(name: &str, error: &minijinja::Error) -> Error {
-    let mut message = error.to_string();
-    if let Some(detail) = error.detail()
-        && !message.contains(detail)
-    {
+/// A template error naming the file it is in (an error inside an included template names
+/// that one) and its line, in the words of `shown`, never the internal template name.
+fn template_error(shown: &HashMap<String, String>, name: &str, error: &minijinja::Error) -> Error {
+    let name = error.name().unwrap_or(name);
+    let mut message = error.kind().to_string();
+    if let Some(detail) = error.detail() {
         message = format!("{message}: {detail}");
     }
+    if let Some(line) = error.line() {
+        message = format!("{message} (line {line})");
+    }
     Error::Template {
-        name: name.to_owned(),
+        name: shown.get(name).cloned().unwrap_or_else(|| name.to_owned()),
         message,
     }
 }

@@ -36,18 +36,25 @@ impl Repo {
             path: start.to_path_buf(),
             message: format!("not inside a git repository ({})", error.message()),
         })?;
+        let git_dir = std::fs::canonicalize(git.path())
+            .map_err(|error| Error::io("resolve git directory", git.path(), error))?;
+        if let Some(tree) = linked_working_tree(&git, start, &git_dir) {
+            git.set_workdir(&tree, false).map_err(|error| Error::Repo {
+                path: tree.clone(),
+                message: format!("cannot use as working tree: {}", error.message()),
+            })?;
+        }
         let workdir = git.workdir().ok_or_else(|| Error::Repo {
             path: start.to_path_buf(),
             message: "is a bare repository; a working tree is needed".to_owned(),
         })?;
         let root = std::fs::canonicalize(workdir)
             .map_err(|error| Error::io("resolve repository root", workdir, error))?;
-        let git_dir = std::fs::canonicalize(git.path())
-            .map_err(|error| Error::io("resolve git directory", git.path(), error))?;
         let git = Mutex::new(git);
         Ok(Self { root, git_dir, git })
     }
 
+    /// The repository's working tree, canonical: every relative path is resolved against it.
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -123,4 +130,34 @@ fn unborn_branch(git: &git2::Repository) -> Option<String> {
     let head = git.find_reference("HEAD").ok()?;
     let target = head.symbolic_target()?;
     target.strip_prefix("refs/heads/").map(str::to_owned)
+}
+
+/// The working tree git itself would use when libgit2 guesses another: the directory
+/// whose `.git` is a file (`git init --separate-git-dir`) or a symlink naming `git_dir`.
+///
+/// libgit2 takes the git directory's parent as the working tree unless `core.worktree`
+/// says otherwise, so in those layouts a run would write its files beside the git
+/// directory, outside the work tree, and run the test there. Submodules set
+/// `core.worktree` and linked worktrees record theirs, so libgit2 finds those; they are
+/// left to it.
+fn linked_working_tree(git: &git2::Repository, start: &Path, git_dir: &Path) -> Option<PathBuf> {
+    let local = git.config().ok()?.open_level(git2::ConfigLevel::Local).ok();
+    if local.is_some_and(|config| config.get_path("core.worktree").is_ok()) || git.is_worktree() {
+        return None;
+    }
+    let start = std::fs::canonicalize(start).ok()?;
+    let holder = start
+        .ancestors()
+        .find(|dir| dir.join(".git").symlink_metadata().is_ok())?;
+    let dot_git = holder.join(".git");
+    let named = if dot_git.symlink_metadata().ok()?.is_file() {
+        // A file `.git` holds `gitdir: PATH`, PATH relative to the file's directory.
+        let text = crate::input_file::read_text(&dot_git, 64 * 1024).ok()?;
+        holder.join(text.strip_prefix("gitdir:")?.trim())
+    } else {
+        dot_git
+    };
+    // A `.git` naming another repository is not the one discovery found (the run
+    // started inside a git directory, say): keep libgit2's answer.
+    (std::fs::canonicalize(named).ok()? == git_dir).then(|| holder.to_path_buf())
 }

@@ -1,4 +1,5 @@
 //! `rollback`: undoes a run's writes byte for byte, and deletes the files it created.
+//! `--last` is the newest run, even one that left nothing to undo (then nothing changes).
 
 use std::path::Path;
 use std::time::Duration;
@@ -20,12 +21,35 @@ pub struct RollbackReport {
     pub removed: Vec<String>,
     /// Directories the run had created, now deleted because they were empty.
     pub removed_dirs: Vec<String>,
+    /// Files changed while the rollback ran (after its check), left as they were.
+    #[serde(default)]
+    pub kept: Vec<String>,
+    /// Set, saying why, when `--last` found the newest run with nothing to undo: nothing
+    /// was changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nothing_to_undo: Option<String>,
+}
+
+impl RollbackReport {
+    /// One line for a person: what was undone, or why nothing was.
+    pub fn describe(&self) -> String {
+        match &self.nothing_to_undo {
+            Some(why) => why.clone(),
+            None => format!(
+                "rolled back {} ({}): {} restored, {} removed",
+                self.run_id,
+                self.task_id,
+                self.restored.len(),
+                self.removed.len()
+            ),
+        }
+    }
 }
 
 /// Which run to undo.
 pub enum Which<'a> {
     Id(&'a str),
-    /// The newest run that wrote something and was not rolled back yet.
+    /// The newest run, whatever it left.
     Last,
 }
 
@@ -39,6 +63,7 @@ pub async fn rollback(
     let _lock = lock::acquire(&repo, lock_timeout).await?;
     // Under the lock no run is writing: temp files left now are a killed run's.
     write::clean_stale_temp_files(&repo);
+    let last = matches!(which, Which::Last);
     let run_id = match which {
         Which::Id(id) => id.to_owned(),
         Which::Last => last_run(&repo)?,
@@ -49,7 +74,33 @@ pub async fn rollback(
             message: "is not a run id (see the result's run_id)".to_owned(),
         });
     }
+    let dir = repo.state_dir().join("runs").join(&run_id);
+    if dir.is_dir() && !dir.join("manifest.json").exists() {
+        // Its directory is made before its manifest, and the manifest before any write:
+        // a run killed between the two wrote nothing.
+        let why = "was stopped before it wrote anything";
+        if last {
+            return Ok(nothing_to_undo(run_id, String::new(), why));
+        }
+        return Err(Error::Rollback {
+            run_id,
+            message: format!("has nothing to undo: the run {why}"),
+        });
+    }
     let mut journal = Journal::open(&repo, &run_id)?;
+    if last && !journal.has_writes() {
+        // `--last` never reaches back past the newest run to one the user did not mean.
+        let why = if journal.manifest().rolled_back {
+            "was already rolled back"
+        } else {
+            "left no file changed (it wrote nothing, or put back what it wrote)"
+        };
+        return Ok(nothing_to_undo(
+            run_id,
+            journal.manifest().task_id.clone(),
+            why,
+        ));
+    }
     if journal.manifest().rolled_back {
         return Err(Error::Rollback {
             run_id,
@@ -79,7 +130,7 @@ pub async fn rollback(
             ),
         });
     }
-    let done = journal.roll_back()?;
+    let done = journal.roll_back(force)?;
     let mut restored = done.restored;
     let mut removed = done.removed;
     // In the order the run wrote them.
@@ -91,12 +142,28 @@ pub async fn rollback(
         restored,
         removed,
         removed_dirs: done.removed_dirs,
+        kept: done.kept,
+        nothing_to_undo: None,
     })
+}
+
+fn nothing_to_undo(run_id: String, task_id: String, why: &str) -> RollbackReport {
+    RollbackReport {
+        nothing_to_undo: Some(format!(
+            "the newest run, {run_id}, {why}; nothing was changed"
+        )),
+        run_id,
+        task_id,
+        restored: Vec::new(),
+        removed: Vec::new(),
+        removed_dirs: Vec::new(),
+        kept: Vec::new(),
+    }
 }
 
 fn last_run(repo: &Repo) -> Result<String> {
     let runs = repo.state_dir().join("runs");
-    let mut ids: Vec<String> = std::fs::read_dir(&runs)
+    let ids: Vec<String> = std::fs::read_dir(&runs)
         .map(|entries| {
             entries
                 .flatten()
@@ -104,12 +171,8 @@ fn last_run(repo: &Repo) -> Result<String> {
                 .collect()
         })
         .unwrap_or_default();
-    ids.sort_unstable();
-    ids.into_iter()
-        .rev()
-        .find(|id| Journal::open(repo, id).is_ok_and(|journal| journal.has_writes()))
-        .ok_or_else(|| Error::Rollback {
-            run_id: "--last".to_owned(),
-            message: "no run of this repository has writes left to undo".to_owned(),
-        })
+    ids.into_iter().max().ok_or_else(|| Error::Rollback {
+        run_id: "--last".to_owned(),
+        message: "no run of this repository was recorded".to_owned(),
+    })
 }

@@ -1,13 +1,18 @@
 //! The task spec: reading, validating, and the errors that name the spec file and field.
 
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use schemars::JsonSchema;
+use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+use crate::escape;
 use crate::guard;
+use crate::input_file;
 
 /// Defaults a spec may override.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = crate::defaults::MAX_ATTEMPTS;
@@ -22,8 +27,8 @@ pub struct SpecDocument {
     /// Ignored; lets editors validate the file.
     #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<String>,
-    /// Names the run and its backups: `[A-Za-z0-9._-]{1,64}`, not starting with `.` or `-`, without `..`, not ending in `.lock`.
-    #[schemars(regex(pattern = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$"))]
+    /// Names the run and its backups: `[A-Za-z0-9._-]{1,64}`, not starting with `.` or `-`, without `..`, not ending in `.` or `.lock`.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_]([A-Za-z0-9._-]{0,62}[A-Za-z0-9_-])?$"))]
     pub task_id: String,
     /// What to build.
     pub description: String,
@@ -147,20 +152,38 @@ pub fn json_schema() -> Value {
 
 /// Reads and validates the spec at `path`.
 pub fn load(path: &Path) -> Result<TaskSpec> {
-    let text = std::fs::read_to_string(path)
+    let text = input_file::read_text(path, input_file::MAX_SPEC_BYTES)
         .map_err(|error| Error::spec(path, None, format!("cannot read the spec: {error}")))?;
     parse(path, &text)
 }
 
 /// Reads the `task_id` of a spec that may not validate, so an error result can still name it.
 pub fn peek_task_id(path: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
+    let text = input_file::read_text(path, input_file::MAX_SPEC_BYTES).ok()?;
     let value: Value = serde_json::from_str(&text).ok()?;
     let id = value.get("task_id")?.as_str()?;
     valid_task_id(id).then(|| id.to_owned())
 }
 
+/// Parses and validates the spec `text` read from `path`.
 pub fn parse(path: &Path, text: &str) -> Result<TaskSpec> {
+    parse_unescaped(path, text).map_err(|error| match error {
+        // Messages quote spec text (an id, a path, a field name): an escape sequence there
+        // must not reach the terminal raw.
+        Error::Spec {
+            path,
+            field,
+            message,
+        } => Error::Spec {
+            path,
+            field: field.as_deref().map(escape::controls),
+            message: escape::controls(&message),
+        },
+        other => other,
+    })
+}
+
+fn parse_unescaped(path: &Path, text: &str) -> Result<TaskSpec> {
     let value: Value = serde_json::from_str(text).map_err(|error| {
         Error::spec(
             path,
@@ -172,6 +195,15 @@ pub fn parse(path: &Path, text: &str) -> Result<TaskSpec> {
             ),
         )
     })?;
+    // serde_json keeps the last of two equal keys: `output_file` given twice would write
+    // the second file while a reader of the spec sees the first.
+    if let Some(key) = duplicate_key(text) {
+        return Err(Error::spec(
+            path,
+            Some(&key),
+            "is given twice; give each field once (JSON keeps only the last)",
+        ));
+    }
     let Value::Object(object) = value else {
         return Err(Error::spec(
             path,
@@ -191,6 +223,103 @@ pub fn parse(path: &Path, text: &str) -> Result<TaskSpec> {
             Error::spec(path, Some(&field), error.into_inner().to_string())
         })?;
     validate(path, document)
+}
+
+/// The JSON path (`output_file`, `constraints[2]`, `a.b`) of the first key given twice in
+/// one object of `text`, which must be valid JSON.
+fn duplicate_key(text: &str) -> Option<String> {
+    let found = RefCell::new(None);
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let seed = UniqueKeys {
+        path: String::new(),
+        found: &found,
+    };
+    // The only error the walk itself raises is the duplicate, recorded in `found`.
+    let _ = seed.deserialize(&mut deserializer);
+    found.into_inner()
+}
+
+/// Walks a JSON value, stopping at the first object key seen twice.
+struct UniqueKeys<'a> {
+    path: String,
+    found: &'a RefCell<Option<String>>,
+}
+
+impl UniqueKeys<'_> {
+    fn at(&self, path: String) -> Self {
+        UniqueKeys {
+            path,
+            found: self.found,
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for UniqueKeys<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for UniqueKeys<'_> {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut index = 0;
+        while seq
+            .next_element_seed(self.at(format!("{}[{index}]", self.path)))?
+            .is_some()
+        {
+            index += 1;
+        }
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let path = if self.path.is_empty() {
+                key.clone()
+            } else {
+                format!("{}.{key}", self.path)
+            };
+            if !seen.insert(key) {
+                *self.found.borrow_mut() = Some(path);
+                return Err(A::Error::custom("duplicate key"));
+            }
+            map.next_value_seed(self.at(path))?;
+        }
+        Ok(())
+    }
 }
 
 fn check_field_names(path: &Path, object: &Map<String, Value>) -> Result<()> {
@@ -217,15 +346,15 @@ fn check_field_names(path: &Path, object: &Map<String, Value>) -> Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_lines)] // One check a field, in the order of the table.
+/// One check a field, in the order of the table.
 fn validate(path: &Path, document: SpecDocument) -> Result<TaskSpec> {
     let field_error = |field: &str, message: String| Error::spec(path, Some(field), message);
 
-    if !valid_task_id(&document.task_id) {
+    if let Some(problem) = task_id_problem(&document.task_id) {
         return Err(field_error(
             "task_id",
             format!(
-                "`{}` is not a valid task id: use 1 to 64 of A-Z a-z 0-9 . _ -, not starting with `.` or `-`",
+                "`{}` is not a valid task id: it {problem}",
                 document.task_id
             ),
         ));
@@ -234,7 +363,80 @@ fn validate(path: &Path, document: SpecDocument) -> Result<TaskSpec> {
         return Err(field_error("description", "is empty".to_owned()));
     }
 
-    let outputs = match (document.output_file, document.output_files) {
+    let outputs = outputs(path, document.output_file, document.output_files)?;
+
+    let context_files = document
+        .context_files
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(index, pattern)| normalize_field(path, &format!("context_files[{index}]"), pattern))
+        .collect::<Result<Vec<_>>>()?;
+
+    let max_attempts = document.max_attempts;
+    if let Some(n) = max_attempts
+        && !(1..=MAX_MAX_ATTEMPTS).contains(&n)
+    {
+        return Err(field_error(
+            "max_attempts",
+            format!("{n} is out of range 1..={MAX_MAX_ATTEMPTS}"),
+        ));
+    }
+    let timeout_secs = document.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
+    if !(1..=86_400).contains(&timeout_secs) {
+        return Err(field_error(
+            "timeout_secs",
+            format!("{timeout_secs} is out of range 1..=86400"),
+        ));
+    }
+    let depends_on = document.depends_on.unwrap_or_default();
+    for (index, id) in depends_on.iter().enumerate() {
+        if let Some(problem) = task_id_problem(id) {
+            return Err(field_error(
+                &format!("depends_on[{index}]"),
+                format!("`{id}` is not a valid task id: it {problem}"),
+            ));
+        }
+    }
+    for (field, value) in [
+        ("model", &document.model),
+        ("profile", &document.profile),
+        ("language", &document.language),
+    ] {
+        if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            return Err(field_error(field, "is empty".to_owned()));
+        }
+    }
+
+    Ok(TaskSpec {
+        source: path.to_path_buf(),
+        task_id: document.task_id,
+        description: document.description,
+        outputs,
+        context_files,
+        constraints: document.constraints.unwrap_or_default(),
+        // The shell pipeline treated an empty command as "no test".
+        test_command: document.test_command.filter(|c| !c.trim().is_empty()),
+        kind: document.kind.unwrap_or_default(),
+        language: document.language,
+        model: document.model,
+        profile: document.profile,
+        max_attempts,
+        timeout_secs,
+        depends_on,
+        allow_shrink: document.allow_shrink.unwrap_or(false),
+    })
+}
+
+/// The output files, normalised: exactly one of `output_file` and `output_files`, each
+/// file once, none inside another.
+fn outputs(
+    path: &Path,
+    output_file: Option<String>,
+    output_files: Option<Vec<String>>,
+) -> Result<Vec<String>> {
+    let field_error = |field: &str, message: String| Error::spec(path, Some(field), message);
+    let outputs = match (output_file, output_files) {
         (Some(_), Some(_)) => {
             return Err(field_error(
                 "output_files",
@@ -278,68 +480,7 @@ fn validate(path: &Path, document: SpecDocument) -> Result<TaskSpec> {
             outputs
         }
     };
-
-    let context_files = document
-        .context_files
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-        .map(|(index, pattern)| normalize_field(path, &format!("context_files[{index}]"), pattern))
-        .collect::<Result<Vec<_>>>()?;
-
-    let max_attempts = document.max_attempts;
-    if let Some(n) = max_attempts
-        && !(1..=MAX_MAX_ATTEMPTS).contains(&n)
-    {
-        return Err(field_error(
-            "max_attempts",
-            format!("{n} is out of range 1..={MAX_MAX_ATTEMPTS}"),
-        ));
-    }
-    let timeout_secs = document.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
-    if !(1..=86_400).contains(&timeout_secs) {
-        return Err(field_error(
-            "timeout_secs",
-            format!("{timeout_secs} is out of range 1..=86400"),
-        ));
-    }
-    let depends_on = document.depends_on.unwrap_or_default();
-    for (index, id) in depends_on.iter().enumerate() {
-        if !valid_task_id(id) {
-            return Err(field_error(
-                &format!("depends_on[{index}]"),
-                format!("`{id}` is not a valid task id"),
-            ));
-        }
-    }
-    for (field, value) in [
-        ("model", &document.model),
-        ("profile", &document.profile),
-        ("language", &document.language),
-    ] {
-        if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
-            return Err(field_error(field, "is empty".to_owned()));
-        }
-    }
-
-    Ok(TaskSpec {
-        source: path.to_path_buf(),
-        task_id: document.task_id,
-        description: document.description,
-        outputs,
-        context_files,
-        constraints: document.constraints.unwrap_or_default(),
-        // The shell pipeline treated an empty command as "no test".
-        test_command: document.test_command.filter(|c| !c.trim().is_empty()),
-        kind: document.kind.unwrap_or_default(),
-        language: document.language,
-        model: document.model,
-        profile: document.profile,
-        max_attempts,
-        timeout_secs,
-        depends_on,
-        allow_shrink: document.allow_shrink.unwrap_or(false),
-    })
+    Ok(outputs)
 }
 
 fn normalize_field(path: &Path, field: &str, value: &str) -> Result<String> {
@@ -352,17 +493,44 @@ fn normalize_field(path: &Path, field: &str, value: &str) -> Result<String> {
     })
 }
 
-/// `[A-Za-z0-9._-]{1,64}`, and not starting with `.` or `-`: the id names a directory of
-/// backups, and is kept fit to name a git branch for task branches later.
+/// Whether `id` is a valid task id (see [`task_id_problem`]).
 pub fn valid_task_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        && !id.starts_with(['.', '-'])
-        && !id.contains("..")
-        // Git refuses branch names ending in `.lock`, in any case.
-        && !id.to_ascii_lowercase().ends_with(".lock")
+    task_id_problem(id).is_none()
+}
+
+/// The rule `id` breaks, if any: `[A-Za-z0-9._-]{1,64}`, not starting with `.` or `-`,
+/// and valid as the git branch `local-task/<id>` (so no `..`, no trailing `.`, no
+/// `.lock` at the end). The id names a directory of backups, and task branches are
+/// named after it: an id git refuses would fail only when its branch is made.
+pub fn task_id_problem(id: &str) -> Option<String> {
+    if id.is_empty() {
+        return Some("is empty".to_owned());
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !c.is_ascii_alphanumeric() && !matches!(c, '.' | '_' | '-'))
+    {
+        return Some(format!(
+            "has `{}`: use only A-Z a-z 0-9 . _ -",
+            crate::escape::controls(&c.to_string())
+        ));
+    }
+    let rule = if id.len() > 64 {
+        "is longer than 64 characters"
+    } else if id.starts_with(['.', '-']) {
+        "starts with `.` or `-`"
+    } else if id.contains("..") {
+        "contains `..`, which git refuses in a branch name"
+    } else if id.to_ascii_lowercase().ends_with(".lock") {
+        "ends in `.lock`, which git refuses in a branch name"
+    } else if id.ends_with('.') {
+        "ends in `.`, which git refuses in a branch name"
+    } else if !git2::Reference::is_valid_name(&format!("refs/heads/local-task/{id}")) {
+        "is not valid in a git branch name"
+    } else {
+        return None;
+    };
+    Some(rule.to_owned())
 }
 
 #[cfg(test)]
@@ -459,6 +627,57 @@ mod tests {
                 message.contains(&format!("field `{field}`")),
                 "{text}: {message}"
             );
+        }
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused_with_its_path() {
+        let message = error_text(
+            r#"{"task_id":"a","description":"d","output_file":"x.py","output_file":"y.py"}"#,
+        );
+        assert!(
+            message.starts_with("spec.json: field `output_file`: is given twice"),
+            "{message}"
+        );
+        assert_eq!(
+            duplicate_key(r#"{"a":[1,{"b":null,"c":{"d":1,"d":2}}],"e":true}"#).as_deref(),
+            Some("a[1].c.d")
+        );
+        assert_eq!(duplicate_key(r#"{"a":{"b":1},"c":{"b":1}}"#), None);
+    }
+
+    #[test]
+    fn task_ids_git_refuses_as_branch_names_are_refused_naming_the_rule() {
+        for (id, rule) in [
+            ("T-1.", "ends in `.`"),
+            ("a..b", "contains `..`"),
+            ("x.lock", "ends in `.lock`"),
+            ("X.LOCK", "ends in `.lock`"),
+            ("@{", "`@`"),
+            ("a/", "`/`"),
+            ("-a", "starts with `.` or `-`"),
+            (".a", "starts with `.` or `-`"),
+            ("a b", "` `"),
+            ("a\u{1b}[31mb", "`\\u{1b}`"),
+        ] {
+            let message = error_text(&format!(
+                r#"{{"task_id":{},"description":"d","output_file":"x"}}"#,
+                serde_json::to_string(id).unwrap()
+            ));
+            assert!(message.contains("field `task_id`"), "{id}: {message}");
+            assert!(message.contains(rule), "{id}: {message}");
+            assert!(!message.contains('\u{1b}'), "{id}: {message}");
+        }
+        let message = error_text(
+            "{\"task_id\":\"a\",\"description\":\"d\",\"output_file\":\"x\",\"\\u001b]0;t\\u0007\":1}",
+        );
+        assert!(message.contains(r"field `\u{1b}]0;t\u{7}`"), "{message}");
+        // Every id git takes as a branch and valid before stays valid.
+        for id in ["T-001", "a.b", "_x", "a-", "A_1.2-3", "lock", "x.locks"] {
+            assert!(valid_task_id(id), "{id}");
+            assert!(git2::Reference::is_valid_name(&format!(
+                "refs/heads/local-task/{id}"
+            )));
         }
     }
 

@@ -40,6 +40,18 @@ const GIT_REDIRECTS: &[&str] = &[
     "GIT_DISCOVERY_ACROSS_FILESYSTEM",
 ];
 
+/// The tool's credentials for the model server. The test runs code a model wrote, so it
+/// gets none of them: a test (or whatever it starts) could send them anywhere.
+const SECRETS: &[&str] = &["LOCAL_TASK_API_KEY", "OPENAI_API_KEY"];
+
+/// Takes out of `command`'s environment what the test must not see or act on: the
+/// tool's credentials and git's redirections to another repository.
+fn clean_environment(command: &mut Command) {
+    for name in GIT_REDIRECTS.iter().chain(SECRETS) {
+        command.env_remove(name);
+    }
+}
+
 /// Set in the test's environment to a value unique to one test run. Every process the
 /// test starts inherits it, so the ones that leave the test's session (`setsid`, daemons)
 /// can still be found and killed.
@@ -94,6 +106,7 @@ pub async fn missing_program(command: &str, dir: &Path, outputs: &[String]) -> O
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true);
+    clean_environment(&mut check);
     let status = tokio::time::timeout(Duration::from_secs(5), check.status())
         .await
         .ok()?
@@ -125,9 +138,7 @@ pub async fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    for name in GIT_REDIRECTS {
-        process.env_remove(name);
-    }
+    clean_environment(&mut process);
     // A session of its own (and so a process group of its own, with the shell's pid as its
     // id): the whole test can be signalled at once, and without a controlling terminal a
     // program that would prompt there (ssh, sudo, git credentials) fails at once instead
@@ -142,7 +153,8 @@ pub async fn run(
     }
     let mut child = process.spawn().map_err(|error| CannotStart {
         message: format!(
-            "the test command `{command}` could not start: cannot run `sh` in {}: {error}",
+            "the test command `{}` could not start: cannot run `sh` in {}: {error}",
+            crate::escape::controls(command),
             dir.display()
         ),
         report: None,
@@ -210,7 +222,8 @@ pub async fn run(
     match start_failure(&report) {
         Some(reason) => Err(CannotStart {
             message: format!(
-                "the test command `{command}` could not start ({reason}); fix test_command in the spec or install what it runs"
+                "the test command `{}` could not start ({reason}); fix test_command in the spec or install what it runs",
+                crate::escape::controls(command)
             ),
             report: Some(report),
         }),

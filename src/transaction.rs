@@ -75,7 +75,11 @@ pub(crate) async fn write_and_test(
     }
     undo.settled = true;
     if !keep {
-        undo.journal.restore()?;
+        let restored = undo.journal.restore()?;
+        let why = interrupted.map(|signal| format!("interrupted by {}", signal.as_str()));
+        if let Some(conflict) = restored.conflict(why.as_deref()) {
+            return Err(conflict);
+        }
     }
     match interrupted {
         Some(signal) => Err(Error::Interrupted(signal)),

@@ -7,6 +7,14 @@
 //! each change it describes, so after a crash at any instant it names everything that may
 //! need restoring, and every state it can be found in is one `rollback` can undo.
 //!
+//! Every run makes its directory when it starts, exclusively (a run id is never shared,
+//! see [`new_run_id`]), with a manifest of no files, and holds a lock on that directory
+//! while it lives: `rollback --last` finds the newest run even when it wrote nothing, and
+//! `prune` never removes a running run's backups.
+//!
+//! A restore puts back only what still holds the bytes the run wrote: a file an editor (or
+//! the test command) changed since is left as it is and reported, never overwritten.
+//!
 //! Targets are reached through [`Bounds`]: a path is checked, then its directory is opened
 //! without following symlinks and the file is replaced relative to that open directory.
 
@@ -117,6 +125,36 @@ pub struct Restored {
     pub removed: Vec<String>,
     /// Directories the run had created, now deleted because they were empty.
     pub removed_dirs: Vec<String>,
+    /// Files changed since the run wrote them (by an editor, another program or the test
+    /// command), left as they are: restoring them would destroy that change. They are not
+    /// the run's any more.
+    pub kept: Vec<String>,
+}
+
+impl Restored {
+    /// The error of a restore that kept files as someone else changed them, or None. `why`
+    /// is what else ended the attempt (a signal), said first.
+    pub fn conflict(&self, why: Option<&str>) -> Option<Error> {
+        let first = self.kept.first()?;
+        let names = self
+            .kept
+            .iter()
+            .map(|path| format!("`{path}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let (was, it) = if self.kept.len() == 1 {
+            ("was", "it was")
+        } else {
+            ("were", "they were")
+        };
+        Some(Error::Conflict {
+            path: first.clone(),
+            message: format!(
+                "{}{names} {was} changed while this run's code was in the working tree (by an editor, another program or the test command); {it} left as changed, not restored, and the run stopped",
+                why.map(|why| format!("{why}; ")).unwrap_or_default()
+            ),
+        })
+    }
 }
 
 /// What stands at a path now.
@@ -136,27 +174,40 @@ enum Current {
 pub struct Journal {
     bounds: Bounds,
     dir: PathBuf,
+    /// The run's directory, locked while the run lives (None for an earlier run's journal),
+    /// so `prune` can tell a running run from a finished one.
+    _running: Option<File>,
     /// Temp files are made here and renamed into place, so a crash leaves none in the tree.
     tmp_dir: PathBuf,
     manifest: Manifest,
 }
 
 impl Journal {
-    pub fn new(repo: &Repo, run_id: &str, task_id: &str) -> Self {
+    /// Starts the journal of a new run: makes its directory under a fresh id, exclusively,
+    /// locks it and saves a manifest of no files, before anything else the run does.
+    pub fn begin(repo: &Repo, task_id: &str) -> Result<Self> {
         let state = repo.state_dir();
-        Self {
+        let (run_id, dir, running) = create_run_dir(&state.join("runs"), new_run_id)?;
+        let journal = Self {
             bounds: repo.bounds(),
-            dir: state.join("runs").join(run_id),
+            dir,
+            _running: Some(running),
             tmp_dir: state.join("tmp"),
             manifest: Manifest {
                 version: 1,
-                run_id: run_id.to_owned(),
+                run_id,
                 task_id: task_id.to_owned(),
                 files: Vec::new(),
                 created_dirs: Vec::new(),
                 rolled_back: false,
             },
-        }
+        };
+        journal.save_manifest()?;
+        Ok(journal)
+    }
+
+    pub fn run_id(&self) -> &str {
+        &self.manifest.run_id
     }
 
     /// Opens the journal of an earlier run.
@@ -178,6 +229,7 @@ impl Journal {
         Ok(Self {
             bounds: repo.bounds(),
             dir,
+            _running: None,
             tmp_dir: repo.state_dir().join("tmp"),
             manifest,
         })
@@ -267,25 +319,34 @@ impl Journal {
     /// restore): their file holds its own bytes again and may have been edited and committed
     /// since, so they are left alone.
     ///
-    /// Unconditional: between attempts the files may differ from what the run wrote because
-    /// its own test command reformatted them. `rollback` checks for others' edits first
-    /// ([`Journal::changed_since_written`]).
+    /// A file that holds neither what the run wrote nor what was there before was changed
+    /// by someone else meanwhile (an editor saving it during the test, or the test command
+    /// rewriting it): it is left as it is, listed in [`Restored::kept`], and is no longer
+    /// the run's. Nothing can tell those two writers apart, and putting the old bytes back
+    /// would destroy an edit. (A change in the instant between that check and the rename
+    /// is still replaced: the check is not atomic with the rename.)
     pub fn restore(&mut self) -> Result<Restored> {
-        self.restore_and_mark(false)
+        self.restore_and_mark(false, false)
     }
 
     /// [`Journal::restore`] for `rollback`: the run is marked rolled back in the same
     /// manifest save that records the restore, so a kill leaves either a run still to undo
-    /// or one that is done, never one that looks undone but is not marked.
-    pub fn roll_back(&mut self) -> Result<Restored> {
-        self.restore_and_mark(true)
+    /// or one that is done, never one that looks undone but is not marked. `force`
+    /// restores even the files changed since the run wrote them.
+    pub fn roll_back(&mut self, force: bool) -> Result<Restored> {
+        self.restore_and_mark(true, force)
     }
 
-    fn restore_and_mark(&mut self, rolled_back: bool) -> Result<Restored> {
+    fn restore_and_mark(&mut self, rolled_back: bool, force: bool) -> Result<Restored> {
         let mut done = Restored::default();
         for index in (0..self.manifest.files.len()).rev() {
             let entry = self.manifest.files[index].clone();
             if entry.written.is_none() {
+                continue;
+            }
+            if !force && self.is_changed(&entry) {
+                done.kept.push(entry.path.clone());
+                self.manifest.files[index].written = None;
                 continue;
             }
             let location = self.locate(&entry.path)?;
@@ -366,27 +427,30 @@ impl Journal {
         self.manifest
             .files
             .iter()
-            .filter(|entry| entry.written.is_some())
-            .filter(|entry| {
-                let Ok(current) = self.current(&entry.path) else {
-                    return true;
-                };
-                let is_written = match (&entry.written, &current) {
-                    (Some(blob), Current::File { bytes, .. }) => &Repo::blob_id(bytes) == blob,
-                    _ => false,
-                };
-                let is_prior = match (&entry.prior, &current) {
-                    (Prior::Absent, Current::Absent) => true,
-                    (Prior::File { blob, .. }, Current::File { bytes, .. }) => {
-                        &Repo::blob_id(bytes) == blob
-                    }
-                    (Prior::Symlink { target }, Current::Symlink(now)) => target == now,
-                    _ => false,
-                };
-                !(is_written || is_prior)
-            })
+            .filter(|entry| entry.written.is_some() && self.is_changed(entry))
             .map(|entry| entry.path.clone())
             .collect()
+    }
+
+    /// True when `entry`'s path holds neither what the run wrote nor what was there before
+    /// it (or cannot be read): someone else's change, which a restore would destroy.
+    fn is_changed(&self, entry: &Entry) -> bool {
+        let Ok(current) = self.current(&entry.path) else {
+            return true;
+        };
+        let is_written = match (&entry.written, &current) {
+            (Some(blob), Current::File { bytes, .. }) => &Repo::blob_id(bytes) == blob,
+            _ => false,
+        };
+        let is_prior = match (&entry.prior, &current) {
+            (Prior::Absent, Current::Absent) => true,
+            (Prior::File { blob, .. }, Current::File { bytes, .. }) => {
+                &Repo::blob_id(bytes) == blob
+            }
+            (Prior::Symlink { target }, Current::Symlink(now)) => target == now,
+            _ => false,
+        };
+        !(is_written || is_prior)
     }
 
     /// True while some file still holds bytes this run wrote (or may have written).
@@ -518,36 +582,33 @@ impl Journal {
     }
 
     /// Writes one of the tool's own files in the git directory, atomically and durably.
+    ///
+    /// The temp file is made beside `path`, in the run's own directory, not in the shared
+    /// temp directory: a run saves its first manifest before it takes the repository lock,
+    /// while another run holding the lock may be clearing the shared one.
     fn write_state(&self, path: &Path, bytes: &[u8]) -> Result<()> {
-        let temp = self.temp_file(bytes, 0o600)?;
+        let dir = path.parent().unwrap_or(&self.dir);
+        let mut temp = tempfile::Builder::new()
+            .prefix(".write-")
+            .tempfile_in(dir)
+            .map_err(|error| Error::io("create temp file in", dir, error))?;
+        temp.write_all(bytes)
+            .and_then(|()| {
+                temp.as_file()
+                    .set_permissions(fs::Permissions::from_mode(0o600))
+            })
+            .and_then(|()| temp.as_file().sync_all())
+            .map_err(|error| Error::io("write", temp.path(), error))?;
+        crash_point();
         temp.persist(path)
             .map_err(|error| Error::io("replace", path, error.error))?;
         crash_point();
-        let dir = path.parent().unwrap_or(&self.dir);
         sync(
             &File::open(dir).map_err(|error| Error::io("open directory", dir, error))?,
             dir,
         )?;
         crash_point();
         Ok(())
-    }
-
-    /// A temp file in the state directory holding `bytes` with `mode`, flushed to disk.
-    fn temp_file(&self, bytes: &[u8], mode: u32) -> Result<tempfile::NamedTempFile> {
-        ensure_dir(&self.tmp_dir)?;
-        let mut temp = tempfile::Builder::new()
-            .prefix("write-")
-            .tempfile_in(&self.tmp_dir)
-            .map_err(|error| Error::io("create temp file in", &self.tmp_dir, error))?;
-        temp.write_all(bytes)
-            .and_then(|()| {
-                temp.as_file()
-                    .set_permissions(fs::Permissions::from_mode(mode))
-            })
-            .and_then(|()| temp.as_file().sync_all())
-            .map_err(|error| Error::io("write", temp.path(), error))?;
-        crash_point();
-        Ok(temp)
     }
 
     /// Puts a symlink back at `name` in `parent`, the way [`Journal::replace`] puts a file.
@@ -692,6 +753,66 @@ fn read_current(parent: &File, name: &str, shown: &Path) -> Result<Current> {
     }
 }
 
+/// A new run id, `20261120T220512123Z-3f9a1c2e`: the UTC time to the millisecond, so ids
+/// sort by start time (`rollback --last` and `prune` rely on it), and 32 random bits, so
+/// runs started in the same millisecond differ. [`create_run_dir`] makes it certain.
+pub fn new_run_id() -> String {
+    let stamp = run_id_stamp(time::OffsetDateTime::now_utc());
+    format!("{stamp}-{:08x}", fastrand::u32(..))
+}
+
+/// The time part of a run id, `20261120T220512123Z`.
+pub fn run_id_stamp(at: time::OffsetDateTime) -> String {
+    let format = time::macros::format_description!(
+        "[year][month][day]T[hour][minute][second][subsecond digits:3]Z"
+    );
+    at.format(&format)
+        .unwrap_or_else(|_| at.unix_timestamp().to_string())
+}
+
+/// Makes the directory of a new run under `runs` with `create_dir`, never `create_dir_all`,
+/// and locks it: an id another run holds already (two runs in the same millisecond with
+/// the same random part) fails with EEXIST instead of sharing its journal, and a fresh id
+/// is tried. So is one that `prune` took in the instant between the two steps (it holds
+/// the lock from its check until the directory is gone, so the lock is busy or the
+/// directory has gone): a run never writes into a directory being removed.
+fn create_run_dir(
+    runs: &Path,
+    mut next_id: impl FnMut() -> String,
+) -> Result<(String, PathBuf, File)> {
+    ensure_dir(runs)?;
+    let mut tries = 0;
+    loop {
+        let id = next_id();
+        let dir = runs.join(&id);
+        let retry = match fs::create_dir(&dir) {
+            Ok(()) => match File::open(&dir) {
+                Ok(running) => match running.try_lock() {
+                    Ok(()) => return Ok((id, dir, running)),
+                    Err(std::fs::TryLockError::WouldBlock) => {
+                        Error::io("lock", &dir, std::io::ErrorKind::WouldBlock.into())
+                    }
+                    Err(std::fs::TryLockError::Error(error)) => {
+                        return Err(Error::io("lock", &dir, error));
+                    }
+                },
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                    Error::io("open directory", &dir, error)
+                }
+                Err(error) => return Err(Error::io("open directory", &dir, error)),
+            },
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                Error::io("create directory", &dir, error)
+            }
+            Err(error) => return Err(Error::io("create directory", &dir, error)),
+        };
+        tries += 1;
+        if tries > 16 {
+            return Err(retry);
+        }
+    }
+}
+
 fn path_string(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
@@ -762,7 +883,7 @@ mod tests {
     #[test]
     fn write_then_restore_round_trips_bytes_mode_and_directories() {
         let (dir, repo) = repo();
-        let mut journal = Journal::new(&repo, "R1", "T");
+        let mut journal = Journal::begin(&repo, "T").unwrap();
         journal.write("old.txt", b"new\n", Some(b"old\n")).unwrap();
         journal.write("a/b/c.txt", b"c\n", None).unwrap();
         let mode = fs::metadata(dir.path().join("old.txt"))
@@ -798,7 +919,7 @@ mod tests {
         );
 
         // The saved manifest reads back as what the journal holds.
-        let reopened = Journal::open(&repo, "R1").unwrap();
+        let reopened = Journal::open(&repo, journal.run_id()).unwrap();
         assert_eq!(reopened.manifest().files.len(), 2);
         assert!(
             reopened
@@ -812,7 +933,7 @@ mod tests {
     #[test]
     fn a_target_that_is_not_what_the_caller_read_is_a_conflict() {
         let (dir, repo) = repo();
-        let mut journal = Journal::new(&repo, "R2", "T");
+        let mut journal = Journal::begin(&repo, "T").unwrap();
         let error = journal
             .write("old.txt", b"new\n", Some(b"something else\n"))
             .unwrap_err();
@@ -830,7 +951,7 @@ mod tests {
     #[test]
     fn a_file_edited_after_the_write_counts_as_changed_but_its_prior_bytes_do_not() {
         let (dir, repo) = repo();
-        let mut journal = Journal::new(&repo, "R3", "T");
+        let mut journal = Journal::begin(&repo, "T").unwrap();
         journal.write("old.txt", b"new\n", Some(b"old\n")).unwrap();
         fs::write(dir.path().join("old.txt"), "edited\n").unwrap();
         assert_eq!(journal.changed_since_written(), ["old.txt"]);
@@ -865,6 +986,54 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["f", "l"]);
+    }
+
+    #[test]
+    fn a_restore_keeps_files_changed_since_the_write() {
+        let (dir, repo) = repo();
+        let mut journal = Journal::begin(&repo, "T").unwrap();
+        journal.write("old.txt", b"new\n", Some(b"old\n")).unwrap();
+        journal.write("made.txt", b"made\n", None).unwrap();
+        journal.write("untouched.txt", b"u\n", None).unwrap();
+        fs::write(dir.path().join("old.txt"), "edited\n").unwrap();
+        fs::write(dir.path().join("made.txt"), "mine\n").unwrap();
+        let done = journal.restore().unwrap();
+        assert_eq!(done.kept, ["made.txt", "old.txt"]);
+        assert_eq!(done.removed, ["untouched.txt"]);
+        assert_eq!(
+            fs::read_to_string(dir.path().join("old.txt")).unwrap(),
+            "edited\n"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.path().join("made.txt")).unwrap(),
+            "mine\n"
+        );
+        assert!(
+            !journal.has_writes(),
+            "kept files are not the run's any more"
+        );
+    }
+
+    #[test]
+    fn a_run_directory_is_made_exclusively_under_a_fresh_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = dir.path().join("runs");
+        fs::create_dir_all(runs.join("A")).unwrap();
+        fs::write(runs.join("A/manifest.json"), "theirs").unwrap();
+        let mut ids = ["A", "A", "B"].into_iter();
+        let (id, made, _held) = create_run_dir(&runs, || ids.next().unwrap().to_owned()).unwrap();
+        assert_eq!(id, "B");
+        assert_eq!(made, runs.join("B"));
+        assert_eq!(
+            fs::read_to_string(runs.join("A/manifest.json")).unwrap(),
+            "theirs"
+        );
+        let error = create_run_dir(&runs, || "A".to_owned()).unwrap_err();
+        assert!(error.to_string().contains("runs/A"), "{error}");
+
+        let first = new_run_id();
+        assert_eq!(first.len(), "20261120T220512123Z-3f9a1c2e".len(), "{first}");
+        assert!(crate::spec::valid_task_id(&first));
     }
 
     #[test]

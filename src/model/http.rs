@@ -76,8 +76,7 @@ pub(crate) async fn check_status(
         .headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+        .and_then(|v| super::retry::retry_after(v, std::time::SystemTime::now()));
     let body = read_error_text(response, limits).await;
     let server_says = serde_json::from_str::<Value>(&body).ok().map_or_else(
         || body.trim().to_owned(),

@@ -101,7 +101,7 @@ impl Ollama {
                     ModelError::new(
                         ModelErrorKind::IdleTimeout,
                         format!(
-                            "{url}: the stream stalled for {} s after {} bytes",
+                            "{url}: the stream stalled for {} after {} bytes",
                             seconds(self.limits.idle),
                             reply.content.len()
                         ),

@@ -66,7 +66,7 @@ impl Cassette {
                 format!("cassette {}: {message}", path.display()),
             )
         };
-        let text = std::fs::read_to_string(path)
+        let text = crate::input_file::read_text(path, crate::input_file::MAX_CASSETTE_BYTES)
             .map_err(|error| replay_error(format!("cannot read it: {error}")))?;
         let cassette: Self = serde_json::from_str(&text)
             .map_err(|error| replay_error(format!("not a cassette: {error}")))?;
@@ -275,6 +275,119 @@ fn kind_named(name: &str) -> ModelErrorKind {
     .unwrap_or(K::Replay)
 }
 
+/// Refuses, before the model is called, the cassette files a run cannot use: a `--record`
+/// destination that would destroy something (the spec, an output file, a file that is
+/// not a cassette) or could not be written (its directory missing or read-only), and a
+/// `--replay` file that is not a regular file or is over [`MAX_CASSETTE_BYTES`]. Bad input
+/// of the command line: exit 2, naming the file.
+///
+/// [`MAX_CASSETTE_BYTES`]: crate::input_file::MAX_CASSETTE_BYTES
+pub fn check_files(
+    record: Option<&Path>,
+    replay: Option<&Path>,
+    spec: &Path,
+    root: &Path,
+    outputs: &[String],
+) -> crate::error::Result<()> {
+    let refuse = |flag: &str, path: &Path, reason: String| {
+        crate::error::Error::Usage(format!("{flag} {}: {reason}", path.display()))
+    };
+    if let Some(path) = replay {
+        // A missing cassette is left to the replay itself, which reports it (kind `replay`).
+        if let Err(error) =
+            crate::input_file::check_regular(path, crate::input_file::MAX_CASSETTE_BYTES)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(refuse("--replay", path, error.to_string()));
+        }
+    }
+    let Some(path) = record else {
+        return Ok(());
+    };
+    if same_file(path, spec) {
+        return Err(refuse(
+            "--record",
+            path,
+            "is the spec of this run; choose another file for the cassette".to_owned(),
+        ));
+    }
+    if let Some(output) = outputs
+        .iter()
+        .find(|output| same_file(path, &root.join(output)))
+    {
+        return Err(refuse(
+            "--record",
+            path,
+            format!(
+                "is `{output}`, an output file of this run; choose another file for the cassette"
+            ),
+        ));
+    }
+    check_writable_dir(path).map_err(|reason| refuse("--record", path, reason))?;
+    match crate::input_file::read_text(path, crate::input_file::MAX_CASSETTE_BYTES) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Ok(text) if is_cassette(&text) => Ok(()),
+        outcome => {
+            let why = match outcome {
+                Err(error) => error.to_string(),
+                Ok(_) => format!("its JSON has no \"format\": \"{FORMAT}\""),
+            };
+            Err(refuse(
+                "--record",
+                path,
+                format!(
+                    "exists and is not a cassette ({why}); it was left as it is: move it away or choose another file"
+                ),
+            ))
+        }
+    }
+}
+
+/// Whether `text` is a cassette, by its own mark: overwriting an older one is expected.
+fn is_cassette(text: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(text)
+        .is_ok_and(|value| value.get("format").and_then(|f| f.as_str()) == Some(FORMAT))
+}
+
+/// The directory the cassette goes in exists and takes a new file: the cassette is
+/// written as a temp file there and renamed, so that is what is tried.
+fn check_writable_dir(path: &Path) -> Result<(), String> {
+    let dir = parent_dir(path);
+    match std::fs::metadata(dir) {
+        Ok(metadata) if metadata.is_dir() => tempfile::NamedTempFile::new_in(dir)
+            .map(drop)
+            .map_err(|error| format!("cannot create a file in {}: {error}", dir.display())),
+        Ok(_) => Err(format!("{} is not a directory", dir.display())),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            Err(format!("the directory {} does not exist", dir.display()))
+        }
+        Err(error) => Err(format!(
+            "cannot use the directory {}: {error}",
+            dir.display()
+        )),
+    }
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."))
+}
+
+/// Whether `a` and `b` name one file however they are spelled (`./x`, `d/../x`, a symlink),
+/// also before it exists.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if let (Ok(a), Ok(b)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+        return (a.dev(), a.ino()) == (b.dev(), b.ino());
+    }
+    let resolved = |path: &Path| {
+        let dir = std::fs::canonicalize(parent_dir(path)).ok()?;
+        Some(dir.join(path.file_name()?))
+    };
+    resolved(a).is_some_and(|a| resolved(b) == Some(a))
+}
+
 /// Appends every exchange of a run to a cassette file, rewriting it after each one so a
 /// killed run still leaves the exchanges it had.
 pub struct Recorder {
@@ -328,11 +441,7 @@ impl Recorder {
         let text = serde_json::to_string_pretty(cassette).map_err(std::io::Error::other);
         let text = text.map_err(record_error)?;
         // Written beside the target and renamed over it: never a half-written cassette.
-        let dir = self
-            .path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or_else(|| Path::new("."));
+        let dir = parent_dir(&self.path);
         let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(record_error)?;
         std::io::Write::write_all(&mut temp, format!("{text}\n").as_bytes())
             .map_err(record_error)?;

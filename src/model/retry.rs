@@ -2,7 +2,7 @@
 //! number of retries, and the server's `Retry-After` honoured up to a cap.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use super::{ChatReply, ModelError};
 
@@ -87,9 +87,80 @@ impl RetryPolicy {
     }
 }
 
+/// The wait a `Retry-After` header asks for: seconds (`120`) or an HTTP date
+/// (`Wed, 21 Oct 2015 07:28:00 GMT`, the IMF-fixdate form servers send), measured from
+/// `now`; a date already past asks for no wait. `None` for anything else. The caller
+/// caps it ([`RetryPolicy::delay`]).
+pub fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = http_date(value)?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) as a time, when it is one. The two
+/// obsolete HTTP date forms are not read: servers must not send them (RFC 9110, 5.6.7).
+fn http_date(value: &str) -> Option<SystemTime> {
+    let [_weekday, day, month, year, clock, "GMT"] =
+        value.split_whitespace().collect::<Vec<_>>()[..]
+    else {
+        return None;
+    };
+    let month = time::Month::January.nth_next(
+        [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ]
+        .iter()
+        .position(|name| *name == month)?
+        .try_into()
+        .ok()?,
+    );
+    let date = time::Date::from_calendar_date(year.parse().ok()?, month, day.parse().ok()?).ok()?;
+    let mut clock = clock.splitn(3, ':').map(str::parse::<u8>);
+    let (Some(Ok(hour)), Some(Ok(minute)), Some(Ok(second))) =
+        (clock.next(), clock.next(), clock.next())
+    else {
+        return None;
+    };
+    let at = date
+        .with_hms(hour, minute, second)
+        .ok()?
+        .assume_utc()
+        .unix_timestamp();
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(at).ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_000); // 07:20:00
+        assert_eq!(retry_after(" 120 ", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now),
+            Some(Duration::from_secs(480))
+        );
+        assert_eq!(
+            retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        for bad in [
+            "soon",
+            "-1",
+            "Wed, 32 Oct 2015 07:28:00 GMT",
+            "Wed, 21 Oct 2015 07:28:00 CET",
+        ] {
+            assert_eq!(retry_after(bad, now), None, "{bad}");
+        }
+        // Capped like the seconds form.
+        let policy = RetryPolicy::default();
+        let far = retry_after("Fri, 01 Jan 2100 00:00:00 GMT", now);
+        assert_eq!(policy.delay(0, far), policy.max_wait);
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_and_respects_the_cap() {

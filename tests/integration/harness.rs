@@ -590,6 +590,25 @@ pub struct Test {
     during: Option<Act>,
     /// The binary's stderr is a pipe whose reading end is closed at once.
     closed_stderr: bool,
+    /// Where the git directory lives relative to the working tree.
+    layout: Layout,
+}
+
+/// How the test repository's working tree and git directory are laid out. In every
+/// layout but [`Layout::Plain`] the working tree's `.git` is not the git directory
+/// itself, and the git directory's parent is not the working tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `repo/.git` is the git directory.
+    Plain,
+    /// `git init --separate-git-dir`: `repo/.git` is a file naming `gitdir/`.
+    SeparateGitDir,
+    /// `repo/.git` is a symlink to `gitdir/`.
+    SymlinkedGitDir,
+    /// `repo` is a submodule of `super/`: its git directory is `super/.git/modules/repo`.
+    Submodule,
+    /// `repo` is a linked worktree (`git worktree add`) of `main/`.
+    LinkedWorktree,
 }
 
 /// What [`Test::during`] does to the running binary.
@@ -636,7 +655,14 @@ impl Test {
             url_variable: "LOCAL_TASK_ENDPOINT".to_owned(),
             during: None,
             closed_stderr: false,
+            layout: Layout::Plain,
         }
+    }
+
+    /// Lays the repository out this way (the files are committed either way).
+    pub fn layout(mut self, layout: Layout) -> Self {
+        self.layout = layout;
+        self
     }
 
     /// Calls `act` once the binary has started, then waits for it to end.
@@ -737,8 +763,12 @@ impl Test {
         self
     }
 
+    /// The working tree the binary runs in.
     pub fn repo_path(&self) -> PathBuf {
-        self.dir.path().join("repo")
+        match self.layout {
+            Layout::Submodule => self.dir.path().join("super/repo"),
+            _ => self.dir.path().join("repo"),
+        }
     }
 
     /// Builds the repository and spec, starts the server, runs the binary with the spec.
@@ -758,12 +788,13 @@ impl Test {
     /// Like [`Test::run`], with the arguments given exactly (a subcommand, say).
     pub fn run_with(self, args: impl FnOnce(&Path) -> Vec<String>) -> Run {
         let repo = self.repo_path();
-        std::fs::create_dir_all(&repo).unwrap();
-        for (path, bytes) in &self.committed {
-            write_file(&repo.join(path), bytes);
-        }
         if self.git {
-            init_and_commit(&repo);
+            lay_out(self.layout, self.dir.path(), &self.committed);
+        } else {
+            std::fs::create_dir_all(&repo).unwrap();
+            for (path, bytes) in &self.committed {
+                write_file(&repo.join(path), bytes);
+            }
         }
         for (path, bytes) in &self.uncommitted {
             write_file(&repo.join(path), bytes);
@@ -826,6 +857,7 @@ impl Test {
             before,
             repo,
             spec_path,
+            home,
             _dir: self.dir,
         }
     }
@@ -878,6 +910,82 @@ fn write_file(path: &Path, bytes: &[u8]) {
         std::fs::create_dir_all(parent).unwrap();
     }
     std::fs::write(path, bytes).unwrap();
+}
+
+/// Runs `git` in `dir` without user or system configuration, and checks it succeeded.
+pub fn git(dir: &Path, args: &[&str]) {
+    let output = Command::new("git")
+        .args([
+            "-c",
+            "user.name=Test",
+            "-c",
+            "user.email=test@example.invalid",
+        ])
+        .args([
+            "-c",
+            "protocol.file.allow=always",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .output()
+        .expect("run git");
+    assert!(
+        output.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Builds the repository of `layout` under `dir` with `files` committed in its working
+/// tree (see [`Test::repo_path`]).
+fn lay_out(layout: Layout, dir: &Path, files: &[(String, Vec<u8>)]) {
+    let fill = |tree: &Path| {
+        std::fs::create_dir_all(tree).unwrap();
+        for (path, bytes) in files {
+            write_file(&tree.join(path), bytes);
+        }
+    };
+    match layout {
+        Layout::Plain => {
+            fill(&dir.join("repo"));
+            init_and_commit(&dir.join("repo"));
+        }
+        Layout::SeparateGitDir => {
+            fill(&dir.join("repo"));
+            git(dir, &["init", "-q", "--separate-git-dir=gitdir", "repo"]);
+            git(&dir.join("repo"), &["add", "-A"]);
+            git(&dir.join("repo"), &["commit", "-q", "-m", "initial"]);
+        }
+        Layout::SymlinkedGitDir => {
+            fill(&dir.join("repo"));
+            init_and_commit(&dir.join("repo"));
+            std::fs::rename(dir.join("repo/.git"), dir.join("gitdir")).unwrap();
+            std::os::unix::fs::symlink(dir.join("gitdir"), dir.join("repo/.git")).unwrap();
+        }
+        Layout::Submodule => {
+            fill(&dir.join("origin"));
+            init_and_commit(&dir.join("origin"));
+            write_file(&dir.join("super/README.md"), b"# super\n");
+            init_and_commit(&dir.join("super"));
+            git(
+                &dir.join("super"),
+                &["submodule", "add", "-q", "../origin", "repo"],
+            );
+            git(&dir.join("super"), &["commit", "-q", "-m", "submodule"]);
+        }
+        Layout::LinkedWorktree => {
+            fill(&dir.join("main"));
+            init_and_commit(&dir.join("main"));
+            git(
+                &dir.join("main"),
+                &["worktree", "add", "-q", "-b", "linked", "../repo"],
+            );
+        }
+    }
 }
 
 /// `git init` and one commit of everything, with a fixed identity and no user config.
@@ -950,6 +1058,7 @@ pub struct Run {
     before: BTreeMap<String, Vec<u8>>,
     pub repo: PathBuf,
     pub spec_path: PathBuf,
+    home: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -1034,7 +1143,7 @@ impl Run {
                 .current_dir(&self.repo)
                 .env_clear()
                 .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-                .env("HOME", self.repo.parent().unwrap().join("home"))
+                .env("HOME", &self.home)
                 .env("LANG", "C")
                 .env("GIT_CONFIG_NOSYSTEM", "1")
                 .env("GIT_CONFIG_GLOBAL", "/dev/null")

@@ -501,7 +501,14 @@ fn connection_faults_name_their_class() {
         .args(&["--connect-timeout", "0.2"])
         .run();
     assert_fault(&run, "connect_timeout");
-    assert!(run.elapsed < Duration::from_secs(5), "{:?}", run.elapsed);
+    // It waited for the connection (a refusal would be another class), and the configured
+    // limit ended the wait: without it the system gives up after about two minutes, past
+    // the harness's deadline.
+    assert!(
+        run.elapsed >= Duration::from_millis(200),
+        "{:?}",
+        run.elapsed
+    );
 
     for protocol in [Protocol::OpenAi, Protocol::Ollama] {
         let run = faulty(protocol, Script::Reset, &[]);
@@ -728,10 +735,11 @@ fn transient_faults_are_retried_until_the_reply_comes() {
                 r#"{"error":"busy"}"#,
                 &[("Retry-After", "1")],
             ))
+            // Asking for ten minutes: a wait past the cap runs into the harness's deadline.
             .script(Script::status_with(
                 429,
                 r#"{"error":"slow down"}"#,
-                &[("Retry-After", "7")],
+                &[("Retry-After", "600")],
             ))
             .script(Script::Reset)
             .script(Script::code("a.txt", "done\n"))
@@ -757,10 +765,25 @@ fn transient_faults_are_retried_until_the_reply_comes() {
             notes[1].contains("Retry-After 1 s") && notes[1].contains("waited 0.05 s"),
             "{notes:?}"
         );
-        assert!(notes[2].contains("rate_limited") && notes[2].contains("Retry-After 7 s"));
+        assert!(notes[2].contains("rate_limited") && notes[2].contains("Retry-After 600 s"));
         assert!(notes[3].contains("connection_reset"), "{notes:?}");
-        assert!(run.elapsed < Duration::from_secs(10));
+        // Every wait, Retry-After or backoff, within the cap the flag set.
+        assert!(waits(notes).iter().all(|&wait| wait <= 0.05), "{notes:?}");
     }
+}
+
+/// The waits the retry notes report (`...; waited 0.05 s ...`), in seconds.
+fn waits(notes: &[String]) -> Vec<f64> {
+    notes
+        .iter()
+        .map(|note| {
+            let (_, after) = note.split_once("waited ").expect("a wait in every note");
+            let seconds = after.split_once(" s").map_or(after, |(number, _)| number);
+            seconds
+                .parse()
+                .unwrap_or_else(|_| panic!("a wait in {note}"))
+        })
+        .collect()
 }
 
 #[test]
@@ -927,7 +950,7 @@ fn discovery_finds_a_server_when_no_endpoint_is_given() {
 }
 
 #[test]
-fn models_lists_servers_their_kind_and_models_and_closed_ports_quickly() {
+fn models_lists_servers_their_kind_and_models_and_closed_ports() {
     let closed = [
         port_of(&closed_port_url()),
         port_of(&closed_port_url()),
@@ -960,7 +983,6 @@ fn models_lists_servers_their_kind_and_models_and_closed_ports_quickly() {
             "{report}"
         );
     }
-    assert!(run.elapsed < Duration::from_secs(2), "{:?}", run.elapsed);
 
     // The table names the same things.
     let run = Test::new()
@@ -972,14 +994,14 @@ fn models_lists_servers_their_kind_and_models_and_closed_ports_quickly() {
     assert!(run.stdout.contains("openai API"), "{}", run.stdout);
     assert!(run.stdout.contains("not reachable"), "{}", run.stdout);
 
-    // Nothing listening anywhere: exit 3, quickly, with a hint.
+    // Nothing listening anywhere: exit 3 with a hint (a probe that hangs instead runs into
+    // the harness's deadline).
     let list = closed.map(|p| p.to_string()).join(",");
     let run = Test::new()
         .discovery(&[])
         .env("LOCAL_TASK_DISCOVERY_PORTS", &list)
         .run_with(|_| vec!["models".to_owned(), "--json".to_owned()]);
     run.assert_code(3);
-    assert!(run.elapsed < Duration::from_secs(2), "{:?}", run.elapsed);
     assert!(run.stderr.contains("hint:"), "{}", run.stderr);
 }
 
@@ -1189,8 +1211,9 @@ fn faults_are_recorded_and_replayed_too() {
             "5000",
         ])
         .run();
-    assert_fault(&run, "unavailable");
-    assert!(run.elapsed < Duration::from_secs(4), "{:?}", run.elapsed);
+    let message = assert_fault(&run, "unavailable");
+    // A retry would have replayed the recorded fault again and said how many tries it took.
+    assert!(!message.contains("tries"), "{message}");
 }
 
 #[test]

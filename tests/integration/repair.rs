@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use execute_local_task::result::{FileAction, Outcome, Status};
 use serde_json::json;
 
-use crate::harness::{Chat, Script, Test, spec};
+use crate::harness::{BINARY_DEADLINE, Chat, Script, Test, spec};
 
 /// A process is dead when it is gone or a zombie (`Z`): in a container the init process
 /// may never reap what it inherits.
@@ -45,11 +45,11 @@ echo started
 sleep 1000
 "#;
     // Either way the processes that ignore SIGTERM keep the test going for the grace (2 s)
-    // until SIGKILL; the second time the test's own shell is one of them.
+    // until SIGKILL; the second time the test's own shell is one of them. A kill that never
+    // comes leaves them holding the pipes past the harness's deadline.
     for prefix in ["", "trap '' TERM; "] {
         let scratch = tempfile::tempdir().unwrap();
         let pid_file = scratch.path().join("pids");
-        let started = Instant::now();
         let run = Test::new()
             .file("slow.sh", script)
             .spec(spec(
@@ -62,13 +62,7 @@ sleep 1000
             ))
             .script(Script::code("out.txt", "x\n"))
             .run();
-        let elapsed = started.elapsed();
         run.assert_code(1);
-        assert!(
-            elapsed < Duration::from_secs(1 + 5),
-            "{prefix}: took {elapsed:?}\n{}",
-            run.stderr
-        );
         let result = run.result();
         assert_eq!(result.status, Status::Escalate);
         let test = result.test.expect("a test report");
@@ -125,7 +119,8 @@ fn a_test_at_its_limit_gets_sigterm_and_a_grace_to_clean_up() {
 fn what_a_passing_test_leaves_running_is_killed_too() {
     let scratch = tempfile::tempdir().unwrap();
     let pid_file = scratch.path().join("pids");
-    let started = Instant::now();
+    // What it leaves holds the output pipes: a tool that waited for them to close would run
+    // into the harness's deadline.
     let run = Test::new()
         .spec(spec(
             "out.txt",
@@ -137,11 +132,6 @@ fn what_a_passing_test_leaves_running_is_killed_too() {
         .script(Script::code("out.txt", "x\n"))
         .run();
     run.assert_code(0);
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
     let test = run.result().test.expect("a test report");
     assert!(test.passed && !test.timed_out, "{test:?}");
     let pids = pids(&pid_file);
@@ -155,10 +145,10 @@ fn what_a_passing_test_leaves_running_is_killed_too() {
 #[test]
 fn a_process_the_tool_cannot_find_does_not_hold_it() {
     // Leaving the session and clearing the environment hides a process from the tool;
-    // it holds the output pipes, and the tool still returns about a second later.
+    // it holds the output pipes, and the tool still returns about a second later (a tool
+    // that waited for them to close would run into the harness's deadline).
     let scratch = tempfile::tempdir().unwrap();
     let pid_file = scratch.path().join("pids");
-    let started = Instant::now();
     let run = Test::new()
         .spec(spec(
             "out.txt",
@@ -171,14 +161,12 @@ fn a_process_the_tool_cannot_find_does_not_hold_it() {
         ))
         .script(Script::code("out.txt", "x\n"))
         .run();
-    let elapsed = started.elapsed();
     for pid in pids(&pid_file) {
         let _ = std::process::Command::new("kill")
             .args(["-KILL", &pid])
             .status();
     }
     run.assert_code(0);
-    assert!(elapsed < Duration::from_secs(4), "took {elapsed:?}");
     let test = run.result().test.expect("a test report");
     assert!(
         test.passed && test.output_tail.contains("started"),
@@ -614,9 +602,10 @@ fn no_test_gives_a_null_test_and_an_untested_summary() {
     assert!(result.summary.contains("UNTESTED"), "{}", result.summary);
 }
 
-/// Waits, bounded, until `file` holds a line `ready`; the pids written before it.
+/// Waits until `file` holds a line `ready`; the pids written before it. Bounded by the
+/// harness's deadline for a whole run, which a loaded machine does not reach.
 fn wait_until_ready(file: &Path) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + BINARY_DEADLINE;
     loop {
         let pids = pids(file);
         if pids.last().is_some_and(|last| last == "ready") {
@@ -639,13 +628,14 @@ fn a_signal_during_the_test_stops_it_undoes_the_attempt_and_says_interrupted() {
     let started = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::clone(&started);
     // The test's shell, and a process that left its session: neither gets the tool's
-    // signal from the kernel, and both outlive a tool that dies of it.
+    // signal from the kernel, and both outlive a tool that dies of it. A tool that let the
+    // test run on would run into the harness's deadline.
     let run = Test::new()
         .file("out.txt", "old\n")
         .spec(spec(
             "out.txt",
             &json!({"test_command": format!(
-                "echo $$ >> {0}; setsid sleep 77 & echo $! >> {0}; echo ready >> {0}; exec sleep 77",
+                "echo $$ >> {0}; setsid sleep 1000 & echo $! >> {0}; echo ready >> {0}; exec sleep 1000",
                 pid_file.display()
             )}),
         ))
@@ -657,11 +647,6 @@ fn a_signal_during_the_test_stops_it_undoes_the_attempt_and_says_interrupted() {
         .run();
     let error = run.assert_error(143, "interrupted");
     assert!(error.message.contains("SIGTERM"), "{}", error.message);
-    assert!(
-        run.elapsed < Duration::from_secs(20),
-        "the test was not stopped: {:?}",
-        run.elapsed
-    );
     let result = run.result();
     assert!(result.files.is_empty(), "{:?}", result.files);
     assert_eq!(result.attempts.len(), 1);
@@ -681,8 +666,10 @@ fn a_signal_while_the_model_thinks_ends_the_run_at_once() {
         let run = Test::new()
             .spec(spec("out.txt", &json!({"test_command": "true"})))
             .script(Script::Hang)
+            // A run that waited for the model instead would run into the harness's deadline.
+            .args(&["--first-byte-timeout", "600"])
             .during(move |running| {
-                let deadline = Instant::now() + Duration::from_secs(30);
+                let deadline = Instant::now() + BINARY_DEADLINE;
                 while running.chat_requests() == 0 {
                     assert!(Instant::now() < deadline, "the model was never called");
                     std::thread::sleep(Duration::from_millis(10));
@@ -692,11 +679,6 @@ fn a_signal_while_the_model_thinks_ends_the_run_at_once() {
             .run();
         let error = run.assert_error(code, "interrupted");
         assert!(error.message.contains(signal.as_str()), "{}", error.message);
-        assert!(
-            run.elapsed < Duration::from_secs(20),
-            "{signal}: {:?}",
-            run.elapsed
-        );
         let result = run.result();
         assert_eq!(result.attempts.len(), 1);
         assert_eq!(result.attempts[0].outcome, Outcome::Error);

@@ -1,0 +1,43 @@
+//! Decides at build time whether the integration tests' conformance tier runs.
+//!
+//! Rust's test harness cannot mark a test ignored while it runs, so a tier that needs a
+//! llama.cpp server nobody installed used to return early and count as passed. This
+//! script sets `cfg(conformance_tier)` when the server is installed (or when `CI` is
+//! set, where a missing server must fail the tier); without it the tier's tests are
+//! `#[ignore]`d, and `cargo test` lists them as ignored with the reason.
+
+use std::path::PathBuf;
+
+/// Names the server's Python when it is not in the default venv.
+const PYTHON_ENV: &str = "LOCAL_TASK_CONFORMANCE_PYTHON";
+
+fn main() {
+    println!("cargo::rustc-check-cfg=cfg(conformance_tier)");
+    println!("cargo::rerun-if-env-changed={PYTHON_ENV}");
+    println!("cargo::rerun-if-env-changed=CI");
+    let python = server_python();
+    if python.exists() {
+        // Removing the venv ignores the tier again at the next build.
+        println!("cargo::rerun-if-changed={}", python.display());
+    } else {
+        // Watching a file that does not exist would rerun this script, and so rebuild the
+        // whole crate, on every build; `conformance/install.sh` touches this file instead.
+        println!("cargo::rerun-if-changed=build.rs");
+    }
+    if python.exists() || under_ci() {
+        println!("cargo::rustc-cfg=conformance_tier");
+    }
+}
+
+/// Where the tests look for the server's Python (see `tests/integration/conformance.rs`).
+fn server_python() -> PathBuf {
+    match std::env::var_os(PYTHON_ENV) {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => PathBuf::from(".venv-conformance/bin/python"),
+    }
+}
+
+/// The same test of `CI` as the tier's own (`under_ci` in `conformance.rs`).
+fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|value| !matches!(value.trim(), "" | "0" | "false"))
+}

@@ -1,0 +1,30 @@
+//! Text from outside the tool (a spec's `task_id` or `description`) made safe to put in a
+//! message: control characters are written as escapes, so an escape sequence in a spec
+//! cannot recolour, retitle or rewrite the terminal the message is shown on.
+
+/// `text` with every control character (C0, DEL, C1: escape sequences, carriage returns,
+/// newlines) written as Rust writes it in a string literal (`\u{1b}`, `\r`, `\n`).
+pub fn controls(text: &str) -> String {
+    let mut safe = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            safe.extend(c.escape_debug());
+        } else {
+            safe.push(c);
+        }
+    }
+    safe
+}
+
+#[cfg(test)]
+mod tests {
+    use super::controls;
+
+    #[test]
+    fn control_characters_are_escaped_and_the_rest_kept() {
+        assert_eq!(
+            controls("a\u{1b}[31mb\r\n\u{9b}é"),
+            r"a\u{1b}[31mb\r\n\u{9b}é"
+        );
+    }
+}
