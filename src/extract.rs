@@ -394,8 +394,13 @@ pub fn blocks(reply: &str) -> Vec<Block> {
             let innermost = nested.last().unwrap_or(&fence);
             if innermost.closed_by(line, fence.indent) {
                 if nested.pop().is_none() {
-                    let rest = bare_fences_after(&lines[cursor + 1..], &fence);
-                    if !(markdown && rest >= 2 && rest.is_multiple_of(2)) {
+                    // Only a Markdown block looks ahead: counting the rest of the reply at
+                    // every closing fence made a looping reply of many blocks quadratic.
+                    let reopens = markdown && {
+                        let rest = bare_fences_after(&lines[cursor + 1..], &fence);
+                        rest >= 2 && rest.is_multiple_of(2)
+                    };
+                    if !reopens {
                         closed = true;
                         break;
                     }
@@ -963,6 +968,17 @@ mod tests {
     fn a_block_is_every_line_between_its_fences() {
         assert_eq!(code("```c\nint x;\n\n```\n", "a.c"), "int x;\n\n");
         assert_eq!(code("```c\n```\n", "a.c"), "");
+    }
+
+    /// A looping model repeats one small block until the byte cap: thousands of blocks.
+    /// Looking ahead to the end of the reply from every fence made this quadratic (4 MB
+    /// took minutes); this input is large enough that such a scan would outlast the suite.
+    #[test]
+    fn a_looping_reply_of_many_small_blocks_is_read_in_one_pass() {
+        let reply = "Here:\n```python\nx = 1\n```\n".repeat(160_000);
+        assert!(reply.len() > 4_000_000);
+        assert_eq!(blocks(&reply).len(), 160_000);
+        assert_eq!(code(&reply, "f.py"), "x = 1\n");
     }
 
     #[test]
