@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod context;
 pub mod demo;
+pub mod diff;
 pub mod error;
 pub mod extract;
 pub mod guard;
