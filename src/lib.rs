@@ -4,6 +4,7 @@
 //! The modules below follow the data flow of a run.
 
 pub mod cli;
+pub mod content;
 pub mod context;
 pub mod demo;
 pub mod diff;

@@ -779,7 +779,7 @@ fn check_reply(
         })
         .collect();
     for (path, code) in &files {
-        if let Some(line) = guard::find_elision(path, code) {
+        if let Some(line) = crate::content::find_elision(path, code) {
             return Err(Failure::new(
                 Outcome::GuardRefused,
                 format!("the code for `{path}` leaves code out (`{line}`)"),
@@ -791,7 +791,7 @@ fn check_reply(
         if !spec.allow_shrink
             && let Some(before) = before_of(targets, path)
         {
-            guard::check_shrink(path, before.len(), code.len())
+            crate::content::check_shrink(path, before.len(), code.len())
                 .map_err(|reason| Failure::new(Outcome::GuardRefused, reason))?;
         }
     }

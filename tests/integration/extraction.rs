@@ -8,8 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
+use execute_local_task::content;
 use execute_local_task::extract::{self, ExtractError};
-use execute_local_task::guard;
 use execute_local_task::result::{Outcome, Status};
 use serde::Deserialize;
 use serde_json::json;
@@ -54,10 +54,9 @@ fn run_case(dir: &Path) -> Result<(), String> {
             ("missing", format!("{files:?}"))
         }
         Ok(extracted) => {
-            let elided = extracted
-                .files
-                .iter()
-                .find_map(|(path, code)| guard::find_elision(path, code).map(|line| (path, line)));
+            let elided = extracted.files.iter().find_map(|(path, code)| {
+                content::find_elision(path, code).map(|line| (path, line))
+            });
             if let Some((path, line)) = elided {
                 ("elision", format!("`{path}`: {line}"))
             } else {
