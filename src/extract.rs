@@ -19,6 +19,9 @@ pub struct Block {
     pub code: String,
     /// False when the reply ended before the closing fence.
     pub closed: bool,
+    /// The line before the fence introduces it as a usage example ("You can use it like
+    /// this:"), which is never the file itself.
+    pub usage: bool,
 }
 
 impl Block {
@@ -57,13 +60,37 @@ impl Block {
 
     /// A unified diff rather than a file's content.
     fn is_diff(&self) -> bool {
-        if matches!(self.language().as_str(), "diff" | "patch") {
+        matches!(self.language().as_str(), "diff" | "patch") || is_unified_diff(&self.code)
+    }
+
+    /// Only a file name (```` ```plaintext ```` then `mywc.py`): a label for the code
+    /// beside it, never the file's content.
+    fn is_only_a_name(&self) -> bool {
+        let text = self.code.trim();
+        !text.contains(char::is_whitespace) && looks_like_path(text)
+    }
+}
+
+/// A unified diff: a `--- ` line, a `+++ ` line right after it and a `@@ -` hunk header,
+/// with no fence before the header (a diff shown inside a Markdown file's own code block is
+/// part of that file). The header may follow a comment or a sentence, so it is looked for
+/// on every line, not only the first.
+fn is_unified_diff(text: &str) -> bool {
+    let mut previous = "";
+    let mut header = false;
+    for line in text.lines() {
+        if !header && Fence::open(line).is_some() {
+            return false;
+        }
+        if previous.starts_with("--- ") && line.starts_with("+++ ") {
+            header = true;
+        }
+        if header && line.starts_with("@@ -") {
             return true;
         }
-        let first = self.code.lines().find(|line| !line.trim().is_empty());
-        first.is_some_and(|line| line.starts_with("--- ") || line.starts_with("diff --git "))
-            && self.code.lines().any(|line| line.starts_with("@@ -"))
+        previous = line;
     }
+    false
 }
 
 /// The code for each requested output, in the order of the spec.
@@ -109,9 +136,21 @@ impl std::fmt::Display for ExtractError {
 pub fn extract(reply: &str, outputs: &[String], language: &str) -> Result<Extracted, ExtractError> {
     let reply = reply.replace("\r\n", "\n");
     let reply = strip_thinking(&reply);
-    let blocks = blocks(reply);
+    let mut blocks = blocks(reply);
     if blocks.is_empty() {
         return bare_code(reply, outputs);
+    }
+    if let Some(name) = blocks
+        .iter()
+        .find(|block| block.is_only_a_name())
+        .map(|block| block.code.trim().to_owned())
+    {
+        blocks.retain(|block| !block.is_only_a_name());
+        if blocks.is_empty() {
+            return Err(ExtractError::NoCode(format!(
+                "the reply's only code block holds just the name `{name}`, not the file's content: put the complete file in a fenced block"
+            )));
+        }
     }
     if let Some(open) = blocks.iter().find(|block| !block.closed) {
         return Err(ExtractError::Truncated(format!(
@@ -160,9 +199,36 @@ pub fn extract(reply: &str, outputs: &[String], language: &str) -> Result<Extrac
                 "the block for `{output}` is a diff, not the file: reply with the complete content of `{output}`"
             )));
         }
+        // An empty file is never what a task asks for: an empty block is a reply that
+        // forgot its code.
+        if block.code.trim().is_empty() {
+            return Err(ExtractError::NoCode(format!(
+                "the block for `{output}` is empty: reply with the complete content of `{output}`"
+            )));
+        }
+        if block.path.is_none() {
+            let expected = match outputs {
+                [_] if !language.is_empty() => language,
+                _ => language::for_path(output),
+            };
+            check_language(block, output, expected)?;
+        }
         files.push((output.clone(), with_final_newline(&block.code)));
     }
     Ok(Extracted { files, notes })
+}
+
+/// Refuses an unlabelled block tagged with another language than its file's: two
+/// ```` ```bash ```` blocks of `npm install` for a `.js` target are commands to run, and the
+/// largest of them was written into the file.
+fn check_language(block: &Block, output: &str, expected: &str) -> Result<(), ExtractError> {
+    let tag = block.language();
+    if expected.is_empty() || !language::is_known(&tag) || language::compatible(&tag, expected) {
+        return Ok(());
+    }
+    Err(ExtractError::NoCode(format!(
+        "the reply has no `{expected}` block for `{output}`, only `{tag}` (commands or another file's code, not this file): reply with the complete content of `{output}` in a ```{expected} block"
+    )))
 }
 
 /// The index of the block for each output, in the order of `outputs`.
@@ -209,18 +275,30 @@ fn choose(
                 } else {
                     language
                 };
-                (0..blocks.len())
+                let candidates: Vec<usize> = (0..blocks.len())
                     .filter(|&i| blocks[i].path.is_none())
-                    .max_by_key(|&i| {
-                        let block = &blocks[i];
-                        let tag = block.language();
-                        let fit = if tag == language {
-                            2
-                        } else {
-                            u8::from(tag.is_empty())
-                        };
-                        (!block.is_diff(), fit, block.code.len())
-                    })
+                    .collect();
+                let called = called_by_others(blocks, &candidates);
+                candidates.into_iter().max_by_key(|&i| {
+                    let block = &blocks[i];
+                    let tag = block.language();
+                    let fit = if tag == language {
+                        2
+                    } else {
+                        u8::from(tag.is_empty())
+                    };
+                    // A usage example may be longer than the code it calls: the block that
+                    // defines what another block calls is the file, and a block introduced
+                    // as an example is not.
+                    (
+                        !block.is_diff(),
+                        !block.code.trim().is_empty(),
+                        fit,
+                        !block.usage,
+                        called[i],
+                        block.code.len(),
+                    )
+                })
             };
         }
         return chosen;
@@ -251,6 +329,66 @@ fn choose(
         }
     }
     chosen
+}
+
+/// For each block, whether another of `candidates` calls a name it defines (`def f`,
+/// `function f`, `fn f`, `func f`, `class F`) without defining it too.
+///
+/// Linear in the reply: a looping reply repeats one definition in thousands of blocks, so
+/// only the first two definers of a name are kept.
+fn called_by_others(blocks: &[Block], candidates: &[usize]) -> Vec<bool> {
+    let mut definers: std::collections::HashMap<&str, Vec<usize>> =
+        std::collections::HashMap::new();
+    let mut defined: Vec<Vec<&str>> = vec![Vec::new(); blocks.len()];
+    for &i in candidates {
+        for name in definitions(&blocks[i].code) {
+            let list = definers.entry(name).or_default();
+            if list.len() < 2 && !list.contains(&i) {
+                list.push(i);
+            }
+            defined[i].push(name);
+        }
+    }
+    let mut called = vec![false; blocks.len()];
+    for &i in candidates {
+        for word in identifiers(&blocks[i].code) {
+            if defined[i].contains(&word) {
+                continue;
+            }
+            for &definer in definers.get(word).into_iter().flatten() {
+                called[definer] = true;
+            }
+        }
+    }
+    called
+}
+
+/// The names `code` defines, from the usual keywords at the start of a line.
+fn definitions(code: &str) -> impl Iterator<Item = &str> {
+    code.lines().filter_map(|line| {
+        let mut words = line.split_whitespace();
+        let mut word = words.next()?;
+        while matches!(
+            word,
+            "pub" | "export" | "async" | "default" | "static" | "public"
+        ) {
+            word = words.next()?;
+        }
+        if !matches!(word, "def" | "function" | "fn" | "func" | "class") {
+            return None;
+        }
+        identifiers(words.next()?).next()
+    })
+}
+
+/// The identifiers in `text`: runs of letters, digits and `_` not starting with a digit.
+fn identifiers(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .filter(|word| {
+            word.chars()
+                .next()
+                .is_some_and(|c| c.is_alphabetic() || c == '_')
+        })
 }
 
 /// The output a label names: the exact path, or the unique output that the label is a
@@ -311,12 +449,18 @@ pub fn strip_thinking(reply: &str) -> &str {
         }
     }
     let mut offset = 0;
+    // A `</think>` inside a fenced block is code (a parser for these tags, a docstring
+    // quoting one), and taking it for the end of thinking dropped the code before it.
+    let mut open_fence: Option<Fence<'_>> = None;
     for line in rest.split_inclusive('\n') {
         if line.contains("<think>") {
             break;
         }
-        if line.trim() == "</think>" {
-            return &rest[offset + line.len()..];
+        match open_fence {
+            Some(fence) if fence.closed_by(line, fence.indent) => open_fence = None,
+            Some(_) => {}
+            None if line.trim() == "</think>" => return &rest[offset + line.len()..],
+            None => open_fence = Fence::open(line.trim_end_matches('\n')),
         }
         offset += line.len();
     }
@@ -385,15 +529,25 @@ pub fn blocks(reply: &str) -> Vec<Block> {
             fence.info.split_whitespace().next(),
             Some("markdown" | "md")
         );
-        let mut nested: Vec<Fence<'_>> = Vec::new();
+        // Each nested fence with the index of its opening line in `body`.
+        let mut nested: Vec<(Fence<'_>, usize)> = Vec::new();
         let mut body: Vec<&str> = Vec::new();
         let mut closed = false;
         let mut cursor = index + 1;
+        let mut long_close = None;
         while cursor < lines.len() {
             let line = lines[cursor];
-            let innermost = nested.last().unwrap_or(&fence);
+            let innermost = nested.last().map_or(&fence, |(inner, _)| inner);
             if innermost.closed_by(line, fence.indent) {
-                if nested.pop().is_none() {
+                if let Some((inner, opener)) = nested.pop() {
+                    if inner.len < fence.len && fence.closed_by(line, fence.indent) {
+                        long_close.get_or_insert(StrayOpener {
+                            close: cursor,
+                            body_len: body.len(),
+                            opener,
+                        });
+                    }
+                } else {
                     // Only a Markdown block looks ahead: counting the rest of the reply at
                     // every closing fence made a looping reply of many blocks quadratic.
                     let reopens = markdown && {
@@ -404,17 +558,23 @@ pub fn blocks(reply: &str) -> Vec<Block> {
                         closed = true;
                         break;
                     }
-                    nested.extend(Fence::open(line));
+                    nested.extend(Fence::open(line).map(|inner| (inner, body.len())));
                 }
             } else if let Some(inner) = Fence::open(line).filter(|inner| {
                 inner.marker == fence.marker
                     && !inner.info.is_empty()
                     && inner.indent <= fence.indent + 3
             }) {
-                nested.push(inner);
+                nested.push((inner, body.len()));
             }
             body.push(strip_indent(line, fence.indent));
             cursor += 1;
+        }
+        let mut label = label_before(&lines[..index]);
+        if let (false, Some(stray)) = (closed, long_close) {
+            label = stray.apply(&mut body).or(label);
+            cursor = stray.close;
+            closed = true;
         }
         // Text after the last fence often ends with a newline: drop the empty last "line"
         // it leaves in an unclosed block.
@@ -423,16 +583,44 @@ pub fn blocks(reply: &str) -> Vec<Block> {
         }
         // An unclosed fence with nothing after it is a stray fence line, not a cut-off block.
         if closed || !body.is_empty() {
-            blocks.push(block(
-                fence.info,
-                label_before(&lines[..index]),
-                body,
-                closed,
-            ));
+            let mut block = block(fence.info, label, body, closed);
+            block.usage = introduces_usage(&lines[..index]);
+            blocks.push(block);
         }
         index = cursor + 1;
     }
     blocks
+}
+
+/// An outer fence that never closed, though a line long enough to close it closed a
+/// shorter fence opened inside it: ````` ```` `````, the path, a stray ```` ```typescript ````
+/// opener, the code, ````` ```` `````. A person reads complete code there; read strictly,
+/// the outer block is unclosed and the reply was refused as cut off.
+#[derive(Debug, Clone, Copy)]
+struct StrayOpener {
+    /// The line that closes the outer block.
+    close: usize,
+    /// The block's lines before that line.
+    body_len: usize,
+    /// The stray opening line, as an index into the block's lines.
+    opener: usize,
+}
+
+impl StrayOpener {
+    /// Cuts `body` to the outer block without the stray opener, and takes a first line that
+    /// is only a file name as the block's label.
+    fn apply(self, body: &mut Vec<&str>) -> Option<String> {
+        body.truncate(self.body_len);
+        body.remove(self.opener);
+        let first = body.first()?.trim();
+        (body.len() > 1 && !first.contains(char::is_whitespace) && looks_like_path(first)).then(
+            || {
+                let name = first.to_owned();
+                body.remove(0);
+                name
+            },
+        )
+    }
 }
 
 /// How many bare fences that could close `fence` follow at the top level, not counting
@@ -462,6 +650,11 @@ fn block(info: &str, label_before: Option<String>, mut body: Vec<&str>, closed: 
     {
         path.get_or_insert(commented);
         body.remove(0);
+        // `# src/a.py` then a blank line: the blank line separated the label from the code
+        // and would otherwise become the file's first line.
+        if body.len() > 1 && body[0].trim().is_empty() {
+            body.remove(0);
+        }
     }
     Block {
         info: info.to_owned(),
@@ -470,7 +663,37 @@ fn block(info: &str, label_before: Option<String>, mut body: Vec<&str>, closed: 
         // blank line before the closing fence is part of the file.
         code: body.iter().flat_map(|line| [*line, "\n"]).collect(),
         closed,
+        usage: false,
     }
+}
+
+/// The last non-blank line before a fence (one blank line may separate them) introduces a
+/// usage example: "You can use this function like this:", "Example usage:".
+fn introduces_usage(lines: &[&str]) -> bool {
+    let Some(line) = lines
+        .iter()
+        .rev()
+        .take(2)
+        .find(|line| !line.trim().is_empty())
+    else {
+        return false;
+    };
+    let line = line.to_lowercase();
+    line.trim_end().ends_with(':')
+        && [
+            "usage",
+            "use it",
+            "use this",
+            "use the",
+            "like this",
+            "call it",
+            "run it",
+            "try it",
+            "for example",
+            "example of using",
+        ]
+        .iter()
+        .any(|cue| line.contains(cue))
 }
 
 /// The file named by the last non-blank line before a fence (one blank line may separate
@@ -623,6 +846,12 @@ fn bare_code(reply: &str, outputs: &[String]) -> Result<Extracted, ExtractError>
     if code.is_empty() {
         return Err(ExtractError::NoCode(
             "the reply is empty (after removing any <think> section)".to_owned(),
+        ));
+    }
+    if is_unified_diff(code) && !outputs.iter().any(|output| is_diff_file(output)) {
+        return Err(ExtractError::NoCode(
+            "the reply is a diff, not the file: reply with the complete content of the file in a fenced block"
+                .to_owned(),
         ));
     }
     if outputs.len() == 1 && looks_like_bare_code(code) {
@@ -967,7 +1196,11 @@ mod tests {
     #[test]
     fn a_block_is_every_line_between_its_fences() {
         assert_eq!(code("```c\nint x;\n\n```\n", "a.c"), "int x;\n\n");
-        assert_eq!(code("```c\n```\n", "a.c"), "");
+        // An empty block is a reply that forgot its code, never an empty file.
+        assert!(matches!(
+            one("```c\n```\n", "a.c"),
+            Err(ExtractError::NoCode(_))
+        ));
     }
 
     /// A looping model repeats one small block until the byte cap: thousands of blocks.
