@@ -205,7 +205,23 @@ const FILLERS: &str = "\
 
 /// A comment's text (or a line's) says it stands for code left out.
 fn is_placeholder(text: &str) -> bool {
-    let lower = text.to_lowercase();
+    // `sub()` and `mul()` name code, the way `functions` does: "sub() and mul() remain the
+    // same" is a placeholder, not an ordinary comment with unknown words.
+    let lower: String = text
+        .to_lowercase()
+        .split_inclusive(char::is_whitespace)
+        .map(|token| {
+            let bare = token.trim_end().trim_end_matches(',');
+            if bare.len() > 2 && bare.ends_with("()") {
+                "code "
+            } else {
+                token
+            }
+        })
+        .collect();
+    if lists_names_as_unchanged(&lower) {
+        return true;
+    }
     let words: Vec<&str> = lower
         .split(|c: char| !c.is_alphanumeric())
         .filter(|word| !word.is_empty())
@@ -231,13 +247,66 @@ fn is_placeholder(text: &str) -> bool {
     if lead.starts_with("...") || lead.starts_with('…') {
         return has(CUES) && unknown <= 2;
     }
+    // `[previous code]`, `<existing functions>`: a bracketed name for code is a template's
+    // slot left unfilled.
+    let bracketed = [('[', ']'), ('<', '>'), ('{', '}')]
+        .iter()
+        .any(|(open, close)| lower.trim().starts_with(*open) && lower.trim().ends_with(*close));
+    if bracketed && (1..=4).contains(&words.len()) && has(CUES) && has(SUBJECTS) && unknown == 0 {
+        return true;
+    }
+    // "(sub and mul omitted for brevity)": the names left out are the comment's own words.
+    if lower.contains("for brevity")
+        && words.iter().any(|word| {
+            matches!(
+                *word,
+                "omitted" | "elided" | "skipped" | "removed" | "shown"
+            )
+        })
+        && words.len() <= 10
+        && unknown <= 3
+    {
+        return true;
+    }
+    // Phrases that say "unchanged" in two words: "keep the rest as is", "no changes to the
+    // functions above".
+    let phrase = [" as is", "no changes", "no change "]
+        .iter()
+        .any(|phrase| format!(" {lower} ").contains(phrase));
     // "here" alone is weak: "// existing code here" stands for code, "// the logic here"
     // points at it.
     let here = words.contains(&"here")
         && ["code", "implementation", "existing"]
             .iter()
             .any(|subject| words.contains(subject));
-    (2..=8).contains(&words.len()) && (has(PREDICATES) || here) && has(SUBJECTS) && unknown == 0
+    (2..=8).contains(&words.len())
+        && (has(PREDICATES) || here || phrase)
+        && has(SUBJECTS)
+        && unknown == 0
+}
+
+/// `unchanged: sub, mul`, `omitted: parse()`: a word saying the code is not here, a colon,
+/// and nothing but a list of names.
+fn lists_names_as_unchanged(lower: &str) -> bool {
+    let Some((head, list)) = lower.trim().split_once(':') else {
+        return false;
+    };
+    let head = head.trim_start_matches(['(', '[']).trim();
+    let names: Vec<&str> = list.split(',').map(str::trim).collect();
+    matches!(
+        head,
+        "unchanged" | "omitted" | "not shown" | "same as before" | "elided"
+    ) && names.len() <= 8
+        && names.iter().all(|name| {
+            let name = name
+                .trim_end_matches([')', ']'])
+                .trim_end_matches(" code")
+                .trim();
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || matches!(c, '_' | '.' | ':'))
+        })
 }
 
 /// Refuses a replacement that is less than half the size of the file it replaces.
@@ -282,6 +351,13 @@ mod tests {
                 "# Title\n\n<!-- rest of the file unchanged -->\n",
             ),
             ("a.c", "int main(void) {\n    // Your code here\n}\n"),
+            ("a.py", "# (sub and mul omitted for brevity)\n"),
+            ("a.py", "# keep the rest as is\n"),
+            ("a.py", "# [previous code]\n"),
+            ("a.py", "# sub() and mul() remain the same\n"),
+            ("a.py", "# <existing functions>\n"),
+            ("a.py", "# unchanged: sub, mul\n"),
+            ("a.js", "// (no changes to the functions above)\n"),
         ] {
             assert!(
                 find_elision(path, code).is_some(),
@@ -358,6 +434,12 @@ mod tests {
             ("a.c", "/*\n * Steps:\n...\n */\nint x;\n"),
             ("a.rs", "let cases = [(3, 0), // { ... }\n];\n"),
             ("a.py", "# the same.\n"),
+            ("a.py", "# Values are passed through as is\n"),
+            ("a.py", "# Names are shortened for brevity\n"),
+            ("a.py", "# Unchanged: returns None when empty\n"),
+            ("a.py", "# [Deprecated] kept for old callers\n"),
+            ("a.py", "# The value must remain the same\n"),
+            ("a.js", "// No changes needed when the cache is warm\n"),
             ("a.js", "/* .............................. */\n"),
             ("a.rs", "// So we just inline\n// the logic here.\n"),
             (
