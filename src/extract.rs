@@ -19,6 +19,9 @@ pub struct Block {
     pub code: String,
     /// False when the reply ended before the closing fence.
     pub closed: bool,
+    /// The path comment (and the blank line after it) taken off the first line, kept so a
+    /// file whose own first line is that comment can have it back.
+    pub label_lines: String,
     /// The line before the fence introduces it as a usage example ("You can use it like
     /// this:"), which is never the file itself.
     pub usage: bool,
@@ -99,6 +102,27 @@ pub struct Extracted {
     pub files: Vec<(String, String)>,
     /// What is worth knowing but did not stop the extraction.
     pub notes: Vec<String>,
+    /// For each file, the path comment taken off its block's first line (empty if none).
+    pub label_lines: Vec<String>,
+}
+
+impl Extracted {
+    /// Puts back the path comment taken off a block when the file as it was (`before`, by
+    /// path) starts with that same comment: it was the file's own first line, and every
+    /// edit removed it.
+    pub fn keep_own_path_comments<'a>(&mut self, before: impl Fn(&str) -> Option<&'a str>) {
+        for ((path, code), label) in self.files.iter_mut().zip(&self.label_lines) {
+            let Some(comment) = label.lines().next() else {
+                continue;
+            };
+            let own = before(path)
+                .and_then(|before| before.lines().next())
+                .is_some_and(|first| first.trim_end() == comment.trim_end());
+            if own {
+                code.insert_str(0, label);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,6 +214,7 @@ pub fn extract(reply: &str, outputs: &[String], language: &str) -> Result<Extrac
         return Err(ExtractError::MissingFiles(missing));
     }
     let mut files = Vec::with_capacity(outputs.len());
+    let mut label_lines = Vec::with_capacity(outputs.len());
     for (output, index) in outputs.iter().zip(chosen) {
         let Some(block) = index.map(|i| &blocks[i]) else {
             continue;
@@ -214,8 +239,13 @@ pub fn extract(reply: &str, outputs: &[String], language: &str) -> Result<Extrac
             check_language(block, output, expected)?;
         }
         files.push((output.clone(), with_final_newline(&block.code)));
+        label_lines.push(block.label_lines.clone());
     }
-    Ok(Extracted { files, notes })
+    Ok(Extracted {
+        files,
+        notes,
+        label_lines,
+    })
 }
 
 /// Refuses an unlabelled block tagged with another language than its file's: two
@@ -645,15 +675,17 @@ fn bare_fences_after(lines: &[&str], fence: &Fence<'_>) -> usize {
 
 fn block(info: &str, label_before: Option<String>, mut body: Vec<&str>, closed: bool) -> Block {
     let mut path = path_in_info(info).or(label_before);
+    let mut label_lines = String::new();
     if let Some(commented) = body.first().and_then(|first| path_in_comment(first))
         && path.as_deref().is_none_or(|p| same_file(p, &commented))
     {
         path.get_or_insert(commented);
-        body.remove(0);
+        label_lines = format!("{}\n", body.remove(0));
         // `# src/a.py` then a blank line: the blank line separated the label from the code
         // and would otherwise become the file's first line.
         if body.len() > 1 && body[0].trim().is_empty() {
-            body.remove(0);
+            label_lines.push_str(body.remove(0));
+            label_lines.push('\n');
         }
     }
     Block {
@@ -663,6 +695,7 @@ fn block(info: &str, label_before: Option<String>, mut body: Vec<&str>, closed: 
         // blank line before the closing fence is part of the file.
         code: body.iter().flat_map(|line| [*line, "\n"]).collect(),
         closed,
+        label_lines,
         usage: false,
     }
 }
@@ -860,6 +893,7 @@ fn bare_code(reply: &str, outputs: &[String]) -> Result<Extracted, ExtractError>
             notes: vec![
                 "the reply had no code fence; its whole text was taken as the code".to_owned(),
             ],
+            label_lines: vec![String::new()],
         });
     }
     Err(ExtractError::NoCode(

@@ -751,7 +751,7 @@ fn check_reply(
             .with_details("Give the complete answer: only the requested files, no explanations."));
         }
     }
-    let extracted =
+    let mut extracted =
         extract::extract(&reply.content, &spec.outputs, language).map_err(|error| match error {
             ExtractError::Truncated(reason) => Failure::new(Outcome::Truncated, reason),
             ExtractError::NoCode(reason) => Failure::new(Outcome::NoCode, reason),
@@ -759,6 +759,7 @@ fn check_reply(
                 Failure::new(Outcome::NoCode, missing.to_string())
             }
         })?;
+    extracted.keep_own_path_comments(|path| before_of(targets, path));
     notes.extend(extracted.notes);
     // Replies come with LF line ends; a file written with CRLF throughout keeps them, so
     // its diff shows the real changes instead of every line.
