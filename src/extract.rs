@@ -545,6 +545,7 @@ impl<'a> Fence<'a> {
 pub fn blocks(reply: &str) -> Vec<Block> {
     let lines: Vec<&str> = reply.split('\n').collect();
     let mut blocks = Vec::new();
+    let mut bare_counts = BareFenceCounts::default();
     let mut index = 0;
     while index < lines.len() {
         let Some(fence) = Fence::open(lines[index]) else {
@@ -581,7 +582,7 @@ pub fn blocks(reply: &str) -> Vec<Block> {
                     // Only a Markdown block looks ahead: counting the rest of the reply at
                     // every closing fence made a looping reply of many blocks quadratic.
                     let reopens = markdown && {
-                        let rest = bare_fences_after(&lines[cursor + 1..], &fence);
+                        let rest = bare_counts.after(&lines, cursor + 1, &fence);
                         rest >= 2 && rest.is_multiple_of(2)
                     };
                     if !reopens {
@@ -653,21 +654,56 @@ impl StrayOpener {
     }
 }
 
-/// How many bare fences that could close `fence` follow at the top level, not counting
-/// those that close a block opened with an info string.
-fn bare_fences_after(lines: &[&str], fence: &Fence<'_>) -> usize {
-    let mut open = 0usize;
-    let mut count = 0;
-    for line in lines {
-        let Some(other) = Fence::open(line).filter(|other| other.marker == fence.marker) else {
-            continue;
+/// How many bare fences that could close a fence follow each line at the top level, not
+/// counting those that close a block opened with an info string; worked out once per kind
+/// of fence, from the end of the reply.
+///
+/// Scanning the rest of the reply at every closing fence of a Markdown block was quadratic
+/// in a looping reply of such blocks. From the end, each line's count follows from one
+/// later line's: an opening fence takes the first bare fence left open after it, and the
+/// count resumes after that one.
+#[derive(Default)]
+struct BareFenceCounts {
+    kinds: Vec<((char, usize, usize), Vec<usize>)>,
+}
+
+impl BareFenceCounts {
+    /// The count for `lines[start..]` and fences that could close `fence`.
+    fn after(&mut self, lines: &[&str], start: usize, fence: &Fence<'_>) -> usize {
+        let key = (fence.marker, fence.len, fence.indent);
+        let at = if let Some(at) = self.kinds.iter().position(|(kind, _)| *kind == key) {
+            at
+        } else {
+            self.kinds.push((key, bare_fence_counts(lines, fence)));
+            self.kinds.len() - 1
         };
-        if !other.info.is_empty() {
-            open += 1;
-        } else if open > 0 {
-            open -= 1;
-        } else if other.len >= fence.len && other.indent <= fence.indent + 3 {
-            count += 1;
+        self.kinds[at].1[start]
+    }
+}
+
+/// For each line, the count [`BareFenceCounts`] gives from that line on.
+fn bare_fence_counts(lines: &[&str], fence: &Fence<'_>) -> Vec<usize> {
+    let mut count = vec![0; lines.len() + 1];
+    // The first bare fence at the top level from each line on: the one an opening fence
+    // just before that line would take as its closing fence.
+    let mut first: Vec<Option<usize>> = vec![None; lines.len() + 1];
+    for at in (0..lines.len()).rev() {
+        match Fence::open(lines[at]).filter(|other| other.marker == fence.marker) {
+            None => {
+                count[at] = count[at + 1];
+                first[at] = first[at + 1];
+            }
+            Some(other) if other.info.is_empty() => {
+                let closes = other.len >= fence.len && other.indent <= fence.indent + 3;
+                count[at] = count[at + 1] + usize::from(closes);
+                first[at] = Some(at);
+            }
+            Some(_) => {
+                if let Some(taken) = first[at + 1] {
+                    count[at] = count[taken + 1];
+                    first[at] = first[taken + 1];
+                }
+            }
         }
     }
     count
@@ -1246,6 +1282,50 @@ mod tests {
         assert!(reply.len() > 4_000_000);
         assert_eq!(blocks(&reply).len(), 160_000);
         assert_eq!(code(&reply, "f.py"), "x = 1\n");
+    }
+
+    /// The same reply of Markdown blocks, which look ahead at each closing fence.
+    #[test]
+    fn a_looping_reply_of_markdown_blocks_is_read_in_one_pass() {
+        let reply = "```markdown\n# T\n```\n".repeat(220_000);
+        assert!(reply.len() > 4_000_000);
+        assert_eq!(blocks(&reply).len(), 220_000);
+    }
+
+    /// How many bare fences that could close `fence` follow at the top level, not counting
+    /// those that close a block opened with an info string.
+    fn bare_fences_after(lines: &[&str], fence: &Fence<'_>) -> usize {
+        let mut open = 0usize;
+        let mut count = 0;
+        for line in lines {
+            let Some(other) = Fence::open(line).filter(|other| other.marker == fence.marker) else {
+                continue;
+            };
+            if !other.info.is_empty() {
+                open += 1;
+            } else if open > 0 {
+                open -= 1;
+            } else if other.len >= fence.len && other.indent <= fence.indent + 3 {
+                count += 1;
+            }
+        }
+        count
+    }
+
+    #[test]
+    fn bare_fence_counts_agree_with_a_scan() {
+        let reply = "```markdown\n```\n```sh\nls\n```\n````\n```\n  ```\n```py\n```js\n```\n```\n```\n~~~\n```\n";
+        let lines: Vec<&str> = reply.split('\n').collect();
+        for fence in lines.iter().filter_map(|line| Fence::open(line)) {
+            let counts = bare_fence_counts(&lines, &fence);
+            for start in 0..=lines.len() {
+                assert_eq!(
+                    counts[start],
+                    bare_fences_after(&lines[start..], &fence),
+                    "{fence:?} from line {start}"
+                );
+            }
+        }
     }
 
     #[test]
