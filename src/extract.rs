@@ -66,11 +66,14 @@ impl Block {
         matches!(self.language().as_str(), "diff" | "patch") || is_unified_diff(&self.code)
     }
 
-    /// Only a file name (```` ```plaintext ```` then `mywc.py`): a label for the code
-    /// beside it, never the file's content.
-    fn is_only_a_name(&self) -> bool {
+    /// Only the name of one of `outputs` (```` ```plaintext ```` then `mywc.py`): a label
+    /// for the code beside it, never the file's content. (A `.gitignore` holding only
+    /// `.env` names another file and is content.)
+    fn is_only_a_name(&self, outputs: &[String]) -> bool {
         let text = self.code.trim();
-        !text.contains(char::is_whitespace) && looks_like_path(text)
+        !text.contains(char::is_whitespace)
+            && looks_like_path(text)
+            && resolve_label(text, outputs).is_some()
     }
 }
 
@@ -166,10 +169,10 @@ pub fn extract(reply: &str, outputs: &[String], language: &str) -> Result<Extrac
     }
     if let Some(name) = blocks
         .iter()
-        .find(|block| block.is_only_a_name())
+        .find(|block| block.is_only_a_name(outputs))
         .map(|block| block.code.trim().to_owned())
     {
-        blocks.retain(|block| !block.is_only_a_name());
+        blocks.retain(|block| !block.is_only_a_name(outputs));
         if blocks.is_empty() {
             return Err(ExtractError::NoCode(format!(
                 "the reply's only code block holds just the name `{name}`, not the file's content: put the complete file in a fenced block"
@@ -253,7 +256,12 @@ pub fn extract(reply: &str, outputs: &[String], language: &str) -> Result<Extrac
 /// largest of them was written into the file.
 fn check_language(block: &Block, output: &str, expected: &str) -> Result<(), ExtractError> {
     let tag = block.language();
-    if expected.is_empty() || !language::is_known(&tag) || language::compatible(&tag, expected) {
+    // Only two languages both known can disagree: a spec may name its language its own way
+    // (`py`), and `plaintext` or `ini` say nothing.
+    if !language::is_known(expected)
+        || !language::is_known(&tag)
+        || language::compatible(&tag, expected)
+    {
         return Ok(());
     }
     Err(ExtractError::NoCode(format!(
@@ -1326,6 +1334,29 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_block_in_another_known_language_is_refused() {
+        let reply = "```bash\nnpm install express\n```\n";
+        assert!(matches!(one(reply, "app.js"), Err(ExtractError::NoCode(_))));
+        // Related tags, unknown tags and a spec's own name for the language pass.
+        assert!(one("```jsx\nexport const a = 1;\n```\n", "app.js").is_ok());
+        assert!(one("```ini\n[a]\nb = 1\n```\n", "setup.toml").is_ok());
+        let out = extract("```python\nx = 1\n```\n", &["a.py".to_owned()], "py");
+        assert!(out.is_ok());
+    }
+
+    #[test]
+    fn a_block_holding_only_an_outputs_name_is_a_label() {
+        let reply = "```text\nmywc.py\n```\n```python\nprint(1)\n```\n";
+        assert_eq!(code(reply, "mywc.py"), "print(1)\n");
+        assert!(matches!(
+            one("```text\nmywc.py\n```\n", "mywc.py"),
+            Err(ExtractError::NoCode(_))
+        ));
+        // Another file's name is content.
+        assert_eq!(code("```\n.env\n```\n", ".gitignore"), ".env\n");
     }
 
     #[test]

@@ -110,7 +110,15 @@ const KNOWN: &[&str] = &[
 /// Languages whose blocks models tag interchangeably: a ```` ```jsx ```` block for a `.js`
 /// file, ```` ```html ```` for a `.vue` one.
 const FAMILIES: &[&[&str]] = &[
-    &["javascript", "jsx", "typescript", "tsx", "json"],
+    &[
+        "javascript",
+        "jsx",
+        "typescript",
+        "tsx",
+        "json",
+        "vue",
+        "svelte",
+    ],
     &["c", "cpp"],
     &["html", "xml", "vue", "svelte", "markdown"],
     &["bash", "zsh", "powershell", "make", "dockerfile"],
