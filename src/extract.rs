@@ -331,8 +331,8 @@ fn choose(
                     (
                         !block.is_diff(),
                         !block.code.trim().is_empty(),
-                        fit,
                         !block.usage,
+                        fit,
                         called[i],
                         block.code.len(),
                     )
