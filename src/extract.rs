@@ -167,12 +167,15 @@ pub fn extract(reply: &str, outputs: &[String], language: &str) -> Result<Extrac
     if blocks.is_empty() {
         return bare_code(reply, outputs);
     }
-    if let Some(name) = blocks
+    let names: Vec<bool> = blocks
         .iter()
-        .find(|block| block.is_only_a_name(outputs))
-        .map(|block| block.code.trim().to_owned())
-    {
-        blocks.retain(|block| !block.is_only_a_name(outputs));
+        .map(|block| block.is_only_a_name(outputs))
+        .collect();
+    if let Some(first) = names.iter().position(|&name| name) {
+        label_code_beside_names(&mut blocks, &names);
+        let name = blocks[first].code.trim().to_owned();
+        let mut is_name = names.iter();
+        blocks.retain(|_| !is_name.next().copied().unwrap_or_default());
         if blocks.is_empty() {
             return Err(ExtractError::NoCode(format!(
                 "the reply's only code block holds just the name `{name}`, not the file's content: put the complete file in a fenced block"
@@ -249,6 +252,19 @@ pub fn extract(reply: &str, outputs: &[String], language: &str) -> Result<Extrac
         notes,
         label_lines,
     })
+}
+
+/// Labels the code beside each name-only block (`names[i]`) with that name. A reply puts
+/// such names either before each block or after it, the same way throughout: a reply that
+/// opens with a name puts them before.
+fn label_code_beside_names(blocks: &mut [Block], names: &[bool]) {
+    let before = names.first().copied().unwrap_or_default();
+    for at in (0..blocks.len()).filter(|&at| names[at]) {
+        let code = if before { at + 1 } else { at.wrapping_sub(1) };
+        if code < blocks.len() && !names[code] && blocks[code].path.is_none() {
+            blocks[code].path = Some(blocks[at].code.trim().to_owned());
+        }
+    }
 }
 
 /// Refuses an unlabelled block tagged with another language than its file's: two
