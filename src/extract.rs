@@ -391,22 +391,23 @@ fn choose(
 /// Linear in the reply: a looping reply repeats one definition in thousands of blocks, so
 /// only the first two definers of a name are kept.
 fn called_by_others(blocks: &[Block], candidates: &[usize]) -> Vec<bool> {
-    let mut definers: std::collections::HashMap<&str, Vec<usize>> =
-        std::collections::HashMap::new();
-    let mut defined: Vec<Vec<&str>> = vec![Vec::new(); blocks.len()];
+    use std::collections::{HashMap, HashSet};
+    let mut definers: HashMap<&str, Vec<usize>> = HashMap::new();
+    // A set, not a list: one large block may define thousands of names.
+    let mut defined: Vec<HashSet<&str>> = vec![HashSet::new(); blocks.len()];
     for &i in candidates {
         for name in definitions(&blocks[i].code) {
             let list = definers.entry(name).or_default();
             if list.len() < 2 && !list.contains(&i) {
                 list.push(i);
             }
-            defined[i].push(name);
+            defined[i].insert(name);
         }
     }
     let mut called = vec![false; blocks.len()];
     for &i in candidates {
         for word in identifiers(&blocks[i].code) {
-            if defined[i].contains(&word) {
+            if defined[i].contains(word) {
                 continue;
             }
             for &definer in definers.get(word).into_iter().flatten() {
@@ -1306,6 +1307,20 @@ mod tests {
         assert!(reply.len() > 4_000_000);
         assert_eq!(blocks(&reply).len(), 160_000);
         assert_eq!(code(&reply, "f.py"), "x = 1\n");
+    }
+
+    /// One large block defining many names, then a usage example: telling which block
+    /// defines what the other calls must not compare every name with every word.
+    #[test]
+    fn a_large_block_of_many_definitions_is_weighed_in_one_pass() {
+        use std::fmt::Write as _;
+        let mut module = String::new();
+        for i in 0..160_000 {
+            let _ = write!(module, "def f{i}(x):\n    return g{i}(x) + {i}\n");
+        }
+        let reply = format!("```python\n{module}```\n\nExample usage:\n```python\nf1(2)\n```\n");
+        assert!(reply.len() > 4_000_000);
+        assert_eq!(code(&reply, "m.py"), module);
     }
 
     /// The same reply of Markdown blocks, which look ahead at each closing fence.
