@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use execute_local_task::{context, extract};
+use execute_local_task::{context, diff, extract};
 use harness::{Script, Test, spec};
 use serde_json::json;
 
@@ -23,6 +23,9 @@ fn main() {
         30,
     );
     extraction();
+    looping_extraction(1 << 20);
+    looping_extraction(4 << 20);
+    large_rewrite_diff(150_000);
     context_gathering();
 }
 
@@ -68,6 +71,48 @@ fn extraction() {
     }
     report(
         &format!("extract a {} KB reply", reply.len() / 1024),
+        &mut samples,
+    );
+}
+
+/// A small model stuck in a loop repeats one small block until the reply-size cap (4 MiB
+/// by default): thousands of blocks, which extraction must read in one pass.
+fn looping_extraction(bytes: usize) {
+    let block = "Here it is again:\n```python\ndef f():\n    return 1\n```\n";
+    let reply = block.repeat(bytes / block.len());
+    let outputs = vec!["src/f.py".to_owned()];
+    let mut samples = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        black_box(extract::extract(black_box(&reply), &outputs, "python").expect("extracts"));
+        samples.push(started.elapsed());
+    }
+    report(
+        &format!(
+            "extract a {} KB looping reply ({} blocks)",
+            reply.len() / 1024,
+            bytes / block.len()
+        ),
+        &mut samples,
+    );
+}
+
+/// The result's diff of a file rewritten almost line for line.
+fn large_rewrite_diff(lines: usize) {
+    let (mut old, mut new) = (String::new(), String::new());
+    for i in 0..lines {
+        let line = format!("value_{i} = compute({i})");
+        let _ = writeln!(old, "{line}");
+        let _ = writeln!(new, "{line} + 1");
+    }
+    let mut samples = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        black_box(diff::file_diff("big.py", Some(&old), &new));
+        samples.push(started.elapsed());
+    }
+    report(
+        &format!("diff a rewrite of {lines} changed lines"),
         &mut samples,
     );
 }

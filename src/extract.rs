@@ -19,6 +19,12 @@ pub struct Block {
     pub code: String,
     /// False when the reply ended before the closing fence.
     pub closed: bool,
+    /// The path comment (and the blank line after it) taken off the first line, kept so a
+    /// file whose own first line is that comment can have it back.
+    pub label_lines: String,
+    /// The line before the fence introduces it as a usage example ("You can use it like
+    /// this:"), which is never the file itself.
+    pub usage: bool,
 }
 
 impl Block {
@@ -57,13 +63,40 @@ impl Block {
 
     /// A unified diff rather than a file's content.
     fn is_diff(&self) -> bool {
-        if matches!(self.language().as_str(), "diff" | "patch") {
+        matches!(self.language().as_str(), "diff" | "patch") || is_unified_diff(&self.code)
+    }
+
+    /// Only the name of one of `outputs` (```` ```plaintext ```` then `mywc.py`): a label
+    /// for the code beside it, never the file's content. (A `.gitignore` holding only
+    /// `.env` names another file and is content.)
+    fn is_only_a_name(&self, outputs: &[String]) -> bool {
+        let text = self.code.trim();
+        !text.contains(char::is_whitespace)
+            && looks_like_path(text)
+            && resolve_label(text, outputs).is_some()
+    }
+}
+
+/// A unified diff: a `--- ` line, a `+++ ` line right after it and a `@@ -` hunk header,
+/// with no fence before the header (a diff shown inside a Markdown file's own code block is
+/// part of that file). The header may follow a comment or a sentence, so it is looked for
+/// on every line, not only the first.
+fn is_unified_diff(text: &str) -> bool {
+    let mut previous = "";
+    let mut header = false;
+    for line in text.lines() {
+        if !header && Fence::open(line).is_some() {
+            return false;
+        }
+        if previous.starts_with("--- ") && line.starts_with("+++ ") {
+            header = true;
+        }
+        if header && line.starts_with("@@ -") {
             return true;
         }
-        let first = self.code.lines().find(|line| !line.trim().is_empty());
-        first.is_some_and(|line| line.starts_with("--- ") || line.starts_with("diff --git "))
-            && self.code.lines().any(|line| line.starts_with("@@ -"))
+        previous = line;
     }
+    false
 }
 
 /// The code for each requested output, in the order of the spec.
@@ -72,6 +105,27 @@ pub struct Extracted {
     pub files: Vec<(String, String)>,
     /// What is worth knowing but did not stop the extraction.
     pub notes: Vec<String>,
+    /// For each file, the path comment taken off its block's first line (empty if none).
+    pub label_lines: Vec<String>,
+}
+
+impl Extracted {
+    /// Puts back the path comment taken off a block when the file as it was (`before`, by
+    /// path) starts with that same comment: it was the file's own first line, and every
+    /// edit removed it.
+    pub fn keep_own_path_comments<'a>(&mut self, before: impl Fn(&str) -> Option<&'a str>) {
+        for ((path, code), label) in self.files.iter_mut().zip(&self.label_lines) {
+            let Some(comment) = label.lines().next() else {
+                continue;
+            };
+            let own = before(path)
+                .and_then(|before| before.lines().next())
+                .is_some_and(|first| first.trim_end() == comment.trim_end());
+            if own {
+                code.insert_str(0, label);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,9 +163,24 @@ impl std::fmt::Display for ExtractError {
 pub fn extract(reply: &str, outputs: &[String], language: &str) -> Result<Extracted, ExtractError> {
     let reply = reply.replace("\r\n", "\n");
     let reply = strip_thinking(&reply);
-    let blocks = blocks(reply);
+    let mut blocks = blocks(reply);
     if blocks.is_empty() {
         return bare_code(reply, outputs);
+    }
+    let names: Vec<bool> = blocks
+        .iter()
+        .map(|block| block.is_only_a_name(outputs))
+        .collect();
+    if let Some(first) = names.iter().position(|&name| name) {
+        label_code_beside_names(&mut blocks, &names);
+        let name = blocks[first].code.trim().to_owned();
+        let mut is_name = names.iter();
+        blocks.retain(|_| !is_name.next().copied().unwrap_or_default());
+        if blocks.is_empty() {
+            return Err(ExtractError::NoCode(format!(
+                "the reply's only code block holds just the name `{name}`, not the file's content: put the complete file in a fenced block"
+            )));
+        }
     }
     if let Some(open) = blocks.iter().find(|block| !block.closed) {
         return Err(ExtractError::Truncated(format!(
@@ -151,6 +220,7 @@ pub fn extract(reply: &str, outputs: &[String], language: &str) -> Result<Extrac
         return Err(ExtractError::MissingFiles(missing));
     }
     let mut files = Vec::with_capacity(outputs.len());
+    let mut label_lines = Vec::with_capacity(outputs.len());
     for (output, index) in outputs.iter().zip(chosen) {
         let Some(block) = index.map(|i| &blocks[i]) else {
             continue;
@@ -160,9 +230,59 @@ pub fn extract(reply: &str, outputs: &[String], language: &str) -> Result<Extrac
                 "the block for `{output}` is a diff, not the file: reply with the complete content of `{output}`"
             )));
         }
+        // An empty file is never what a task asks for: an empty block is a reply that
+        // forgot its code.
+        if block.code.trim().is_empty() {
+            return Err(ExtractError::NoCode(format!(
+                "the block for `{output}` is empty: reply with the complete content of `{output}`"
+            )));
+        }
+        if block.path.is_none() {
+            let expected = match outputs {
+                [_] if !language.is_empty() => language,
+                _ => language::for_path(output),
+            };
+            check_language(block, output, expected)?;
+        }
         files.push((output.clone(), with_final_newline(&block.code)));
+        label_lines.push(block.label_lines.clone());
     }
-    Ok(Extracted { files, notes })
+    Ok(Extracted {
+        files,
+        notes,
+        label_lines,
+    })
+}
+
+/// Labels the code beside each name-only block (`names[i]`) with that name. A reply puts
+/// such names either before each block or after it, the same way throughout: a reply that
+/// opens with a name puts them before.
+fn label_code_beside_names(blocks: &mut [Block], names: &[bool]) {
+    let before = names.first().copied().unwrap_or_default();
+    for at in (0..blocks.len()).filter(|&at| names[at]) {
+        let code = if before { at + 1 } else { at.wrapping_sub(1) };
+        if code < blocks.len() && !names[code] && blocks[code].path.is_none() {
+            blocks[code].path = Some(blocks[at].code.trim().to_owned());
+        }
+    }
+}
+
+/// Refuses an unlabelled block tagged with another language than its file's: two
+/// ```` ```bash ```` blocks of `npm install` for a `.js` target are commands to run, and the
+/// largest of them was written into the file.
+fn check_language(block: &Block, output: &str, expected: &str) -> Result<(), ExtractError> {
+    let tag = block.language();
+    // Only two languages both known can disagree: a spec may name its language its own way
+    // (`py`), and `plaintext` or `ini` say nothing.
+    if !language::is_known(expected)
+        || !language::is_known(&tag)
+        || language::compatible(&tag, expected)
+    {
+        return Ok(());
+    }
+    Err(ExtractError::NoCode(format!(
+        "the reply has no `{expected}` block for `{output}`, only `{tag}` (commands or another file's code, not this file): reply with the complete content of `{output}` in a ```{expected} block"
+    )))
 }
 
 /// The index of the block for each output, in the order of `outputs`.
@@ -209,18 +329,30 @@ fn choose(
                 } else {
                     language
                 };
-                (0..blocks.len())
+                let candidates: Vec<usize> = (0..blocks.len())
                     .filter(|&i| blocks[i].path.is_none())
-                    .max_by_key(|&i| {
-                        let block = &blocks[i];
-                        let tag = block.language();
-                        let fit = if tag == language {
-                            2
-                        } else {
-                            u8::from(tag.is_empty())
-                        };
-                        (!block.is_diff(), fit, block.code.len())
-                    })
+                    .collect();
+                let called = called_by_others(blocks, &candidates);
+                candidates.into_iter().max_by_key(|&i| {
+                    let block = &blocks[i];
+                    let tag = block.language();
+                    let fit = if tag == language {
+                        2
+                    } else {
+                        u8::from(tag.is_empty())
+                    };
+                    // A usage example may be longer than the code it calls: the block that
+                    // defines what another block calls is the file, and a block introduced
+                    // as an example is not.
+                    (
+                        !block.is_diff(),
+                        !block.code.trim().is_empty(),
+                        !block.usage,
+                        fit,
+                        called[i],
+                        block.code.len(),
+                    )
+                })
             };
         }
         return chosen;
@@ -251,6 +383,67 @@ fn choose(
         }
     }
     chosen
+}
+
+/// For each block, whether another of `candidates` calls a name it defines (`def f`,
+/// `function f`, `fn f`, `func f`, `class F`) without defining it too.
+///
+/// Linear in the reply: a looping reply repeats one definition in thousands of blocks, so
+/// only the first two definers of a name are kept.
+fn called_by_others(blocks: &[Block], candidates: &[usize]) -> Vec<bool> {
+    use std::collections::{HashMap, HashSet};
+    let mut definers: HashMap<&str, Vec<usize>> = HashMap::new();
+    // A set, not a list: one large block may define thousands of names.
+    let mut defined: Vec<HashSet<&str>> = vec![HashSet::new(); blocks.len()];
+    for &i in candidates {
+        for name in definitions(&blocks[i].code) {
+            let list = definers.entry(name).or_default();
+            if list.len() < 2 && !list.contains(&i) {
+                list.push(i);
+            }
+            defined[i].insert(name);
+        }
+    }
+    let mut called = vec![false; blocks.len()];
+    for &i in candidates {
+        for word in identifiers(&blocks[i].code) {
+            if defined[i].contains(word) {
+                continue;
+            }
+            for &definer in definers.get(word).into_iter().flatten() {
+                called[definer] = true;
+            }
+        }
+    }
+    called
+}
+
+/// The names `code` defines, from the usual keywords at the start of a line.
+fn definitions(code: &str) -> impl Iterator<Item = &str> {
+    code.lines().filter_map(|line| {
+        let mut words = line.split_whitespace();
+        let mut word = words.next()?;
+        while matches!(
+            word,
+            "pub" | "export" | "async" | "default" | "static" | "public"
+        ) {
+            word = words.next()?;
+        }
+        if !matches!(word, "def" | "function" | "fn" | "func" | "class") {
+            return None;
+        }
+        identifiers(words.next()?).next()
+    })
+}
+
+/// The identifiers in `text`: runs of letters, digits and `_` not starting with a digit.
+fn identifiers(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .filter(|word| {
+            word.chars()
+                .next()
+                .is_some_and(|c| c.is_alphabetic() || c == '_')
+        })
 }
 
 /// The output a label names: the exact path, or the unique output that the label is a
@@ -311,12 +504,18 @@ pub fn strip_thinking(reply: &str) -> &str {
         }
     }
     let mut offset = 0;
+    // A `</think>` inside a fenced block is code (a parser for these tags, a docstring
+    // quoting one), and taking it for the end of thinking dropped the code before it.
+    let mut open_fence: Option<Fence<'_>> = None;
     for line in rest.split_inclusive('\n') {
         if line.contains("<think>") {
             break;
         }
-        if line.trim() == "</think>" {
-            return &rest[offset + line.len()..];
+        match open_fence {
+            Some(fence) if fence.closed_by(line, fence.indent) => open_fence = None,
+            Some(_) => {}
+            None if line.trim() == "</think>" => return &rest[offset + line.len()..],
+            None => open_fence = Fence::open(line.trim_end_matches('\n')),
         }
         offset += line.len();
     }
@@ -371,6 +570,7 @@ impl<'a> Fence<'a> {
 pub fn blocks(reply: &str) -> Vec<Block> {
     let lines: Vec<&str> = reply.split('\n').collect();
     let mut blocks = Vec::new();
+    let mut bare_counts = BareFenceCounts::default();
     let mut index = 0;
     while index < lines.len() {
         let Some(fence) = Fence::open(lines[index]) else {
@@ -385,31 +585,52 @@ pub fn blocks(reply: &str) -> Vec<Block> {
             fence.info.split_whitespace().next(),
             Some("markdown" | "md")
         );
-        let mut nested: Vec<Fence<'_>> = Vec::new();
+        // Each nested fence with the index of its opening line in `body`.
+        let mut nested: Vec<(Fence<'_>, usize)> = Vec::new();
         let mut body: Vec<&str> = Vec::new();
         let mut closed = false;
         let mut cursor = index + 1;
+        let mut long_close = None;
         while cursor < lines.len() {
             let line = lines[cursor];
-            let innermost = nested.last().unwrap_or(&fence);
+            let innermost = nested.last().map_or(&fence, |(inner, _)| inner);
             if innermost.closed_by(line, fence.indent) {
-                if nested.pop().is_none() {
-                    let rest = bare_fences_after(&lines[cursor + 1..], &fence);
-                    if !(markdown && rest >= 2 && rest.is_multiple_of(2)) {
+                if let Some((inner, opener)) = nested.pop() {
+                    if inner.len < fence.len && fence.closed_by(line, fence.indent) {
+                        long_close.get_or_insert(StrayOpener {
+                            close: cursor,
+                            body_len: body.len(),
+                            opener,
+                        });
+                    }
+                } else {
+                    // Only a Markdown block looks ahead: counting the rest of the reply at
+                    // every closing fence made a looping reply of many blocks quadratic.
+                    let reopens = markdown && {
+                        let rest = bare_counts.after(&lines, cursor + 1, &fence);
+                        rest >= 2 && rest.is_multiple_of(2)
+                    };
+                    if !reopens {
                         closed = true;
                         break;
                     }
-                    nested.extend(Fence::open(line));
+                    nested.extend(Fence::open(line).map(|inner| (inner, body.len())));
                 }
             } else if let Some(inner) = Fence::open(line).filter(|inner| {
                 inner.marker == fence.marker
                     && !inner.info.is_empty()
                     && inner.indent <= fence.indent + 3
             }) {
-                nested.push(inner);
+                nested.push((inner, body.len()));
             }
             body.push(strip_indent(line, fence.indent));
             cursor += 1;
+        }
+        let mut label = label_before(&lines[..index]);
+        if let (false, Some(stray)) = (closed, long_close) {
+            label = stray.apply(&mut body).or(label);
+            cursor = stray.close;
+            closed = true;
         }
         // Text after the last fence often ends with a newline: drop the empty last "line"
         // it leaves in an unclosed block.
@@ -418,33 +639,96 @@ pub fn blocks(reply: &str) -> Vec<Block> {
         }
         // An unclosed fence with nothing after it is a stray fence line, not a cut-off block.
         if closed || !body.is_empty() {
-            blocks.push(block(
-                fence.info,
-                label_before(&lines[..index]),
-                body,
-                closed,
-            ));
+            let mut block = block(fence.info, label, body, closed);
+            block.usage = introduces_usage(&lines[..index]);
+            blocks.push(block);
         }
         index = cursor + 1;
     }
     blocks
 }
 
-/// How many bare fences that could close `fence` follow at the top level, not counting
-/// those that close a block opened with an info string.
-fn bare_fences_after(lines: &[&str], fence: &Fence<'_>) -> usize {
-    let mut open = 0usize;
-    let mut count = 0;
-    for line in lines {
-        let Some(other) = Fence::open(line).filter(|other| other.marker == fence.marker) else {
-            continue;
+/// An outer fence that never closed, though a line long enough to close it closed a
+/// shorter fence opened inside it: ````` ```` `````, the path, a stray ```` ```typescript ````
+/// opener, the code, ````` ```` `````. A person reads complete code there; read strictly,
+/// the outer block is unclosed and the reply was refused as cut off.
+#[derive(Debug, Clone, Copy)]
+struct StrayOpener {
+    /// The line that closes the outer block.
+    close: usize,
+    /// The block's lines before that line.
+    body_len: usize,
+    /// The stray opening line, as an index into the block's lines.
+    opener: usize,
+}
+
+impl StrayOpener {
+    /// Cuts `body` to the outer block without the stray opener, and takes a first line that
+    /// is only a file name as the block's label.
+    fn apply(self, body: &mut Vec<&str>) -> Option<String> {
+        body.truncate(self.body_len);
+        body.remove(self.opener);
+        let first = body.first()?.trim();
+        (body.len() > 1 && !first.contains(char::is_whitespace) && looks_like_path(first)).then(
+            || {
+                let name = first.to_owned();
+                body.remove(0);
+                name
+            },
+        )
+    }
+}
+
+/// How many bare fences that could close a fence follow each line at the top level, not
+/// counting those that close a block opened with an info string; worked out once per kind
+/// of fence, from the end of the reply.
+///
+/// Scanning the rest of the reply at every closing fence of a Markdown block was quadratic
+/// in a looping reply of such blocks. From the end, each line's count follows from one
+/// later line's: an opening fence takes the first bare fence left open after it, and the
+/// count resumes after that one.
+#[derive(Default)]
+struct BareFenceCounts {
+    kinds: Vec<((char, usize, usize), Vec<usize>)>,
+}
+
+impl BareFenceCounts {
+    /// The count for `lines[start..]` and fences that could close `fence`.
+    fn after(&mut self, lines: &[&str], start: usize, fence: &Fence<'_>) -> usize {
+        let key = (fence.marker, fence.len, fence.indent);
+        let at = if let Some(at) = self.kinds.iter().position(|(kind, _)| *kind == key) {
+            at
+        } else {
+            self.kinds.push((key, bare_fence_counts(lines, fence)));
+            self.kinds.len() - 1
         };
-        if !other.info.is_empty() {
-            open += 1;
-        } else if open > 0 {
-            open -= 1;
-        } else if other.len >= fence.len && other.indent <= fence.indent + 3 {
-            count += 1;
+        self.kinds[at].1[start]
+    }
+}
+
+/// For each line, the count [`BareFenceCounts`] gives from that line on.
+fn bare_fence_counts(lines: &[&str], fence: &Fence<'_>) -> Vec<usize> {
+    let mut count = vec![0; lines.len() + 1];
+    // The first bare fence at the top level from each line on: the one an opening fence
+    // just before that line would take as its closing fence.
+    let mut first: Vec<Option<usize>> = vec![None; lines.len() + 1];
+    for at in (0..lines.len()).rev() {
+        match Fence::open(lines[at]).filter(|other| other.marker == fence.marker) {
+            None => {
+                count[at] = count[at + 1];
+                first[at] = first[at + 1];
+            }
+            Some(other) if other.info.is_empty() => {
+                let closes = other.len >= fence.len && other.indent <= fence.indent + 3;
+                count[at] = count[at + 1] + usize::from(closes);
+                first[at] = Some(at);
+            }
+            Some(_) => {
+                if let Some(taken) = first[at + 1] {
+                    count[at] = count[taken + 1];
+                    first[at] = first[taken + 1];
+                }
+            }
         }
     }
     count
@@ -452,11 +736,18 @@ fn bare_fences_after(lines: &[&str], fence: &Fence<'_>) -> usize {
 
 fn block(info: &str, label_before: Option<String>, mut body: Vec<&str>, closed: bool) -> Block {
     let mut path = path_in_info(info).or(label_before);
+    let mut label_lines = String::new();
     if let Some(commented) = body.first().and_then(|first| path_in_comment(first))
         && path.as_deref().is_none_or(|p| same_file(p, &commented))
     {
         path.get_or_insert(commented);
-        body.remove(0);
+        label_lines = format!("{}\n", body.remove(0));
+        // `# src/a.py` then a blank line: the blank line separated the label from the code
+        // and would otherwise become the file's first line.
+        if body.len() > 1 && body[0].trim().is_empty() {
+            label_lines.push_str(body.remove(0));
+            label_lines.push('\n');
+        }
     }
     Block {
         info: info.to_owned(),
@@ -465,7 +756,38 @@ fn block(info: &str, label_before: Option<String>, mut body: Vec<&str>, closed: 
         // blank line before the closing fence is part of the file.
         code: body.iter().flat_map(|line| [*line, "\n"]).collect(),
         closed,
+        label_lines,
+        usage: false,
     }
+}
+
+/// The last non-blank line before a fence (one blank line may separate them) introduces a
+/// usage example: "You can use this function like this:", "Example usage:".
+fn introduces_usage(lines: &[&str]) -> bool {
+    let Some(line) = lines
+        .iter()
+        .rev()
+        .take(2)
+        .find(|line| !line.trim().is_empty())
+    else {
+        return false;
+    };
+    let line = line.to_lowercase();
+    line.trim_end().ends_with(':')
+        && [
+            "usage",
+            "use it",
+            "use this",
+            "use the",
+            "like this",
+            "call it",
+            "run it",
+            "try it",
+            "for example",
+            "example of using",
+        ]
+        .iter()
+        .any(|cue| line.contains(cue))
 }
 
 /// The file named by the last non-blank line before a fence (one blank line may separate
@@ -620,12 +942,19 @@ fn bare_code(reply: &str, outputs: &[String]) -> Result<Extracted, ExtractError>
             "the reply is empty (after removing any <think> section)".to_owned(),
         ));
     }
+    if is_unified_diff(code) && !outputs.iter().any(|output| is_diff_file(output)) {
+        return Err(ExtractError::NoCode(
+            "the reply is a diff, not the file: reply with the complete content of the file in a fenced block"
+                .to_owned(),
+        ));
+    }
     if outputs.len() == 1 && looks_like_bare_code(code) {
         return Ok(Extracted {
             files: vec![(outputs[0].clone(), with_final_newline(code))],
             notes: vec![
                 "the reply had no code fence; its whole text was taken as the code".to_owned(),
             ],
+            label_lines: vec![String::new()],
         });
     }
     Err(ExtractError::NoCode(
@@ -962,7 +1291,103 @@ mod tests {
     #[test]
     fn a_block_is_every_line_between_its_fences() {
         assert_eq!(code("```c\nint x;\n\n```\n", "a.c"), "int x;\n\n");
-        assert_eq!(code("```c\n```\n", "a.c"), "");
+        // An empty block is a reply that forgot its code, never an empty file.
+        assert!(matches!(
+            one("```c\n```\n", "a.c"),
+            Err(ExtractError::NoCode(_))
+        ));
+    }
+
+    /// A looping model repeats one small block until the byte cap: thousands of blocks.
+    /// Looking ahead to the end of the reply from every fence made this quadratic (4 MB
+    /// took minutes); this input is large enough that such a scan would outlast the suite.
+    #[test]
+    fn a_looping_reply_of_many_small_blocks_is_read_in_one_pass() {
+        let reply = "Here:\n```python\nx = 1\n```\n".repeat(160_000);
+        assert!(reply.len() > 4_000_000);
+        assert_eq!(blocks(&reply).len(), 160_000);
+        assert_eq!(code(&reply, "f.py"), "x = 1\n");
+    }
+
+    /// One large block defining many names, then a usage example: telling which block
+    /// defines what the other calls must not compare every name with every word.
+    #[test]
+    fn a_large_block_of_many_definitions_is_weighed_in_one_pass() {
+        use std::fmt::Write as _;
+        let mut module = String::new();
+        for i in 0..160_000 {
+            let _ = write!(module, "def f{i}(x):\n    return g{i}(x) + {i}\n");
+        }
+        let reply = format!("```python\n{module}```\n\nExample usage:\n```python\nf1(2)\n```\n");
+        assert!(reply.len() > 4_000_000);
+        assert_eq!(code(&reply, "m.py"), module);
+    }
+
+    /// The same reply of Markdown blocks, which look ahead at each closing fence.
+    #[test]
+    fn a_looping_reply_of_markdown_blocks_is_read_in_one_pass() {
+        let reply = "```markdown\n# T\n```\n".repeat(220_000);
+        assert!(reply.len() > 4_000_000);
+        assert_eq!(blocks(&reply).len(), 220_000);
+    }
+
+    /// How many bare fences that could close `fence` follow at the top level, not counting
+    /// those that close a block opened with an info string.
+    fn bare_fences_after(lines: &[&str], fence: &Fence<'_>) -> usize {
+        let mut open = 0usize;
+        let mut count = 0;
+        for line in lines {
+            let Some(other) = Fence::open(line).filter(|other| other.marker == fence.marker) else {
+                continue;
+            };
+            if !other.info.is_empty() {
+                open += 1;
+            } else if open > 0 {
+                open -= 1;
+            } else if other.len >= fence.len && other.indent <= fence.indent + 3 {
+                count += 1;
+            }
+        }
+        count
+    }
+
+    #[test]
+    fn bare_fence_counts_agree_with_a_scan() {
+        let reply = "```markdown\n```\n```sh\nls\n```\n````\n```\n  ```\n```py\n```js\n```\n```\n```\n~~~\n```\n";
+        let lines: Vec<&str> = reply.split('\n').collect();
+        for fence in lines.iter().filter_map(|line| Fence::open(line)) {
+            let counts = bare_fence_counts(&lines, &fence);
+            for start in 0..=lines.len() {
+                assert_eq!(
+                    counts[start],
+                    bare_fences_after(&lines[start..], &fence),
+                    "{fence:?} from line {start}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_block_in_another_known_language_is_refused() {
+        let reply = "```bash\nnpm install express\n```\n";
+        assert!(matches!(one(reply, "app.js"), Err(ExtractError::NoCode(_))));
+        // Related tags, unknown tags and a spec's own name for the language pass.
+        assert!(one("```jsx\nexport const a = 1;\n```\n", "app.js").is_ok());
+        assert!(one("```ini\n[a]\nb = 1\n```\n", "setup.toml").is_ok());
+        let out = extract("```python\nx = 1\n```\n", &["a.py".to_owned()], "py");
+        assert!(out.is_ok());
+    }
+
+    #[test]
+    fn a_block_holding_only_an_outputs_name_is_a_label() {
+        let reply = "```text\nmywc.py\n```\n```python\nprint(1)\n```\n";
+        assert_eq!(code(reply, "mywc.py"), "print(1)\n");
+        assert!(matches!(
+            one("```text\nmywc.py\n```\n", "mywc.py"),
+            Err(ExtractError::NoCode(_))
+        ));
+        // Another file's name is content.
+        assert_eq!(code("```\n.env\n```\n", ".gitignore"), ".env\n");
     }
 
     #[test]

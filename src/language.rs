@@ -62,6 +62,84 @@ pub fn for_path(path: &str) -> &'static str {
     }
 }
 
+/// Every tag [`for_path`] gives.
+const KNOWN: &[&str] = &[
+    "make",
+    "dockerfile",
+    "cmake",
+    "rust",
+    "python",
+    "javascript",
+    "jsx",
+    "typescript",
+    "tsx",
+    "go",
+    "java",
+    "kotlin",
+    "c",
+    "cpp",
+    "csharp",
+    "ruby",
+    "php",
+    "swift",
+    "scala",
+    "bash",
+    "zsh",
+    "powershell",
+    "sql",
+    "html",
+    "css",
+    "scss",
+    "json",
+    "yaml",
+    "toml",
+    "xml",
+    "markdown",
+    "lua",
+    "elixir",
+    "erlang",
+    "haskell",
+    "ocaml",
+    "zig",
+    "dart",
+    "r",
+    "vue",
+    "svelte",
+];
+
+/// Languages whose blocks models tag interchangeably: a ```` ```jsx ```` block for a `.js`
+/// file, ```` ```html ```` for a `.vue` one.
+const FAMILIES: &[&[&str]] = &[
+    &[
+        "javascript",
+        "jsx",
+        "typescript",
+        "tsx",
+        "json",
+        "vue",
+        "svelte",
+    ],
+    &["c", "cpp"],
+    &["html", "xml", "vue", "svelte", "markdown"],
+    &["bash", "zsh", "powershell", "make", "dockerfile"],
+    &["css", "scss"],
+    &["kotlin", "java"],
+];
+
+/// A fence tag that names a language [`for_path`] knows (not `plaintext`, `output` or `ini`).
+pub fn is_known(tag: &str) -> bool {
+    KNOWN.contains(&tag)
+}
+
+/// Whether a block tagged `tag` can hold a file in `language`: the same language, or one of
+/// a family models mix up.
+pub fn compatible(tag: &str, language: &str) -> bool {
+    tag == language
+        || FAMILIES
+            .iter()
+            .any(|family| family.contains(&tag) && family.contains(&language))
+}
+
 #[cfg(test)]
 mod tests {
     use super::for_path;

@@ -6,9 +6,11 @@
 mod blocking;
 pub mod cancel;
 pub mod cli;
+pub mod content;
 pub mod context;
 pub mod defaults;
 pub mod demo;
+pub mod diff;
 pub mod discovery;
 pub mod document;
 pub mod error;

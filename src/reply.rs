@@ -1,8 +1,8 @@
 //! Checking a model's reply: how it ended, the code extracted from it, and the guards,
 //! giving the files to write or the [`Failure`] that goes back to the model.
 
+use crate::content;
 use crate::extract::{self, ExtractError};
-use crate::guard;
 use crate::model::{ChatReply, Finish};
 use crate::prompt::RepairView;
 use crate::result::Outcome;
@@ -63,7 +63,7 @@ pub(crate) fn check_reply(
             .with_details("Give the complete answer: only the requested files, no explanations."));
         }
     }
-    let extracted =
+    let mut extracted =
         extract::extract(&reply.content, &spec.outputs, language).map_err(|error| match error {
             ExtractError::Truncated(reason) => Failure::new(Outcome::Truncated, reason),
             ExtractError::NoCode(reason) => Failure::new(Outcome::NoCode, reason),
@@ -71,6 +71,7 @@ pub(crate) fn check_reply(
                 Failure::new(Outcome::NoCode, missing.to_string())
             }
         })?;
+    extracted.keep_own_path_comments(|path| before_of(targets, path));
     notes.extend(extracted.notes);
     // Replies come with LF line ends; a file written with CRLF throughout keeps them, so
     // its diff shows the real changes instead of every line.
@@ -91,7 +92,7 @@ pub(crate) fn check_reply(
         })
         .collect();
     for (path, code) in &files {
-        if let Some(line) = guard::find_elision(path, code) {
+        if let Some(line) = content::find_elision(path, code) {
             return Err(Failure::new(
                 Outcome::GuardRefused,
                 format!("the code for `{path}` leaves code out (`{line}`)"),
@@ -103,7 +104,7 @@ pub(crate) fn check_reply(
         if !spec.allow_shrink
             && let Some(before) = before_of(targets, path)
         {
-            guard::check_shrink(path, before.len(), code.len())
+            content::check_shrink(path, before.len(), code.len())
                 .map_err(|reason| Failure::new(Outcome::GuardRefused, reason))?;
         }
     }

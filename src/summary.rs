@@ -23,34 +23,17 @@ pub(crate) fn file_changes(
                 Some(old) if old == code => FileAction::Unchanged,
                 Some(_) => FileAction::Modified,
             };
-            let diff = similar::TextDiff::from_lines(before.unwrap_or_default(), code.as_str());
-            let (mut added, mut removed) = (0, 0);
-            for change in diff.iter_all_changes() {
-                match change.tag() {
-                    similar::ChangeTag::Insert => added += 1,
-                    similar::ChangeTag::Delete => removed += 1,
-                    similar::ChangeTag::Equal => {}
-                }
-            }
-            let old_header = if before.is_some() {
-                format!("a/{path}")
-            } else {
-                "/dev/null".to_owned()
-            };
+            let diff = crate::diff::file_diff(path, before, code);
             FileChange {
                 path: path.clone(),
                 action,
                 bytes: code.len() as u64,
-                lines_added: added,
-                lines_removed: removed,
+                lines_added: diff.added,
+                lines_removed: diff.removed,
                 backup: journal
                     .written_backup_path(path)
                     .map(|p| p.display().to_string()),
-                diff: diff
-                    .unified_diff()
-                    .context_radius(3)
-                    .header(&old_header, &format!("b/{path}"))
-                    .to_string(),
+                diff: diff.unified,
             }
         })
         .collect()

@@ -3,7 +3,7 @@
 
 #![no_main]
 
-use execute_local_task::{extract, guard};
+use execute_local_task::{content, extract};
 use libfuzzer_sys::fuzz_target;
 
 /// Output sets that exercise the single-file and several-file paths.
@@ -44,10 +44,10 @@ fuzz_target!(|data: &[u8]| {
         for (path, code) in &extracted.files {
             assert!(code.is_empty() || code.ends_with('\n'), "no final newline");
             assert!(!code.contains('\r') || reply.contains('\r'));
-            let _ = guard::find_elision(path, code);
+            let _ = content::find_elision(path, code);
         }
     }
     for path in &outputs {
-        let _ = guard::find_elision(path, reply);
+        let _ = content::find_elision(path, reply);
     }
 });

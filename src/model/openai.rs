@@ -129,6 +129,9 @@ impl OpenAi {
                 reply.done = true;
                 break;
             }
+            if event.event == "error" {
+                return Err(StreamedReply::error_event(url, data));
+            }
             reply.apply_chunk(url, data)?;
             if reply.content.len() > self.limits.max_reply_bytes {
                 return Err(ModelError::new(
@@ -286,7 +289,14 @@ impl StreamedReply {
                 ),
             ));
         }
-        if let Some(choice) = chunk["choices"].get(0) {
+        // Only choice 0 is the reply: a server sending several choices (n > 1) interleaves
+        // their deltas, and appending them all mixed other answers into the code.
+        let first = chunk["choices"].as_array().and_then(|choices| {
+            choices
+                .iter()
+                .find(|choice| choice["index"].as_u64().unwrap_or(0) == 0)
+        });
+        if let Some(choice) = first {
             if let Some(text) = choice["delta"]["content"].as_str() {
                 self.content.push_str(text);
             }
@@ -298,6 +308,24 @@ impl StreamedReply {
             self.usage = Some(usage);
         }
         Ok(())
+    }
+
+    /// An SSE `event: error`: its data is the server's message, as JSON (`{"message"}` or
+    /// `{"error": …}`) or as plain text. Read as a chunk it was lost, and the run reported
+    /// only a stream cut without a finish reason.
+    fn error_event(url: &str, data: &str) -> ModelError {
+        let message = match serde_json::from_str::<Value>(data) {
+            Ok(Value::Object(object)) => {
+                let value = Value::Object(object);
+                error_text(value.get("error").unwrap_or(&value))
+            }
+            Ok(other) => error_text(&other),
+            Err(_) => clip(data, 500),
+        };
+        ModelError::new(
+            ModelErrorKind::HttpServerError,
+            format!("{url}: the server reported an error mid-stream: {message}"),
+        )
     }
 
     fn finish(self, url: &str) -> Result<ChatReply, ModelError> {

@@ -8,8 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
+use execute_local_task::content;
 use execute_local_task::extract::{self, ExtractError};
-use execute_local_task::guard;
 use execute_local_task::result::{Outcome, Status};
 use serde::Deserialize;
 use serde_json::json;
@@ -54,10 +54,9 @@ fn run_case(dir: &Path) -> Result<(), String> {
             ("missing", format!("{files:?}"))
         }
         Ok(extracted) => {
-            let elided = extracted
-                .files
-                .iter()
-                .find_map(|(path, code)| guard::find_elision(path, code).map(|line| (path, line)));
+            let elided = extracted.files.iter().find_map(|(path, code)| {
+                content::find_elision(path, code).map(|line| (path, line))
+            });
             if let Some((path, line)) = elided {
                 ("elision", format!("`{path}`: {line}"))
             } else {
@@ -237,4 +236,28 @@ fn a_reply_that_ends_inside_a_block_is_never_written() {
     run.assert_unchanged();
     let result = run.result();
     assert_eq!(result.attempts[0].outcome, Outcome::Truncated);
+}
+
+#[test]
+fn a_file_whose_first_line_is_its_path_comment_keeps_it() {
+    let old = "# tools/calc.py\n\ndef add(a, b):\n    return a - b\n";
+    let new = "# tools/calc.py\n\ndef add(a, b):\n    return a + b\n";
+    let run = Test::new()
+        .file("tools/calc.py", old)
+        .spec(spec("tools/calc.py", &json!({})))
+        .reply(&format!("```python\n{new}```\n"))
+        .run();
+    run.assert_code(0);
+    assert_eq!(run.read("tools/calc.py").as_deref(), Some(new));
+
+    // A new file: the path comment labels the block and is not written.
+    let run = Test::new()
+        .spec(spec("tools/calc.py", &json!({})))
+        .reply(&format!("```python\n{new}```\n"))
+        .run();
+    run.assert_code(0);
+    assert_eq!(
+        run.read("tools/calc.py").as_deref(),
+        Some("def add(a, b):\n    return a + b\n")
+    );
 }

@@ -1226,3 +1226,49 @@ fn the_ollama_provider_against_another_server_says_which_flag_fits() {
     assert_fault(&run, "http_client_error");
     assert!(run.stderr.contains("--provider openai"), "{}", run.stderr);
 }
+
+#[test]
+fn only_the_first_choice_of_a_stream_is_the_reply() {
+    // A server answering with n > 1 choices interleaves their deltas; the second choice's
+    // text was appended to the code.
+    let delta = |index: u64, text: &str, finish: Option<&str>| {
+        format!(
+            "data: {}\n\n",
+            json!({"choices": [{"index": index, "delta": {"content": text}, "finish_reason": finish}]})
+        )
+    };
+    let body = [
+        delta(0, "```\nnew\n", None),
+        delta(1, "other choice\n", None),
+        format!(
+            "data: {}\n\n",
+            json!({"choices": [
+                {"index": 1, "delta": {"content": "more\n"}, "finish_reason": "stop"},
+                {"index": 0, "delta": {"content": "```\n"}, "finish_reason": null},
+            ]})
+        ),
+        delta(0, "", Some("stop")),
+        "data: [DONE]\n\n".to_owned(),
+    ]
+    .concat();
+    let run = faulty(Protocol::OpenAi, Script::Body(body), &[]);
+    run.assert_code(0);
+    assert_eq!(run.read("keep.txt").as_deref(), Some("new\n"));
+}
+
+#[test]
+fn an_sse_error_event_reports_the_servers_message() {
+    for data in [
+        json!({"message": "the model ran out of memory", "type": "server_error"}).to_string(),
+        json!({"error": {"message": "the model ran out of memory"}}).to_string(),
+        "the model ran out of memory".to_owned(),
+    ] {
+        let body = format!(
+            "{}event: error\ndata: {data}\n\n",
+            partial_stream(Protocol::OpenAi, &["```\n"])
+        );
+        let run = faulty(Protocol::OpenAi, Script::Body(body), &[]);
+        let message = assert_fault(&run, "http_server_error");
+        assert!(message.contains("the model ran out of memory"), "{message}");
+    }
+}
