@@ -142,10 +142,13 @@ impl TaskWorktree {
         })?;
         let path = dir.join(id);
         let path_text = path.to_string_lossy().into_owned();
-        git(
+        if let Err(error) = git(
             &main.root,
             &["worktree", "add", "--quiet", "--detach", &path_text, base],
-        )?;
+        ) {
+            let _ = fs::remove_file(&lock_path);
+            return Err(error);
+        }
         Ok(Self {
             path: canonical(&path)?,
             main: main.clone(),
