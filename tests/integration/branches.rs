@@ -12,7 +12,7 @@ use execute_local_task::runs::{BranchRecord, State};
 use nix::sys::signal::Signal;
 use serde_json::json;
 
-use crate::harness::{MODEL, ModelServer, Run, Script, Test, git, spec};
+use crate::harness::{Layout, MODEL, ModelServer, Run, Script, Test, git, spec};
 
 const BRANCH: &str = "local-task/T-001";
 
@@ -53,8 +53,16 @@ struct GitState {
 }
 
 fn git_state(repo: &Path) -> GitState {
-    let index = std::fs::read(repo.join(".git/index")).expect("the index");
-    let head = std::fs::read(repo.join(".git/HEAD")).expect("HEAD");
+    // Wherever the layout keeps them (a linked worktree's are its own).
+    let file = |name: &str| {
+        let path = git_out(
+            repo,
+            &["rev-parse", "--path-format=absolute", "--git-path", name],
+        );
+        std::fs::read(&path).unwrap_or_else(|error| panic!("{path}: {error}"))
+    };
+    let index = file("index");
+    let head = file("HEAD");
     let status = git_out(
         repo,
         &[
@@ -519,4 +527,67 @@ fn a_killed_branch_runs_worktree_is_removed_by_the_next_run() {
             .count(),
         1
     );
+}
+
+/// However the repository is laid out (its `.git` a file, a symlink, a submodule's, a
+/// linked worktree's), the branch is made and the user's side is left as it was.
+#[test]
+fn a_branch_run_leaves_every_layout_alone() {
+    for layout in [
+        Layout::SeparateGitDir,
+        Layout::SymlinkedGitDir,
+        Layout::Submodule,
+        Layout::LinkedWorktree,
+    ] {
+        let (run, before) = run_keeping_state(
+            Test::new()
+                .layout(layout)
+                .file("out.txt", "old\n")
+                .uncommitted("README.md", "# work in progress\n")
+                .spec(spec(
+                    "out.txt",
+                    &json!({"test_command": "grep -q new out.txt"}),
+                ))
+                .script(Script::code("out.txt", "new\n"))
+                .arg("--branch"),
+        );
+        run.assert_code(0);
+        run.assert_unchanged();
+        assert_eq!(git_state(&run.repo), before, "{layout:?}");
+        let result = run.result();
+        assert_eq!(
+            git_out(&run.repo, &["rev-parse", BRANCH]),
+            result.commit.expect("a commit"),
+            "{layout:?}"
+        );
+        assert_eq!(
+            git_out(&run.repo, &["show", &format!("{BRANCH}:out.txt")]),
+            "new",
+            "{layout:?}"
+        );
+        assert!(worktrees_left(run.home()).is_empty(), "{layout:?}");
+    }
+}
+
+/// SIGTERM during a branch run stops it like a run in place, and the worktree goes with
+/// it: no branch, no worktree, the tree as it was.
+#[test]
+fn an_interrupted_branch_run_leaves_no_branch_and_no_worktree() {
+    let run = Test::new()
+        .spec(spec("out.txt", &json!({})))
+        .script(Script::Hang)
+        .arg("--branch")
+        .during(|running| {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while running.chat_requests() == 0 {
+                assert!(Instant::now() < deadline, "the run never asked the model");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            running.signal(Signal::SIGTERM);
+        })
+        .run();
+    run.assert_error(143, "interrupted");
+    assert!(!resolves(&run.repo, &format!("refs/heads/{BRANCH}")));
+    assert!(worktrees_left(run.home()).is_empty());
+    run.assert_unchanged();
 }
