@@ -591,3 +591,38 @@ fn an_interrupted_branch_run_leaves_no_branch_and_no_worktree() {
     assert!(worktrees_left(run.home()).is_empty());
     run.assert_unchanged();
 }
+
+#[test]
+fn a_branch_run_outside_a_repository_or_without_a_commit_is_refused() {
+    let run = Test::new()
+        .no_git()
+        .spec(spec("out.txt", &json!({})))
+        .arg("--branch")
+        .run();
+    run.assert_error(2, "repo");
+
+    let run = Test::new()
+        .spec(spec("out.txt", &json!({})))
+        .before(|repo| git(repo, &["update-ref", "-d", "HEAD"]))
+        .arg("--branch")
+        .run();
+    let error = run.assert_error(2, "repo");
+    assert!(error.message.contains("no commit"), "{}", error.message);
+    assert!(run.requests.is_empty());
+}
+
+#[test]
+fn the_verbs_refuse_an_unknown_run_and_runs_lists_none() {
+    let run = Test::new().run_with(|_| vec!["runs".to_owned(), "--json".to_owned()]);
+    run.assert_code(0);
+    let records: Vec<BranchRecord> = serde_json::from_str(&run.stdout).expect("runs JSON");
+    assert!(records.is_empty());
+    for verb in ["apply", "merge", "discard"] {
+        let (code, stdout, _) = run.again(&[verb, "20200101T000000000Z-0000"]);
+        assert_eq!(code, 2, "{verb}: {stdout}");
+        let printed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(printed["error"]["kind"], "usage", "{verb}");
+        let (code, _, _) = run.again(&[verb, "--last"]);
+        assert_eq!(code, 2, "{verb} --last");
+    }
+}
