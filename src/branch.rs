@@ -37,8 +37,22 @@ struct Setup {
     notes: Vec<String>,
 }
 
-/// Runs one task on its branch. A dry run writes nothing, so it runs in place.
+/// Runs one task on its branch, from HEAD. A dry run writes nothing, so it runs in place.
 pub async fn run(
+    spec: &SpecInput,
+    options: &RunOptions,
+    server: Option<Connected>,
+    env: &Env,
+    progress: Progress<'_>,
+) -> RunOutput {
+    run_from(None, spec, options, server, env, progress).await
+}
+
+/// Like [`run`], with the worktree made from `base` (a commit or ref) instead of HEAD:
+/// for a caller that runs tasks in order, such as a batch starting a dependent task from
+/// the commit of the task it depends on.
+pub async fn run_from(
+    base: Option<String>,
     spec: &SpecInput,
     options: &RunOptions,
     server: Option<Connected>,
@@ -50,7 +64,7 @@ pub async fn run(
     }
     let setup = {
         let (spec, options, env) = (spec.clone(), options.clone(), Arc::clone(env));
-        off_thread(move || set_up(&spec, &options, &*env)).await
+        off_thread(move || set_up(base.as_deref(), &spec, &options, &*env)).await
     };
     let setup = match setup {
         Ok(setup) => setup,
@@ -76,6 +90,7 @@ pub async fn run(
 
 /// The task, its branch and base, and its worktree with what it needs brought along.
 fn set_up(
+    base: Option<&str>,
     input: &SpecInput,
     options: &RunOptions,
     env: &dyn Fn(&str) -> Option<String>,
@@ -92,12 +107,15 @@ fn set_up(
         .clone()
         .unwrap_or_else(|| PathBuf::from("."));
     let main = MainRepo::discover(&dir).map_err(fail)?;
-    let base = git_cli::resolve(&main.root, "HEAD")
+    let base = git_cli::resolve(&main.root, base.unwrap_or("HEAD"))
         .map_err(fail)?
         .ok_or_else(|| {
             fail(Error::Repo {
                 path: main.root.clone(),
-                message: "has no commit yet: a task branch starts from HEAD".to_owned(),
+                message: match base {
+                    None => "has no commit yet: a task branch starts from HEAD".to_owned(),
+                    Some(base) => format!("`{base}` names no commit to start the task branch from"),
+                },
             })
         })?;
     let branch = format!("local-task/{}", task.task_id);

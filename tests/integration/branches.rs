@@ -626,3 +626,70 @@ fn the_verbs_refuse_an_unknown_run_and_runs_lists_none() {
         assert_eq!(code, 2, "{verb} --last");
     }
 }
+
+/// The library call a batch makes for a dependent task: the branch starts from the
+/// commit it is given, not from HEAD.
+#[test]
+fn a_library_caller_starts_a_task_branch_from_a_given_commit() {
+    use std::sync::Arc;
+
+    use execute_local_task::model::recorded::Replayer;
+    use execute_local_task::model::{Backend, ChatReply, Client, Finish};
+    use execute_local_task::pipeline::{Env, RunOptions, RunOutput, SpecInput};
+    use execute_local_task::server::Connected;
+
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("out.txt"), "first\n").unwrap();
+    crate::harness::init_and_commit(&repo);
+    let first = git_out(&repo, &["rev-parse", "HEAD"]);
+    std::fs::write(repo.join("out.txt"), "second\n").unwrap();
+    git(&repo, &["commit", "-q", "-am", "second"]);
+    let spec = SpecInput::Text {
+        label: "<test>".to_owned(),
+        text: spec("out.txt", &json!({})).to_string(),
+    };
+    let server = Connected {
+        client: Client::new(Backend::Recorded(Replayer::sequential(
+            "test replies",
+            vec![ChatReply {
+                content: "```\nnew\n```\n".to_owned(),
+                finish: Finish::Stop,
+                usage: None,
+                notes: Vec::new(),
+            }],
+        ))),
+        model: MODEL.to_owned(),
+        notes: Vec::new(),
+    };
+    let home = dir.path().join("home");
+    let env: Env = Arc::new(move |name: &str| (name == "HOME").then(|| home.display().to_string()));
+    let options = RunOptions {
+        repo_dir: Some(repo.clone()),
+        branch: true,
+        ..RunOptions::new()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let output = runtime.block_on(execute_local_task::branch::run_from(
+        Some(first.clone()),
+        &spec,
+        &options,
+        Some(server),
+        &env,
+        &|_: &str| {},
+    ));
+    let RunOutput::Result { result, .. } = output else {
+        panic!("a result");
+    };
+    assert_eq!(result.status, Status::Success, "{}", result.summary);
+    assert_eq!(result.base.as_deref(), Some(first.as_str()));
+    assert_eq!(git_out(&repo, &["rev-parse", &format!("{BRANCH}^")]), first);
+    assert_eq!(
+        std::fs::read_to_string(repo.join("out.txt")).unwrap(),
+        "second\n"
+    );
+}
