@@ -240,7 +240,10 @@ fn finish(setup: Setup, output: RunOutput, keep_failed: bool) -> RunOutput {
                 });
                 result.worktree = kept.ok();
                 exit_code = error.exit_code();
-                hint = error.hint();
+                hint = Some(format!(
+                    "review the kept worktree, then `execute-local-task discard {}` removes it",
+                    result.run_id
+                ));
             }
         }
     } else {

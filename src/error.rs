@@ -72,6 +72,14 @@ pub enum Error {
     #[error(transparent)]
     Model(#[from] ModelError),
 
+    /// A git command the tool ran for a branch run or a verb failed.
+    #[error("{}: `git {command}` failed: {message}", dir.display())]
+    Git {
+        dir: PathBuf,
+        command: String,
+        message: String,
+    },
+
     /// A `--branch` run's branch exists already and `--force` was not given.
     #[error(
         "branch `{branch}` exists already (at {tip}); pass --force to replace it (its tip is kept reachable), or `execute-local-task discard` the run that made it"
@@ -134,6 +142,7 @@ impl Error {
             Self::Rollback { .. } => "rollback",
             Self::Model(error) => error.kind.as_str(),
             Self::Interrupted(_) => "interrupted",
+            Self::Git { .. } => "git",
             Self::BranchExists { .. } => "branch_exists",
             Self::BringIn { .. } => "refused",
         }

@@ -88,9 +88,10 @@ pub fn git(dir: &Path, args: &[&str]) -> Result<String> {
 
 /// The error of a git command that failed.
 pub fn failed(dir: &Path, args: &[&str], said: &str) -> Error {
-    Error::Repo {
-        path: dir.to_path_buf(),
-        message: format!("`git {}` failed: {said}", args.join(" ")),
+    Error::Git {
+        dir: dir.to_path_buf(),
+        command: args.join(" "),
+        message: said.to_owned(),
     }
 }
 
