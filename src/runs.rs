@@ -110,7 +110,25 @@ pub fn list(main: &MainRepo) -> Vec<BranchRecord> {
         })
         .unwrap_or_default();
     records.sort_by(|a, b| b.run_id.cmp(&a.run_id));
+    forget_rolled_back(main, &mut records);
     records
+}
+
+/// An `apply` that `rollback` undid is no longer applied: its record says so from then on.
+fn forget_rolled_back(main: &MainRepo, records: &mut [BranchRecord]) {
+    let Ok(repo) = crate::repo::Repo::discover(&main.root) else {
+        return;
+    };
+    for record in records {
+        let undone = record.state == Some(State::Applied)
+            && record.applied_as.as_deref().is_some_and(|run_id| {
+                crate::write::Journal::open(&repo, run_id)
+                    .is_ok_and(|journal| journal.manifest().rolled_back)
+            });
+        if undone {
+            record.state = None;
+        }
+    }
 }
 
 /// One line of `runs` for a person.

@@ -378,16 +378,20 @@ fn apply_brings_the_change_in_uncommitted_and_rollback_undoes_it() {
     );
     assert_eq!(git_out(&run.repo, &["status", "--porcelain"]), "M out.txt");
 
-    let undo = applied.rollback.expect("a run id to roll back");
-    again_ok(&run, &["rollback", &undo]);
-    assert_eq!(run.read("out.txt").as_deref(), Some("old\n"));
-
     let records: Vec<BranchRecord> =
         serde_json::from_str(&again_ok(&run, &["runs", "--json"])).expect("runs JSON");
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].run_id, result.run_id);
     assert_eq!(records[0].state, Some(State::Applied));
     assert_eq!(records[0].branch, BRANCH);
+
+    let undo = applied.rollback.expect("a run id to roll back");
+    again_ok(&run, &["rollback", &undo]);
+    assert_eq!(run.read("out.txt").as_deref(), Some("old\n"));
+    // Undone, so no longer applied.
+    let records: Vec<BranchRecord> =
+        serde_json::from_str(&again_ok(&run, &["runs", "--json"])).expect("runs JSON");
+    assert_eq!(records[0].state, None);
 }
 
 #[test]
