@@ -697,3 +697,39 @@ fn a_library_caller_starts_a_task_branch_from_a_given_commit() {
         "second\n"
     );
 }
+
+#[test]
+fn merge_makes_a_merge_commit_when_the_branch_cannot_fast_forward() {
+    let (run, result) = branch_success();
+    std::fs::write(run.repo.join("README.md"), "# ours\n").unwrap();
+    git(&run.repo, &["commit", "-q", "-am", "a change of our own"]);
+    let ours = git_out(&run.repo, &["rev-parse", "HEAD"]);
+    let merged = report(&again_ok(&run, &["merge", &result.run_id]));
+    assert_eq!(merged.fast_forward, Some(false));
+    let head = git_out(&run.repo, &["rev-parse", "HEAD"]);
+    assert_eq!(merged.head.as_deref(), Some(head.as_str()));
+    assert_eq!(
+        git_out(&run.repo, &["rev-parse", "HEAD^1", "HEAD^2"]),
+        format!("{ours}\n{}", result.commit.unwrap())
+    );
+    assert_eq!(run.read("out.txt").as_deref(), Some("new\n"));
+    assert_eq!(run.read("README.md").as_deref(), Some("# ours\n"));
+    assert_eq!(git_out(&run.repo, &["status", "--porcelain"]), "");
+}
+
+/// A branch someone committed on is not the run's alone any more: `discard` keeps it.
+#[test]
+fn discard_keeps_a_branch_that_moved_on() {
+    let (run, result) = branch_success();
+    git(&run.repo, &["checkout", "-q", BRANCH]);
+    std::fs::write(run.repo.join("out.txt"), "edited\n").unwrap();
+    git(
+        &run.repo,
+        &["commit", "-q", "-am", "an edit on the task branch"],
+    );
+    let tip = git_out(&run.repo, &["rev-parse", "HEAD"]);
+    git(&run.repo, &["checkout", "-q", "-"]);
+    let (code, stdout, _) = run.again(&["discard", &result.run_id]);
+    assert_eq!(code, 2, "{stdout}");
+    assert_eq!(git_out(&run.repo, &["rev-parse", BRANCH]), tip);
+}
