@@ -404,6 +404,10 @@ pub fn prune_stale(main: &MainRepo, dir: &Path) -> Vec<PathBuf> {
             continue;
         };
         match lock.try_lock() {
+            // Gone meanwhile: its run ended and removed it, after this listing.
+            Ok(()) if !path.exists() => {
+                let _ = fs::remove_file(lock_path(&path));
+            }
             Ok(()) => {
                 if remove_worktree(main, &path).is_ok() {
                     let _ = fs::remove_file(lock_path(&path));
