@@ -733,3 +733,35 @@ fn discard_keeps_a_branch_that_moved_on() {
     assert_eq!(code, 2, "{stdout}");
     assert_eq!(git_out(&run.repo, &["rev-parse", BRANCH]), tip);
 }
+
+/// A test program that lives in an ignored directory the worktree lacks cannot even
+/// start there: the result names the directory too.
+#[test]
+fn a_test_program_missing_from_the_worktree_names_the_ignored_directory() {
+    let run = Test::new()
+        .file(".gitignore", "node_modules/\n")
+        .uncommitted("node_modules/.bin/check", "#!/bin/sh\nexit 0\n")
+        .before(|repo| {
+            use std::os::unix::fs::PermissionsExt as _;
+            let tool = repo.join("node_modules/.bin/check");
+            std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        })
+        .spec(spec(
+            "out.txt",
+            &json!({"test_command": "node_modules/.bin/check"}),
+        ))
+        .script(Script::code("out.txt", "new\n"))
+        .args(&["--branch", "--max-attempts", "1"])
+        .run();
+    run.assert_code(1);
+    let result = run.result();
+    assert!(
+        result
+            .notes
+            .iter()
+            .any(|note| note.contains("`node_modules/`")),
+        "{}\n{:?}",
+        result.summary,
+        result.notes
+    );
+}
