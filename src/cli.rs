@@ -22,6 +22,7 @@ use crate::prune;
 use crate::result::TaskResult;
 use crate::rollback::{self, Which};
 use crate::server::{self, Connection, ModelChoice};
+use crate::{bring_in, runs};
 
 /// Writes one line to stderr and never panics: a closed stderr (a caller that stopped
 /// reading, a hung-up terminal) must not stop a run between its write and its test, nor
@@ -76,6 +77,22 @@ struct PruneArgs {
     lock_timeout: u64,
 }
 
+#[derive(Args, Debug)]
+struct BringInArgs {
+    /// The `run_id` from the branch run's result JSON.
+    #[arg(required_unless_present = "last")]
+    run_id: Option<String>,
+    /// The newest branch run.
+    #[arg(long, conflicts_with = "run_id")]
+    last: bool,
+    /// The repository (default: the one containing the current directory).
+    #[arg(long, value_name = "DIR")]
+    repo: Option<PathBuf>,
+    /// Seconds to wait for a run that is writing the same repository.
+    #[arg(long, value_name = "SECS", default_value_t = defaults::LOCK_TIMEOUT.as_secs())]
+    lock_timeout: u64,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Undo a run's writes byte for byte and delete the files it created.
@@ -112,6 +129,23 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Put a branch run's change into the working tree as uncommitted changes (undone by
+    /// `rollback`); refuses, changing nothing, when the tree has changes to the same files.
+    Apply(BringInArgs),
+    /// Merge a branch run's commit into the current branch (fast-forward when possible);
+    /// refuses on conflict with nothing changed.
+    Merge(BringInArgs),
+    /// Delete a branch run's branch and any worktree it left.
+    Discard(BringInArgs),
+    /// List recent branch runs, newest first: id, task, status, branch, what became of it.
+    Runs {
+        /// Print JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+        /// The repository (default: the one containing the current directory).
+        #[arg(long, value_name = "DIR")]
+        repo: Option<PathBuf>,
     },
     /// Print a JSON Schema.
     Schema {
@@ -155,9 +189,19 @@ struct RunArgs {
     /// Do not run the test command.
     #[arg(long)]
     no_test: bool,
-    /// Overwrite output files that have uncommitted changes (they are backed up either way).
+    /// Overwrite output files that have uncommitted changes (they are backed up either way);
+    /// with --branch, replace an existing task branch (its old tip is kept reachable).
     #[arg(long)]
     force: bool,
+    /// Run in a task worktree and commit a success on branch `local-task/<task_id>`; the
+    /// working tree, index and HEAD are not touched.
+    #[arg(long)]
+    branch: bool,
+    /// With --branch: an ignored directory of the main tree (`node_modules`, `.venv`,
+    /// `target`) to link into the task worktree rather than copy; repeatable (also
+    /// `LOCAL_TASK_LINK`, colon-separated).
+    #[arg(long, value_name = "DIR", requires = "branch")]
+    link: Vec<PathBuf>,
     /// Leave the last failed attempt's files in the tree for inspection.
     #[arg(long)]
     keep_failed: bool,
@@ -232,6 +276,8 @@ impl RunArgs {
             dry_run: self.dry_run,
             no_test: self.no_test,
             force: self.force,
+            branch: self.branch,
+            links: self.link.clone(),
             keep_failed: self.keep_failed,
             max_attempts: self.max_attempts,
             template: self.template.clone(),
@@ -402,8 +448,12 @@ async fn dispatch(cli: Cli) -> u8 {
                 cancel: stop_on_signals(),
                 ..cli.run.options()
             };
-            let output =
-                pipeline::run(&SpecInput::File(spec), &options, None, &env, &progress).await;
+            let spec = SpecInput::File(spec);
+            let output = if options.branch {
+                crate::branch::run(&spec, &options, None, &env, &progress).await
+            } else {
+                pipeline::run(&spec, &options, None, &env, &progress).await
+            };
             print(&Document::run(output))
         }
         Some(Command::Rollback {
@@ -428,6 +478,10 @@ async fn dispatch(cli: Cli) -> u8 {
             )
         }
         Some(Command::Prune(args)) => run_prune(args, &env).await,
+        Some(Command::Apply(args)) => bring_in(Verb::Apply, args).await,
+        Some(Command::Merge(args)) => bring_in(Verb::Merge, args).await,
+        Some(Command::Discard(args)) => bring_in(Verb::Discard, args).await,
+        Some(Command::Runs { json, repo }) => list_runs(json, repo),
         Some(Command::Models {
             endpoint,
             provider,
@@ -469,6 +523,49 @@ async fn dispatch(cli: Cli) -> u8 {
         }
         Some(Command::Demo { dir }) => run_demo(dir, &env).await,
     }
+}
+
+enum Verb {
+    Apply,
+    Merge,
+    Discard,
+}
+
+async fn bring_in(verb: Verb, args: BringInArgs) -> u8 {
+    let dir = args.repo.unwrap_or_else(|| PathBuf::from("."));
+    let which = match args.run_id.as_deref() {
+        Some(id) if !args.last => runs::Which::Id(id),
+        _ => runs::Which::Last,
+    };
+    let wait = Duration::from_secs(args.lock_timeout);
+    let outcome = match verb {
+        Verb::Apply => bring_in::apply(&dir, which, wait).await,
+        Verb::Merge => bring_in::merge(&dir, which, wait).await,
+        Verb::Discard => bring_in::discard(&dir, &which),
+    };
+    print(&match outcome {
+        Ok(report) => Document::bring_in(&report),
+        Err(error) => Document::error(&error),
+    })
+}
+
+fn list_runs(json: bool, repo: Option<PathBuf>) -> u8 {
+    let dir = repo.unwrap_or_else(|| PathBuf::from("."));
+    let records = match crate::worktree::MainRepo::discover(&dir) {
+        Ok(main) => runs::list(&main),
+        Err(error) => return print(&Document::error(&error)),
+    };
+    if json {
+        return print(&Document::runs(&records));
+    }
+    if records.is_empty() {
+        say!("execute-local-task: no branch runs recorded in this repository");
+    }
+    let mut stdout = std::io::stdout().lock();
+    for record in &records {
+        let _ = writeln!(stdout, "{}", runs::describe(record));
+    }
+    0
 }
 
 async fn run_demo(dir: Option<PathBuf>, env: &Env) -> u8 {

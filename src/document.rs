@@ -7,12 +7,14 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::bring_in::BringInReport;
 use crate::discovery::ServerReport;
 use crate::error::Error;
 use crate::pipeline::RunOutput;
 use crate::prune::PruneReport;
 use crate::result::{ErrorInfo, Status, TaskResult};
 use crate::rollback::RollbackReport;
+use crate::runs::BranchRecord;
 
 /// One printed outcome: the JSON for stdout, the process's exit code, and the lines for a
 /// human on stderr (each whole, e.g. `error: …` or `hint: …`).
@@ -33,6 +35,8 @@ pub enum Body {
     Rollback(RollbackReport),
     Prune(PruneReport),
     Models(Vec<ServerReport>),
+    BringIn(BringInReport),
+    Runs(Vec<BranchRecord>),
     /// A dry run's request, or an error before any run began.
     Value(Value),
 }
@@ -101,6 +105,17 @@ impl Document {
     /// What `prune` removed, or with `--dry-run` would remove.
     pub fn prune(report: &PruneReport) -> Self {
         Self::new(Body::Prune(report.clone()), 0, Vec::new())
+    }
+
+    /// What `apply`, `merge` or `discard` did.
+    pub fn bring_in(report: &BringInReport) -> Self {
+        let line = format!("execute-local-task: {}", report.summary);
+        Self::new(Body::BringIn(report.clone()), 0, vec![line])
+    }
+
+    /// The branch runs `runs` lists, newest first.
+    pub fn runs(records: &[BranchRecord]) -> Self {
+        Self::new(Body::Runs(records.to_vec()), 0, Vec::new())
     }
 
     /// The servers `models` probed; exit 3 when none answered.

@@ -72,6 +72,25 @@ pub enum Error {
     #[error(transparent)]
     Model(#[from] ModelError),
 
+    /// A git command the tool ran for a branch run or a verb failed.
+    #[error("{}: `git {command}` failed: {message}", dir.display())]
+    Git {
+        dir: PathBuf,
+        command: String,
+        message: String,
+    },
+
+    /// A `--branch` run's branch exists already and `--force` was not given.
+    #[error(
+        "branch `{branch}` exists already (at {tip}); pass --force to replace it (its tip is kept reachable), or `execute-local-task discard` the run that made it"
+    )]
+    BranchExists { branch: String, tip: String },
+
+    /// `apply` or `merge` would change files the working tree has changes to, or does not
+    /// go in cleanly; nothing was changed.
+    #[error("{message}")]
+    BringIn { files: Vec<String>, message: String },
+
     /// A signal (Ctrl-C, a caller's timeout) stopped the run: its test was stopped and its
     /// writes undone.
     #[error("interrupted by {}", .0.as_str())]
@@ -123,6 +142,9 @@ impl Error {
             Self::Rollback { .. } => "rollback",
             Self::Model(error) => error.kind.as_str(),
             Self::Interrupted(_) => "interrupted",
+            Self::Git { .. } => "git",
+            Self::BranchExists { .. } => "branch_exists",
+            Self::BringIn { .. } => "refused",
         }
     }
 

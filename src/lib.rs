@@ -4,6 +4,8 @@
 //! The modules below follow the data flow of a run.
 
 mod blocking;
+pub mod branch;
+pub mod bring_in;
 pub mod cancel;
 pub mod cli;
 pub mod content;
@@ -16,6 +18,7 @@ pub mod document;
 pub mod error;
 pub mod escape;
 pub mod extract;
+mod git_cli;
 pub mod guard;
 pub mod input_file;
 pub mod language;
@@ -31,12 +34,14 @@ mod reply;
 pub mod repo;
 pub mod result;
 pub mod rollback;
+pub mod runs;
 pub mod server;
 pub mod spec;
 mod summary;
 mod targets;
 pub mod test_run;
 mod transaction;
+pub mod worktree;
 pub mod write;
 
 pub use cli::run;

@@ -34,6 +34,12 @@ pub struct RunOptions {
     pub lock_timeout: Duration,
     /// Stops the run early (the command line sets it on a signal).
     pub cancel: Cancel,
+    /// Run in a task worktree and commit a success on `local-task/<task_id>`
+    /// ([`crate::branch`]); `force` then replaces an existing branch.
+    pub branch: bool,
+    /// Ignored directories of the main tree to link into a task worktree (with
+    /// `LOCAL_TASK_LINK`'s, colon-separated).
+    pub links: Vec<PathBuf>,
 }
 
 impl Default for RunOptions {
@@ -60,6 +66,8 @@ impl RunOptions {
             connection: server::Connection::default(),
             lock_timeout: defaults::LOCK_TIMEOUT,
             cancel: Cancel::never(),
+            branch: false,
+            links: Vec::new(),
         }
     }
 }

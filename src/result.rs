@@ -27,6 +27,43 @@ pub struct TaskResult {
     pub duration_ms: u64,
     /// Set when status is `error`.
     pub error: Option<ErrorInfo>,
+    /// A `--branch` run's task branch, `local-task/<task_id>`; null when it made no commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// The commit made on `branch` for a success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// The commit a `--branch` run started from (the repository's HEAD then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// The exact commands to review the branch and bring it in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commands: Option<BranchCommands>,
+    /// The tip of the branch `--force` replaced, kept reachable under
+    /// `refs/local-task-replaced/<task_id>/<sha>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<String>,
+    /// A task worktree kept for inspection (`--branch --keep-failed`); `discard` removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worktree: Option<String>,
+    /// Things worth knowing about where the run ran, e.g. ignored paths of the main tree
+    /// that a task worktree lacked when its test failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// The commands a supervisor runs next on a branch run's result.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BranchCommands {
+    /// `git diff <base>..local-task/<task_id>`
+    pub review: String,
+    /// The change into the working tree, uncommitted.
+    pub apply: String,
+    /// The commit into the current branch.
+    pub merge: String,
+    /// The branch deleted.
+    pub discard: String,
 }
 
 impl TaskResult {
@@ -47,6 +84,13 @@ impl TaskResult {
             git: None,
             duration_ms: 0,
             error: None,
+            branch: None,
+            commit: None,
+            base: None,
+            commands: None,
+            replaced: None,
+            worktree: None,
+            notes: Vec::new(),
         }
     }
 

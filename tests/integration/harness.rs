@@ -592,6 +592,8 @@ pub struct Test {
     closed_stderr: bool,
     /// Where the git directory lives relative to the working tree.
     layout: Layout,
+    /// Acts on the repository once it is built, before the binary runs.
+    before: Option<Setup>,
 }
 
 /// How the test repository's working tree and git directory are laid out. In every
@@ -610,6 +612,9 @@ pub enum Layout {
     /// `repo` is a linked worktree (`git worktree add`) of `main/`.
     LinkedWorktree,
 }
+
+/// What [`Test::before`] does to the repository before the binary runs.
+type Setup = Box<dyn FnOnce(&Path)>;
 
 /// What [`Test::during`] does to the running binary.
 type Act = Box<dyn FnOnce(&Running)>;
@@ -656,7 +661,15 @@ impl Test {
             during: None,
             closed_stderr: false,
             layout: Layout::Plain,
+            before: None,
         }
+    }
+
+    /// Calls `act` with the working tree once the repository is built, before the
+    /// snapshot and the binary (to make a branch, say).
+    pub fn before(mut self, act: impl FnOnce(&Path) + 'static) -> Self {
+        self.before = Some(Box::new(act));
+        self
     }
 
     /// Lays the repository out this way (the files are committed either way).
@@ -798,6 +811,9 @@ impl Test {
         }
         for (path, bytes) in &self.uncommitted {
             write_file(&repo.join(path), bytes);
+        }
+        if let Some(before) = self.before {
+            before(&repo);
         }
         let spec_path = self.dir.path().join("spec.json");
         if let Some(spec) = &self.spec {
@@ -1133,6 +1149,11 @@ impl Run {
             "the tree changed: {changed:?}\nstderr:\n{}",
             self.stderr
         );
+    }
+
+    /// The home directory the binary ran with.
+    pub fn home(&self) -> &Path {
+        &self.home
     }
 
     /// Runs the binary again in the same repository (e.g. `rollback`).

@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod branches;
 mod conformance;
 mod core;
 mod extraction;

@@ -1,0 +1,428 @@
+//! Bringing a branch run's result in: `apply` (its change into the working tree,
+//! uncommitted, backed up like a run so `rollback` undoes it), `merge` (its commit into
+//! the current branch, fast-forward when possible) and `discard` (its branch and any
+//! worktree left deleted). Each takes one run id, so a batch can call it per task.
+//!
+//! `apply` and `merge` check everything first and refuse with nothing changed: when the
+//! working tree has changes to a file the run changed, or the change does not go in
+//! cleanly, naming the files.
+
+use std::path::Path;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::git_cli::{self, git, nul_list};
+use crate::lock;
+use crate::repo::Repo;
+use crate::runs::{self, BranchRecord, State, Which};
+use crate::worktree::MainRepo;
+use crate::write::Journal;
+
+/// What `apply`, `merge` or `discard` did.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BringInReport {
+    /// `applied`, `merged` or `discarded`.
+    pub status: String,
+    pub run_id: String,
+    pub task_id: String,
+    pub branch: String,
+    /// The files the working tree got (apply, merge).
+    pub files: Vec<String>,
+    /// For `apply`: the run id `execute-local-task rollback` undoes it with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<String>,
+    /// For `merge`: HEAD afterwards, and whether it was a fast-forward.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_forward: Option<bool>,
+    /// One line for a person.
+    pub summary: String,
+}
+
+impl BringInReport {
+    fn new(status: &str, record: &BranchRecord, summary: String) -> Self {
+        Self {
+            status: status.to_owned(),
+            run_id: record.run_id.clone(),
+            task_id: record.task_id.clone(),
+            branch: record.branch.clone(),
+            files: Vec::new(),
+            rollback: None,
+            head: None,
+            fast_forward: None,
+            summary,
+        }
+    }
+}
+
+/// The commit a record's change ends at: its branch's tip (it may have been amended),
+/// else the commit the run made. Refuses a run with nothing to bring in.
+fn change_tip(main: &MainRepo, record: &BranchRecord, verb: &str) -> Result<String> {
+    if record.state == Some(State::Discarded) {
+        return Err(Error::Usage(format!(
+            "run {} was discarded; there is nothing to {verb}",
+            record.run_id
+        )));
+    }
+    let Some(commit) = &record.commit else {
+        return Err(Error::Usage(format!(
+            "run {} made no commit (it did not succeed); there is nothing to {verb}",
+            record.run_id
+        )));
+    };
+    git_cli::resolve(&main.root, &format!("refs/heads/{}", record.branch))?
+        .or(git_cli::resolve(&main.root, commit)?)
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "run {}: its branch {} and commit {commit} are gone; there is nothing to {verb}",
+                record.run_id, record.branch
+            ))
+        })
+}
+
+/// The files among `paths` that the working tree has changes to (staged, unstaged or
+/// untracked), as git names them.
+fn dirty(root: &Path, paths: &[String]) -> Result<Vec<String>> {
+    if paths.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut args = vec![
+        "status",
+        "--porcelain=v1",
+        "-z",
+        "--untracked-files=all",
+        "--",
+    ];
+    args.extend(paths.iter().map(String::as_str));
+    Ok(nul_list(&git(root, &args)?)
+        .into_iter()
+        .filter_map(|entry| entry.get(3..).map(str::to_owned))
+        .filter(|path| paths.contains(path))
+        .collect())
+}
+
+fn quoted(files: &[String]) -> String {
+    files
+        .iter()
+        .map(|file| format!("`{file}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn refuse_dirty(files: Vec<String>) -> Error {
+    Error::BringIn {
+        message: format!(
+            "the working tree has changes to {}, which the task changed too; commit or stash them first. Nothing was changed",
+            quoted(&files)
+        ),
+        files,
+    }
+}
+
+/// `apply`: the run's change into the working tree as uncommitted changes.
+pub async fn apply(dir: &Path, which: Which<'_>, lock_timeout: Duration) -> Result<BringInReport> {
+    let main = MainRepo::discover(dir)?;
+    let mut record = runs::load(&main, &which)?;
+    let tip = change_tip(&main, &record, "apply")?;
+    let repo = Repo::discover(&main.root)?;
+    let _lock = lock::acquire(&repo, lock_timeout).await?;
+    let files = new_contents(&main, &record.base, &tip)?;
+    let paths: Vec<String> = files.iter().map(|(path, _)| path.clone()).collect();
+    let changed = dirty(&main.root, &paths)?;
+    if !changed.is_empty() {
+        return Err(refuse_dirty(changed));
+    }
+    let mut journal = Journal::begin(&repo, &record.task_id)?;
+    for (path, bytes) in &files {
+        let current = read_existing(&main.root.join(path))?;
+        if let Err(error) = journal.write(path, bytes, current.as_deref()) {
+            // Nothing half-applied: what was written goes back.
+            let _ = journal.restore();
+            return Err(error);
+        }
+    }
+    record.state = Some(State::Applied);
+    record.applied_as = Some(journal.run_id().to_owned());
+    runs::save(&main, &record)?;
+    let mut report = BringInReport::new(
+        "applied",
+        &record,
+        format!(
+            "applied {} ({}) to the working tree: {} file(s), uncommitted; `execute-local-task rollback {}` undoes it",
+            record.run_id,
+            record.branch,
+            paths.len(),
+            journal.run_id()
+        ),
+    );
+    report.files = paths;
+    report.rollback = Some(journal.run_id().to_owned());
+    Ok(report)
+}
+
+fn read_existing(path: &Path) -> Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(Error::io("read", path, error)),
+    }
+}
+
+/// Each file the change from `base` to `tip` touches, with its bytes once the change is
+/// applied to HEAD. A file whose part of the change does not apply to HEAD is refused,
+/// and so is a deletion (a task only writes files; `merge` brings in anything else).
+fn new_contents(main: &MainRepo, base: &str, tip: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    let failed = |message: String| Error::Repo {
+        path: main.root.clone(),
+        message,
+    };
+    let git = git2::Repository::open(&main.root)
+        .or_else(|_| git2::Repository::discover(&main.root))
+        .map_err(|error| failed(format!("cannot open the repository: {}", error.message())))?;
+    let tree = |rev: &str| {
+        git.revparse_single(rev)
+            .and_then(|object| object.peel_to_tree())
+            .map_err(|error| failed(format!("cannot read `{rev}`: {}", error.message())))
+    };
+    let (base_tree, tip_tree, head_tree) = (tree(base)?, tree(tip)?, tree("HEAD")?);
+    let diff = git
+        .diff_tree_to_tree(Some(&base_tree), Some(&tip_tree), None)
+        .map_err(|error| failed(format!("cannot diff the task branch: {}", error.message())))?;
+    let mut paths = Vec::new();
+    let mut deleted = Vec::new();
+    for delta in diff.deltas() {
+        let path = delta
+            .new_file()
+            .path()
+            .or_else(|| delta.old_file().path())
+            .map(|path| path.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if delta.status() == git2::Delta::Deleted {
+            deleted.push(path);
+        } else {
+            paths.push(path);
+        }
+    }
+    if !deleted.is_empty() {
+        return Err(Error::BringIn {
+            message: format!(
+                "the task branch deletes {}; `apply` only writes files, use `execute-local-task merge`. Nothing was changed",
+                quoted(&deleted)
+            ),
+            files: deleted,
+        });
+    }
+    let conflicted: Vec<String> = paths
+        .iter()
+        .filter(|path| {
+            let mut options = git2::ApplyOptions::new();
+            options.delta_callback(|delta| {
+                delta
+                    .and_then(|delta| delta.new_file().path().map(Path::to_path_buf))
+                    .is_some_and(|candidate| candidate == Path::new(path.as_str()))
+            });
+            git.apply_to_tree(&head_tree, &diff, Some(&mut options))
+                .is_err()
+        })
+        .cloned()
+        .collect();
+    if !conflicted.is_empty() {
+        return Err(Error::BringIn {
+            message: format!(
+                "the task's change to {} does not apply cleanly to HEAD (the files changed since the task's base); use `execute-local-task merge` or do it by hand. Nothing was changed",
+                quoted(&conflicted)
+            ),
+            files: conflicted,
+        });
+    }
+    let index = git
+        .apply_to_tree(&head_tree, &diff, None)
+        .map_err(|error| failed(format!("cannot apply the task branch: {}", error.message())))?;
+    paths
+        .into_iter()
+        .map(|path| {
+            let entry = index
+                .get_path(Path::new(&path), 0)
+                .ok_or_else(|| failed(format!("`{path}` is missing from the applied change")))?;
+            let blob = git
+                .find_blob(entry.id)
+                .map_err(|error| failed(format!("cannot read `{path}`: {}", error.message())))?;
+            Ok((path, blob.content().to_vec()))
+        })
+        .collect()
+}
+
+/// `merge`: the run's commit into the current branch, fast-forward when possible.
+pub async fn merge(dir: &Path, which: Which<'_>, lock_timeout: Duration) -> Result<BringInReport> {
+    let main = MainRepo::discover(dir)?;
+    let mut record = runs::load(&main, &which)?;
+    let tip = change_tip(&main, &record, "merge")?;
+    let repo = Repo::discover(&main.root)?;
+    let _lock = lock::acquire(&repo, lock_timeout).await?;
+    let root = &main.root;
+    let ancestor = |a: &str, b: &str| {
+        git_cli::try_git(root, &["merge-base", "--is-ancestor", a, b]).map(|output| output.ok)
+    };
+    if ancestor(&tip, "HEAD")? {
+        return Ok(BringInReport::new(
+            "merged",
+            &record,
+            format!(
+                "HEAD already contains {} ({})",
+                record.branch,
+                crate::branch::short(&tip)
+            ),
+        ));
+    }
+    let fast_forward = ancestor("HEAD", &tip)?;
+    if !fast_forward {
+        merges_cleanly(root, &record, &tip)?;
+    }
+    let files = nul_list(&git(root, &["diff", "--name-only", "-z", "HEAD", &tip])?);
+    let changed = dirty(root, &files)?;
+    if !changed.is_empty() {
+        return Err(refuse_dirty(changed));
+    }
+    let message = format!(
+        "Merge task branch {} (run {})",
+        record.branch, record.run_id
+    );
+    let mut args: Vec<&str> = Vec::new();
+    let configured = ["user.name", "user.email"]
+        .iter()
+        .all(|key| git_cli::try_git(root, &["config", "--get", key]).is_ok_and(|output| output.ok));
+    if !configured {
+        args.extend([
+            "-c",
+            "user.name=execute-local-task",
+            "-c",
+            "user.email=execute-local-task@localhost",
+        ]);
+    }
+    args.extend([
+        "merge",
+        "--quiet",
+        "--ff",
+        "--no-edit",
+        "-m",
+        &message,
+        &tip,
+    ]);
+    let merged = git_cli::try_git(root, &args)?;
+    if !merged.ok {
+        // Checked above, so only a change made meanwhile gets here: leave nothing half-done.
+        let _ = git_cli::try_git(root, &["merge", "--abort"]);
+        return Err(git_cli::failed(
+            root,
+            &["merge", &record.branch],
+            &merged.stderr,
+        ));
+    }
+    let head = git(root, &["rev-parse", "HEAD"])?.trim().to_owned();
+    record.state = Some(State::Merged);
+    runs::save(&main, &record)?;
+    let mut report = BringInReport::new(
+        "merged",
+        &record,
+        format!(
+            "merged {} into HEAD ({}){}",
+            record.branch,
+            crate::branch::short(&head),
+            if fast_forward {
+                " as a fast-forward"
+            } else {
+                " with a merge commit"
+            }
+        ),
+    );
+    report.files = files;
+    report.head = Some(head);
+    report.fast_forward = Some(fast_forward);
+    Ok(report)
+}
+
+/// Refuses, naming the files, a merge of `tip` into HEAD that would conflict: checked
+/// with `git merge-tree`, which touches neither the tree nor the index.
+fn merges_cleanly(root: &Path, record: &BranchRecord, tip: &str) -> Result<()> {
+    let check = git_cli::try_git(
+        root,
+        &[
+            "merge-tree",
+            "--write-tree",
+            "--name-only",
+            "--no-messages",
+            "HEAD",
+            tip,
+        ],
+    )?;
+    if check.ok {
+        return Ok(());
+    }
+    let conflicted: Vec<String> = check.stdout.lines().skip(1).map(str::to_owned).collect();
+    if conflicted.is_empty() {
+        return Err(git_cli::failed(
+            root,
+            &["merge-tree", "HEAD", tip],
+            &check.stderr,
+        ));
+    }
+    Err(Error::BringIn {
+        message: format!(
+            "merging {} would conflict in {}; nothing was changed (resolve it by hand with `git merge {}`)",
+            record.branch,
+            quoted(&conflicted),
+            record.branch
+        ),
+        files: conflicted,
+    })
+}
+
+/// `discard`: deletes the run's branch (when it still points at the run's commit) and
+/// any worktree the run left.
+pub fn discard(dir: &Path, which: &Which<'_>) -> Result<BringInReport> {
+    let main = MainRepo::discover(dir)?;
+    let mut record = runs::load(&main, which)?;
+    let reference = format!("refs/heads/{}", record.branch);
+    let tip = git_cli::resolve(&main.root, &reference)?;
+    let mut done = Vec::new();
+    if let (Some(tip), Some(commit)) = (&tip, &record.commit) {
+        if tip != commit {
+            return Err(Error::BringIn {
+                files: Vec::new(),
+                message: format!(
+                    "{} has moved on from the run's commit {} (to {}); it was not deleted — delete it with `git branch -D {}` if you mean to",
+                    record.branch,
+                    crate::branch::short(commit),
+                    crate::branch::short(tip),
+                    record.branch
+                ),
+            });
+        }
+        git(&main.root, &["update-ref", "-d", &reference, tip])?;
+        done.push(format!(
+            "deleted {} (was {})",
+            record.branch,
+            crate::branch::short(tip)
+        ));
+    }
+    if let Some(path) = record.worktree.take() {
+        crate::worktree::remove_kept(&main, Path::new(&path))?;
+        done.push(format!("removed the worktree {path}"));
+    }
+    record.state = Some(State::Discarded);
+    runs::save(&main, &record)?;
+    let summary = if done.is_empty() {
+        format!(
+            "run {} left no branch or worktree; nothing to delete",
+            record.run_id
+        )
+    } else {
+        done.join("; ")
+    };
+    Ok(BringInReport::new("discarded", &record, summary))
+}
