@@ -3,6 +3,7 @@
 //!
 //! The modules below follow the data flow of a run.
 
+pub mod arguments;
 mod blocking;
 pub mod cancel;
 pub mod cli;
