@@ -14,6 +14,7 @@ pub mod demo;
 pub mod diff;
 pub mod discovery;
 pub mod document;
+pub mod endpoint;
 pub mod error;
 pub mod escape;
 pub mod extract;

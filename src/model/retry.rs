@@ -4,7 +4,47 @@
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
-use super::{ChatReply, ModelError};
+use super::http::seconds;
+use super::{ChatReply, ModelError, ModelErrorKind};
+
+/// The end of a whole model call (`--total-timeout`): every try and every wait before a
+/// retry falls before it.
+pub struct Deadline {
+    at: tokio::time::Instant,
+    total: Duration,
+    /// The endpoint, as shown, for the message.
+    endpoint: String,
+}
+
+impl Deadline {
+    /// `total` from now.
+    pub fn after(total: Duration, endpoint: String) -> Self {
+        Self {
+            at: tokio::time::Instant::now() + total,
+            total,
+            endpoint,
+        }
+    }
+
+    fn expired(&self, last: Option<&ModelError>) -> ModelError {
+        let last = last.map_or_else(String::new, |error| {
+            format!(
+                " (the last try: {}: {})",
+                error.kind.as_str(),
+                error.message
+            )
+        });
+        ModelError::new(
+            ModelErrorKind::TotalTimeout,
+            format!(
+                "{}: no complete reply within {}{last}",
+                self.endpoint,
+                seconds(self.total)
+            ),
+        )
+        .with_hint("raise --total-timeout, or lower --retries / --retry-max-wait")
+    }
+}
 
 /// How often and how patiently a call is retried.
 #[derive(Debug, Clone, Copy)]
@@ -40,10 +80,15 @@ impl RetryPolicy {
         wait.min(self.max_wait)
     }
 
-    /// Runs `call` until it succeeds, fails permanently, or the retries are spent. A reply
-    /// that came after retries carries a note for each fault it survived; a final error
-    /// says how many tries it took.
-    pub async fn run<F, Fut>(&self, mut call: F) -> Result<ChatReply, ModelError>
+    /// Runs `call` until it succeeds, fails permanently, the retries are spent, or the
+    /// deadline passes (`total_timeout`; a retry that would start after it is not made). A
+    /// reply that came after retries carries a note for each fault it survived; a final
+    /// error says how many tries it took.
+    pub async fn run<F, Fut>(
+        &self,
+        deadline: &Deadline,
+        mut call: F,
+    ) -> Result<ChatReply, ModelError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<ChatReply, ModelError>>,
@@ -51,7 +96,10 @@ impl RetryPolicy {
         let mut notes = Vec::new();
         let mut retry = 0;
         loop {
-            match call().await {
+            let Ok(outcome) = tokio::time::timeout_at(deadline.at, call()).await else {
+                return Err(deadline.expired(None));
+            };
+            match outcome {
                 Ok(mut reply) => {
                     notes.append(&mut reply.notes);
                     reply.notes = notes;
@@ -59,6 +107,12 @@ impl RetryPolicy {
                 }
                 Err(error) if error.kind.is_transient() && retry < self.retries => {
                     let wait = self.delay(retry, error.retry_after);
+                    // A retry that would start at or after the deadline could not finish.
+                    if tokio::time::Instant::now() + wait >= deadline.at {
+                        let mut error = deadline.expired(Some(&error));
+                        error.message = format!("{} after {} tries", error.message, retry + 1);
+                        return Err(error);
+                    }
                     let asked = error.retry_after.map_or_else(String::new, |asked| {
                         format!(" (Retry-After {} s)", asked.as_secs())
                     });
