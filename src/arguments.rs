@@ -118,6 +118,16 @@ pub fn bytes(text: &str) -> Result<usize, String> {
     whole_in(text, 1, MAX_BYTES, "a size in bytes")
 }
 
+/// `prune --keep`: a number of runs.
+pub fn runs(text: &str) -> Result<usize, String> {
+    whole_in(text, 0, 1_000_000, "the number of runs to keep")
+}
+
+/// `prune --older-than`: days, up to a hundred years.
+pub fn days(text: &str) -> Result<u64, String> {
+    whole_in(text, 0, 36_500, "the age in days")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +157,7 @@ mod tests {
         assert_eq!(lock_timeout("0"), Ok(0));
         assert!(lock_timeout("-3").is_err());
         assert!(bytes("0").is_err() && bytes("1").is_ok());
+        assert!(runs("-1").is_err() && runs("0").is_ok());
+        assert!(days("-1").is_err() && days("36501").is_err() && days("14").is_ok());
     }
 }

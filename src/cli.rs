@@ -61,10 +61,10 @@ struct Cli {
 #[derive(Args, Debug)]
 struct PruneArgs {
     /// Keep at least this many of the newest runs.
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    #[arg(long, value_name = "N", value_parser = arguments::runs, allow_negative_numbers = true)]
     keep: Option<usize>,
     /// Keep every run younger than this many days.
-    #[arg(long, value_name = "DAYS", allow_negative_numbers = true)]
+    #[arg(long, value_name = "DAYS", value_parser = arguments::days, allow_negative_numbers = true)]
     older_than: Option<u64>,
     /// List what would be removed, and remove nothing.
     #[arg(long)]

@@ -94,10 +94,7 @@ pub fn check(url: &str, given: &str, source: &str) -> Result<(), Error> {
     let url = reqwest::Url::parse(&crate::server::with_scheme(trimmed))
         .map_err(|error| bad(&format!("is not a URL ({error})")))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(bad(&format!(
-            "uses the scheme `{}`; only http and https are spoken",
-            url.scheme()
-        )));
+        return Err(bad(&format!("uses the scheme `{}`", url.scheme())));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(bad("has no host"));

@@ -1,5 +1,7 @@
-//! HTTP plumbing both providers share: the client, sending under the first-byte and total
-//! limits, and turning a transport fault or an error status into its fault class.
+//! HTTP plumbing both providers share: the client, the pace a reply must keep (the
+//! first-byte limit until the model generates, then the idle limit), and turning a
+//! transport fault or an error status into its fault class. The total limit is the
+//! client's ([`super::retry::Deadline`]): it spans the retries.
 
 use std::time::Duration;
 

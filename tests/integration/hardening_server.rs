@@ -146,6 +146,14 @@ fn numbers_on_the_command_line_are_checked() {
             "{flag} {value}: the model was called"
         );
     }
+    let run = Test::new().run_with(|_| ["prune", "--older-than", "-1"].map(str::to_owned).to_vec());
+    let error = run.assert_error(2, "usage");
+    assert!(error.message.contains("--older-than"), "{}", error.message);
+    assert!(
+        error.message.contains("from 0 to 36500"),
+        "{}",
+        error.message
+    );
 }
 
 /// An endpoint the tool cannot speak to is bad input (exit 2) naming where it came from.
