@@ -26,23 +26,36 @@ impl Deadline {
         }
     }
 
-    fn expired(&self, last: Option<&ModelError>) -> ModelError {
-        let last = last.map_or_else(String::new, |error| {
-            format!(
-                " (the last try: {}: {})",
+    /// The `total_timeout` error after `tries` tries, naming the last try's fault when it
+    /// ended in one (rather than being cut by the deadline).
+    fn expired(&self, tries: u32, last: Option<&ModelError>) -> ModelError {
+        let mut detail = Vec::new();
+        if tries > 1 {
+            detail.push(format!("{tries} tries"));
+        }
+        if let Some(error) = last {
+            detail.push(format!(
+                "the last: {}: {}",
                 error.kind.as_str(),
                 error.message
-            )
-        });
+            ));
+        }
+        let detail = if detail.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", detail.join("; "))
+        };
         ModelError::new(
             ModelErrorKind::TotalTimeout,
             format!(
-                "{}: no complete reply within {}{last}",
+                "{}: no complete reply within {}{detail}",
                 self.endpoint,
                 seconds(self.total)
             ),
         )
-        .with_hint("raise --total-timeout, or lower --retries / --retry-max-wait")
+        .with_hint(
+            "raise --total-timeout: a large model, a long reply or a busy server may need more",
+        )
     }
 }
 
@@ -97,7 +110,7 @@ impl RetryPolicy {
         let mut retry = 0;
         loop {
             let Ok(outcome) = tokio::time::timeout_at(deadline.at, call()).await else {
-                return Err(deadline.expired(None));
+                return Err(deadline.expired(retry + 1, None));
             };
             match outcome {
                 Ok(mut reply) => {
@@ -109,9 +122,7 @@ impl RetryPolicy {
                     let wait = self.delay(retry, error.retry_after);
                     // A retry that would start at or after the deadline could not finish.
                     if tokio::time::Instant::now() + wait >= deadline.at {
-                        let mut error = deadline.expired(Some(&error));
-                        error.message = format!("{} after {} tries", error.message, retry + 1);
-                        return Err(error);
+                        return Err(deadline.expired(retry + 1, Some(&error)));
                     }
                     let asked = error.retry_after.map_or_else(String::new, |asked| {
                         format!(" (Retry-After {} s)", asked.as_secs())
