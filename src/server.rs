@@ -45,7 +45,8 @@ impl ModelChoice {
     /// # Errors
     ///
     /// [`Error::Usage`] when the provider (flag or `LOCAL_TASK_PROVIDER`) is not one of
-    /// [`PROVIDERS`]: a typo is the user's input, not a server that could not be used.
+    /// [`PROVIDERS`], or the endpoint is not an http(s) URL ([`endpoint::check`]): a typo
+    /// is the user's input, not a server that could not be used.
     pub fn resolve(
         flags: &ModelChoice,
         spec_model: Option<&str>,
@@ -58,40 +59,17 @@ impl ModelChoice {
             (None, None) => None,
         }
         .filter(|p| p != "auto");
-        let openai_base_url =
-            || env("OPENAI_BASE_URL").map(|url| (url.clone(), url, "OPENAI_BASE_URL"));
-        let ollama_host_url = |suffix: &str| {
-            env("OLLAMA_HOST").map(|host| {
-                (
-                    format!("{}{suffix}", ollama_host(&host)),
-                    host,
-                    "OLLAMA_HOST",
-                )
-            })
-        };
-        // The flag and `LOCAL_TASK_ENDPOINT` first; the ecosystem's variables after. Each
-        // endpoint keeps the text it came from and its source's name, for the check below.
-        let given = match (&flags.endpoint, env("LOCAL_TASK_ENDPOINT")) {
-            (Some(flag), _) => Some((flag.clone(), flag.clone(), "--endpoint")),
-            (None, Some(variable)) => Some((variable.clone(), variable, "LOCAL_TASK_ENDPOINT")),
-            (None, None) => match provider.as_deref() {
-                Some("ollama") => ollama_host_url("").or_else(openai_base_url),
-                // OpenAI explicitly: Ollama's host is used through its `/v1`.
-                Some("openai") => openai_base_url().or_else(|| ollama_host_url("/v1")),
-                // Auto: the bare host is probed and gets Ollama's native API.
-                _ => openai_base_url().or_else(|| ollama_host_url("")),
-            },
-        };
+        let given = given_endpoint(flags.endpoint.as_deref(), provider.as_deref(), &env);
         // Checked once, here, for runs and `models` alike: a URL the tool cannot speak to
         // is bad input (exit 2), not a server fault found later.
-        if let Some((endpoint, raw, source)) = &given {
-            endpoint::check(endpoint, raw, source)?;
+        if let Some(given) = &given {
+            endpoint::check(&given.url, &given.text, given.source)?;
         }
         // Whether the endpoint is `OPENAI_BASE_URL`'s: its key goes only there.
         let from_openai_base_url = given
             .as_ref()
-            .is_some_and(|(_, _, source)| *source == "OPENAI_BASE_URL");
-        let endpoint = given.map(|(endpoint, _, _)| endpoint);
+            .is_some_and(|given| given.source == "OPENAI_BASE_URL");
+        let endpoint = given.map(|given| given.url);
         // `LOCAL_TASK_API_KEY` is meant for whatever server this tool talks to;
         // `OPENAI_API_KEY` belongs to the `OPENAI_BASE_URL` server (often a hosted one) and
         // must not leak to a local port or an `OLLAMA_HOST`.
@@ -132,6 +110,50 @@ impl ModelChoice {
         } else {
             self.ports.clone()
         }
+    }
+}
+
+/// The endpoint a run uses, with the text it came from and where (for messages).
+struct GivenEndpoint {
+    url: String,
+    /// As the user wrote it (differs from `url` for `OLLAMA_HOST`).
+    text: String,
+    /// `--endpoint` or the variable's name.
+    source: &'static str,
+}
+
+/// The flag and `LOCAL_TASK_ENDPOINT` first; the ecosystem's variables after, in the order
+/// the provider makes sensible.
+fn given_endpoint(
+    flag: Option<&str>,
+    provider: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<GivenEndpoint> {
+    let as_given = |text: String, source| GivenEndpoint {
+        url: text.clone(),
+        text,
+        source,
+    };
+    let openai_base_url = || env("OPENAI_BASE_URL").map(|url| as_given(url, "OPENAI_BASE_URL"));
+    let ollama_host_url = |suffix: &str| {
+        env("OLLAMA_HOST").map(|host| GivenEndpoint {
+            url: format!("{}{suffix}", ollama_host(&host)),
+            text: host,
+            source: "OLLAMA_HOST",
+        })
+    };
+    if let Some(flag) = flag {
+        return Some(as_given(flag.to_owned(), "--endpoint"));
+    }
+    if let Some(variable) = env("LOCAL_TASK_ENDPOINT") {
+        return Some(as_given(variable, "LOCAL_TASK_ENDPOINT"));
+    }
+    match provider {
+        Some("ollama") => ollama_host_url("").or_else(openai_base_url),
+        // OpenAI explicitly: Ollama's host is used through its `/v1`.
+        Some("openai") => openai_base_url().or_else(|| ollama_host_url("/v1")),
+        // Auto: the bare host is probed and gets Ollama's native API.
+        _ => openai_base_url().or_else(|| ollama_host_url("")),
     }
 }
 

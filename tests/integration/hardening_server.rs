@@ -297,7 +297,11 @@ fn the_total_timeout_covers_the_retries() {
         .run();
     let error = run.assert_error(3, "total_timeout");
     assert!(error.message.contains("within 2 s ("), "{}", error.message);
-    assert!(error.message.contains("the last: unavailable"), "{}", error.message);
+    assert!(
+        error.message.contains("the last: unavailable"),
+        "{}",
+        error.message
+    );
     assert!(
         run.requests.len() < 11,
         "{} requests: every retry was made",
