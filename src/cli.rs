@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 
+use crate::arguments::{self, Secs};
 use crate::defaults;
 use crate::demo;
 use crate::discovery;
@@ -61,10 +62,10 @@ struct Cli {
 #[derive(Args, Debug)]
 struct PruneArgs {
     /// Keep at least this many of the newest runs.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = arguments::runs, allow_negative_numbers = true)]
     keep: Option<usize>,
     /// Keep every run younger than this many days.
-    #[arg(long, value_name = "DAYS")]
+    #[arg(long, value_name = "DAYS", value_parser = arguments::days, allow_negative_numbers = true)]
     older_than: Option<u64>,
     /// List what would be removed, and remove nothing.
     #[arg(long)]
@@ -73,7 +74,7 @@ struct PruneArgs {
     #[arg(long, value_name = "DIR")]
     repo: Option<PathBuf>,
     /// Seconds to wait for a run that is writing the same repository.
-    #[arg(long, value_name = "SECS", default_value_t = defaults::LOCK_TIMEOUT.as_secs())]
+    #[arg(long, value_name = "SECS", default_value_t = defaults::LOCK_TIMEOUT.as_secs(), value_parser = arguments::lock_timeout, allow_negative_numbers = true)]
     lock_timeout: u64,
 }
 
@@ -110,7 +111,7 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         repo: Option<PathBuf>,
         /// Seconds to wait for a run that is writing the same repository.
-        #[arg(long, value_name = "SECS", default_value_t = defaults::LOCK_TIMEOUT.as_secs())]
+        #[arg(long, value_name = "SECS", default_value_t = defaults::LOCK_TIMEOUT.as_secs(), value_parser = arguments::lock_timeout, allow_negative_numbers = true)]
         lock_timeout: u64,
     },
     /// Remove old runs' backups: those past the newest --keep runs and older than
@@ -206,43 +207,44 @@ struct RunArgs {
     #[arg(long)]
     keep_failed: bool,
     /// Model attempts including repairs, 1 to 5 (overrides the spec; default 2).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=5))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=5), allow_negative_numbers = true)]
     max_attempts: Option<u32>,
     /// A prompt template that replaces the task kind's template for this run.
     #[arg(long, value_name = "FILE")]
     template: Option<PathBuf>,
     /// Cap on the bytes of all context files together.
-    #[arg(long, value_name = "BYTES", default_value_t = defaults::CONTEXT_BUDGET_BYTES)]
+    #[arg(long, value_name = "BYTES", default_value_t = defaults::CONTEXT_BUDGET_BYTES, value_parser = arguments::bytes, allow_negative_numbers = true)]
     max_context_bytes: usize,
-    /// Sampling temperature sent to the model.
-    #[arg(long, default_value_t = defaults::TEMPERATURE)]
+    /// Sampling temperature sent to the model, 0 to 2.
+    #[arg(long, default_value_t = defaults::TEMPERATURE, value_parser = arguments::temperature, allow_negative_numbers = true)]
     temperature: f64,
-    /// Cap on the reply's tokens (default: the server's).
-    #[arg(long, value_name = "N")]
+    /// Cap on the reply's tokens, at least 1 (default: the server's).
+    #[arg(long, value_name = "N", value_parser = arguments::max_tokens, allow_negative_numbers = true)]
     max_tokens: Option<u32>,
     /// Seconds to wait for the connection to the model server (fractions allowed).
-    #[arg(long, value_name = "SECS", default_value_t = Secs(defaults::CONNECT_TIMEOUT), value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", default_value_t = Secs(defaults::CONNECT_TIMEOUT), value_parser = arguments::timeout, allow_negative_numbers = true)]
     connect_timeout: Secs,
-    /// Seconds to wait for the first byte of a reply (a model may be loading).
-    #[arg(long, value_name = "SECS", default_value_t = Secs(defaults::FIRST_BYTE_TIMEOUT), value_parser = parse_secs)]
+    /// Seconds from sending a request until the model's first generated text (a model may
+    /// be loading, or reading a long prompt).
+    #[arg(long, value_name = "SECS", default_value_t = Secs(defaults::FIRST_BYTE_TIMEOUT), value_parser = arguments::timeout, allow_negative_numbers = true)]
     first_byte_timeout: Secs,
-    /// Seconds a reply stream may stall between two chunks.
-    #[arg(long, value_name = "SECS", default_value_t = Secs(defaults::IDLE_TIMEOUT), value_parser = parse_secs)]
+    /// Seconds a reply stream may stall between two chunks, once the model is generating.
+    #[arg(long, value_name = "SECS", default_value_t = Secs(defaults::IDLE_TIMEOUT), value_parser = arguments::timeout, allow_negative_numbers = true)]
     idle_timeout: Secs,
-    /// Seconds one model call may take in all.
-    #[arg(long, value_name = "SECS", default_value_t = Secs(defaults::TOTAL_TIMEOUT), value_parser = parse_secs)]
+    /// Seconds one model call may take in all, its retries and their waits included.
+    #[arg(long, value_name = "SECS", default_value_t = Secs(defaults::TOTAL_TIMEOUT), value_parser = arguments::timeout, allow_negative_numbers = true)]
     total_timeout: Secs,
     /// A reply longer than this many bytes is cut off and reported (`reply_too_large`).
-    #[arg(long, value_name = "BYTES", default_value_t = defaults::MAX_REPLY_BYTES)]
+    #[arg(long, value_name = "BYTES", default_value_t = defaults::MAX_REPLY_BYTES, value_parser = arguments::bytes, allow_negative_numbers = true)]
     max_reply_bytes: usize,
     /// Retries of a transient model-server fault (reset, 429, 500, 503, a cut stream).
-    #[arg(long, value_name = "N", default_value_t = defaults::RETRIES)]
+    #[arg(long, value_name = "N", default_value_t = defaults::RETRIES, value_parser = arguments::retries, allow_negative_numbers = true)]
     retries: u32,
     /// The first retry's backoff in milliseconds; it doubles each retry, with jitter.
-    #[arg(long, value_name = "MS", default_value_t = defaults::RETRY_BASE_MS)]
+    #[arg(long, value_name = "MS", default_value_t = defaults::RETRY_BASE_MS, value_parser = arguments::retry_base_ms, allow_negative_numbers = true)]
     retry_base_ms: u64,
     /// The longest wait before a retry, also capping a server's Retry-After.
-    #[arg(long, value_name = "SECS", default_value_t = Secs(defaults::RETRY_MAX_WAIT), value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", default_value_t = Secs(defaults::RETRY_MAX_WAIT), value_parser = arguments::retry_wait, allow_negative_numbers = true)]
     retry_max_wait: Secs,
     /// Save every model request and reply of this run to a cassette file.
     #[arg(long, value_name = "FILE", conflicts_with = "replay")]
@@ -256,7 +258,7 @@ struct RunArgs {
     #[arg(long, value_name = "MODE", value_parser = ["strict", "sequential"], default_value = "strict", requires = "replay")]
     replay_match: String,
     /// Seconds to wait for another run that is writing the same repository.
-    #[arg(long, value_name = "SECS", default_value_t = defaults::LOCK_TIMEOUT.as_secs())]
+    #[arg(long, value_name = "SECS", default_value_t = defaults::LOCK_TIMEOUT.as_secs(), value_parser = arguments::lock_timeout, allow_negative_numbers = true)]
     lock_timeout: u64,
     /// No progress on stderr.
     #[arg(long, short)]
@@ -653,27 +655,6 @@ fn print_model_table(reports: &[discovery::ServerReport]) {
             );
         }
     }
-}
-
-/// A duration on the command line, in whole or fractional seconds (`5`, `0.2`); `--help`
-/// shows its default the same way.
-#[derive(Debug, Clone, Copy)]
-struct Secs(Duration);
-
-impl std::fmt::Display for Secs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0.as_secs_f64())
-    }
-}
-
-fn parse_secs(text: &str) -> Result<Secs, String> {
-    let secs: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
-    Duration::try_from_secs_f64(secs)
-        .map(Secs)
-        .map_err(|_| format!("`{text}` is not a usable number of seconds"))
 }
 
 async fn run_prune(args: PruneArgs, env: &Env) -> u8 {

@@ -17,11 +17,12 @@ pub const TEST_TIMEOUT_SECS: u64 = 300;
 
 /// Waiting for the connection to the model server.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Waiting for the response headers (a cold model may take long to load).
+/// From sending a request until the model's first generated text (a cold model may take
+/// long to load, and a long prompt long to read).
 pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(300);
-/// A reply stream stalling between two chunks.
+/// A reply stream stalling between two chunks, once the model is generating.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
-/// One model call in all.
+/// One model call in all, its retries and their waits included.
 pub const TOTAL_TIMEOUT: Duration = Duration::from_secs(1800);
 /// A reply longer than this is cut off and reported.
 pub const MAX_REPLY_BYTES: usize = 4 * 1024 * 1024;

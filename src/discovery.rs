@@ -98,7 +98,7 @@ async fn probe_as(
         if only == Some("ollama") {
             return Err(ModelError::new(
                 ModelErrorKind::NoServer,
-                format!("{root}: not an Ollama server"),
+                format!("{}: not an Ollama server", crate::endpoint::redact(root)),
             ));
         }
         OpenAi::new(&openai_base, api_key, limits)?
@@ -211,8 +211,9 @@ pub async fn survey(
             };
             let probe_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             match found {
+                // Shown with its secrets masked, like every printed endpoint.
                 Ok(found) => ServerReport {
-                    endpoint: found.base,
+                    endpoint: crate::endpoint::redact(&found.base),
                     kind: if found.provider == Provider::Ollama {
                         "Ollama".to_owned()
                     } else {
@@ -230,7 +231,7 @@ pub async fn survey(
                     probe_ms,
                 },
                 Err(error) => ServerReport {
-                    endpoint: target,
+                    endpoint: crate::endpoint::redact(&target),
                     kind,
                     provider: None,
                     version: None,

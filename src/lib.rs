@@ -3,6 +3,7 @@
 //!
 //! The modules below follow the data flow of a run.
 
+pub mod arguments;
 mod blocking;
 pub mod branch;
 pub mod bring_in;
@@ -15,6 +16,7 @@ pub mod demo;
 pub mod diff;
 pub mod discovery;
 pub mod document;
+pub mod endpoint;
 pub mod error;
 pub mod escape;
 pub mod extract;

@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 
 use crate::discovery::{PORTS_VARIABLE, discover, discovery_ports, probe, probe_limits};
+use crate::endpoint;
 use crate::error::Error;
 use crate::model::ollama::Ollama;
 use crate::model::openai::OpenAi;
@@ -44,7 +45,8 @@ impl ModelChoice {
     /// # Errors
     ///
     /// [`Error::Usage`] when the provider (flag or `LOCAL_TASK_PROVIDER`) is not one of
-    /// [`PROVIDERS`]: a typo is the user's input, not a server that could not be used.
+    /// [`PROVIDERS`], or the endpoint is not an http(s) URL ([`endpoint::check`]): a typo
+    /// is the user's input, not a server that could not be used.
     pub fn resolve(
         flags: &ModelChoice,
         spec_model: Option<&str>,
@@ -57,27 +59,17 @@ impl ModelChoice {
             (None, None) => None,
         }
         .filter(|p| p != "auto");
-        let openai_base_url = || env("OPENAI_BASE_URL").map(|url| (url, true));
-        let ollama_host_url = |suffix: &str| {
-            env("OLLAMA_HOST").map(|host| (format!("{}{suffix}", ollama_host(&host)), false))
-        };
-        // The flag and `LOCAL_TASK_ENDPOINT` first; the ecosystem's variables after, with
-        // a note of whether the endpoint is `OPENAI_BASE_URL` (its key goes only there).
-        let (endpoint, from_openai_base_url) = match flags
-            .endpoint
-            .clone()
-            .or_else(|| env("LOCAL_TASK_ENDPOINT"))
-        {
-            Some(endpoint) => (Some(endpoint), false),
-            None => match provider.as_deref() {
-                Some("ollama") => ollama_host_url("").or_else(openai_base_url),
-                // OpenAI explicitly: Ollama's host is used through its `/v1`.
-                Some("openai") => openai_base_url().or_else(|| ollama_host_url("/v1")),
-                // Auto: the bare host is probed and gets Ollama's native API.
-                _ => openai_base_url().or_else(|| ollama_host_url("")),
-            }
-            .map_or((None, false), |(endpoint, openai)| (Some(endpoint), openai)),
-        };
+        let given = given_endpoint(flags.endpoint.as_deref(), provider.as_deref(), &env);
+        // Checked once, here, for runs and `models` alike: a URL the tool cannot speak to
+        // is bad input (exit 2), not a server fault found later.
+        if let Some(given) = &given {
+            endpoint::check(&given.url, &given.text, given.source)?;
+        }
+        // Whether the endpoint is `OPENAI_BASE_URL`'s: its key goes only there.
+        let from_openai_base_url = given
+            .as_ref()
+            .is_some_and(|given| given.source == "OPENAI_BASE_URL");
+        let endpoint = given.map(|given| given.url);
         // `LOCAL_TASK_API_KEY` is meant for whatever server this tool talks to;
         // `OPENAI_API_KEY` belongs to the `OPENAI_BASE_URL` server (often a hosted one) and
         // must not leak to a local port or an `OLLAMA_HOST`.
@@ -121,6 +113,50 @@ impl ModelChoice {
     }
 }
 
+/// The endpoint a run uses, with the text it came from and where (for messages).
+struct GivenEndpoint {
+    url: String,
+    /// As the user wrote it (differs from `url` for `OLLAMA_HOST`).
+    text: String,
+    /// `--endpoint` or the variable's name.
+    source: &'static str,
+}
+
+/// The flag and `LOCAL_TASK_ENDPOINT` first; the ecosystem's variables after, in the order
+/// the provider makes sensible.
+fn given_endpoint(
+    flag: Option<&str>,
+    provider: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<GivenEndpoint> {
+    let as_given = |text: String, source| GivenEndpoint {
+        url: text.clone(),
+        text,
+        source,
+    };
+    let openai_base_url = || env("OPENAI_BASE_URL").map(|url| as_given(url, "OPENAI_BASE_URL"));
+    let ollama_host_url = |suffix: &str| {
+        env("OLLAMA_HOST").map(|host| GivenEndpoint {
+            url: format!("{}{suffix}", ollama_host(&host)),
+            text: host,
+            source: "OLLAMA_HOST",
+        })
+    };
+    if let Some(flag) = flag {
+        return Some(as_given(flag.to_owned(), "--endpoint"));
+    }
+    if let Some(variable) = env("LOCAL_TASK_ENDPOINT") {
+        return Some(as_given(variable, "LOCAL_TASK_ENDPOINT"));
+    }
+    match provider {
+        Some("ollama") => ollama_host_url("").or_else(openai_base_url),
+        // OpenAI explicitly: Ollama's host is used through its `/v1`.
+        Some("openai") => openai_base_url().or_else(|| ollama_host_url("/v1")),
+        // Auto: the bare host is probed and gets Ollama's native API.
+        _ => openai_base_url().or_else(|| ollama_host_url("")),
+    }
+}
+
 /// `value` as a provider name, or a usage error naming where it came from and what is
 /// accepted.
 fn checked_provider(value: &str, source: &str) -> Result<String, Error> {
@@ -135,26 +171,52 @@ fn checked_provider(value: &str, source: &str) -> Result<String, Error> {
     }
 }
 
-/// `OLLAMA_HOST` as a URL: it may lack the scheme or the port, and is often the bind
-/// address `0.0.0.0`, which is reached through loopback.
+/// `OLLAMA_HOST` as a URL, read the way Ollama reads it: the scheme (default `http`) and a
+/// path are kept, a missing port is 11434, and only the unspecified address a server binds
+/// to (`0.0.0.0`, `[::]`, or no host at all) means this machine and is reached through
+/// loopback. Any other address is kept as it is. Anything left malformed is caught by the
+/// endpoint check, which names `OLLAMA_HOST`.
 fn ollama_host(host: &str) -> String {
-    let url = with_scheme(host.trim()).trim_end_matches('/').to_owned();
-    let (scheme, rest) = url.split_once("://").unwrap_or(("http", &url));
+    let host = host.trim().trim_end_matches('/');
+    let (scheme, rest) = host.split_once("://").unwrap_or(("http", host));
     let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-    let authority = authority.replace("0.0.0.0", "127.0.0.1");
-    let has_port = authority
-        .rsplit_once(':')
-        .is_some_and(|(_, port)| port.parse::<u16>().is_ok());
-    let authority = if has_port {
-        authority
+    let (user_info, host_port) = authority
+        .rsplit_once('@')
+        .map_or(("", authority), |(user, host)| (user, host));
+    let (name, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
+        let (inside, after) = bracketed.split_once(']').unwrap_or((bracketed, ""));
+        (
+            format!("[{inside}]"),
+            after.strip_prefix(':').unwrap_or(after),
+        )
+    } else if host_port.matches(':').count() > 1 {
+        // A bare IPv6 address (`::1`): every colon is the address's own.
+        (format!("[{host_port}]"), "")
     } else {
-        format!("{authority}:{OLLAMA_DEFAULT_PORT}")
+        let (name, port) = host_port.split_once(':').unwrap_or((host_port, ""));
+        (name.to_owned(), port)
     };
-    if path.is_empty() {
-        format!("{scheme}://{authority}")
+    let name = match name.as_str() {
+        "" | "0.0.0.0" => "127.0.0.1".to_owned(),
+        "[::]" | "[0:0:0:0:0:0:0:0]" => "[::1]".to_owned(),
+        _ => name,
+    };
+    let port = if port.is_empty() {
+        OLLAMA_DEFAULT_PORT.to_string()
     } else {
-        format!("{scheme}://{authority}/{path}")
-    }
+        port.to_owned()
+    };
+    let user_info = if user_info.is_empty() {
+        String::new()
+    } else {
+        format!("{user_info}@")
+    };
+    let path = if path.is_empty() {
+        String::new()
+    } else {
+        format!("/{path}")
+    };
+    format!("{scheme}://{user_info}{name}:{port}{path}")
 }
 
 pub(crate) fn with_scheme(url: &str) -> String {
@@ -439,9 +501,10 @@ fn known_provider(choice: &ModelChoice) -> Option<Provider> {
 /// picks the server, so the addresses are null and `note` says which ports are probed.
 pub fn dry_run(choice: &ModelChoice, request: &ChatRequest) -> serde_json::Value {
     let candidate = |provider: Provider| {
+        // Shown with its secrets masked, like every printed endpoint.
         let endpoint = choice.endpoint.as_deref().map(|endpoint| match provider {
-            Provider::Ollama => ollama_base(endpoint),
-            _ => openai_base(endpoint),
+            Provider::Ollama => endpoint::redact(&ollama_base(endpoint)),
+            _ => endpoint::redact(&openai_base(endpoint)),
         });
         let url = endpoint.as_deref().map(|base| match provider {
             Provider::Ollama => format!("{base}/api/chat"),
@@ -484,7 +547,7 @@ pub fn dry_run(choice: &ModelChoice, request: &ChatRequest) -> serde_json::Value
         let probed = choice
             .endpoint
             .as_deref()
-            .map(|e| with_scheme(e.trim()).trim_end_matches('/').to_owned());
+            .map(|e| endpoint::redact(with_scheme(e.trim()).trim_end_matches('/')));
         serde_json::json!({
             "provider": "auto (not probed)",
             "endpoint": probed,
@@ -527,10 +590,67 @@ mod tests {
     fn ollama_addresses_normalise_to_the_server_root() {
         assert_eq!(ollama_base("http://h:11434/v1/"), "http://h:11434");
         assert_eq!(ollama_base("h:11434/api/chat"), "http://h:11434");
-        assert_eq!(ollama_host("0.0.0.0"), "http://127.0.0.1:11434");
-        assert_eq!(ollama_host("https://box:8443/"), "https://box:8443");
-        assert_eq!(ollama_host("[::1]"), "http://[::1]:11434");
         assert!(is_bare("http://h:1/") && !is_bare("http://h:1/v1"));
+    }
+
+    #[test]
+    fn ollama_host_keeps_every_address_but_the_unspecified_one() {
+        for (given, url) in [
+            ("0.0.0.0", "http://127.0.0.1:11434"),
+            ("0.0.0.0:8080", "http://127.0.0.1:8080"),
+            ("http://0.0.0.0:11434/", "http://127.0.0.1:11434"),
+            (":11434", "http://127.0.0.1:11434"),
+            ("10.0.0.0", "http://10.0.0.0:11434"),
+            ("100.0.0.0", "http://100.0.0.0:11434"),
+            ("10.0.0.0:11434", "http://10.0.0.0:11434"),
+            ("192.168.1.20:9000", "http://192.168.1.20:9000"),
+            ("box", "http://box:11434"),
+            (" box ", "http://box:11434"),
+            ("box/prefix", "http://box:11434/prefix"),
+            ("https://box", "https://box:11434"),
+            ("https://box:8443/", "https://box:8443"),
+            ("http://user:pw@box", "http://user:pw@box:11434"),
+            ("[::]", "http://[::1]:11434"),
+            ("[::]:9999", "http://[::1]:9999"),
+            ("::", "http://[::1]:11434"),
+            ("[::1]", "http://[::1]:11434"),
+            ("fe80::1", "http://[fe80::1]:11434"),
+            ("[fe80::1]:8080", "http://[fe80::1]:8080"),
+        ] {
+            assert_eq!(ollama_host(given), url, "{given}");
+        }
+    }
+
+    #[test]
+    fn a_malformed_endpoint_is_a_usage_error_naming_its_source() {
+        let resolve = |name: &'static str, value: &'static str| {
+            let env = move |n: &str| (n == name).then(|| value.to_owned());
+            ModelChoice::resolve(&ModelChoice::default(), None, &env)
+        };
+        for (name, value) in [
+            ("LOCAL_TASK_ENDPOINT", "ftp://h/v1"),
+            ("OPENAI_BASE_URL", "file:///tmp/sock"),
+            ("OLLAMA_HOST", "box:port"),
+            ("LOCAL_TASK_ENDPOINT", "http//x"),
+        ] {
+            let error = resolve(name, value).unwrap_err();
+            assert_eq!(error.kind(), "usage", "{name}={value}");
+            assert!(
+                error
+                    .to_string()
+                    .starts_with(&format!("{name} is `{value}`")),
+                "{error}"
+            );
+        }
+        let flags = ModelChoice {
+            endpoint: Some("http://".to_owned()),
+            ..ModelChoice::default()
+        };
+        let error = ModelChoice::resolve(&flags, None, &|_: &str| None).unwrap_err();
+        assert!(
+            error.to_string().starts_with("--endpoint is `http://`"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use super::http::{seconds, transport_error};
+use super::http::{Pace, transport_error};
 use super::{Limits, ModelError, ModelErrorKind};
 
 /// The whole body, or the fault that stopped it: `reply_too_large` past the size cap,
@@ -17,21 +17,25 @@ pub(crate) async fn read(
     response: reqwest::Response,
     limits: &Limits,
 ) -> Result<Vec<u8>, ModelError> {
+    let mut pace = Pace::start(limits);
+    pace.flowing();
+    read_paced(url, response, limits, &mut pace).await
+}
+
+/// Like [`read`], for a model's whole reply: until its first bytes the first-byte limit of
+/// `pace` applies (the server computes the whole reply before sending any), then the idle
+/// limit.
+pub(crate) async fn read_paced(
+    url: &str,
+    response: reqwest::Response,
+    limits: &Limits,
+    pace: &mut Pace,
+) -> Result<Vec<u8>, ModelError> {
     let mut chunks = response.bytes_stream();
     let mut body = Vec::new();
     loop {
-        let next = tokio::time::timeout(limits.idle, chunks.next())
-            .await
-            .map_err(|_| {
-                ModelError::new(
-                    ModelErrorKind::IdleTimeout,
-                    format!(
-                        "{url}: the answer stalled for {} after {} bytes",
-                        seconds(limits.idle),
-                        body.len()
-                    ),
-                )
-            })?;
+        let next = pace.next(url, body.len(), chunks.next()).await?;
+        pace.flowing();
         let Some(chunk) = next else {
             return Ok(body);
         };

@@ -1,5 +1,7 @@
-//! HTTP plumbing both providers share: the client, sending under the first-byte and total
-//! limits, and turning a transport fault or an error status into its fault class.
+//! HTTP plumbing both providers share: the client, the pace a reply must keep (the
+//! first-byte limit until the model generates, then the idle limit), and turning a
+//! transport fault or an error status into its fault class. The total limit is the
+//! client's ([`super::retry::Deadline`]): it spans the retries.
 
 use std::time::Duration;
 
@@ -24,40 +26,79 @@ pub(crate) fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, 
         })
 }
 
-/// Runs a whole model call under the total time limit.
-pub(crate) async fn within_total<T>(
-    limits: &Limits,
-    url: &str,
-    call: impl std::future::Future<Output = Result<T, ModelError>>,
-) -> Result<T, ModelError> {
-    tokio::time::timeout(limits.total, call)
-        .await
-        .unwrap_or_else(|_| {
-            Err(ModelError::new(
-                ModelErrorKind::TotalTimeout,
-                format!("{url}: no complete reply within {}", seconds(limits.total)),
-            ))
-        })
+/// When the next piece of a reply must arrive. Until the model has produced something,
+/// the first-byte limit runs from the moment the request is sent: a server may send its
+/// headers at once and then read a long prompt for minutes before the first token, and
+/// that wait is the model loading and reading, not a stalled stream. After the first
+/// generated piece, each further piece must follow within the idle limit.
+pub(crate) struct Pace {
+    first_deadline: tokio::time::Instant,
+    first_byte: Duration,
+    idle: Duration,
+    flowing: bool,
+}
+
+impl Pace {
+    /// Starts the first-byte clock now: call it just before sending the request.
+    pub(crate) fn start(limits: &Limits) -> Self {
+        Self {
+            first_deadline: tokio::time::Instant::now() + limits.first_byte,
+            first_byte: limits.first_byte,
+            idle: limits.idle,
+            flowing: false,
+        }
+    }
+
+    /// The model has produced something: from now on the idle limit applies.
+    pub(crate) fn flowing(&mut self) {
+        self.flowing = true;
+    }
+
+    /// `next` within the limit that applies now; `received` (bytes of reply so far) is
+    /// for the message.
+    pub(crate) async fn next<T>(
+        &self,
+        url: &str,
+        received: usize,
+        next: impl std::future::Future<Output = T>,
+    ) -> Result<T, ModelError> {
+        if self.flowing {
+            tokio::time::timeout(self.idle, next).await.map_err(|_| {
+                ModelError::new(
+                    ModelErrorKind::IdleTimeout,
+                    format!(
+                        "{url}: the stream stalled for {} after {received} bytes",
+                        seconds(self.idle)
+                    ),
+                )
+            })
+        } else {
+            tokio::time::timeout_at(self.first_deadline, next)
+                .await
+                .map_err(|_| {
+                    ModelError::new(
+                        ModelErrorKind::FirstByteTimeout,
+                        format!(
+                            "{url}: the model did not start answering within {}",
+                            seconds(self.first_byte)
+                        ),
+                    )
+                })
+        }
+    }
 }
 
 /// Sends a request and waits for the response headers within the first-byte limit;
 /// transport faults and error statuses become their fault classes.
 pub(crate) async fn send(
     limits: &Limits,
+    pace: &Pace,
     url: &str,
     request: reqwest::RequestBuilder,
 ) -> Result<reqwest::Response, ModelError> {
-    let response = tokio::time::timeout(limits.first_byte, request.send())
-        .await
-        .map_err(|_| {
-            ModelError::new(
-                ModelErrorKind::FirstByteTimeout,
-                format!(
-                    "{url}: the server did not start answering within {}",
-                    seconds(limits.first_byte)
-                ),
-            )
-        })?
+    let response = pace
+        .next(url, 0, request.send())
+        .await?
         .map_err(|error| transport_error(url, &error))?;
     check_status(url, response, limits).await
 }
@@ -194,6 +235,11 @@ pub(crate) fn transport_error(url: &str, error: &reqwest::Error) -> ModelError {
         error.to_string()
     } else {
         chain
+    };
+    // reqwest's words may name the URL, with a key in its query.
+    let detail = match error.url() {
+        Some(target) => detail.replace(target.as_str(), &crate::endpoint::redact(target.as_str())),
+        None => detail,
     };
     let error = ModelError::new(kind, format!("{url}: {detail}"));
     match kind {

@@ -149,10 +149,13 @@ impl Provider {
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub connect: Duration,
-    /// Until the response headers arrive (a cold model may take long to load).
+    /// From sending the request until the model has generated its first piece of text: the
+    /// response headers may come at once and the first token minutes later (a cold model
+    /// loading, a long prompt being read).
     pub first_byte: Duration,
-    /// Between two chunks of a stream.
+    /// Between two chunks of a stream, once the model is generating.
     pub idle: Duration,
+    /// One model call in all, its retries and their waits included.
     pub total: Duration,
     /// A reply that never ends is cut here.
     pub max_reply_bytes: usize,
@@ -354,10 +357,11 @@ impl Client {
         }
     }
 
+    /// The endpoint as shown and stored (result, progress, cassettes): credentials masked.
     pub fn endpoint(&self) -> String {
         match &self.backend {
-            Backend::OpenAi(client) => client.base_url().to_owned(),
-            Backend::Ollama(client) => client.base_url().to_owned(),
+            Backend::OpenAi(client) => client.endpoint().to_owned(),
+            Backend::Ollama(client) => client.endpoint().to_owned(),
             Backend::Recorded(replayer) => replayer.source().to_owned(),
         }
     }
@@ -367,14 +371,21 @@ impl Client {
         request_body(self.provider(), request)
     }
 
-    /// One model call: retried while its faults are transient, recorded when asked.
+    /// One model call: retried while its faults are transient and the total limit allows,
+    /// recorded when asked.
     pub async fn chat(&self, request: &ChatRequest) -> Result<ChatReply, ModelError> {
         if let Backend::Recorded(replayer) = &self.backend {
             // A recorded fault is the outcome after the recorded run's own retries:
             // retrying it here would consume the next exchange.
             return replayer.next_reply(request);
         }
-        let outcome = self.retry.run(|| self.chat_once(request)).await;
+        let total = match &self.backend {
+            Backend::OpenAi(client) => client.limits().total,
+            Backend::Ollama(client) => client.limits().total,
+            Backend::Recorded(_) => defaults::TOTAL_TIMEOUT,
+        };
+        let deadline = retry::Deadline::after(total, self.endpoint());
+        let outcome = self.retry.run(&deadline, || self.chat_once(request)).await;
         if let Some(recorder) = &self.recorder {
             recorder.record(request, &outcome)?;
         }

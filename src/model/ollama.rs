@@ -8,7 +8,7 @@
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use super::http::{check_status, http_client, seconds, send, transport_error, within_total};
+use super::http::{Pace, check_status, http_client, send, transport_error};
 use super::{ChatReply, ChatRequest, Finish, Limits, ModelError, ModelErrorKind, TokenUsage, body};
 
 /// Tokens reserved for the reply when no `--max-tokens` is given: room for a whole file.
@@ -18,7 +18,10 @@ const WINDOW_STEP: u64 = 2048;
 
 pub struct Ollama {
     http: reqwest::Client,
+    /// Where requests go: may carry basic-auth credentials.
     base_url: String,
+    /// The same with its secrets masked: what messages and results show.
+    shown: String,
     limits: Limits,
 }
 
@@ -28,12 +31,18 @@ impl Ollama {
         Ok(Self {
             http: http_client(limits.connect)?,
             base_url: base_url.trim_end_matches('/').to_owned(),
+            shown: crate::endpoint::redact(base_url.trim_end_matches('/')),
             limits,
         })
     }
 
-    pub fn base_url(&self) -> &str {
-        &self.base_url
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The server root as shown: credentials masked.
+    pub fn endpoint(&self) -> &str {
+        &self.shown
     }
 
     /// The server's version (`GET /api/version`): only Ollama answers it.
@@ -42,7 +51,7 @@ impl Ollama {
         body["version"].as_str().map(str::to_owned).ok_or_else(|| {
             ModelError::new(
                 ModelErrorKind::MalformedStream,
-                format!("{}/api/version: no `version` in the answer", self.base_url),
+                format!("{}/api/version: no `version` in the answer", self.shown),
             )
         })
     }
@@ -63,10 +72,10 @@ impl Ollama {
     }
 
     async fn get_json(&self, path: &str) -> Result<Value, ModelError> {
-        let url = format!("{}{path}", self.base_url);
+        let url = format!("{}{path}", self.shown);
         let response = self
             .http
-            .get(&url)
+            .get(format!("{}{path}", self.base_url))
             .timeout(self.limits.first_byte)
             .send()
             .await
@@ -78,35 +87,31 @@ impl Ollama {
     }
 
     pub async fn chat(&self, request: &ChatRequest) -> Result<ChatReply, ModelError> {
-        let url = format!("{}/api/chat", self.base_url);
-        within_total(&self.limits, &url, self.stream_chat(&url, request)).await
-    }
-
-    async fn stream_chat(&self, url: &str, request: &ChatRequest) -> Result<ChatReply, ModelError> {
+        let url = format!("{}/api/chat", self.shown);
+        let target = format!("{}/api/chat", self.base_url);
+        let mut pace = Pace::start(&self.limits);
         let response = send(
             &self.limits,
-            url,
-            self.http.post(url).json(&request_body(request)),
+            &pace,
+            &url,
+            self.http.post(target).json(&request_body(request)),
         )
         .await
         .map_err(not_ollama)?;
+        self.read_stream(&url, response, &mut pace).await
+    }
 
+    async fn read_stream(
+        &self,
+        url: &str,
+        response: reqwest::Response,
+        pace: &mut Pace,
+    ) -> Result<ChatReply, ModelError> {
         let mut bytes = response.bytes_stream();
         let mut pending: Vec<u8> = Vec::new();
         let mut reply = Streamed::default();
         loop {
-            let next = tokio::time::timeout(self.limits.idle, bytes.next())
-                .await
-                .map_err(|_| {
-                    ModelError::new(
-                        ModelErrorKind::IdleTimeout,
-                        format!(
-                            "{url}: the stream stalled for {} after {} bytes",
-                            seconds(self.limits.idle),
-                            reply.content.len()
-                        ),
-                    )
-                })?;
+            let next = pace.next(url, reply.content.len(), bytes.next()).await?;
             let Some(chunk) = next else { break };
             let chunk = chunk.map_err(|error| {
                 ModelError::new(
@@ -124,6 +129,9 @@ impl Ollama {
                 if reply.apply_line(url, &line)? {
                     return Ok(reply.finish());
                 }
+                // Ollama streams nothing before the first token, so a whole line is the
+                // model at work.
+                pace.flowing();
             }
             // A line that never ends is a reply that never ends.
             if reply.content.len() + pending.len() > self.limits.max_reply_bytes {

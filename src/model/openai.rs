@@ -8,14 +8,15 @@ use eventsource_stream::{EventStreamError, Eventsource};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use super::http::{
-    check_status, clip, error_text, http_client, seconds, send, transport_error, within_total,
-};
+use super::http::{Pace, check_status, clip, error_text, http_client, send, transport_error};
 use super::{ChatReply, ChatRequest, Finish, Limits, ModelError, ModelErrorKind, TokenUsage, body};
 
 pub struct OpenAi {
     http: reqwest::Client,
+    /// Where requests go: may carry basic-auth credentials.
     base_url: String,
+    /// The same with its secrets masked: what messages and results show.
+    shown: String,
     api_key: Option<String>,
     limits: Limits,
 }
@@ -31,19 +32,33 @@ impl OpenAi {
         Ok(Self {
             http,
             base_url: base_url.trim_end_matches('/').to_owned(),
+            shown: crate::endpoint::redact(base_url.trim_end_matches('/')),
             api_key,
             limits,
         })
     }
 
-    pub fn base_url(&self) -> &str {
-        &self.base_url
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The API root as shown: credentials masked.
+    pub fn endpoint(&self) -> &str {
+        &self.shown
+    }
+
+    /// The URL a request to `path` goes to, and the same as shown in messages.
+    fn target(&self, path: &str) -> (String, String) {
+        (
+            format!("{}{path}", self.base_url),
+            format!("{}{path}", self.shown),
+        )
     }
 
     /// Lists the model ids the server offers (`GET /models`).
     pub async fn list_models(&self) -> Result<Vec<String>, ModelError> {
-        let url = format!("{}/models", self.base_url);
-        let mut request = self.http.get(&url).timeout(self.limits.first_byte);
+        let (target, url) = self.target("/models");
+        let mut request = self.http.get(&target).timeout(self.limits.first_byte);
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key);
         }
@@ -65,17 +80,24 @@ impl OpenAi {
     }
 
     pub async fn chat(&self, request: &ChatRequest) -> Result<ChatReply, ModelError> {
-        let url = format!("{}/chat/completions", self.base_url);
-        within_total(&self.limits, &url, self.stream_chat(&url, request)).await
-    }
-
-    async fn stream_chat(&self, url: &str, request: &ChatRequest) -> Result<ChatReply, ModelError> {
-        let mut http_request = self.http.post(url).json(&request_body(request));
+        let (target, url) = self.target("/chat/completions");
+        let mut http_request = self.http.post(&target).json(&request_body(request));
         if let Some(key) = &self.api_key {
             http_request = http_request.bearer_auth(key);
         }
-        let response = send(&self.limits, url, http_request).await?;
+        let mut pace = Pace::start(&self.limits);
+        let response = send(&self.limits, &pace, &url, http_request).await?;
+        self.read_stream(&url, response, &mut pace, request).await
+    }
 
+    /// The streamed reply (or the whole one, from a server that does not stream).
+    async fn read_stream(
+        &self,
+        url: &str,
+        response: reqwest::Response,
+        pace: &mut Pace,
+        request: &ChatRequest,
+    ) -> Result<ChatReply, ModelError> {
         let is_stream = response
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
@@ -83,7 +105,7 @@ impl OpenAi {
             .is_none_or(|v| v.contains("event-stream"));
         if !is_stream {
             // Some servers ignore `stream: true` and answer with one JSON document.
-            return self.whole_reply(url, response).await;
+            return self.whole_reply(url, response, pace).await;
         }
 
         // Bytes since the last whole event: a line that never ends is a reply that never
@@ -104,18 +126,7 @@ impl OpenAi {
         let mut reply = StreamedReply::default();
         let mut any_event = false;
         loop {
-            let next = tokio::time::timeout(self.limits.idle, events.next())
-                .await
-                .map_err(|_| {
-                    ModelError::new(
-                        ModelErrorKind::IdleTimeout,
-                        format!(
-                            "{url}: the stream stalled for {} after {} bytes",
-                            seconds(self.limits.idle),
-                            reply.content.len()
-                        ),
-                    )
-                })?;
+            let next = pace.next(url, reply.content.len(), events.next()).await?;
             let Some(event) = next else { break };
             any_event = true;
             let event =
@@ -132,7 +143,9 @@ impl OpenAi {
             if event.event == "error" {
                 return Err(StreamedReply::error_event(url, data));
             }
-            reply.apply_chunk(url, data)?;
+            if reply.apply_chunk(url, data)? {
+                pace.flowing();
+            }
             if reply.content.len() > self.limits.max_reply_bytes {
                 return Err(ModelError::new(
                     ModelErrorKind::ReplyTooLarge,
@@ -167,20 +180,23 @@ impl OpenAi {
         // A fresh connection: the server may close the one that carried the empty stream
         // (llama-cpp-python does, as it fails the request), and reusing it would only
         // report "connection closed".
-        let mut http_request = http_client(self.limits.connect)?.post(url).json(&body);
+        let (target, _) = self.target("/chat/completions");
+        let mut http_request = http_client(self.limits.connect)?.post(&target).json(&body);
         if let Some(key) = &self.api_key {
             http_request = http_request.bearer_auth(key);
         }
-        let response = send(&self.limits, url, http_request).await?;
-        self.whole_reply(url, response).await
+        let mut pace = Pace::start(&self.limits);
+        let response = send(&self.limits, &pace, url, http_request).await?;
+        self.whole_reply(url, response, &mut pace).await
     }
 
     async fn whole_reply(
         &self,
         url: &str,
         response: reqwest::Response,
+        pace: &mut Pace,
     ) -> Result<ChatReply, ModelError> {
-        let bytes = body::read(url, response, &self.limits).await?;
+        let bytes = body::read_paced(url, response, &self.limits, pace).await?;
         let body: Value = serde_json::from_slice(&bytes).map_err(|error| {
             ModelError::new(
                 ModelErrorKind::MalformedStream,
@@ -270,7 +286,9 @@ struct StreamedReply {
 }
 
 impl StreamedReply {
-    fn apply_chunk(&mut self, url: &str, data: &str) -> Result<(), ModelError> {
+    /// Applies one event; true when it carried something the model generated (text of any
+    /// kind, or a finish reason), as opposed to a bare role or usage announcement.
+    fn apply_chunk(&mut self, url: &str, data: &str) -> Result<bool, ModelError> {
         let chunk: Value = serde_json::from_str(data).map_err(|error| {
             ModelError::new(
                 ModelErrorKind::MalformedStream,
@@ -296,7 +314,14 @@ impl StreamedReply {
                 .iter()
                 .find(|choice| choice["index"].as_u64().unwrap_or(0) == 0)
         });
+        let mut generated = false;
         if let Some(choice) = first {
+            generated = choice["finish_reason"].is_string()
+                || choice["delta"].as_object().is_some_and(|delta| {
+                    delta.iter().any(|(name, value)| {
+                        name != "role" && value.as_str().is_some_and(|text| !text.is_empty())
+                    })
+                });
             if let Some(text) = choice["delta"]["content"].as_str() {
                 self.content.push_str(text);
             }
@@ -307,7 +332,7 @@ impl StreamedReply {
         if let Some(usage) = parse_usage(&chunk["usage"]) {
             self.usage = Some(usage);
         }
-        Ok(())
+        Ok(generated)
     }
 
     /// An SSE `event: error`: its data is the server's message, as JSON (`{"message"}` or

@@ -4,7 +4,60 @@
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
-use super::{ChatReply, ModelError};
+use super::http::seconds;
+use super::{ChatReply, ModelError, ModelErrorKind};
+
+/// The end of a whole model call (`--total-timeout`): every try and every wait before a
+/// retry falls before it.
+pub struct Deadline {
+    at: tokio::time::Instant,
+    total: Duration,
+    /// The endpoint, as shown, for the message.
+    endpoint: String,
+}
+
+impl Deadline {
+    /// `total` from now.
+    pub fn after(total: Duration, endpoint: String) -> Self {
+        Self {
+            at: tokio::time::Instant::now() + total,
+            total,
+            endpoint,
+        }
+    }
+
+    /// The `total_timeout` error after `tries` tries, naming the last try's fault when it
+    /// ended in one (rather than being cut by the deadline).
+    fn expired(&self, tries: u32, last: Option<&ModelError>) -> ModelError {
+        let mut detail = Vec::new();
+        if tries > 1 {
+            detail.push(format!("{tries} tries"));
+        }
+        if let Some(error) = last {
+            detail.push(format!(
+                "the last: {}: {}",
+                error.kind.as_str(),
+                error.message
+            ));
+        }
+        let detail = if detail.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", detail.join("; "))
+        };
+        ModelError::new(
+            ModelErrorKind::TotalTimeout,
+            format!(
+                "{}: no complete reply within {}{detail}",
+                self.endpoint,
+                seconds(self.total)
+            ),
+        )
+        .with_hint(
+            "raise --total-timeout: a large model, a long reply or a busy server may need more",
+        )
+    }
+}
 
 /// How often and how patiently a call is retried.
 #[derive(Debug, Clone, Copy)]
@@ -40,10 +93,15 @@ impl RetryPolicy {
         wait.min(self.max_wait)
     }
 
-    /// Runs `call` until it succeeds, fails permanently, or the retries are spent. A reply
-    /// that came after retries carries a note for each fault it survived; a final error
-    /// says how many tries it took.
-    pub async fn run<F, Fut>(&self, mut call: F) -> Result<ChatReply, ModelError>
+    /// Runs `call` until it succeeds, fails permanently, the retries are spent, or the
+    /// deadline passes (`total_timeout`; a retry that would start after it is not made). A
+    /// reply that came after retries carries a note for each fault it survived; a final
+    /// error says how many tries it took.
+    pub async fn run<F, Fut>(
+        &self,
+        deadline: &Deadline,
+        mut call: F,
+    ) -> Result<ChatReply, ModelError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<ChatReply, ModelError>>,
@@ -51,7 +109,10 @@ impl RetryPolicy {
         let mut notes = Vec::new();
         let mut retry = 0;
         loop {
-            match call().await {
+            let Ok(outcome) = tokio::time::timeout_at(deadline.at, call()).await else {
+                return Err(deadline.expired(retry + 1, None));
+            };
+            match outcome {
                 Ok(mut reply) => {
                     notes.append(&mut reply.notes);
                     reply.notes = notes;
@@ -59,6 +120,10 @@ impl RetryPolicy {
                 }
                 Err(error) if error.kind.is_transient() && retry < self.retries => {
                     let wait = self.delay(retry, error.retry_after);
+                    // A retry that would start at or after the deadline could not finish.
+                    if tokio::time::Instant::now() + wait >= deadline.at {
+                        return Err(deadline.expired(retry + 1, Some(&error)));
+                    }
                     let asked = error.retry_after.map_or_else(String::new, |asked| {
                         format!(" (Retry-After {} s)", asked.as_secs())
                     });

@@ -88,6 +88,9 @@ pub enum Script {
     Drip { piece: String, every_ms: u64 },
     /// Answers 200 with the protocol's streaming headers and exactly this body, then closes.
     Body(String),
+    /// Sends the streaming headers at once, waits `wait_ms` (a model reading a long
+    /// prompt before its first token), then streams the reply.
+    Prefill { wait_ms: u64, chat: Chat },
 }
 
 /// Which API the scripted server speaks.
@@ -371,6 +374,19 @@ fn play(mut stream: TcpStream, script: Option<Script>, native: bool) {
             let _ = stream.flush();
             let _ = stream.shutdown(Shutdown::Both);
         }
+        Some(Script::Prefill { wait_ms, chat }) => {
+            let _ = stream.write_all(stream_head);
+            let _ = stream.flush();
+            std::thread::sleep(std::time::Duration::from_millis(wait_ms));
+            let body = if native {
+                ndjson_body(&chat)
+            } else {
+                sse_body(&chat)
+            };
+            let _ = stream.write_all(body.as_bytes());
+            let _ = stream.flush();
+            let _ = stream.shutdown(Shutdown::Write);
+        }
         Some(Script::Drip { piece, every_ms }) => {
             let _ = stream.write_all(stream_head);
             let event = if native {
@@ -580,6 +596,8 @@ pub struct Test {
     args: Vec<String>,
     env: Vec<(String, String)>,
     endpoint: Option<String>,
+    /// Turns the scripted server's URL into the endpoint given to the tool.
+    endpoint_from: Option<fn(&str) -> String>,
     git: bool,
     protocol: Protocol,
     /// Discovery instead of an endpoint: the scripted server's port, then these.
@@ -654,6 +672,7 @@ impl Test {
             args: Vec::new(),
             env: Vec::new(),
             endpoint: None,
+            endpoint_from: None,
             git: true,
             protocol: Protocol::OpenAi,
             discovery: None,
@@ -770,6 +789,13 @@ impl Test {
         self
     }
 
+    /// Point the tool at the scripted server through `shape(server_url)`, e.g. with
+    /// credentials or a path added.
+    pub fn endpoint_from(mut self, shape: fn(&str) -> String) -> Self {
+        self.endpoint_from = Some(shape);
+        self
+    }
+
     /// Run outside any git repository.
     pub fn no_git(mut self) -> Self {
         self.git = false;
@@ -823,6 +849,10 @@ impl Test {
         std::fs::create_dir_all(&home).unwrap();
 
         let server = ModelServer::start_speaking(self.protocol, self.script, self.models);
+        let endpoint = self
+            .endpoint
+            .clone()
+            .or_else(|| self.endpoint_from.map(|shape| shape(&server.url)));
         let before = snapshot(&repo);
         let mut command = Command::new(BIN);
         command
@@ -843,10 +873,10 @@ impl Test {
         if self.url_variable == "LOCAL_TASK_ENDPOINT" {
             command.env(
                 "LOCAL_TASK_ENDPOINT",
-                self.endpoint.as_deref().unwrap_or(&server.url),
+                endpoint.as_deref().unwrap_or(&server.url),
             );
         } else {
-            let url = self.endpoint.as_deref().unwrap_or(&server.url);
+            let url = endpoint.as_deref().unwrap_or(&server.url);
             command.env(&self.url_variable, url.trim_start_matches("http://"));
         }
         if let Some(more) = &self.discovery {

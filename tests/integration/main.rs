@@ -9,6 +9,7 @@ mod conformance;
 mod core;
 mod extraction;
 mod hardening_input;
+mod hardening_server;
 mod providers;
 mod repair;
 mod runs;
