@@ -17,6 +17,7 @@ pub mod error;
 pub mod escape;
 pub mod extract;
 pub mod guard;
+pub mod harden;
 pub mod input_file;
 pub mod language;
 pub mod lock;
