@@ -592,6 +592,8 @@ pub struct Test {
     closed_stderr: bool,
     /// Where the git directory lives relative to the working tree.
     layout: Layout,
+    /// A program (with its arguments) that starts the binary, such as `setpriv`.
+    wrapper: Vec<String>,
 }
 
 /// How the test repository's working tree and git directory are laid out. In every
@@ -656,7 +658,14 @@ impl Test {
             during: None,
             closed_stderr: false,
             layout: Layout::Plain,
+            wrapper: Vec::new(),
         }
+    }
+
+    /// Starts the binary through `program args… BIN` (to change its privileges, say).
+    pub fn wrapped_in(mut self, program: &[&str]) -> Self {
+        self.wrapper = program.iter().map(|word| (*word).to_owned()).collect();
+        self
     }
 
     /// Lays the repository out this way (the files are committed either way).
@@ -808,7 +817,14 @@ impl Test {
 
         let server = ModelServer::start_speaking(self.protocol, self.script, self.models);
         let before = snapshot(&repo);
-        let mut command = Command::new(BIN);
+        let mut command = match self.wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(BIN);
+                command
+            }
+            None => Command::new(BIN),
+        };
         command
             .args(args(&spec_path))
             .current_dir(&repo)
