@@ -20,7 +20,8 @@ pub struct ContextFile {
 }
 
 /// Reads every file the patterns name, in the order given (a glob's matches sorted by
-/// path), each file once. Output files are left out: the prompt shows their current
+/// path), each file once. A glob skips files in git directories and others the guard
+/// refuses; a path named outright that the guard refuses is an `unsafe_path` error. Output files are left out: the prompt shows their current
 /// content where it asks for the new one, and twice would waste a small context window.
 pub fn gather(
     bounds: &guard::Bounds,
@@ -41,7 +42,12 @@ pub fn gather(
                 })?;
             let files = walked.get_or_insert_with(|| walk(root));
             let before = paths.len();
-            for file in files.iter().filter(|file| matcher.is_match(file.as_str())) {
+            // A glob skips what the guard refuses (the walk already leaves out git
+            // directories); a path named outright is still refused, loudly.
+            for file in files
+                .iter()
+                .filter(|file| matcher.is_match(file.as_str()) && bounds.locate(file).is_ok())
+            {
                 if seen.insert(file.clone()) {
                     paths.push(file.clone());
                 }
@@ -119,12 +125,14 @@ fn is_glob(pattern: &str) -> bool {
     pattern.contains(['*', '?', '[', '{'])
 }
 
-/// Every file of the working tree that git would not ignore, as `/`-separated relative paths.
+/// Every file of the working tree that git would not ignore, as `/`-separated relative paths,
+/// without what is in a git directory: `.git`, and one with any other name (a nested
+/// repository's `--separate-git-dir`), which the guard refuses to read.
 fn walk(root: &Path) -> Vec<String> {
     let mut files: Vec<String> = ignore::WalkBuilder::new(root)
         .hidden(false)
         .require_git(false)
-        .filter_entry(|entry| !guard::is_dot_git(&entry.file_name().to_string_lossy()))
+        .filter_entry(|entry| !in_git_dir(entry))
         .build()
         .filter_map(std::result::Result::ok)
         .filter(|entry| entry.file_type().is_some_and(|kind| kind.is_file()))
@@ -137,6 +145,15 @@ fn walk(root: &Path) -> Vec<String> {
         .collect();
     files.sort_unstable();
     files
+}
+
+/// Whether the walk leaves `entry` out: a `.git`, or a git directory with another name (the
+/// root itself is the working tree, never one).
+fn in_git_dir(entry: &ignore::DirEntry) -> bool {
+    guard::is_dot_git(&entry.file_name().to_string_lossy())
+        || (entry.depth() > 0
+            && entry.file_type().is_some_and(|kind| kind.is_dir())
+            && guard::is_git_dir(entry.path()))
 }
 
 /// Reads a context file through the guard: paths that leave the repository or enter `.git`
@@ -216,6 +233,24 @@ mod tests {
         let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(paths, ["src/c.txt", "src/a.rs"]);
         assert_eq!(files[1].language, "rust");
+    }
+
+    #[test]
+    fn globs_skip_git_directories_but_named_paths_are_refused() {
+        let dir = tree();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        for inner in ["gd/objects", "gd/refs"] {
+            std::fs::create_dir_all(root.join(inner)).unwrap();
+        }
+        std::fs::write(root.join("gd/HEAD"), "ref: refs/heads/main\n").unwrap();
+        std::fs::write(root.join("gd/COMMIT_EDITMSG"), "nested\n").unwrap();
+        std::fs::remove_file(root.join("blob.bin")).unwrap();
+        let bounds = guard::Bounds::new(root.clone(), root.join(".git"));
+        let files = gather(&bounds, &["**/*".to_owned()], &[], 1000).unwrap();
+        let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["src/a.rs", "src/c.txt", "src/nested/b.rs"]);
+        let error = gather(&bounds, &["gd/COMMIT_EDITMSG".to_owned()], &[], 1000).unwrap_err();
+        assert!(matches!(error, Error::UnsafePath { .. }), "{error}");
     }
 
     #[test]

@@ -77,6 +77,21 @@ pub fn is_dot_git(name: &str) -> bool {
         || visible.eq_ignore_ascii_case("git~1")
 }
 
+/// Whether `dir` is a git directory by git's own test (`is_git_directory` in git's
+/// `setup.c`): a `HEAD`, and `objects/` and `refs/` directories, or, for a linked
+/// worktree's git directory, a `commondir` file in place of the two. A `.git` file's
+/// `gitdir:` line can only name such a directory (git refuses anything else), so the shape
+/// finds every git directory in the tree whatever it is called, without reading `.git`
+/// files. A symlinked `HEAD` (old repositories) counts.
+pub fn is_git_dir(dir: &Path) -> bool {
+    let file = |name: &str| {
+        std::fs::symlink_metadata(dir.join(name))
+            .is_ok_and(|metadata| metadata.is_file() || metadata.file_type().is_symlink())
+    };
+    let directory = |name: &str| std::fs::metadata(dir.join(name)).is_ok_and(|m| m.is_dir());
+    file("HEAD") && ((directory("objects") && directory("refs")) || file("commondir"))
+}
+
 /// The code points HFS+ leaves out when it compares names (the list git uses).
 fn is_hfs_ignorable(c: char) -> bool {
     matches!(c, '\u{200c}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{206a}'..='\u{206f}' | '\u{feff}')
@@ -135,7 +150,8 @@ pub struct Bounds {
 
 impl Bounds {
     /// `root` and `git_dir` must be canonical. The git directory is refused wherever it
-    /// is, also when it sits in the tree under another name (`--separate-git-dir`).
+    /// is, and so is any other git directory inside the tree, whatever its name (a nested
+    /// repository's, made with `--separate-git-dir`): see [`is_git_dir`].
     pub fn new(root: PathBuf, git_dir: PathBuf) -> Self {
         Self { root, git_dir }
     }
@@ -222,17 +238,29 @@ impl Bounds {
     }
 
     /// Refuses a canonical path outside the root or inside a git directory, saying where it
-    /// leads ("outside the repository", "into `.git`").
-    fn check_real(&self, real: &Path) -> Result<(), &'static str> {
+    /// leads ("outside the repository", "into `.git`", "into the git directory `ngd`").
+    /// Every directory on the way is checked, so a nested repository's git directory with
+    /// an ordinary name (`git init --separate-git-dir=ngd sub`) is refused like `.git`.
+    fn check_real(&self, real: &Path) -> Result<(), String> {
         let Ok(inside) = real.strip_prefix(&self.root) else {
-            return Err("outside the repository");
+            return Err("outside the repository".to_owned());
         };
         if real.starts_with(&self.git_dir)
             || inside
                 .components()
                 .any(|c| is_dot_git(&c.as_os_str().to_string_lossy()))
         {
-            return Err("into `.git`");
+            return Err("into `.git`".to_owned());
+        }
+        // The root itself is the working tree, never a git directory.
+        let mut dir = self.root.clone();
+        let mut shown = PathBuf::new();
+        for component in inside.components() {
+            dir.push(component);
+            shown.push(component);
+            if is_git_dir(&dir) {
+                return Err(format!("into the git directory `{}`", shown.display()));
+            }
         }
         Ok(())
     }
@@ -440,5 +468,51 @@ mod tests {
         ));
         assert!(bounds.read("to-secret", false).unwrap().is_none());
         assert!(bounds.read("missing", true).unwrap().is_none());
+    }
+
+    #[test]
+    fn git_directories_with_any_name_are_refused() {
+        use std::os::unix::fs::symlink;
+        let temp = tempfile::tempdir().unwrap();
+        let repo = temp.path().join("repo");
+        for dir in [
+            "ngd/objects",
+            "ngd/refs",
+            "ngd/hooks",
+            "wt",
+            "plain/objects",
+        ] {
+            std::fs::create_dir_all(repo.join(dir)).unwrap();
+        }
+        std::fs::write(repo.join("ngd/HEAD"), "ref: refs/heads/main\n").unwrap();
+        std::fs::write(repo.join("ngd/config"), "[core]\n").unwrap();
+        std::fs::write(repo.join("wt/HEAD"), "ref: refs/heads/x\n").unwrap();
+        std::fs::write(repo.join("wt/commondir"), "../..\n").unwrap();
+        // A HEAD alone, or objects without refs, is an ordinary project file.
+        std::fs::write(repo.join("plain/HEAD"), "not git\n").unwrap();
+        let bounds = bounds_in(&repo);
+        symlink("ngd", repo.join("link")).unwrap();
+        symlink("ngd/config", repo.join("to-config")).unwrap();
+
+        for path in ["ngd/hooks/post-commit", "ngd/config", "link/config", "wt/x"] {
+            let error = bounds.locate(path).unwrap_err();
+            assert!(error.contains("into the git directory"), "{path}: {error}");
+        }
+        assert!(bounds.locate("ngd/new/deeper/x").is_err());
+        assert!(matches!(
+            bounds.read("ngd/config", true),
+            Err(ReadError::Unsafe(_))
+        ));
+        assert!(matches!(
+            bounds.read("to-config", true),
+            Err(ReadError::Unsafe(_))
+        ));
+        assert_eq!(
+            bounds.read("plain/HEAD", true).unwrap().unwrap(),
+            b"not git\n"
+        );
+        assert!(bounds.locate_target("plain/objects/x").is_ok());
+        assert!(is_git_dir(&repo.join("ngd")));
+        assert!(!is_git_dir(&repo.join("plain")));
     }
 }

@@ -22,6 +22,7 @@ pub mod escape;
 pub mod extract;
 mod git_cli;
 pub mod guard;
+pub mod harden;
 pub mod input_file;
 pub mod language;
 pub mod lock;

@@ -108,9 +108,7 @@ impl Templates {
                         message: "is a directory, not a template".to_owned(),
                     });
                 }
-                Err(ReadError::Io(error)) => {
-                    return Err(Error::io("read template", override_path, error));
-                }
+                Err(ReadError::Io(error)) => return Err(unreadable(&override_path, &error)),
             };
             add(&mut env, &shown, name, source)?;
         }
@@ -118,7 +116,7 @@ impl Templates {
             Some(path) => {
                 let source =
                     crate::input_file::read_text(path, crate::input_file::MAX_TEMPLATE_BYTES)
-                        .map_err(|error| Error::io("read template", path, error))?;
+                        .map_err(|error| unreadable(path, &error))?;
                 shown.insert(OVERRIDE_NAME.to_owned(), path.display().to_string());
                 add(&mut env, &shown, OVERRIDE_NAME, source)?;
                 OVERRIDE_NAME.to_owned()
@@ -191,6 +189,20 @@ impl Templates {
             .map_err(|error| template_error(&self.shown, name, &error))?;
         // File contents pass through verbatim: only the ends of the whole text are trimmed.
         Ok(text.trim().to_owned() + "\n")
+    }
+}
+
+/// A template file that cannot be read (missing, a FIFO or device, too large, not UTF-8,
+/// no permission) is a template error naming the file, like one that does not parse: the
+/// fix is the same, in the same place.
+fn unreadable(path: &Path, error: &std::io::Error) -> Error {
+    let message = match error.kind() {
+        std::io::ErrorKind::NotFound => "does not exist".to_owned(),
+        _ => error.to_string(),
+    };
+    Error::Template {
+        name: path.display().to_string(),
+        message,
     }
 }
 

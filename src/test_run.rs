@@ -40,15 +40,56 @@ const GIT_REDIRECTS: &[&str] = &[
     "GIT_DISCOVERY_ACROSS_FILESYSTEM",
 ];
 
-/// The tool's credentials for the model server. The test runs code a model wrote, so it
-/// gets none of them: a test (or whatever it starts) could send them anywhere.
-const SECRETS: &[&str] = &["LOCAL_TASK_API_KEY", "OPENAI_API_KEY"];
+/// Credentials the test never gets: the tool's own keys for the model server, and the
+/// well-known AI provider keys a supervising agent's environment holds. The test runs code
+/// a model wrote, and a test (or whatever it starts) could send them anywhere. This is the
+/// one list; the README's test-command section names the same variables.
+pub const SECRETS: &[&str] = &[
+    "LOCAL_TASK_API_KEY",
+    "OPENAI_API_KEY",
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_AUTH_TOKEN",
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "GEMINI_API_KEY",
+    "GOOGLE_API_KEY",
+    "MISTRAL_API_KEY",
+    "GROQ_API_KEY",
+    "OPENROUTER_API_KEY",
+    "TOGETHER_API_KEY",
+    "DEEPSEEK_API_KEY",
+    "LITELLM_API_KEY",
+];
+
+/// Endpoint variables, withheld from the test only when they carry a password
+/// (`http://user:pass@host`): without one they are an address a test may well need.
+pub const ENDPOINT_VARIABLES: &[&str] = &["OPENAI_BASE_URL", "LOCAL_TASK_ENDPOINT", "OLLAMA_HOST"];
+
+/// Whether the variable `name` with `value` is kept from the test.
+fn withheld(name: &str, value: &std::ffi::OsStr) -> bool {
+    GIT_REDIRECTS.contains(&name)
+        || SECRETS.contains(&name)
+        || (ENDPOINT_VARIABLES.contains(&name) && has_userinfo(&value.to_string_lossy()))
+}
+
+/// Whether a URL (or `OLLAMA_HOST`'s scheme-less `host:port`) has a `user@` or
+/// `user:pass@` part before its host.
+fn has_userinfo(url: &str) -> bool {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = after_scheme
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or_default();
+    authority.contains('@')
+}
 
 /// Takes out of `command`'s environment what the test must not see or act on: the
-/// tool's credentials and git's redirections to another repository.
+/// credentials above and git's redirections to another repository.
 fn clean_environment(command: &mut Command) {
-    for name in GIT_REDIRECTS.iter().chain(SECRETS) {
-        command.env_remove(name);
+    for (name, value) in std::env::vars_os() {
+        if withheld(&name.to_string_lossy(), &value) {
+            command.env_remove(name);
+        }
     }
 }
 
@@ -559,6 +600,34 @@ mod tests {
     use std::fmt::Write as _;
 
     use super::*;
+
+    #[test]
+    fn credentials_are_withheld_and_plain_endpoints_kept() {
+        let value = std::ffi::OsStr::new;
+        for name in SECRETS.iter().chain(["GIT_DIR", "GIT_INDEX_FILE"].iter()) {
+            assert!(withheld(name, value("x")), "{name} was kept");
+        }
+        for url in [
+            "http://user:pass@127.0.0.1:8080/v1",
+            "https://token@host/v1",
+            "user:pass@127.0.0.1:11434",
+        ] {
+            for name in ENDPOINT_VARIABLES {
+                assert!(withheld(name, value(url)), "{name}={url} was kept");
+            }
+        }
+        for url in [
+            "http://127.0.0.1:8080/v1",
+            "127.0.0.1:11434",
+            "http://host/v1?q=a@b",
+            "http://host/path/a@b",
+        ] {
+            for name in ENDPOINT_VARIABLES {
+                assert!(!withheld(name, value(url)), "{name}={url} was withheld");
+            }
+        }
+        assert!(!withheld("PATH", value("user@host")));
+    }
 
     #[test]
     fn bounded_output_keeps_head_and_tail_in_whole_lines() {

@@ -612,6 +612,8 @@ pub struct Test {
     layout: Layout,
     /// Acts on the repository once it is built, before the binary runs.
     before: Option<Setup>,
+    /// A program (with its arguments) that starts the binary, such as `setpriv`.
+    wrapper: Vec<String>,
 }
 
 /// How the test repository's working tree and git directory are laid out. In every
@@ -681,6 +683,7 @@ impl Test {
             closed_stderr: false,
             layout: Layout::Plain,
             before: None,
+            wrapper: Vec::new(),
         }
     }
 
@@ -688,6 +691,12 @@ impl Test {
     /// snapshot and the binary (to make a branch, say).
     pub fn before(mut self, act: impl FnOnce(&Path) + 'static) -> Self {
         self.before = Some(Box::new(act));
+        self
+    }
+
+    /// Starts the binary through `program args… BIN` (to change its privileges, say).
+    pub fn wrapped_in(mut self, program: &[&str]) -> Self {
+        self.wrapper = program.iter().map(|word| (*word).to_owned()).collect();
         self
     }
 
@@ -854,7 +863,14 @@ impl Test {
             .clone()
             .or_else(|| self.endpoint_from.map(|shape| shape(&server.url)));
         let before = snapshot(&repo);
-        let mut command = Command::new(BIN);
+        let mut command = match self.wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(BIN);
+                command
+            }
+            None => Command::new(BIN),
+        };
         command
             .args(args(&spec_path))
             .current_dir(&repo)

@@ -12,6 +12,7 @@ mod hardening_input;
 mod hardening_server;
 mod providers;
 mod repair;
+mod review_guard;
 mod runs;
 mod safety;
 mod signals;
