@@ -23,7 +23,7 @@ use crate::write::Journal;
 
 pub use crate::cancel::{Cancel, Canceller};
 pub use crate::options::RunOptions;
-pub use crate::prepare::{Prepared, SpecInput, Unprepared, prepare};
+pub use crate::prepare::{Opened, Prepared, SpecInput, Unprepared, prepare};
 
 /// What a run produced: a result, or for `--dry-run` the request it would send.
 #[allow(clippy::large_enum_variant)] // One value a process: boxing buys nothing.
@@ -63,26 +63,24 @@ pub async fn run(
         attempts: Vec::new(),
         unrestored: None,
     };
-    let prepared = {
-        let (spec, options, env) = (spec.clone(), options.clone(), Arc::clone(env));
-        off_thread(move || prepare(&spec, &options, &*env))
+    let opened = {
+        let (spec, options) = (spec.clone(), options.clone());
+        off_thread(move || crate::prepare::open(&spec, &options))
     };
-    let finished = match options.cancel.or_cancel(prepared).await {
+    let finished = match options.cancel.or_cancel(opened).await {
         Err(error) => {
             state.task_id = spec.peek_task_id();
             Err(error)
         }
         Ok(Err(unprepared)) => {
             state.task_id = unprepared.task_id;
-            state.git = unprepared.git;
             Err(unprepared.error)
         }
-        Ok(Ok(prepared)) => {
-            state.task_id = Some(prepared.spec.task_id.clone());
-            state.git = Some(prepared.git.clone());
+        Ok(Ok(opened)) => {
+            state.task_id = Some(opened.spec.task_id.clone());
             // Boxed: the attempts are a large future, and callers hold many runs' at once.
-            Box::pin(run_prepared(
-                prepared, options, server, env, progress, &mut state,
+            Box::pin(run_opened(
+                opened, options, server, env, progress, &mut state,
             ))
             .await
         }
@@ -192,21 +190,53 @@ enum Finished {
     DryRun(serde_json::Value),
 }
 
-/// The stages from the model on, for a prepared run.
-async fn run_prepared(
-    prepared: Prepared,
+/// The stages after the repository was found: the run records itself, then prepares.
+async fn run_opened(
+    opened: Opened,
     options: &RunOptions,
     server: Option<Connected>,
     env: &Env,
     progress: Progress<'_>,
     state: &mut RunState,
 ) -> Result<Finished> {
-    if options.dry_run {
+    // The run's mark, before any later stage can fail: `rollback --last` means this run
+    // now (even one a dirty target or a missing context file stops), and the result's run
+    // id is one `rollback` knows. A dry run is not a run and leaves no mark.
+    let journal = if options.dry_run {
+        None
+    } else {
+        let journal = Journal::begin(&opened.repo, &opened.spec.task_id)?;
+        journal.run_id().clone_into(&mut state.run_id);
+        Some(journal)
+    };
+    let prepared = {
+        let (options, env) = (options.clone(), Arc::clone(env));
+        off_thread(move || opened.prepare(&options, &*env))
+    };
+    let prepared = match options.cancel.or_cancel(prepared).await? {
+        Ok(prepared) => prepared,
+        Err(unprepared) => {
+            state.git = unprepared.git;
+            return Err(unprepared.error);
+        }
+    };
+    state.git = Some(prepared.git.clone());
+    let Some(journal) = journal else {
         return Ok(Finished::DryRun(prepared.dry_run(options)));
-    }
-    // The run's mark, before anything can end it: `rollback --last` means this run now.
-    let journal = Journal::begin(&prepared.repo, &prepared.spec.task_id)?;
-    journal.run_id().clone_into(&mut state.run_id);
+    };
+    run_prepared(prepared, journal, options, server, env, progress, state).await
+}
+
+/// The stages from the model on, for a prepared run.
+async fn run_prepared(
+    prepared: Prepared,
+    journal: Journal,
+    options: &RunOptions,
+    server: Option<Connected>,
+    env: &Env,
+    progress: Progress<'_>,
+    state: &mut RunState,
+) -> Result<Finished> {
     prune::at_start(&prepared.repo, &**env);
     if let Some(result) = missing_test_program(&prepared, options, state).await? {
         return Ok(Finished::Done(result));
