@@ -8,6 +8,7 @@ use std::time::Instant;
 use crate::blocking::off_thread;
 use crate::cancel::stall_point;
 use crate::error::{Error, Result};
+use crate::lock;
 use crate::model::{ChatReply, ChatRequest, Message};
 use crate::prune;
 use crate::repair::{reply_turn, test_failure, written_turn};
@@ -469,27 +470,49 @@ impl Attempts<'_> {
         self.options.cancel.or_cancel(work).await
     }
 
-    /// The result's file changes and diffs, off the async threads. The journal goes with
-    /// the diff, and the run keeps the same journal read back from disk: a signal during a
-    /// long diff then still undoes the attempt's code, as an interrupted run keeps none.
+    /// The result's file changes and diffs, off the async threads. The diff reads a copy of
+    /// the journal from disk; the run keeps its own (which holds the run directory's lock),
+    /// so a signal during a long diff still undoes the attempt's code, as an interrupted
+    /// run keeps none.
     async fn changes(&mut self, n: u32, files: Vec<(String, String)>) -> Result<Vec<FileChange>> {
-        // Without a second journal the diff is made here, as nothing could undo the code a
-        // signal meanwhile would leave.
-        let Ok(kept) = Journal::open(&self.prepared.repo, &self.state.run_id) else {
+        // Without a copy the diff is made here, as nothing could undo the code a signal
+        // meanwhile would leave.
+        let Ok(copy) = Journal::open(&self.prepared.repo, &self.state.run_id) else {
             return Ok(file_changes(&self.journal, &self.prepared.targets, &files));
         };
-        let journal = std::mem::replace(&mut self.journal, kept);
         let targets = Arc::clone(&self.prepared.targets);
         let cancel = self.options.cancel.clone();
         let diff = off_thread(move || {
             stall_point("diff", Some(&cancel));
-            file_changes(&journal, &targets, &files)
+            file_changes(&copy, &targets, &files)
         });
-        let changes = self.options.cancel.or_cancel(diff).await;
-        if changes.is_err() && self.journal.restore().is_err() && self.journal.has_writes() {
-            self.state.unrestored = Some(n);
+        match self.options.cancel.or_cancel(diff).await {
+            Ok(changes) => Ok(changes),
+            Err(error) => Err(self.undo_passed(n, error).await),
         }
-        changes
+    }
+
+    /// Undoes attempt `n`'s tested code when `error` (a signal) ends the run before its
+    /// result: under the repository lock, as every write and restore is. A file changed
+    /// since the run wrote it is kept and reported as a conflict, as on the test's signal
+    /// path; should the undo fail, the result says the tree may hold the attempt's code.
+    async fn undo_passed(&mut self, n: u32, error: Error) -> Error {
+        let restored = match lock::acquire(&self.prepared.repo, self.options.lock_timeout).await {
+            Ok(_lock) => self.journal.restore(),
+            Err(lock_error) => Err(lock_error),
+        };
+        match restored {
+            Ok(restored) => {
+                let why = matches!(error, Error::Interrupted(_)).then(|| error.to_string());
+                restored.conflict(why.as_deref()).unwrap_or(error)
+            }
+            Err(_) => {
+                if self.journal.has_writes() {
+                    self.state.unrestored = Some(n);
+                }
+                error
+            }
+        }
     }
 
     /// Records attempt `attempt` as ended by `error` (a signal, mostly), and gives the error.
