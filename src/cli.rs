@@ -59,11 +59,14 @@ struct Cli {
 
 #[derive(Args, Debug)]
 struct PruneArgs {
-    /// Keep at least this many of the newest runs.
-    #[arg(long, value_name = "N")]
+    // The help is built from `defaults`, so it says what the library does.
+    #[arg(long, value_name = "N", help = format!(
+        "Keep at least this many of the newest runs [default: {}]", defaults::KEEP_RUNS
+    ))]
     keep: Option<usize>,
-    /// Keep every run younger than this many days.
-    #[arg(long, value_name = "DAYS")]
+    #[arg(long, value_name = "DAYS", help = format!(
+        "Keep every run younger than this many days [default: {}]", defaults::KEEP_DAYS
+    ))]
     older_than: Option<u64>,
     /// List what would be removed, and remove nothing.
     #[arg(long)]
@@ -97,8 +100,8 @@ enum Command {
         lock_timeout: u64,
     },
     /// Remove old runs' backups: those past the newest --keep runs and older than
-    /// --older-than days (defaults: `LOCAL_TASK_KEEP_RUNS`, `LOCAL_TASK_KEEP_DAYS`, else
-    /// 50 and 14).
+    /// --older-than days (when not given: `LOCAL_TASK_KEEP_RUNS`, `LOCAL_TASK_KEEP_DAYS`,
+    /// else the defaults below).
     Prune(PruneArgs),
     /// List reachable local model servers and their models.
     Models {

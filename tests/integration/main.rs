@@ -10,6 +10,7 @@ mod extraction;
 mod hardening_input;
 mod providers;
 mod repair;
+mod review_fixes;
 mod runs;
 mod safety;
 mod signals;
