@@ -501,18 +501,14 @@ impl Attempts<'_> {
             Ok(_lock) => self.journal.restore(),
             Err(lock_error) => Err(lock_error),
         };
-        match restored {
-            Ok(restored) => {
-                let why = matches!(error, Error::Interrupted(_)).then(|| error.to_string());
-                restored.conflict(why.as_deref()).unwrap_or(error)
-            }
-            Err(_) => {
-                if self.journal.has_writes() {
-                    self.state.unrestored = Some(n);
-                }
-                error
-            }
+        if let Ok(restored) = restored {
+            let why = matches!(error, Error::Interrupted(_)).then(|| error.to_string());
+            return restored.conflict(why.as_deref()).unwrap_or(error);
         }
+        if self.journal.has_writes() {
+            self.state.unrestored = Some(n);
+        }
+        error
     }
 
     /// Records attempt `attempt` as ended by `error` (a signal, mostly), and gives the error.

@@ -19,6 +19,7 @@
 //! without following symlinks and the file is replaced relative to that open directory.
 
 use std::ffi::OsStr;
+use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{Read as _, Write as _};
 use std::os::fd::AsRawFd as _;
@@ -159,17 +160,15 @@ impl Restored {
             ("were", "they were")
         };
         // The old bytes are only in the backup now: say where, and how to get them back.
-        let backups = self
-            .kept_backups
-            .iter()
-            .map(|(path, backup)| {
-                format!(
-                    "; `{path}` as it was before the run is kept at {} (`execute-local-task rollback {} --force` puts it back)",
-                    backup.display(),
-                    self.run_id
-                )
-            })
-            .collect::<String>();
+        let mut backups = String::new();
+        for (path, backup) in &self.kept_backups {
+            let _ = write!(
+                backups,
+                "; `{path}` as it was before the run is kept at {} (`execute-local-task rollback {} --force` puts it back)",
+                backup.display(),
+                self.run_id
+            );
+        }
         Some(Error::Conflict {
             path: first.clone(),
             message: format!(

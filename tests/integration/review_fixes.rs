@@ -224,9 +224,9 @@ fn a_signal_during_the_diff_after_an_edit_reports_a_conflict() {
     let run = test
         .during(move |running| {
             wait_for(&seen);
-            let mut text = std::fs::read_to_string(&out).unwrap();
-            text.push_str("mine\n");
-            std::fs::write(&out, text).unwrap();
+            let mut edited = std::fs::read_to_string(&out).unwrap();
+            edited.push_str("mine\n");
+            std::fs::write(&out, edited).unwrap();
             running.signal(Signal::SIGTERM);
         })
         .run();
