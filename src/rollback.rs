@@ -1,5 +1,7 @@
 //! `rollback`: undoes a run's writes byte for byte, and deletes the files it created.
 //! `--last` is the newest run, even one that left nothing to undo (then nothing changes).
+//! A file the run's own restore kept as edited is named with the backup of its bytes from
+//! before the run, and put back only with `--force`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
