@@ -160,9 +160,10 @@ fn a_second_signal_during_the_stop_grace_kills_the_test() {
 
 /// A conflict over a file that held uncommitted work names where that work is kept, and
 /// `rollback` tells the truth about it: refused without `--force`, put back with it.
-#[test]
-fn a_conflict_names_the_backup_and_rollback_force_restores_it() {
-    let run = Test::new()
+/// A `--force` run over uncommitted work whose failing test edits the output: the run
+/// keeps the edit and reports a conflict.
+fn conflict_over_uncommitted_work() -> crate::harness::Run {
+    Test::new()
         .file("calc.py", "committed\n")
         .uncommitted("calc.py", "work\n")
         .arg("--force")
@@ -171,7 +172,12 @@ fn a_conflict_names_the_backup_and_rollback_force_restores_it() {
             &json!({"test_command": "echo extra >> calc.py; exit 1", "max_attempts": 1}),
         ))
         .script(Script::code("calc.py", "new\n"))
-        .run();
+        .run()
+}
+
+#[test]
+fn a_conflict_names_the_backup_and_rollback_force_restores_it() {
+    let run = conflict_over_uncommitted_work();
     let error = run.assert_error(2, "conflict");
     let result = run.result();
     assert!(result.files.is_empty());
@@ -206,6 +212,35 @@ fn a_conflict_names_the_backup_and_rollback_force_restores_it() {
     assert_eq!(code, 0, "{stdout}");
     assert_eq!(json(&stdout)["restored"], json!(["calc.py"]));
     assert_eq!(run.read("calc.py").as_deref(), Some("work\n"));
+}
+
+/// `rollback --last` of such a run says where the old bytes are and changes nothing;
+/// with `--force` it puts them back.
+#[test]
+fn rollback_last_of_a_conflict_names_the_backup_and_force_restores_it() {
+    let run = conflict_over_uncommitted_work();
+    run.assert_error(2, "conflict");
+    let (code, stdout, _) = run.again(&["rollback", "--last"]);
+    assert_eq!(code, 0, "{stdout}");
+    let why = json(&stdout)["nothing_to_undo"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        why.contains("`calc.py` was edited after the run wrote it"),
+        "{stdout}"
+    );
+    assert!(why.contains("files/0"), "{stdout}");
+    assert_eq!(run.read("calc.py").as_deref(), Some("new\nextra\n"));
+
+    let (code, stdout, _) = run.again(&["rollback", "--last", "--force"]);
+    assert_eq!(code, 0, "{stdout}");
+    assert_eq!(json(&stdout)["restored"], json!(["calc.py"]));
+    assert_eq!(run.read("calc.py").as_deref(), Some("work\n"));
+    // Done once: the run is rolled back now.
+    let (code, stdout, _) = run.again(&["rollback", "--last", "--force"]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("already rolled back"), "{stdout}");
 }
 
 /// An edit made while the result's diff is made, then a signal: the edit stays, and the
