@@ -59,14 +59,11 @@ struct Cli {
 
 #[derive(Args, Debug)]
 struct PruneArgs {
-    // The help is built from `defaults`, so it says what the library does.
-    #[arg(long, value_name = "N", help = format!(
-        "Keep at least this many of the newest runs [default: {}]", defaults::KEEP_RUNS
-    ))]
+    /// Keep at least this many of the newest runs.
+    #[arg(long, value_name = "N")]
     keep: Option<usize>,
-    #[arg(long, value_name = "DAYS", help = format!(
-        "Keep every run younger than this many days [default: {}]", defaults::KEEP_DAYS
-    ))]
+    /// Keep every run younger than this many days.
+    #[arg(long, value_name = "DAYS")]
     older_than: Option<u64>,
     /// List what would be removed, and remove nothing.
     #[arg(long)]
@@ -100,8 +97,8 @@ enum Command {
         lock_timeout: u64,
     },
     /// Remove old runs' backups: those past the newest --keep runs and older than
-    /// --older-than days (when not given: `LOCAL_TASK_KEEP_RUNS`, `LOCAL_TASK_KEEP_DAYS`,
-    /// else the defaults below).
+    /// --older-than days (defaults: `LOCAL_TASK_KEEP_RUNS`, `LOCAL_TASK_KEEP_DAYS`, else
+    /// 50 and 14).
     Prune(PruneArgs),
     /// List reachable local model servers and their models.
     Models {
