@@ -696,6 +696,8 @@ fn stop_on_signals() -> Cancel {
             "error: {} again: stopping at once; `execute-local-task rollback --last` undoes what the run left",
             again.as_str()
         );
+        // The test may be in its grace after the first signal's SIGTERM: it goes too.
+        crate::test_run::kill_running();
         std::process::exit(128 + again as i32);
     });
     cancel

@@ -1,6 +1,6 @@
 //! Every default a run starts from, in one place: the command line's `--help` shows these
 //! values and the library's own defaults (`RunOptions::new`, `Limits::default`,
-//! `RetryPolicy::default`) use them, so the two cannot drift apart.
+//! `RetryPolicy::default`, `Retention::default`) use them, so the two cannot drift apart.
 
 use std::time::Duration;
 
@@ -36,3 +36,8 @@ pub const RETRY_MAX_WAIT: Duration = Duration::from_secs(30);
 
 /// How long a run or a rollback waits for the repository's lock.
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// `prune` keeps at least this many of the newest runs' backups.
+pub const KEEP_RUNS: usize = 50;
+/// `prune` keeps every run's backups younger than this many days.
+pub const KEEP_DAYS: u64 = 14;

@@ -19,6 +19,7 @@
 //! without following symlinks and the file is replaced relative to that open directory.
 
 use std::ffi::OsStr;
+use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{Read as _, Write as _};
 use std::os::fd::AsRawFd as _;
@@ -99,6 +100,12 @@ pub struct Entry {
     /// Git blob id of the bytes this run last wrote (recorded before writing them), or null
     /// when they were restored.
     pub written: Option<String>,
+    /// Set when a restore found the file changed since the run wrote it (an editor, the
+    /// test command) and left it as changed: the file is not the run's any more, but its
+    /// bytes from before the run are still in the backup, and `rollback --force` puts
+    /// them back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kept: bool,
 }
 
 /// What stood at a path before the run.
@@ -129,6 +136,11 @@ pub struct Restored {
     /// command), left as they are: restoring them would destroy that change. They are not
     /// the run's any more.
     pub kept: Vec<String>,
+    /// Where the bytes from before the run are kept, for each kept file that had some:
+    /// the path and its backup.
+    pub kept_backups: Vec<(String, PathBuf)>,
+    /// The run, for the command that puts kept files' old bytes back.
+    pub run_id: String,
 }
 
 impl Restored {
@@ -147,10 +159,20 @@ impl Restored {
         } else {
             ("were", "they were")
         };
+        // The old bytes are only in the backup now: say where, and how to get them back.
+        let mut backups = String::new();
+        for (path, backup) in &self.kept_backups {
+            let _ = write!(
+                backups,
+                "; `{path}` as it was before the run is kept at {} (`execute-local-task rollback {} --force` puts it back)",
+                backup.display(),
+                self.run_id
+            );
+        }
         Some(Error::Conflict {
             path: first.clone(),
             message: format!(
-                "{}{names} {was} changed while this run's code was in the working tree (by an editor, another program or the test command); {it} left as changed, not restored, and the run stopped",
+                "{}{names} {was} changed while this run's code was in the working tree (by an editor, another program or the test command); {it} left as changed, not restored, and the run stopped{backups}",
                 why.map(|why| format!("{why}; ")).unwrap_or_default()
             ),
         })
@@ -288,6 +310,7 @@ impl Journal {
                 path: relative.to_owned(),
                 prior,
                 written: None,
+                kept: false,
             });
             self.manifest.files.len() - 1
         };
@@ -301,6 +324,7 @@ impl Journal {
             }
         }
         self.manifest.files[index].written = Some(Repo::blob_id(bytes));
+        self.manifest.files[index].kept = false;
         self.save_manifest()?;
 
         let (parent, parent_path) = self.create_missing_dirs(base, &location)?;
@@ -332,21 +356,30 @@ impl Journal {
     /// [`Journal::restore`] for `rollback`: the run is marked rolled back in the same
     /// manifest save that records the restore, so a kill leaves either a run still to undo
     /// or one that is done, never one that looks undone but is not marked. `force`
-    /// restores even the files changed since the run wrote them.
+    /// restores even the files changed since the run wrote them, and those an earlier
+    /// restore kept as changed ([`Entry::kept`]): they get their bytes from before the run.
     pub fn roll_back(&mut self, force: bool) -> Result<Restored> {
         self.restore_and_mark(true, force)
     }
 
     fn restore_and_mark(&mut self, rolled_back: bool, force: bool) -> Result<Restored> {
-        let mut done = Restored::default();
+        let mut done = Restored {
+            run_id: self.manifest.run_id.clone(),
+            ..Restored::default()
+        };
         for index in (0..self.manifest.files.len()).rev() {
             let entry = self.manifest.files[index].clone();
-            if entry.written.is_none() {
+            if entry.written.is_none() && !(force && entry.kept) {
                 continue;
             }
             if !force && self.is_changed(&entry) {
                 done.kept.push(entry.path.clone());
+                if let Prior::File { backup, .. } = &entry.prior {
+                    done.kept_backups
+                        .push((entry.path.clone(), self.dir.join(backup)));
+                }
                 self.manifest.files[index].written = None;
+                self.manifest.files[index].kept = true;
                 continue;
             }
             let location = self.locate(&entry.path)?;
@@ -404,6 +437,7 @@ impl Journal {
                 }
             }
             self.manifest.files[index].written = None;
+            self.manifest.files[index].kept = false;
         }
         for dir in self.manifest.created_dirs.iter().rev() {
             if self.remove_empty_dir(dir) {
@@ -451,6 +485,26 @@ impl Journal {
             _ => false,
         };
         !(is_written || is_prior)
+    }
+
+    /// The files a restore left as someone changed them ([`Entry::kept`]), each with the
+    /// backup of its bytes from before the run (None: there was no file, or a symlink).
+    pub fn kept_files(&self) -> Vec<(String, Option<PathBuf>)> {
+        if self.manifest.rolled_back {
+            return Vec::new();
+        }
+        self.manifest
+            .files
+            .iter()
+            .filter(|entry| entry.kept && entry.written.is_none())
+            .map(|entry| {
+                let backup = match &entry.prior {
+                    Prior::File { backup, .. } => Some(self.dir.join(backup)),
+                    _ => None,
+                };
+                (entry.path.clone(), backup)
+            })
+            .collect()
     }
 
     /// True while some file still holds bytes this run wrote (or may have written).

@@ -13,6 +13,7 @@ mod hardening_server;
 mod providers;
 mod repair;
 mod review_guard;
+mod review_fixes;
 mod runs;
 mod safety;
 mod signals;
