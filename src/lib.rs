@@ -35,6 +35,7 @@ pub mod server;
 pub mod spec;
 mod summary;
 mod targets;
+mod test_changes;
 pub mod test_run;
 mod transaction;
 pub mod write;
