@@ -205,3 +205,26 @@ fn control_bytes_from_a_server_body_never_reach_stderr_raw() {
     assert!(!run.stderr.contains('\u{1b}'), "{:?}", run.stderr);
     assert!(!run.stderr.contains('\u{7}'), "{:?}", run.stderr);
 }
+
+/// The `models` table is for a human: a model name a server sent with an escape sequence
+/// is shown escaped, while `--json` keeps it exactly.
+#[test]
+fn control_bytes_in_a_servers_model_names_never_reach_the_table_raw() {
+    let name = "evil\u{1b}]0;title\u{7}model";
+    let run = Test::new()
+        .models(&[name, "plain"])
+        .run_with(|_| vec!["models".to_owned()]);
+    run.assert_code(0);
+    assert!(!run.stdout.contains('\u{1b}'), "{:?}", run.stdout);
+    assert!(!run.stdout.contains('\u{7}'), "{:?}", run.stdout);
+    assert!(
+        run.stdout.contains(r"evil\u{1b}]0;title\u{7}model"),
+        "{}",
+        run.stdout
+    );
+    let run = Test::new()
+        .models(&[name, "plain"])
+        .run_with(|_| vec!["models".to_owned(), "--json".to_owned()]);
+    run.assert_code(0);
+    assert_eq!(run.json()[0]["models"][0], name, "{}", run.stdout);
+}
