@@ -50,7 +50,8 @@ fn write_stderr(text: &str) {
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 success; 1 the task ran but did not succeed (status failed or escalate);
-2 bad input (command line, spec, repository, unsafe path); 3 the model server could not be used;
+2 bad input (command line, spec, repository, unsafe path), or the machine refused a read or
+write (kind `environment`: disk full, permissions); 3 the model server could not be used;
 130, 143, 129 interrupted by SIGINT, SIGTERM, SIGHUP (the test is stopped, the tree restored).
 
 Environment: LOCAL_TASK_ENDPOINT, LOCAL_TASK_MODEL, LOCAL_TASK_PROVIDER, LOCAL_TASK_API_KEY,
