@@ -1056,6 +1056,41 @@ mod tests {
     }
 
     #[test]
+    fn bytes_a_passing_test_rewrote_become_the_runs_and_roll_back() {
+        let (dir, repo) = repo();
+        let mut journal = Journal::begin(&repo, "T").unwrap();
+        journal.write("old.txt", b"new\n", Some(b"old\n")).unwrap();
+        journal.write("gone.txt", b"g\n", None).unwrap();
+        assert_eq!(
+            journal.adopt_after_test("old.txt").unwrap(),
+            AfterTest::AsWritten
+        );
+        fs::write(dir.path().join("old.txt"), "formatted\n").unwrap();
+        fs::remove_file(dir.path().join("gone.txt")).unwrap();
+        assert_eq!(
+            journal.adopt_after_test("old.txt").unwrap(),
+            AfterTest::Rewritten(b"formatted\n".to_vec())
+        );
+        assert_eq!(
+            journal.adopt_after_test("gone.txt").unwrap(),
+            AfterTest::Gone
+        );
+        assert_eq!(
+            journal.adopt_after_test("never.txt").unwrap(),
+            AfterTest::Gone
+        );
+        // Saved: the run read back from disk rolls the rewrite back as its own.
+        let mut reopened = Journal::open(&repo, journal.run_id()).unwrap();
+        assert!(reopened.changed_since_written().is_empty());
+        let done = reopened.roll_back(false).unwrap();
+        assert!(done.kept.is_empty(), "{:?}", done.kept);
+        assert_eq!(
+            fs::read_to_string(dir.path().join("old.txt")).unwrap(),
+            "old\n"
+        );
+    }
+
+    #[test]
     fn a_run_directory_is_made_exclusively_under_a_fresh_id() {
         let dir = tempfile::tempdir().unwrap();
         let runs = dir.path().join("runs");
