@@ -25,19 +25,35 @@ use crate::rollback::{self, Which};
 use crate::server::{self, Connection, ModelChoice};
 use crate::{bring_in, runs};
 
-/// Writes one line to stderr and never panics: a closed stderr (a caller that stopped
-/// reading, a hung-up terminal) must not stop a run between its write and its test, nor
-/// keep the result JSON from stdout. `eprintln!` panics on a failed write.
+/// Writes a text the command line composed to stderr, its line breaks kept (see
+/// [`write_stderr`]).
 macro_rules! say {
     ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+        crate::cli::write_stderr(&crate::escape::controls_keeping_lines(&format!($($arg)*)));
     }};
+}
+
+/// Writes one whole line to stderr (a progress line, `error: …`, `hint: …`): every control
+/// character in it is escaped, a line break too, since a spec's test command or a server's
+/// body may hold one and one line must stay one line.
+fn say_line(line: &str) {
+    write_stderr(&crate::escape::controls(line));
+}
+
+/// The one place the command line writes to stderr, reached only through [`say!`] and
+/// [`say_line`], which escape control characters first: text from a spec or a server's
+/// body must not recolour, retitle or clear the terminal it is shown on. Never panics:
+/// a closed stderr (a caller that stopped reading, a hung-up terminal) must not stop a run
+/// between its write and its test, nor keep the result JSON from stdout. `eprintln!`
+/// panics on a failed write.
+fn write_stderr(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
 }
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 success; 1 the task ran but did not succeed (status failed or escalate);
-2 bad input (command line, spec, repository, unsafe path); 3 the model server could not be used;
+2 bad input (command line, spec, repository, unsafe path), or the machine refused a read or
+write (kind `environment`: disk full, permissions); 3 the model server could not be used;
 130, 143, 129 interrupted by SIGINT, SIGTERM, SIGHUP (the test is stopped, the tree restored).
 
 Environment: LOCAL_TASK_ENDPOINT, LOCAL_TASK_MODEL, LOCAL_TASK_PROVIDER, LOCAL_TASK_API_KEY,
@@ -443,7 +459,7 @@ async fn dispatch(cli: Cli) -> u8 {
             let quiet = cli.run.quiet;
             let progress = move |line: &str| {
                 if !quiet {
-                    say!("execute-local-task: {line}");
+                    say_line(&format!("execute-local-task: {line}"));
                 }
             };
             let options = RunOptions {
@@ -610,7 +626,7 @@ async fn run_demo(dir: Option<PathBuf>, env: &Env) -> u8 {
         cancel: stop_on_signals(),
         ..RunOptions::new()
     };
-    let progress = |line: &str| say!("execute-local-task: {line}");
+    let progress = |line: &str| say_line(&format!("execute-local-task: {line}"));
     let output = pipeline::run(
         &SpecInput::File(setup.spec_path.clone()),
         &options,
@@ -629,30 +645,38 @@ async fn run_demo(dir: Option<PathBuf>, env: &Env) -> u8 {
     code
 }
 
+/// The `models` table on stdout: a human's, not JSON, so what a server named (its
+/// version, its models, its error) is escaped as stderr is.
 fn print_model_table(reports: &[discovery::ServerReport]) {
+    let mut lines = Vec::new();
     for report in reports {
         if report.reachable {
             let version = report
                 .version
                 .as_deref()
                 .map_or_else(String::new, |v| format!(" {v}"));
-            println!(
+            lines.push(format!(
                 "{}  {}{version} ({} API)  {} model(s)",
                 report.endpoint,
                 report.kind,
                 report.provider.as_deref().unwrap_or("?"),
                 report.models.len()
-            );
-            for model in &report.models {
-                println!("    {model}");
-            }
+            ));
+            lines.extend(report.models.iter().map(|model| format!("    {model}")));
         } else {
-            println!(
+            lines.push(format!(
                 "{}  {}  not reachable ({})",
                 report.endpoint,
                 report.kind,
                 report.error.as_deref().unwrap_or("no answer")
-            );
+            ));
+        }
+    }
+    let mut stdout = std::io::stdout().lock();
+    for line in lines {
+        // A closed stdout (e.g. `| head`) is not worth a panic.
+        if writeln!(stdout, "{}", crate::escape::controls(&line)).is_err() {
+            break;
         }
     }
 }
@@ -736,7 +760,7 @@ fn print(document: &Document) -> u8 {
 
 fn print_stderr(document: &Document) -> u8 {
     for line in &document.stderr {
-        say!("{line}");
+        say_line(line);
     }
     document.exit_code
 }

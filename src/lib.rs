@@ -42,6 +42,7 @@ pub mod server;
 pub mod spec;
 mod summary;
 mod targets;
+mod test_changes;
 pub mod test_run;
 mod transaction;
 pub mod worktree;

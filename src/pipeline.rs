@@ -415,7 +415,8 @@ impl Attempts<'_> {
                 }
                 Err(error)
             }
-            Ok(TestVerdict::Passed(test)) => {
+            // The files as the tree holds them: the test may have rewritten them.
+            Ok(TestVerdict::Passed(test, files)) => {
                 attempt.notes.extend(replaced_link_notes(targets, &files));
                 let changes = match self.changes(n, files).await {
                     Ok(changes) => changes,

@@ -151,6 +151,26 @@ pub struct TestReport {
     pub duration_ms: u64,
     /// The end of the combined output (head and tail with a marker when cut), ANSI codes removed.
     pub output_tail: String,
+    /// Paths other than the run's outputs that the test created, modified or deleted, as
+    /// git sees the working tree (ignored files are not scanned), sorted by path.
+    #[serde(default)]
+    pub changed_paths: Vec<PathChange>,
+}
+
+/// A path the test command changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PathChange {
+    pub path: String,
+    pub change: PathChangeKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PathChangeKind {
+    Created,
+    Modified,
+    Deleted,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

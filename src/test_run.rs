@@ -307,6 +307,7 @@ pub async fn run(
         timed_out,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         output_tail,
+        changed_paths: Vec::new(),
     };
     match start_failure(&report) {
         Some(reason) => Err(CannotStart {
@@ -720,6 +721,7 @@ mod tests {
             timed_out: false,
             duration_ms: 0,
             output_tail: output.to_owned(),
+            changed_paths: Vec::new(),
         }
     }
 

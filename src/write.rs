@@ -13,7 +13,9 @@
 //! `prune` never removes a running run's backups.
 //!
 //! A restore puts back only what still holds the bytes the run wrote: a file an editor (or
-//! the test command) changed since is left as it is and reported, never overwritten.
+//! the test command) changed since is left as it is and reported, never overwritten. The
+//! one exception is an output a passing test rewrote (a formatter): those bytes become
+//! the run's ([`Journal::adopt_after_test`]), so the result and `rollback` agree on them.
 //!
 //! Targets are reached through [`Bounds`]: a path is checked, then its directory is opened
 //! without following symlinks and the file is replaced relative to that open directory.
@@ -177,6 +179,18 @@ impl Restored {
             ),
         })
     }
+}
+
+/// What [`Journal::adopt_after_test`] found at an output after its test passed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AfterTest {
+    /// The bytes the run wrote.
+    AsWritten,
+    /// Other bytes, now recorded as the run's.
+    Rewritten(Vec<u8>),
+    /// No regular file (deleted, or replaced by a directory or symlink), or not one the
+    /// run wrote: left as it is, for the caller to report.
+    Gone,
 }
 
 /// What stands at a path now.
@@ -505,6 +519,33 @@ impl Journal {
                 (entry.path.clone(), backup)
             })
             .collect()
+    }
+
+    /// After a passing test, what stands at an output the run wrote: the bytes it wrote,
+    /// other bytes (the test command rewrote it: a formatter such as `black x.py &&
+    /// pytest`), or no regular file. Rewritten bytes are recorded as the run's, in the
+    /// manifest saved before this returns: the result reports them and `rollback` of the
+    /// run undoes them as its own instead of refusing a change it cannot tell from an edit.
+    /// The caller holds the repository lock, so no other run wrote them.
+    pub fn adopt_after_test(&mut self, relative: &str) -> Result<AfterTest> {
+        let Some(index) = self
+            .manifest
+            .files
+            .iter()
+            .position(|e| e.path == relative && e.written.is_some())
+        else {
+            return Ok(AfterTest::Gone);
+        };
+        let Current::File { bytes, .. } = self.current(relative)? else {
+            return Ok(AfterTest::Gone);
+        };
+        let blob = Repo::blob_id(&bytes);
+        if self.manifest.files[index].written.as_ref() == Some(&blob) {
+            return Ok(AfterTest::AsWritten);
+        }
+        self.manifest.files[index].written = Some(blob);
+        self.save_manifest()?;
+        Ok(AfterTest::Rewritten(bytes))
     }
 
     /// True while some file still holds bytes this run wrote (or may have written).
@@ -1065,6 +1106,41 @@ mod tests {
         assert!(
             !journal.has_writes(),
             "kept files are not the run's any more"
+        );
+    }
+
+    #[test]
+    fn bytes_a_passing_test_rewrote_become_the_runs_and_roll_back() {
+        let (dir, repo) = repo();
+        let mut journal = Journal::begin(&repo, "T").unwrap();
+        journal.write("old.txt", b"new\n", Some(b"old\n")).unwrap();
+        journal.write("gone.txt", b"g\n", None).unwrap();
+        assert_eq!(
+            journal.adopt_after_test("old.txt").unwrap(),
+            AfterTest::AsWritten
+        );
+        fs::write(dir.path().join("old.txt"), "formatted\n").unwrap();
+        fs::remove_file(dir.path().join("gone.txt")).unwrap();
+        assert_eq!(
+            journal.adopt_after_test("old.txt").unwrap(),
+            AfterTest::Rewritten(b"formatted\n".to_vec())
+        );
+        assert_eq!(
+            journal.adopt_after_test("gone.txt").unwrap(),
+            AfterTest::Gone
+        );
+        assert_eq!(
+            journal.adopt_after_test("never.txt").unwrap(),
+            AfterTest::Gone
+        );
+        // Saved: the run read back from disk rolls the rewrite back as its own.
+        let mut reopened = Journal::open(&repo, journal.run_id()).unwrap();
+        assert!(reopened.changed_since_written().is_empty());
+        let done = reopened.roll_back(false).unwrap();
+        assert!(done.kept.is_empty(), "{:?}", done.kept);
+        assert_eq!(
+            fs::read_to_string(dir.path().join("old.txt")).unwrap(),
+            "old\n"
         );
     }
 
