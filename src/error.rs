@@ -72,6 +72,14 @@ pub enum Error {
     #[error(transparent)]
     Model(#[from] ModelError),
 
+    /// The run ledger cannot be opened, read or written.
+    #[error("ledger {}: {message}", path.display())]
+    Ledger { path: PathBuf, message: String },
+
+    /// A run id the ledger does not hold.
+    #[error("no run `{run_id}` in the ledger {}", ledger.display())]
+    UnknownRun { run_id: String, ledger: PathBuf },
+
     /// A signal (Ctrl-C, a caller's timeout) stopped the run: its test was stopped and its
     /// writes undone.
     #[error("interrupted by {}", .0.as_str())]
@@ -122,6 +130,8 @@ impl Error {
             Self::Lock { .. } => "lock",
             Self::Rollback { .. } => "rollback",
             Self::Model(error) => error.kind.as_str(),
+            Self::Ledger { .. } => "ledger",
+            Self::UnknownRun { .. } => "unknown_run",
             Self::Interrupted(_) => "interrupted",
         }
     }
@@ -153,6 +163,12 @@ impl Error {
             ),
             Self::Lock { .. } => Some(
                 "another execute-local-task run is writing this repository; wait for it or raise --lock-timeout".to_owned(),
+            ),
+            Self::Ledger { .. } => Some(
+                "set LOCAL_TASK_LEDGER to a file in a writable directory (the default is $XDG_DATA_HOME/execute-local-task/ledger.db)".to_owned(),
+            ),
+            Self::UnknownRun { .. } => Some(
+                "`execute-local-task log` lists the recorded runs and their ids".to_owned(),
             ),
             _ => None,
         }

@@ -17,6 +17,7 @@ pub mod extract;
 pub mod guard;
 pub mod input_file;
 pub mod language;
+pub mod ledger;
 pub mod lock;
 pub mod model;
 pub mod options;
