@@ -418,14 +418,7 @@ async fn dispatch(cli: Cli) -> u8 {
                 _ => Which::Last,
             };
             let dir = repo.unwrap_or_else(|| PathBuf::from("."));
-            print(
-                &match rollback::rollback(&dir, which, force, Duration::from_secs(lock_timeout))
-                    .await
-                {
-                    Ok(report) => Document::rollback(&report),
-                    Err(error) => Document::error(&error),
-                },
-            )
+            print(&run_rollback(&dir, which, force, lock_timeout, &env).await)
         }
         Some(Command::Prune(args)) => run_prune(args, &env).await,
         Some(Command::Models {
@@ -468,6 +461,31 @@ async fn dispatch(cli: Cli) -> u8 {
             0
         }
         Some(Command::Demo { dir }) => run_demo(dir, &env).await,
+    }
+}
+
+/// Undoes a run, and records that against it in the ledger.
+async fn run_rollback(
+    dir: &std::path::Path,
+    which: Which<'_>,
+    force: bool,
+    lock_timeout: u64,
+    env: &Env,
+) -> Document {
+    match rollback::rollback(dir, which, force, Duration::from_secs(lock_timeout)).await {
+        Ok(report) => {
+            let mut document = Document::rollback(&report);
+            if report.nothing_to_undo.is_none() {
+                let detail = report.describe();
+                let missing =
+                    crate::record::event(&report.run_id, "rollback", Some(&detail), &**env);
+                document
+                    .stderr
+                    .extend(missing.map(|m| format!("note: {m}")));
+            }
+            document
+        }
+        Err(error) => Document::error(&error),
     }
 }
 

@@ -60,6 +60,7 @@ impl Document {
                     _ => format!("execute-local-task: {}", result.summary),
                 }];
                 stderr.extend(hint.iter().map(|hint| format!("hint: {hint}")));
+                stderr.extend(result.notes.iter().map(|note| format!("note: {note}")));
                 Self::new(Body::Result(result), exit_code, stderr)
             }
         }

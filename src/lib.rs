@@ -25,6 +25,7 @@ pub mod pipeline;
 pub mod prepare;
 pub mod prompt;
 pub mod prune;
+mod record;
 mod repair;
 mod reply;
 pub mod repo;

@@ -67,6 +67,8 @@ pub async fn run(
         let (spec, options, env) = (spec.clone(), options.clone(), Arc::clone(env));
         off_thread(move || prepare(&spec, &options, &*env))
     };
+    // Set once the run has started (dry runs never do): what its ledger record needs.
+    let mut facts = None;
     let finished = match options.cancel.or_cancel(prepared).await {
         Err(error) => {
             state.task_id = spec.peek_task_id();
@@ -80,6 +82,7 @@ pub async fn run(
         Ok(Ok(prepared)) => {
             state.task_id = Some(prepared.spec.task_id.clone());
             state.git = Some(prepared.git.clone());
+            facts = (!options.dry_run).then(|| crate::record::Facts::of(&prepared, spec, options));
             // Boxed: the attempts are a large future, and callers hold many runs' at once.
             Box::pin(run_prepared(
                 prepared, options, server, env, progress, &mut state,
@@ -87,7 +90,11 @@ pub async fn run(
             .await
         }
     };
-    state.output(finished)
+    let mut output = state.output(finished);
+    if let Some(facts) = facts {
+        crate::record::finish(&mut output, facts, env).await;
+    }
+    output
 }
 
 /// What the result reports of a run so far, whatever ends it.

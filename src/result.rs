@@ -27,6 +27,10 @@ pub struct TaskResult {
     pub duration_ms: u64,
     /// Set when status is `error`.
     pub error: Option<ErrorInfo>,
+    /// Things worth knowing about the run as a whole (e.g. that its ledger record is
+    /// missing); absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl TaskResult {
@@ -47,6 +51,7 @@ impl TaskResult {
             git: None,
             duration_ms: 0,
             error: None,
+            notes: Vec::new(),
         }
     }
 

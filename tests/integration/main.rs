@@ -8,6 +8,7 @@ mod conformance;
 mod core;
 mod extraction;
 mod hardening_input;
+mod ledger;
 mod providers;
 mod repair;
 mod runs;

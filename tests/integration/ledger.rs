@@ -1,0 +1,275 @@
+//! The run ledger through the real binary: every started run is recorded (success,
+//! repair, escalate, model error, interruption), dry runs and bad specs are not, a ledger
+//! that cannot be written never fails a run, and many processes record at once.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use execute_local_task::result::Status;
+use serde_json::json;
+
+use crate::harness::{
+    BIN, BINARY_DEADLINE, MODEL, ModelServer, Script, Test, finish, init_and_commit, spec,
+};
+
+fn column(ledger: &Path, sql: &str, run_id: &str) -> Option<String> {
+    let conn = rusqlite::Connection::open(ledger).expect("open the ledger");
+    conn.query_row(sql, [run_id], |row| row.get(0))
+        .expect("query the ledger")
+}
+
+#[test]
+fn a_successful_run_is_recorded_with_its_files_test_and_repository() {
+    let run = Test::new()
+        .spec(spec("src/add.py", &json!({"test_command": "true"})))
+        .script(Script::code(
+            "src/add.py",
+            "def add(a, b):\n    return a + b\n",
+        ))
+        .run();
+    run.assert_code(0);
+    let result = run.result();
+    let [logged] = run.ledger_runs().try_into().expect("one run recorded");
+    assert_eq!(logged.run_id, result.run_id);
+    assert_eq!(logged.status, "success");
+    assert_eq!(logged.task_id.as_deref(), Some("T-001"));
+    assert_eq!(logged.kind.as_deref(), Some("code"));
+    assert_eq!(logged.model.as_deref(), Some(MODEL));
+    assert_eq!(logged.attempts, 1);
+    assert_eq!(logged.test_passed, Some(true));
+    assert_eq!(
+        (
+            logged.files_changed,
+            logged.lines_added,
+            logged.lines_removed
+        ),
+        (1, 2, 0)
+    );
+    assert_eq!((logged.prompt_tokens, logged.completion_tokens), (100, 50));
+    assert!(logged.batch_id.is_none());
+    assert!(result.notes.is_empty(), "{:?}", result.notes);
+
+    let ledger = run.ledger_path();
+    let root = git2::Repository::open(&run.repo)
+        .unwrap()
+        .head()
+        .unwrap()
+        .peel_to_commit()
+        .unwrap()
+        .id()
+        .to_string();
+    let repo_id = column(
+        &ledger,
+        "SELECT repo_id FROM runs WHERE run_id = ?1",
+        &result.run_id,
+    );
+    assert_eq!(repo_id.as_deref(), Some(root.as_str()));
+    let spec_text = std::fs::read(&run.spec_path).unwrap();
+    let hash = git2::Oid::hash_object(git2::ObjectType::Blob, &spec_text).unwrap();
+    let spec_hash = column(
+        &ledger,
+        "SELECT spec_hash FROM runs WHERE run_id = ?1",
+        &result.run_id,
+    );
+    assert_eq!(spec_hash, Some(hash.to_string()));
+    let path = column(
+        &ledger,
+        "SELECT path FROM files WHERE run_id = ?1",
+        &result.run_id,
+    );
+    assert_eq!(path.as_deref(), Some("src/add.py"));
+    let outcome = column(
+        &ledger,
+        "SELECT outcome FROM attempts WHERE run_id = ?1 AND n = 1",
+        &result.run_id,
+    );
+    assert_eq!(outcome.as_deref(), Some("ok"));
+}
+
+#[test]
+fn a_repaired_run_records_both_attempts() {
+    let run = Test::new()
+        .spec(spec(
+            "out.txt",
+            &json!({"test_command": "grep -q good out.txt"}),
+        ))
+        .script(Script::code("out.txt", "bad\n"))
+        .script(Script::code("out.txt", "good\n"))
+        .run();
+    run.assert_code(0);
+    let result = run.result();
+    let [logged] = run.ledger_runs().try_into().expect("one run recorded");
+    assert_eq!((logged.status.as_str(), logged.attempts), ("success", 2));
+    let first = column(
+        &run.ledger_path(),
+        "SELECT outcome FROM attempts WHERE run_id = ?1 AND n = 1",
+        &result.run_id,
+    );
+    assert_eq!(first.as_deref(), Some("test_failed"));
+}
+
+#[test]
+fn an_escalated_run_is_recorded() {
+    let run = Test::new()
+        .spec(spec("out.txt", &json!({"test_command": "false"})))
+        .script(Script::code("out.txt", "one\n"))
+        .script(Script::code("out.txt", "two\n"))
+        .run();
+    run.assert_code(1);
+    let [logged] = run.ledger_runs().try_into().expect("one run recorded");
+    assert_eq!(logged.run_id, run.result().run_id);
+    assert_eq!((logged.status.as_str(), logged.attempts), ("escalate", 2));
+    assert_eq!(logged.test_passed, Some(false));
+}
+
+#[test]
+fn a_run_ended_by_the_model_server_is_recorded_with_its_error() {
+    let run = Test::new()
+        .spec(spec("out.txt", &json!({})))
+        .script(Script::status(
+            400,
+            r#"{"error":{"message":"bad request"}}"#,
+        ))
+        .run();
+    run.assert_code(3);
+    let result = run.result();
+    let [logged] = run.ledger_runs().try_into().expect("one run recorded");
+    assert_eq!(logged.status, "error");
+    assert_eq!(logged.error_kind, result.error.map(|e| e.kind));
+}
+
+#[test]
+fn an_interrupted_run_is_recorded() {
+    use nix::sys::signal::Signal;
+    let run = Test::new()
+        .spec(spec("out.txt", &json!({"test_command": "true"})))
+        .script(Script::Hang)
+        .args(&["--first-byte-timeout", "600"])
+        .during(|running| {
+            let deadline = Instant::now() + BINARY_DEADLINE;
+            while running.chat_requests() == 0 {
+                assert!(Instant::now() < deadline, "the model was never called");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            running.signal(Signal::SIGTERM);
+        })
+        .run();
+    run.assert_error(143, "interrupted");
+    let [logged] = run.ledger_runs().try_into().expect("one run recorded");
+    assert_eq!(logged.run_id, run.result().run_id);
+    assert_eq!(logged.error_kind.as_deref(), Some("interrupted"));
+}
+
+#[test]
+fn dry_runs_and_runs_that_never_started_are_not_recorded() {
+    let dry = Test::new()
+        .spec(spec("out.txt", &json!({})))
+        .arg("--dry-run")
+        .run();
+    dry.assert_code(0);
+    assert!(dry.ledger_runs().is_empty());
+    let bad = Test::new()
+        .spec_text(r#"{"task_id": "T-1", "description": "d"}"#)
+        .run();
+    bad.assert_code(2);
+    assert!(bad.ledger_runs().is_empty());
+}
+
+/// The ledger never costs a user their code: a ledger path that is a directory, or a
+/// file that is not a database, leaves the run as it would be, with a note saying so.
+#[test]
+fn a_ledger_that_cannot_be_written_never_fails_a_run() {
+    let scratch = tempfile::tempdir().unwrap();
+    let garbage = scratch.path().join("garbage.db");
+    std::fs::write(&garbage, vec![0x5a_u8; 8192]).unwrap();
+    for ledger in [scratch.path().to_path_buf(), garbage] {
+        let run = Test::new()
+            .spec(spec(
+                "out.txt",
+                &json!({"test_command": "grep -q new out.txt"}),
+            ))
+            .script(Script::code("out.txt", "new\n"))
+            .env("LOCAL_TASK_LEDGER", ledger.to_str().unwrap())
+            .run();
+        run.assert_code(0);
+        let result = run.result();
+        assert_eq!(result.status, Status::Success);
+        assert_eq!(run.read("out.txt").as_deref(), Some("new\n"));
+        let [note] = result.notes.as_slice() else {
+            panic!("one note expected: {:?}", result.notes);
+        };
+        assert!(note.contains("not recorded in the run ledger"), "{note}");
+        assert!(note.contains(ledger.to_str().unwrap()), "{note}");
+        assert!(
+            run.stderr.contains("note: this run is not recorded"),
+            "{}",
+            run.stderr
+        );
+    }
+}
+
+/// Eight processes recording into one ledger at once (each in its own repository, so no
+/// repository lock orders them): eight rows, each with its own run's content.
+#[test]
+fn many_processes_record_into_one_ledger_at_once() {
+    const RUNS: usize = 8;
+    let scratch = tempfile::tempdir().unwrap();
+    let ledger = scratch.path().join("shared/ledger.db");
+    let server = ModelServer::start(
+        (0..RUNS)
+            .map(|_| Script::code("out.txt", "new\n"))
+            .collect(),
+        vec![MODEL.to_owned()],
+    );
+    let children: Vec<_> = (0..RUNS)
+        .map(|n| {
+            let dir = scratch.path().join(format!("r{n}"));
+            let repo = dir.join("repo");
+            std::fs::create_dir_all(&repo).unwrap();
+            std::fs::write(repo.join("README.md"), "# r\n").unwrap();
+            init_and_commit(&repo);
+            let spec_path = dir.join("spec.json");
+            let task = spec("out.txt", &json!({"task_id": format!("T-{n}")}));
+            std::fs::write(&spec_path, task.to_string()).unwrap();
+            Command::new(BIN)
+                .arg(&spec_path)
+                .current_dir(&repo)
+                .env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .env("HOME", dir.join("home"))
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                .env("LOCAL_TASK_MODEL", MODEL)
+                .env("LOCAL_TASK_ENDPOINT", &server.url)
+                .env("LOCAL_TASK_LEDGER", &ledger)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start the binary")
+        })
+        .collect();
+    let mut expected = Vec::new();
+    for child in children {
+        let output = finish(child);
+        let result: execute_local_task::result::TaskResult =
+            serde_json::from_slice(&output.stdout).expect("a result");
+        assert_eq!(result.status, Status::Success, "{}", result.summary);
+        assert!(result.notes.is_empty(), "{:?}", result.notes);
+        expected.push((result.run_id, result.task_id.unwrap_or_default()));
+    }
+    let mut recorded: Vec<_> = execute_local_task::ledger::Ledger::open(&ledger)
+        .unwrap()
+        .recent(100)
+        .unwrap()
+        .into_iter()
+        .map(|run| {
+            assert_eq!((run.status.as_str(), run.files_changed), ("success", 1));
+            (run.run_id, run.task_id.unwrap_or_default())
+        })
+        .collect();
+    recorded.sort();
+    expected.sort();
+    assert_eq!(recorded, expected);
+}
