@@ -113,6 +113,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List recent runs from the run ledger, newest first.
+    Log {
+        /// How many runs to list.
+        #[arg(long, value_name = "N", default_value_t = defaults::LOG_LIMIT)]
+        limit: u32,
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a JSON Schema.
     Schema {
         #[arg(value_enum)]
@@ -461,6 +470,7 @@ async fn dispatch(cli: Cli) -> u8 {
             0
         }
         Some(Command::Demo { dir }) => run_demo(dir, &env).await,
+        Some(Command::Log { limit, json }) => run_log(limit, json, &env),
     }
 }
 
@@ -486,6 +496,20 @@ async fn run_rollback(
             document
         }
         Err(error) => Document::error(&error),
+    }
+}
+
+fn run_log(limit: u32, json: bool, env: &Env) -> u8 {
+    let runs = crate::ledger::Ledger::open_default(&**env).and_then(|mut l| l.recent(limit));
+    match runs {
+        Ok(runs) if !json => {
+            let mut stdout = std::io::stdout().lock();
+            // A closed stdout (e.g. `| head`) is not worth a panic.
+            let _ = stdout.write_all(crate::log::table(&runs).as_bytes());
+            0
+        }
+        Ok(runs) => print(&Document::log(runs)),
+        Err(error) => print(&Document::error(&error)),
     }
 }
 

@@ -35,3 +35,6 @@ pub const RETRY_MAX_WAIT: Duration = Duration::from_secs(30);
 
 /// How long a run or a rollback waits for the repository's lock.
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Runs `log` lists when not told.
+pub const LOG_LIMIT: u32 = 20;

@@ -1,14 +1,15 @@
 //! Every document the tool prints, built in one place with its exit code and its stderr
 //! lines: a run's result, a dry run's request, a rollback or prune report, the models
-//! survey, and the error document of a command that failed before a run began. The
-//! command line prints these; a batch runner or an MCP server returns the same values, so
-//! their JSON cannot drift apart.
+//! survey, the ledger's `log`, and the error document of a command that failed before a
+//! run began. The command line prints these; a batch runner or an MCP server returns the
+//! same values, so their JSON cannot drift apart.
 
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::discovery::ServerReport;
 use crate::error::Error;
+use crate::ledger::LoggedRun;
 use crate::pipeline::RunOutput;
 use crate::prune::PruneReport;
 use crate::result::{ErrorInfo, Status, TaskResult};
@@ -33,6 +34,7 @@ pub enum Body {
     Rollback(RollbackReport),
     Prune(PruneReport),
     Models(Vec<ServerReport>),
+    Log(Vec<LoggedRun>),
     /// A dry run's request, or an error before any run began.
     Value(Value),
 }
@@ -102,6 +104,11 @@ impl Document {
     /// What `prune` removed, or with `--dry-run` would remove.
     pub fn prune(report: &PruneReport) -> Self {
         Self::new(Body::Prune(report.clone()), 0, Vec::new())
+    }
+
+    /// The runs `log --json` lists, newest first.
+    pub fn log(runs: Vec<LoggedRun>) -> Self {
+        Self::new(Body::Log(runs), 0, Vec::new())
     }
 
     /// The servers `models` probed; exit 3 when none answered.

@@ -19,6 +19,7 @@ pub mod input_file;
 pub mod language;
 pub mod ledger;
 pub mod lock;
+pub mod log;
 pub mod model;
 pub mod options;
 pub mod pipeline;

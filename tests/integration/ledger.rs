@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use execute_local_task::ledger::LoggedRun;
 use execute_local_task::result::Status;
 use serde_json::json;
 
@@ -272,4 +273,66 @@ fn many_processes_record_into_one_ledger_at_once() {
     recorded.sort();
     expected.sort();
     assert_eq!(recorded, expected);
+}
+
+#[test]
+fn log_lists_recent_runs_newest_first_as_json_and_as_a_table() {
+    let run = Test::new()
+        .spec(spec("out.txt", &json!({})))
+        .script(Script::code("out.txt", "one\n"))
+        .run();
+    run.assert_code(0);
+    let first = run.result().run_id;
+    let (code, _, stderr) = run.again(&["rollback", "--last"]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, stderr) = run.again(&[run.spec_path.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(code, 0, "{stderr}:\n{stdout}");
+
+    let (code, stdout, stderr) = run.again(&["log", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let logged: Vec<LoggedRun> = serde_json::from_str(&stdout).expect("a JSON array of runs");
+    let ids: Vec<&str> = logged.iter().map(|r| r.run_id.as_str()).collect();
+    assert_eq!(ids, [first.as_str()], "the dry run is not listed");
+    let events = column(
+        &run.ledger_path(),
+        "SELECT group_concat(kind) FROM events WHERE run_id = ?1",
+        &first,
+    );
+    assert_eq!(events.as_deref(), Some("rollback"));
+
+    let (code, table, _) = run.again(&["log"]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 2, "{table}");
+    assert!(lines[0].starts_with("RUN ID"), "{table}");
+    assert!(lines[1].starts_with(&first), "{table}");
+    assert!(
+        lines.iter().all(|line| line.chars().count() <= 80),
+        "{table}"
+    );
+}
+
+#[test]
+fn log_lists_the_newest_first_and_stops_at_its_limit() {
+    let scratch = tempfile::tempdir().unwrap();
+    let ledger = scratch.path().join("ledger.db");
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let run = Test::new()
+            .spec(spec("out.txt", &json!({"task_id": format!("T-{n}")})))
+            .script(Script::code("out.txt", "x\n"))
+            .env("LOCAL_TASK_LEDGER", ledger.to_str().unwrap())
+            .run();
+        run.assert_code(0);
+        ids.push(run.result().run_id);
+    }
+    let output = crate::harness::output(
+        Command::new(BIN)
+            .args(["log", "--json", "--limit", "2"])
+            .env_clear()
+            .env("LOCAL_TASK_LEDGER", &ledger),
+    );
+    let logged: Vec<LoggedRun> = serde_json::from_slice(&output.stdout).expect("a JSON array");
+    let listed: Vec<&str> = logged.iter().map(|r| r.run_id.as_str()).collect();
+    assert_eq!(listed, [ids[2].as_str(), ids[1].as_str()]);
 }
