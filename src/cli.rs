@@ -122,6 +122,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Record your verdict on a run: `review RUN_ID good` or `review --last poor`. A later
+    /// verdict replaces the earlier one; the history is kept.
+    Review {
+        /// The run's id, then the verdict (good, acceptable, poor); with --last only the verdict.
+        #[arg(value_name = "RUN_ID|VERDICT", num_args = 1..=2, required = true)]
+        args: Vec<String>,
+        /// Review the newest recorded run.
+        #[arg(long)]
+        last: bool,
+        /// Why, in a sentence.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        /// What went wrong.
+        #[arg(long, value_enum)]
+        failure_mode: Option<crate::review::FailureMode>,
+    },
     /// Print a JSON Schema.
     Schema {
         #[arg(value_enum)]
@@ -383,10 +399,15 @@ fn misplaced_message(name: &str) -> String {
 
 /// A command-line mistake found after clap: stderr and the result JSON, exit 2.
 fn usage_error(message: &str) -> ExitCode {
+    ExitCode::from(usage_code(message))
+}
+
+/// [`usage_error`]'s exit code, for a subcommand.
+fn usage_code(message: &str) -> u8 {
     say!("error: {message}\n\nFor more information, try '--help'.");
     let document = Document::usage(message);
     print_json(&document.json);
-    ExitCode::from(document.exit_code)
+    document.exit_code
 }
 
 async fn dispatch(cli: Cli) -> u8 {
@@ -471,6 +492,12 @@ async fn dispatch(cli: Cli) -> u8 {
         }
         Some(Command::Demo { dir }) => run_demo(dir, &env).await,
         Some(Command::Log { limit, json }) => run_log(limit, json, &env),
+        Some(Command::Review {
+            args,
+            last,
+            reason,
+            failure_mode,
+        }) => run_review(&args, last, reason, failure_mode, &env),
     }
 }
 
@@ -511,6 +538,40 @@ fn run_log(limit: u32, json: bool, env: &Env) -> u8 {
         Ok(runs) => print(&Document::log(runs)),
         Err(error) => print(&Document::error(&error)),
     }
+}
+
+/// `review [RUN_ID] VERDICT`: the run id is required unless `--last` is given.
+fn run_review(
+    args: &[String],
+    last: bool,
+    reason: Option<String>,
+    failure_mode: Option<crate::review::FailureMode>,
+    env: &Env,
+) -> u8 {
+    use crate::review::{Verdict, Which};
+    let (which, verdict) = match (last, args) {
+        (true, [verdict]) => (Which::Last, verdict),
+        (false, [run_id, verdict]) => (Which::Id(run_id), verdict),
+        (true, _) => {
+            return usage_code("with --last give only the verdict: `review --last good`");
+        }
+        (false, _) => {
+            return usage_code(
+                "give the run id and the verdict (`review RUN_ID good`), or `review --last good`",
+            );
+        }
+    };
+    let Ok(verdict) = Verdict::from_str(verdict, true) else {
+        return usage_code(&format!(
+            "`{verdict}` is not a verdict: use good, acceptable or poor"
+        ));
+    };
+    print(
+        &match crate::review::review(&**env, which, verdict, reason, failure_mode) {
+            Ok(report) => Document::review(&report),
+            Err(error) => Document::error(&error),
+        },
+    )
 }
 
 async fn run_demo(dir: Option<PathBuf>, env: &Env) -> u8 {

@@ -1,8 +1,8 @@
 //! Every document the tool prints, built in one place with its exit code and its stderr
 //! lines: a run's result, a dry run's request, a rollback or prune report, the models
-//! survey, the ledger's `log`, and the error document of a command that failed before a
-//! run began. The command line prints these; a batch runner or an MCP server returns the
-//! same values, so their JSON cannot drift apart.
+//! survey, the ledger's `log` and a `review`'s record, and the error document of a
+//! command that failed before a run began. The command line prints these; a batch runner
+//! or an MCP server returns the same values, so their JSON cannot drift apart.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -13,6 +13,7 @@ use crate::ledger::LoggedRun;
 use crate::pipeline::RunOutput;
 use crate::prune::PruneReport;
 use crate::result::{ErrorInfo, Status, TaskResult};
+use crate::review::ReviewReport;
 use crate::rollback::RollbackReport;
 
 /// One printed outcome: the JSON for stdout, the process's exit code, and the lines for a
@@ -35,6 +36,7 @@ pub enum Body {
     Prune(PruneReport),
     Models(Vec<ServerReport>),
     Log(Vec<LoggedRun>),
+    Review(ReviewReport),
     /// A dry run's request, or an error before any run began.
     Value(Value),
 }
@@ -109,6 +111,12 @@ impl Document {
     /// The runs `log --json` lists, newest first.
     pub fn log(runs: Vec<LoggedRun>) -> Self {
         Self::new(Body::Log(runs), 0, Vec::new())
+    }
+
+    /// The verdict `review` recorded.
+    pub fn review(report: &ReviewReport) -> Self {
+        let line = format!("execute-local-task: {}", report.describe());
+        Self::new(Body::Review(report.clone()), 0, vec![line])
     }
 
     /// The servers `models` probed; exit 3 when none answered.

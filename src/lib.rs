@@ -31,6 +31,7 @@ mod repair;
 mod reply;
 pub mod repo;
 pub mod result;
+pub mod review;
 pub mod rollback;
 pub mod server;
 pub mod spec;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use execute_local_task::ledger::LoggedRun;
 use execute_local_task::result::Status;
+use execute_local_task::review::ReviewReport;
 use serde_json::json;
 
 use crate::harness::{
@@ -335,4 +336,67 @@ fn log_lists_the_newest_first_and_stops_at_its_limit() {
     let logged: Vec<LoggedRun> = serde_json::from_slice(&output.stdout).expect("a JSON array");
     let listed: Vec<&str> = logged.iter().map(|r| r.run_id.as_str()).collect();
     assert_eq!(listed, [ids[2].as_str(), ids[1].as_str()]);
+}
+
+#[test]
+fn a_later_verdict_replaces_the_earlier_and_the_history_is_kept() {
+    let run = Test::new()
+        .spec(spec("out.txt", &json!({})))
+        .script(Script::code("out.txt", "one\n"))
+        .run();
+    run.assert_code(0);
+    let run_id = run.result().run_id;
+    let (code, stdout, stderr) = run.again(&[
+        "review",
+        &run_id,
+        "poor",
+        "--reason",
+        "misses the edge case",
+        "--failure-mode",
+        "incomplete",
+    ]);
+    assert_eq!(code, 0, "{stderr}\n{stdout}");
+    let first: ReviewReport = serde_json::from_str(&stdout).expect("a review report");
+    assert_eq!(
+        (first.verdict.as_str(), first.replaced.as_deref()),
+        ("poor", None)
+    );
+    assert_eq!(first.failure_mode.as_deref(), Some("incomplete"));
+    assert_eq!(first.reason.as_deref(), Some("misses the edge case"));
+
+    let (code, stdout, stderr) = run.again(&["review", "--last", "good"]);
+    assert_eq!(code, 0, "{stderr}\n{stdout}");
+    let second: ReviewReport = serde_json::from_str(&stdout).expect("a review report");
+    assert_eq!(second.run_id, run_id);
+    assert_eq!(second.replaced.as_deref(), Some("poor"));
+    let verdicts: Vec<&str> = second.history.iter().map(|e| e.verdict.as_str()).collect();
+    assert_eq!(verdicts, ["poor", "good"]);
+    let [logged] = run.ledger_runs().try_into().expect("one run");
+    assert_eq!(logged.verdict.as_deref(), Some("good"));
+}
+
+#[test]
+fn a_review_of_an_unknown_run_or_verdict_is_bad_input() {
+    let run = Test::new()
+        .spec(spec("out.txt", &json!({})))
+        .script(Script::code("out.txt", "one\n"))
+        .run();
+    run.assert_code(0);
+    let (code, stdout, stderr) = run.again(&["review", "20200101T000000000Z-deadbeef", "good"]);
+    assert_eq!(code, 2, "{stdout}");
+    let printed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(printed["error"]["kind"], "unknown_run");
+    assert!(
+        stderr.contains("no run `20200101T000000000Z-deadbeef`"),
+        "{stderr}"
+    );
+    let run_id = run.result().run_id;
+    let (code, _, stderr) = run.again(&["review", &run_id, "great"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("`great` is not a verdict"), "{stderr}");
+    let (code, _, _) = run.again(&["review", &run_id]);
+    assert_eq!(code, 2);
+    let (code, _, stderr) = run.again(&["review", &run_id, "poor", "--failure-mode", "lazy"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(run.ledger_runs()[0].verdict.is_none());
 }
