@@ -38,3 +38,22 @@ pub const LOCK_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Runs `log` lists when not told.
 pub const LOG_LIMIT: u32 = 20;
+
+/// Trust lifecycle: reviewed runs of a (kind, model) pair in `calibrate`, where every run
+/// is reviewed.
+pub const TRUST_CALIBRATE_RUNS: usize = 5;
+/// Trust lifecycle: reviewed runs before a pair may leave `establish` for `trust`…
+pub const TRUST_ESTABLISH_RUNS: usize = 20;
+/// …with at least this percentage of them good or acceptable.
+pub const TRUST_GOOD_PERCENT: usize = 80;
+/// The percentage of runs `establish` samples for review.
+pub const TRUST_SAMPLE_PERCENT: u64 = 15;
+/// This many `poor` verdicts among the last [`TRUST_RELAPSE_WINDOW`] send a pair back to
+/// `calibrate`.
+pub const TRUST_RELAPSE_POOR: usize = 2;
+pub const TRUST_RELAPSE_WINDOW: usize = 10;
+/// In `trust`, a run that added and removed more lines than this is still reviewed.
+pub const TRUST_MAX_CHANGED_LINES: u64 = 200;
+/// A repository with fewer reviewed runs of a pair than this judges the pair by its record
+/// in all repositories.
+pub const TRUST_REPOSITORY_RUNS: usize = 5;

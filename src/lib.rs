@@ -39,6 +39,7 @@ mod summary;
 mod targets;
 pub mod test_run;
 mod transaction;
+pub mod trust;
 pub mod write;
 
 pub use cli::run;

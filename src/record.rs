@@ -13,7 +13,8 @@ use crate::blocking::off_thread;
 use crate::error::{Error, Result};
 use crate::ledger::{self, AttemptRecord, FileRecord, Ledger, RunRecord};
 use crate::pipeline::{Env, Prepared, RunOptions, RunOutput, SpecInput};
-use crate::result::{Status, TaskResult};
+use crate::result::{Phase, ReviewAdvice, Status, TaskResult};
+use crate::trust::{self, RunFacts, Thresholds};
 
 /// What a record needs of a run that its result does not say, taken when it started.
 pub(crate) struct Facts {
@@ -38,14 +39,16 @@ impl Facts {
     }
 }
 
-/// Records the run `output` reports, and notes on its result when it could not.
+/// Records the run `output` reports, and says on its result whether it needs review; notes
+/// on its result when it could not be recorded.
 pub(crate) async fn finish(output: &mut RunOutput, facts: Facts, env: &Env) {
     let RunOutput::Result { result, .. } = output else {
         return;
     };
     let snapshot = result.clone();
     let env = std::sync::Arc::clone(env);
-    let recorded = off_thread(move || record(&snapshot, &facts, &*env)).await;
+    let (review, recorded) = off_thread(move || record(&snapshot, &facts, &*env)).await;
+    result.review = Some(review);
     if let Err(error) = recorded {
         result.notes.push(format!(
             "this run is not recorded in the run ledger ({error}); `log`, `review` and the trust lifecycle will not know it"
@@ -53,10 +56,70 @@ pub(crate) async fn finish(output: &mut RunOutput, facts: Facts, env: &Env) {
     }
 }
 
-fn record(result: &TaskResult, facts: &Facts, env: &dyn Fn(&str) -> Option<String>) -> Result<()> {
-    let run = run_record(result, facts);
-    let mut ledger = Ledger::open_default(env)?;
-    ledger.record(&run)
+fn record(
+    result: &TaskResult,
+    facts: &Facts,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> (ReviewAdvice, Result<()>) {
+    let unknown = || ReviewAdvice {
+        required: true,
+        phase: Phase::Calibrate,
+        why: "the run ledger could not be read, so there is no record to go by: review the run"
+            .to_owned(),
+    };
+    let mut ledger = match Ledger::open_default(env) {
+        Ok(ledger) => ledger,
+        Err(error) => return (unknown(), Err(error)),
+    };
+    let mut run = run_record(result, facts);
+    let review = match advice(&mut ledger, result, &run) {
+        Ok(review) => review,
+        Err(error) => return (unknown(), Err(error)),
+    };
+    run.review_required = Some(review.required);
+    run.review_phase = Some(review.phase.as_str().to_owned());
+    (review, ledger.record(&run))
+}
+
+/// Whether `result` needs review, from the record of its (kind, model) pair: in this
+/// repository, or in all when this one has too few reviewed runs of the pair to go by.
+fn advice(ledger: &mut Ledger, result: &TaskResult, run: &RunRecord) -> Result<ReviewAdvice> {
+    let t = Thresholds::default();
+    let kind = run.kind.clone().unwrap_or_default();
+    let model = run.model.clone().unwrap_or_default();
+    let here = ledger.reviewed(&kind, &model, Some(&run.repo_id))?;
+    let (reviewed, scope) = if here.len() >= t.repository_runs {
+        (here, "in this repository".to_owned())
+    } else {
+        let count = here.len();
+        (
+            ledger.reviewed(&kind, &model, None)?,
+            format!(
+                "across all repositories as this one has {count} of the {} needed to go by its own",
+                t.repository_runs
+            ),
+        )
+    };
+    let verdicts: Vec<&str> = reviewed.iter().map(|r| r.verdict.as_str()).collect();
+    let standing = trust::standing(&verdicts, &t);
+    let facts = RunFacts {
+        run_id: &result.run_id,
+        succeeded: result.status == Status::Success,
+        tested: result.test.is_some(),
+        changed_lines: result
+            .files
+            .iter()
+            .map(|f| f.lines_added + f.lines_removed)
+            .sum(),
+    };
+    let model = if model.is_empty() { "no model" } else { &model };
+    Ok(trust::advise(
+        &standing,
+        &facts,
+        &t,
+        &format!("{kind} by {model}"),
+        &scope,
+    ))
 }
 
 /// The ledger's row for `result`.

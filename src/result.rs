@@ -27,6 +27,10 @@ pub struct TaskResult {
     pub duration_ms: u64,
     /// Set when status is `error`.
     pub error: Option<ErrorInfo>,
+    /// How carefully the supervisor should review this run, from the trust its task kind
+    /// and model have earned; absent for a run that never started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<ReviewAdvice>,
     /// Things worth knowing about the run as a whole (e.g. that its ledger record is
     /// missing); absent when there are none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -51,6 +55,7 @@ impl TaskResult {
             git: None,
             duration_ms: 0,
             error: None,
+            review: None,
             notes: Vec::new(),
         }
     }
@@ -180,4 +185,37 @@ pub struct GitInfo {
 pub struct ErrorInfo {
     pub kind: String,
     pub message: String,
+}
+
+/// Whether a run needs the supervisor's review, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewAdvice {
+    pub required: bool,
+    /// The trust phase of the run's (task kind, model) pair.
+    pub phase: Phase,
+    /// One line: what the decision rests on.
+    pub why: String,
+}
+
+/// How far a (task kind, model) pair has earned trust.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Every run is reviewed.
+    Calibrate,
+    /// A sample of runs is reviewed.
+    Establish,
+    /// Only runs that did not succeed, ran untested, or changed much are reviewed.
+    Trust,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Calibrate => "calibrate",
+            Self::Establish => "establish",
+            Self::Trust => "trust",
+        }
+    }
 }

@@ -202,6 +202,8 @@ fn a_ledger_that_cannot_be_written_never_fails_a_run() {
             panic!("one note expected: {:?}", result.notes);
         };
         assert!(note.contains("not recorded in the run ledger"), "{note}");
+        let advice = result.review.expect("a review field all the same");
+        assert!(advice.required, "{}", advice.why);
         assert!(note.contains(ledger.to_str().unwrap()), "{note}");
         assert!(
             run.stderr.contains("note: this run is not recorded"),
@@ -399,4 +401,81 @@ fn a_review_of_an_unknown_run_or_verdict_is_bad_input() {
     let (code, _, stderr) = run.again(&["review", &run_id, "poor", "--failure-mode", "lazy"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(run.ledger_runs()[0].verdict.is_none());
+}
+
+/// The binary with only a ledger to go by (`log`, `review`).
+fn ledger_tool(ledger: &Path, args: &[&str]) -> (i32, String) {
+    let output = crate::harness::output(
+        Command::new(BIN)
+            .args(args)
+            .env_clear()
+            .env("LOCAL_TASK_LEDGER", ledger),
+    );
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+/// One successful, tested run recorded in `ledger`; `other` makes its repository a
+/// different one (another root commit).
+fn trusted_run(ledger: &Path, other: bool) -> execute_local_task::result::TaskResult {
+    let mut test = Test::new()
+        .spec(spec("out.txt", &json!({"test_command": "true"})))
+        .script(Script::code("out.txt", "x\n"))
+        .env("LOCAL_TASK_LEDGER", ledger.to_str().unwrap());
+    if other {
+        test = test.file("other.txt", "another repository\n");
+    }
+    let run = test.run();
+    run.assert_code(0);
+    run.result()
+}
+
+/// calibrate → establish (here and through other repositories' record) → back to
+/// calibrate on two poor verdicts; every result says so in `review`. The test
+/// repositories share their one commit, so runs in repositories built alike count as
+/// the same repository.
+#[test]
+fn the_review_a_result_asks_for_follows_the_pairs_record() {
+    use execute_local_task::result::Phase;
+    let scratch = tempfile::tempdir().unwrap();
+    let ledger = scratch.path().join("ledger.db");
+    let review = |run_id: &str, verdict: &str| {
+        let (code, stdout) = ledger_tool(&ledger, &["review", run_id, verdict]);
+        assert_eq!(code, 0, "{stdout}");
+    };
+    for n in 0..5 {
+        let result = trusted_run(&ledger, false);
+        let advice = result.review.expect("a review field");
+        assert_eq!(
+            (advice.phase, advice.required),
+            (Phase::Calibrate, true),
+            "run {n}"
+        );
+        review(&result.run_id, "good");
+    }
+    let here = trusted_run(&ledger, false).review.unwrap();
+    assert_eq!(here.phase, Phase::Establish, "{}", here.why);
+    assert!(here.why.contains("in this repository"), "{}", here.why);
+    assert!(here.why.contains("5 reviewed, 5 good"), "{}", here.why);
+
+    let elsewhere = trusted_run(&ledger, true).review.unwrap();
+    assert_eq!(elsewhere.phase, Phase::Establish, "{}", elsewhere.why);
+    assert!(
+        elsewhere.why.contains("across all repositories"),
+        "{}",
+        elsewhere.why
+    );
+
+    for _ in 0..2 {
+        let result = trusted_run(&ledger, false);
+        review(&result.run_id, "poor");
+    }
+    let back = trusted_run(&ledger, false).review.unwrap();
+    assert_eq!((back.phase, back.required), (Phase::Calibrate, true));
+    assert!(back.why.contains("back to calibrate"), "{}", back.why);
+    let (_, stdout) = ledger_tool(&ledger, &["log", "--json"]);
+    let logged: Vec<LoggedRun> = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(logged[0].review_required, Some(true));
 }
