@@ -57,3 +57,9 @@ pub const TRUST_MAX_CHANGED_LINES: u64 = 200;
 /// A repository with fewer reviewed runs of a pair than this judges the pair by its record
 /// in all repositories.
 pub const TRUST_REPOSITORY_RUNS: usize = 5;
+
+/// Savings: what one token the supervisor writes costs, in tokens it reads (the usual
+/// output/input price ratio of hosted models).
+pub const SAVINGS_COST_RATIO: u64 = 5;
+/// Savings: bytes of text per token, for estimating tokens from sizes.
+pub const SAVINGS_BYTES_PER_TOKEN: u64 = 4;

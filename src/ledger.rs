@@ -166,6 +166,8 @@ pub struct RunRecord {
     pub branch: Option<String>,
     pub review_required: Option<bool>,
     pub review_phase: Option<String>,
+    pub saved_gross: Option<u64>,
+    pub saved_net: Option<i64>,
     pub started_at: String,
     pub ended_at: String,
     pub duration_ms: u64,
@@ -485,9 +487,10 @@ fn insert_run(tx: &Transaction<'_>, run: &RunRecord) -> rusqlite::Result<()> {
             profile, provider, model, endpoint, status, error_kind, error_message, summary,
             attempts, test_command, test_passed, test_ms, prompt_tokens, completion_tokens,
             tokens_estimated, files_changed, lines_added, lines_removed, branch,
-            review_required, review_phase, started_at, ended_at, duration_ms)
+            review_required, review_phase, started_at, ended_at, duration_ms, saved_gross,
+            saved_net)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-            ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31)",
+            ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33)",
         params![
             run.run_id,
             run.batch_id,
@@ -520,6 +523,8 @@ fn insert_run(tx: &Transaction<'_>, run: &RunRecord) -> rusqlite::Result<()> {
             run.started_at,
             run.ended_at,
             run.duration_ms,
+            run.saved_gross,
+            run.saved_net,
         ],
     )?;
     for attempt in &run.attempts {

@@ -33,6 +33,7 @@ pub mod repo;
 pub mod result;
 pub mod review;
 pub mod rollback;
+pub mod savings;
 pub mod server;
 pub mod spec;
 mod summary;

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::ledger::{self, AttemptRecord, FileRecord, Ledger, RunRecord};
 use crate::pipeline::{Env, Prepared, RunOptions, RunOutput, SpecInput};
 use crate::result::{Phase, ReviewAdvice, Status, TaskResult};
+use crate::savings::{self, Savings};
 use crate::trust::{self, RunFacts, Thresholds};
 
 /// What a record needs of a run that its result does not say, taken when it started.
@@ -47,8 +48,9 @@ pub(crate) async fn finish(output: &mut RunOutput, facts: Facts, env: &Env) {
     };
     let snapshot = result.clone();
     let env = std::sync::Arc::clone(env);
-    let (review, recorded) = off_thread(move || record(&snapshot, &facts, &*env)).await;
+    let (review, savings, recorded) = off_thread(move || record(&snapshot, &facts, &*env)).await;
     result.review = Some(review);
+    result.savings = Some(savings);
     if let Err(error) = recorded {
         result.notes.push(format!(
             "this run is not recorded in the run ledger ({error}); `log`, `review` and the trust lifecycle will not know it"
@@ -60,7 +62,9 @@ fn record(
     result: &TaskResult,
     facts: &Facts,
     env: &dyn Fn(&str) -> Option<String>,
-) -> (ReviewAdvice, Result<()>) {
+) -> (ReviewAdvice, Savings, Result<()>) {
+    let spec = spec_bytes(&facts.spec);
+    let savings = savings::estimate(result, spec.as_ref().map_or(0, |b| b.len() as u64));
     let unknown = || ReviewAdvice {
         required: true,
         phase: Phase::Calibrate,
@@ -69,16 +73,20 @@ fn record(
     };
     let mut ledger = match Ledger::open_default(env) {
         Ok(ledger) => ledger,
-        Err(error) => return (unknown(), Err(error)),
+        Err(error) => return (unknown(), savings, Err(error)),
     };
     let mut run = run_record(result, facts);
+    run.spec_hash = spec.as_deref().and_then(spec_hash);
+    run.saved_gross = Some(savings.gross);
+    run.saved_net = Some(savings.net);
     let review = match advice(&mut ledger, result, &run) {
         Ok(review) => review,
-        Err(error) => return (unknown(), Err(error)),
+        Err(error) => return (unknown(), savings, Err(error)),
     };
     run.review_required = Some(review.required);
     run.review_phase = Some(review.phase.as_str().to_owned());
-    (review, ledger.record(&run))
+    let recorded = ledger.record(&run);
+    (review, savings, recorded)
 }
 
 /// Whether `result` needs review, from the record of its (kind, model) pair: in this
@@ -134,7 +142,7 @@ fn run_record(result: &TaskResult, facts: &Facts) -> RunRecord {
         repo_id: identity(&facts.root, &facts.state_dir),
         task_id: result.task_id.clone(),
         kind: Some(facts.kind.clone()),
-        spec_hash: spec_hash(&facts.spec),
+        spec_hash: None,
         profile: facts.profile.clone(),
         provider: model.map(|m| m.provider.clone()),
         model: model.map(|m| m.name.clone()),
@@ -152,6 +160,8 @@ fn run_record(result: &TaskResult, facts: &Facts) -> RunRecord {
         branch: None,
         review_required: None,
         review_phase: None,
+        saved_gross: None,
+        saved_net: None,
         started_at: ledger::timestamp(ended - duration),
         ended_at: ledger::timestamp(ended),
         duration_ms: result.duration_ms,
@@ -198,13 +208,17 @@ fn serde_name(value: &impl serde::Serialize) -> String {
         .unwrap_or_default()
 }
 
+/// The spec's text, as the supervisor wrote it.
+fn spec_bytes(spec: &SpecInput) -> Option<Vec<u8>> {
+    match spec {
+        SpecInput::File(path) => std::fs::read(path).ok(),
+        SpecInput::Text { text, .. } => Some(text.clone().into_bytes()),
+    }
+}
+
 /// The git blob id of the spec's text: the same spec gives the same hash on every machine.
-fn spec_hash(spec: &SpecInput) -> Option<String> {
-    let bytes = match spec {
-        SpecInput::File(path) => std::fs::read(path).ok()?,
-        SpecInput::Text { text, .. } => text.clone().into_bytes(),
-    };
-    git2::Oid::hash_object(git2::ObjectType::Blob, &bytes)
+fn spec_hash(bytes: &[u8]) -> Option<String> {
+    git2::Oid::hash_object(git2::ObjectType::Blob, bytes)
         .ok()
         .map(|oid| oid.to_string())
 }

@@ -31,6 +31,10 @@ pub struct TaskResult {
     /// and model have earned; absent for a run that never started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub review: Option<ReviewAdvice>,
+    /// Local tokens spent and the supervisor tokens saved (gross and net), estimated; absent
+    /// for a run that never started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub savings: Option<crate::savings::Savings>,
     /// Things worth knowing about the run as a whole (e.g. that its ledger record is
     /// missing); absent when there are none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -56,6 +60,7 @@ impl TaskResult {
             duration_ms: 0,
             error: None,
             review: None,
+            savings: None,
             notes: Vec::new(),
         }
     }

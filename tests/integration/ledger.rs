@@ -479,3 +479,43 @@ fn the_review_a_result_asks_for_follows_the_pairs_record() {
     let logged: Vec<LoggedRun> = serde_json::from_str(&stdout).unwrap();
     assert_eq!(logged[0].review_required, Some(true));
 }
+
+/// Savings through the binary: a successful run saves its code's tokens weighted by the
+/// cost ratio, less its overhead; an escalated one saves nothing. Both are recorded.
+#[test]
+fn savings_are_reported_and_recorded() {
+    let code = "def add(a, b):\n    return a + b\n";
+    let run = Test::new()
+        .spec(spec("src/add.py", &json!({"test_command": "true"})))
+        .script(Script::code("src/add.py", code))
+        .run();
+    run.assert_code(0);
+    let result = run.result();
+    let savings = result.savings.clone().expect("savings");
+    // 30 bytes of added lines without their newlines: 8 tokens, 40 weighted.
+    assert_eq!((savings.code_tokens, savings.gross), (8, 40));
+    assert_eq!(savings.local_tokens, 150);
+    let spec_bytes = std::fs::read(&run.spec_path).unwrap().len() as u64;
+    assert!(savings.overhead > spec_bytes.div_ceil(4) * 5, "{savings:?}");
+    assert_eq!(
+        savings.net,
+        40 - i64::try_from(savings.overhead).unwrap(),
+        "{savings:?}"
+    );
+    let net = column(
+        &run.ledger_path(),
+        "SELECT CAST(saved_net AS TEXT) FROM runs WHERE run_id = ?1",
+        &result.run_id,
+    );
+    assert_eq!(net, Some(savings.net.to_string()));
+
+    let escalated = Test::new()
+        .spec(spec("out.txt", &json!({"test_command": "false"})))
+        .script(Script::code("out.txt", "one\n"))
+        .script(Script::code("out.txt", "two\n"))
+        .run();
+    escalated.assert_code(1);
+    let savings = escalated.result().savings.expect("savings");
+    assert_eq!((savings.code_tokens, savings.gross), (0, 0));
+    assert_eq!(savings.net, -i64::try_from(savings.overhead).unwrap());
+}
