@@ -76,6 +76,28 @@ struct PruneArgs {
     lock_timeout: u64,
 }
 
+#[derive(Args, Debug)]
+struct StatsArgs {
+    /// Only runs started on or after this date (2026-12-01) or RFC 3339 time.
+    #[arg(long, value_name = "DATE")]
+    since: Option<String>,
+    /// Only this task kind.
+    #[arg(long, value_name = "K")]
+    kind: Option<String>,
+    /// Only this model.
+    #[arg(long, value_name = "M")]
+    model: Option<String>,
+    /// Count every repository's runs, not only this one's.
+    #[arg(long, conflicts_with = "repo")]
+    all_repos: bool,
+    /// The repository (default: the one containing the current directory).
+    #[arg(long, value_name = "DIR")]
+    repo: Option<PathBuf>,
+    /// Print JSON (its schema: `schema stats`) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Undo a run's writes byte for byte and delete the files it created.
@@ -138,6 +160,8 @@ enum Command {
         #[arg(long, value_enum)]
         failure_mode: Option<crate::review::FailureMode>,
     },
+    /// Figures from the run ledger per task kind and model, against your targets.
+    Stats(StatsArgs),
     /// Print a JSON Schema.
     Schema {
         #[arg(value_enum)]
@@ -155,6 +179,7 @@ enum Command {
 enum SchemaKind {
     Spec,
     Result,
+    Stats,
 }
 
 #[derive(Args, Debug)]
@@ -486,12 +511,14 @@ async fn dispatch(cli: Cli) -> u8 {
             let schema = match which {
                 SchemaKind::Spec => crate::spec::json_schema(),
                 SchemaKind::Result => serde_json::json!(schemars::schema_for!(TaskResult)),
+                SchemaKind::Stats => serde_json::json!(schemars::schema_for!(crate::stats::Stats)),
             };
             print_json(&schema);
             0
         }
         Some(Command::Demo { dir }) => run_demo(dir, &env).await,
         Some(Command::Log { limit, json }) => run_log(limit, json, &env),
+        Some(Command::Stats(args)) => run_stats(args, &env),
         Some(Command::Review {
             args,
             last,
@@ -536,6 +563,25 @@ fn run_log(limit: u32, json: bool, env: &Env) -> u8 {
             0
         }
         Ok(runs) => print(&Document::log(runs)),
+        Err(error) => print(&Document::error(&error)),
+    }
+}
+
+fn run_stats(args: StatsArgs, env: &Env) -> u8 {
+    let request = crate::stats::Request {
+        since: args.since,
+        kind: args.kind,
+        model: args.model,
+        repo_dir: (!args.all_repos).then(|| args.repo.unwrap_or_else(|| PathBuf::from("."))),
+    };
+    match crate::stats::stats(&**env, &request) {
+        Ok(stats) if !args.json => {
+            let mut stdout = std::io::stdout().lock();
+            // A closed stdout (e.g. `| head`) is not worth a panic.
+            let _ = stdout.write_all(crate::stats::table(&stats).as_bytes());
+            0
+        }
+        Ok(stats) => print(&Document::stats(stats)),
         Err(error) => print(&Document::error(&error)),
     }
 }

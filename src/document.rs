@@ -1,8 +1,8 @@
 //! Every document the tool prints, built in one place with its exit code and its stderr
 //! lines: a run's result, a dry run's request, a rollback or prune report, the models
-//! survey, the ledger's `log` and a `review`'s record, and the error document of a
-//! command that failed before a run began. The command line prints these; a batch runner
-//! or an MCP server returns the same values, so their JSON cannot drift apart.
+//! survey, the ledger's `log`, a `review`'s record and `stats`, and the error document
+//! of a command that failed before a run began. The command line prints these; a batch
+//! runner or an MCP server returns the same values, so their JSON cannot drift apart.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -15,6 +15,7 @@ use crate::prune::PruneReport;
 use crate::result::{ErrorInfo, Status, TaskResult};
 use crate::review::ReviewReport;
 use crate::rollback::RollbackReport;
+use crate::stats::Stats;
 
 /// One printed outcome: the JSON for stdout, the process's exit code, and the lines for a
 /// human on stderr (each whole, e.g. `error: …` or `hint: …`).
@@ -37,6 +38,7 @@ pub enum Body {
     Models(Vec<ServerReport>),
     Log(Vec<LoggedRun>),
     Review(ReviewReport),
+    Stats(Stats),
     /// A dry run's request, or an error before any run began.
     Value(Value),
 }
@@ -111,6 +113,11 @@ impl Document {
     /// The runs `log --json` lists, newest first.
     pub fn log(runs: Vec<LoggedRun>) -> Self {
         Self::new(Body::Log(runs), 0, Vec::new())
+    }
+
+    /// The figures `stats --json` reports.
+    pub fn stats(stats: Stats) -> Self {
+        Self::new(Body::Stats(stats), 0, Vec::new())
     }
 
     /// The verdict `review` recorded.

@@ -448,6 +448,71 @@ impl Ledger {
     }
 }
 
+/// Which runs `stats` counts.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Runs started at or after this time (RFC 3339 text, or a date `2026-12-01`).
+    pub since: Option<String>,
+    pub kind: Option<String>,
+    pub model: Option<String>,
+    /// One repository's identity; all repositories when `None`.
+    pub repo_id: Option<String>,
+}
+
+/// What `stats` needs of one run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StatRow {
+    pub kind: String,
+    pub model: String,
+    pub status: String,
+    pub attempts: u32,
+    pub test_ms: Option<u64>,
+    pub local_tokens: u64,
+    pub saved_gross: Option<u64>,
+    pub saved_net: Option<i64>,
+    /// The current verdict and its failure mode.
+    pub verdict: Option<String>,
+    pub failure_mode: Option<String>,
+}
+
+impl Ledger {
+    /// The runs `filter` selects, oldest first.
+    pub fn stat_rows(&mut self, filter: &Filter) -> Result<Vec<StatRow>> {
+        self.retry(|conn| {
+            let mut statement = conn.prepare(
+                "SELECT coalesce(kind, ''), coalesce(model, ''), status, attempts, test_ms,
+                    prompt_tokens + completion_tokens, saved_gross, saved_net,
+                    current_reviews.verdict, current_reviews.failure_mode
+                 FROM runs LEFT JOIN current_reviews ON current_reviews.run_id = runs.run_id
+                 WHERE (?1 IS NULL OR runs.started_at >= ?1)
+                   AND (?2 IS NULL OR runs.kind = ?2)
+                   AND (?3 IS NULL OR runs.model = ?3)
+                   AND (?4 IS NULL OR runs.repo_id = ?4)
+                 ORDER BY runs.started_at, runs.run_id",
+            )?;
+            statement
+                .query_map(
+                    params![filter.since, filter.kind, filter.model, filter.repo_id],
+                    |row| {
+                        Ok(StatRow {
+                            kind: row.get(0)?,
+                            model: row.get(1)?,
+                            status: row.get(2)?,
+                            attempts: row.get(3)?,
+                            test_ms: row.get(4)?,
+                            local_tokens: row.get(5)?,
+                            saved_gross: row.get(6)?,
+                            saved_net: row.get(7)?,
+                            verdict: row.get(8)?,
+                            failure_mode: row.get(9)?,
+                        })
+                    },
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+    }
+}
+
 /// The columns of a [`LoggedRun`], for [`logged_run`].
 const LOGGED: &str = "SELECT runs.run_id, batch_id, repo_root, task_id, kind, model, status,
     error_kind, attempts, test_passed, files_changed, lines_added, lines_removed,

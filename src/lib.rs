@@ -36,6 +36,7 @@ pub mod rollback;
 pub mod savings;
 pub mod server;
 pub mod spec;
+pub mod stats;
 mod summary;
 mod targets;
 pub mod test_run;

@@ -95,21 +95,7 @@ fn advice(ledger: &mut Ledger, result: &TaskResult, run: &RunRecord) -> Result<R
     let t = Thresholds::default();
     let kind = run.kind.clone().unwrap_or_default();
     let model = run.model.clone().unwrap_or_default();
-    let here = ledger.reviewed(&kind, &model, Some(&run.repo_id))?;
-    let (reviewed, scope) = if here.len() >= t.repository_runs {
-        (here, "in this repository".to_owned())
-    } else {
-        let count = here.len();
-        (
-            ledger.reviewed(&kind, &model, None)?,
-            format!(
-                "across all repositories as this one has {count} of the {} needed to go by its own",
-                t.repository_runs
-            ),
-        )
-    };
-    let verdicts: Vec<&str> = reviewed.iter().map(|r| r.verdict.as_str()).collect();
-    let standing = trust::standing(&verdicts, &t);
+    let (standing, scope) = trust::pair_standing(ledger, &kind, &model, Some(&run.repo_id), &t)?;
     let facts = RunFacts {
         run_id: &result.run_id,
         succeeded: result.status == Status::Success,
@@ -240,7 +226,7 @@ pub fn redact(endpoint: &str) -> String {
 /// commit (the hash of the sorted root commits when history has several), else its path
 /// for a repository without commits. Walking the history is done once and kept in the
 /// tool's state directory, since root commits never change.
-fn identity(root: &Path, state_dir: &Path) -> String {
+pub(crate) fn identity(root: &Path, state_dir: &Path) -> String {
     let cache = state_dir.join("repo-identity");
     if let Ok(text) = std::fs::read_to_string(&cache) {
         let text = text.trim();

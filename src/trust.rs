@@ -11,6 +11,8 @@
 //! The numbers are [`crate::defaults`]; a config file will set them.
 
 use crate::defaults;
+use crate::error::Result;
+use crate::ledger::Ledger;
 use crate::result::{Phase, ReviewAdvice};
 
 /// The lifecycle's numbers.
@@ -81,6 +83,41 @@ pub fn standing(verdicts: &[&str], t: &Thresholds) -> Standing {
         good,
         relapsed,
     }
+}
+
+/// The standing of the pair (`kind`, `model`) and whose record it is: the repository
+/// `repo_id`'s, or all repositories' when that one has fewer reviewed runs of the pair
+/// than [`Thresholds::repository_runs`] (or when `repo_id` is `None`).
+pub fn pair_standing(
+    ledger: &mut Ledger,
+    kind: &str,
+    model: &str,
+    repo_id: Option<&str>,
+    t: &Thresholds,
+) -> Result<(Standing, String)> {
+    let here = match repo_id {
+        Some(repo_id) => ledger.reviewed(kind, model, Some(repo_id))?,
+        None => Vec::new(),
+    };
+    let (reviewed, scope) = if repo_id.is_none() {
+        (
+            ledger.reviewed(kind, model, None)?,
+            "across all repositories".to_owned(),
+        )
+    } else if here.len() >= t.repository_runs {
+        (here, "in this repository".to_owned())
+    } else {
+        let count = here.len();
+        (
+            ledger.reviewed(kind, model, None)?,
+            format!(
+                "across all repositories as this one has {count} of the {} needed to go by its own",
+                t.repository_runs
+            ),
+        )
+    };
+    let verdicts: Vec<&str> = reviewed.iter().map(|r| r.verdict.as_str()).collect();
+    Ok((standing(&verdicts, t), scope))
 }
 
 /// What of a finished run decides whether it needs review in `trust`.

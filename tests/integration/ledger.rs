@@ -519,3 +519,99 @@ fn savings_are_reported_and_recorded() {
     assert_eq!((savings.code_tokens, savings.gross), (0, 0));
     assert_eq!(savings.net, -i64::try_from(savings.overhead).unwrap());
 }
+
+/// `stats` through the binary, on three runs whose figures are counted by hand: a
+/// first-pass success (reviewed good), a success after a repair (reviewed poor, it broke
+/// the tests), an escalation.
+#[test]
+fn stats_reports_the_figures_of_the_recorded_runs() {
+    use execute_local_task::result::Phase;
+    use execute_local_task::stats::Stats;
+    let scratch = tempfile::tempdir().unwrap();
+    let ledger = scratch.path().join("ledger.db");
+    let ledger_text = ledger.to_str().unwrap();
+    let run_with = |test_command: &str, replies: &[&str]| {
+        let mut test = Test::new()
+            .spec(spec("out.txt", &json!({"test_command": test_command})))
+            .env("LOCAL_TASK_LEDGER", ledger_text);
+        for reply in replies {
+            test = test.script(Script::code("out.txt", reply));
+        }
+        test.run()
+    };
+    let first = run_with("grep -q good out.txt", &["good\n"]);
+    let repaired = run_with("grep -q good out.txt", &["bad\n", "good\n"]);
+    let escalated = run_with("false", &["one\n", "two\n"]);
+    escalated.assert_code(1);
+    for (run, verdict, more) in [
+        (&first, "good", vec![]),
+        (&repaired, "poor", vec!["--failure-mode", "broke-tests"]),
+    ] {
+        let run_id = run.result().run_id;
+        let mut args = vec!["review", run_id.as_str(), verdict];
+        args.extend(more);
+        assert_eq!(ledger_tool(&ledger, &args).0, 0);
+    }
+
+    let stats_in = |extra: &[&str]| {
+        let mut command = Command::new(BIN);
+        command
+            .arg("stats")
+            .args(extra)
+            .current_dir(&first.repo)
+            .env_clear()
+            .env("LOCAL_TASK_LEDGER", &ledger);
+        let output = crate::harness::output(&mut command);
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = stats_in(&["--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let stats: Stats = serde_json::from_str(&stdout).expect("the stats JSON");
+    let [pair] = stats.pairs.as_slice() else {
+        panic!("one pair: {stdout}");
+    };
+    assert_eq!((pair.kind.as_str(), pair.model.as_str()), ("code", MODEL));
+    assert_eq!(pair.runs, 3);
+    let third = 1.0 / 3.0;
+    assert!((pair.delegation_rate.unwrap() - 2.0 * third).abs() < 1e-9);
+    assert!((pair.first_pass_rate.unwrap() - third).abs() < 1e-9);
+    assert_eq!(
+        (pair.first_pass, pair.after_repair, pair.escalations),
+        (1, 1, 1)
+    );
+    assert_eq!((pair.good, pair.acceptable, pair.poor), (1, 0, 1));
+    assert_eq!(pair.phase, Some(Phase::Calibrate));
+    assert_eq!(pair.local_tokens, 5 * 150);
+    let met: Vec<(&str, bool)> = stats
+        .targets
+        .iter()
+        .map(|t| (t.name.as_str(), t.met))
+        .collect();
+    assert_eq!(
+        met,
+        [
+            ("delegation_rate", false),
+            ("first_pass_rate", false),
+            ("saved_share", false),
+            ("regressions", false)
+        ]
+    );
+
+    let (code, table, _) = stats_in(&[]);
+    assert_eq!(code, 0);
+    assert!(
+        table.lines().all(|line| line.chars().count() <= 80),
+        "{table}"
+    );
+    assert!(table.contains("target first-pass success"), "{table}");
+    let (_, stdout, _) = stats_in(&["--json", "--since", "2999-01-01"]);
+    let later: Stats = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(later.total.runs, 0);
+    let (code, _, stderr) = stats_in(&["--since", "yesterday"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--since `yesterday`"), "{stderr}");
+}
