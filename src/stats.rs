@@ -229,8 +229,9 @@ pub fn table(stats: &Stats) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} runs in {}{}",
+        "{} run{} in {}{}",
         stats.total.runs,
+        if stats.total.runs == 1 { "" } else { "s" },
         stats.scope,
         stats
             .since
