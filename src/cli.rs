@@ -96,6 +96,9 @@ struct StatsArgs {
     /// Print JSON (its schema: `schema stats`) instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also write the figures, with charts over time, as one self-contained HTML page.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -574,7 +577,14 @@ fn run_stats(args: StatsArgs, env: &Env) -> u8 {
         model: args.model,
         repo_dir: (!args.all_repos).then(|| args.repo.unwrap_or_else(|| PathBuf::from("."))),
     };
-    match crate::stats::stats(&**env, &request) {
+    let figures = crate::stats::stats_and_rows(&**env, &request).and_then(|(stats, rows)| {
+        if let Some(path) = &args.html {
+            let page = crate::stats_page::page(&stats, &rows);
+            std::fs::write(path, page).map_err(|e| crate::error::Error::io("write", path, e))?;
+        }
+        Ok(stats)
+    });
+    match figures {
         Ok(stats) if !args.json => {
             let mut stdout = std::io::stdout().lock();
             // A closed stdout (e.g. `| head`) is not worth a panic.

@@ -473,6 +473,8 @@ pub struct StatRow {
     /// The current verdict and its failure mode.
     pub verdict: Option<String>,
     pub failure_mode: Option<String>,
+    /// The UTC day the run started, `2026-12-01`.
+    pub day: String,
 }
 
 impl Ledger {
@@ -482,7 +484,8 @@ impl Ledger {
             let mut statement = conn.prepare(
                 "SELECT coalesce(kind, ''), coalesce(model, ''), status, attempts, test_ms,
                     prompt_tokens + completion_tokens, saved_gross, saved_net,
-                    current_reviews.verdict, current_reviews.failure_mode
+                    current_reviews.verdict, current_reviews.failure_mode,
+                    substr(runs.started_at, 1, 10)
                  FROM runs LEFT JOIN current_reviews ON current_reviews.run_id = runs.run_id
                  WHERE (?1 IS NULL OR runs.started_at >= ?1)
                    AND (?2 IS NULL OR runs.kind = ?2)
@@ -505,6 +508,7 @@ impl Ledger {
                             saved_net: row.get(7)?,
                             verdict: row.get(8)?,
                             failure_mode: row.get(9)?,
+                            day: row.get(10)?,
                         })
                     },
                 )?

@@ -37,6 +37,7 @@ pub mod savings;
 pub mod server;
 pub mod spec;
 pub mod stats;
+pub mod stats_page;
 mod summary;
 mod targets;
 pub mod test_run;

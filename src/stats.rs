@@ -81,6 +81,14 @@ pub struct Request {
 }
 
 pub fn stats(env: &dyn Fn(&str) -> Option<String>, request: &Request) -> Result<Stats> {
+    stats_and_rows(env, request).map(|(stats, _)| stats)
+}
+
+/// The stats, and the runs they count (oldest first), for the page's charts.
+pub fn stats_and_rows(
+    env: &dyn Fn(&str) -> Option<String>,
+    request: &Request,
+) -> Result<(Stats, Vec<StatRow>)> {
     let since = request.since.as_deref().map(check_since).transpose()?;
     let (scope, repo_id) = match &request.repo_dir {
         Some(dir) => {
@@ -112,11 +120,14 @@ pub fn stats(env: &dyn Fn(&str) -> Option<String>, request: &Request) -> Result<
     if let Some(error) = phase_error {
         return Err(error);
     }
-    Ok(Stats {
-        scope,
-        since,
-        ..summary
-    })
+    Ok((
+        Stats {
+            scope,
+            since,
+            ..summary
+        },
+        rows,
+    ))
 }
 
 /// `--since`: a date (`2026-12-01`, from its start in UTC) or an RFC 3339 time, as the

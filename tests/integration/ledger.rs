@@ -608,6 +608,43 @@ fn stats_reports_the_figures_of_the_recorded_runs() {
         "{table}"
     );
     assert!(table.contains("target first-pass success"), "{table}");
+    // The page: its table's numbers, and its embedded figures the same as `--json`.
+    let page_path = scratch.path().join("stats.html");
+    let (code, stdout, stderr) = stats_in(&["--json", "--html", page_path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let printed: Stats = serde_json::from_str(&stdout).unwrap();
+    let page = std::fs::read_to_string(&page_path).expect("the page was written");
+    let embedded = page
+        .split("id=\"stats\">")
+        .nth(1)
+        .and_then(|rest| rest.split("</script>").next())
+        .expect("the embedded figures")
+        .replace("<\\/", "</");
+    let embedded: Stats = serde_json::from_str(&embedded).expect("figures JSON");
+    assert_eq!(embedded, printed);
+    let pair_row = page
+        .lines()
+        .find(|line| line.starts_with(&format!("<tr data-pair=\"code {MODEL}\">")))
+        .unwrap_or_else(|| panic!("no row for the pair:\n{page}"));
+    for cell in [
+        "<td class=\"runs\">3</td>",
+        "<td class=\"delegation_rate\">67%</td>",
+        "<td class=\"first_pass_rate\">33%</td>",
+        "<td class=\"escalations\">1</td>",
+        "<td class=\"verdicts\">1/0/1</td>",
+        "<td class=\"local_tokens\">750</td>",
+    ] {
+        assert!(pair_row.contains(cell), "{cell} in {pair_row}");
+    }
+    assert!(
+        page.contains("<tr data-target=\"regressions\"><td>regressions</td><td>0</td><td class=\"now\">1</td><td class=\"unmet\">not met</td></tr>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<svg") && !page.contains("<script src"),
+        "{page}"
+    );
+
     let (_, stdout, _) = stats_in(&["--json", "--since", "2999-01-01"]);
     let later: Stats = serde_json::from_str(&stdout).unwrap();
     assert_eq!(later.total.runs, 0);
