@@ -520,20 +520,31 @@ fn savings_are_reported_and_recorded() {
     assert_eq!(savings.net, -i64::try_from(savings.overhead).unwrap());
 }
 
-/// `stats` through the binary, on three runs whose figures are counted by hand: a
-/// first-pass success (reviewed good), a success after a repair (reviewed poor, it broke
-/// the tests), an escalation.
-#[test]
-fn stats_reports_the_figures_of_the_recorded_runs() {
-    use execute_local_task::result::Phase;
-    use execute_local_task::stats::Stats;
-    let scratch = tempfile::tempdir().unwrap();
-    let ledger = scratch.path().join("ledger.db");
-    let ledger_text = ledger.to_str().unwrap();
+/// `stats` in `repo` with only `ledger` to go by: exit code, stdout, stderr.
+fn stats_in(repo: &Path, ledger: &Path, extra: &[&str]) -> (i32, String, String) {
+    let mut command = Command::new(BIN);
+    command
+        .arg("stats")
+        .args(extra)
+        .current_dir(repo)
+        .env_clear()
+        .env("LOCAL_TASK_LEDGER", ledger);
+    let output = crate::harness::output(&mut command);
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Three runs in one repository, whose figures are counted by hand: a first-pass success
+/// (reviewed good), a success after a repair (reviewed poor, it broke the tests), an
+/// escalation. Gives the first run (its repository is theirs).
+fn three_reviewed_runs(ledger: &Path) -> crate::harness::Run {
     let run_with = |test_command: &str, replies: &[&str]| {
         let mut test = Test::new()
             .spec(spec("out.txt", &json!({"test_command": test_command})))
-            .env("LOCAL_TASK_LEDGER", ledger_text);
+            .env("LOCAL_TASK_LEDGER", ledger.to_str().unwrap());
         for reply in replies {
             test = test.script(Script::code("out.txt", reply));
         }
@@ -550,25 +561,19 @@ fn stats_reports_the_figures_of_the_recorded_runs() {
         let run_id = run.result().run_id;
         let mut args = vec!["review", run_id.as_str(), verdict];
         args.extend(more);
-        assert_eq!(ledger_tool(&ledger, &args).0, 0);
+        assert_eq!(ledger_tool(ledger, &args).0, 0);
     }
+    first
+}
 
-    let stats_in = |extra: &[&str]| {
-        let mut command = Command::new(BIN);
-        command
-            .arg("stats")
-            .args(extra)
-            .current_dir(&first.repo)
-            .env_clear()
-            .env("LOCAL_TASK_LEDGER", &ledger);
-        let output = crate::harness::output(&mut command);
-        (
-            output.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    };
-    let (code, stdout, stderr) = stats_in(&["--json"]);
+#[test]
+fn stats_reports_the_figures_of_the_recorded_runs() {
+    use execute_local_task::result::Phase;
+    use execute_local_task::stats::Stats;
+    let scratch = tempfile::tempdir().unwrap();
+    let ledger = scratch.path().join("ledger.db");
+    let first = three_reviewed_runs(&ledger);
+    let (code, stdout, stderr) = stats_in(&first.repo, &ledger, &["--json"]);
     assert_eq!(code, 0, "{stderr}");
     let stats: Stats = serde_json::from_str(&stdout).expect("the stats JSON");
     let [pair] = stats.pairs.as_slice() else {
@@ -601,16 +606,35 @@ fn stats_reports_the_figures_of_the_recorded_runs() {
         ]
     );
 
-    let (code, table, _) = stats_in(&[]);
+    let (code, table, _) = stats_in(&first.repo, &ledger, &[]);
     assert_eq!(code, 0);
     assert!(
         table.lines().all(|line| line.chars().count() <= 80),
         "{table}"
     );
     assert!(table.contains("target first-pass success"), "{table}");
-    // The page: its table's numbers, and its embedded figures the same as `--json`.
+    let (_, stdout, _) = stats_in(&first.repo, &ledger, &["--json", "--since", "2999-01-01"]);
+    let later: Stats = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(later.total.runs, 0);
+    let (code, _, stderr) = stats_in(&first.repo, &ledger, &["--since", "yesterday"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--since `yesterday`"), "{stderr}");
+}
+
+/// The page opened as a reader would: its table's numbers, and its embedded figures the
+/// same as `--json`'s.
+#[test]
+fn stats_html_writes_a_page_with_the_same_figures() {
+    use execute_local_task::stats::Stats;
+    let scratch = tempfile::tempdir().unwrap();
+    let ledger = scratch.path().join("ledger.db");
+    let first = three_reviewed_runs(&ledger);
     let page_path = scratch.path().join("stats.html");
-    let (code, stdout, stderr) = stats_in(&["--json", "--html", page_path.to_str().unwrap()]);
+    let (code, stdout, stderr) = stats_in(
+        &first.repo,
+        &ledger,
+        &["--json", "--html", page_path.to_str().unwrap()],
+    );
     assert_eq!(code, 0, "{stderr}");
     let printed: Stats = serde_json::from_str(&stdout).unwrap();
     let page = std::fs::read_to_string(&page_path).expect("the page was written");
@@ -644,11 +668,4 @@ fn stats_reports_the_figures_of_the_recorded_runs() {
         page.contains("<svg") && !page.contains("<script src"),
         "{page}"
     );
-
-    let (_, stdout, _) = stats_in(&["--json", "--since", "2999-01-01"]);
-    let later: Stats = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(later.total.runs, 0);
-    let (code, _, stderr) = stats_in(&["--since", "yesterday"]);
-    assert_eq!(code, 2);
-    assert!(stderr.contains("--since `yesterday`"), "{stderr}");
 }
