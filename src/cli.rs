@@ -20,7 +20,7 @@ use crate::model::retry::RetryPolicy;
 use crate::pipeline::{self, Cancel, Env, RunOptions, SpecInput};
 use crate::prune;
 use crate::result::TaskResult;
-use crate::rollback::{self, Which};
+use crate::rollback::Which;
 use crate::server::{self, Connection, ModelChoice};
 
 /// Writes one line to stderr and never panics: a closed stderr (a caller that stopped
@@ -539,17 +539,13 @@ async fn run_rollback(
     lock_timeout: u64,
     env: &Env,
 ) -> Document {
-    match rollback::rollback(dir, which, force, Duration::from_secs(lock_timeout)).await {
-        Ok(report) => {
+    let wait = Duration::from_secs(lock_timeout);
+    match crate::record::rollback(dir, which, force, wait, &**env).await {
+        Ok((report, missing)) => {
             let mut document = Document::rollback(&report);
-            if report.nothing_to_undo.is_none() {
-                let detail = report.describe();
-                let missing =
-                    crate::record::event(&report.run_id, "rollback", Some(&detail), &**env);
-                document
-                    .stderr
-                    .extend(missing.map(|m| format!("note: {m}")));
-            }
+            document
+                .stderr
+                .extend(missing.map(|m| format!("note: {m}")));
             document
         }
         Err(error) => Document::error(&error),

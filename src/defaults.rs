@@ -63,3 +63,10 @@ pub const TRUST_REPOSITORY_RUNS: usize = 5;
 pub const SAVINGS_COST_RATIO: u64 = 5;
 /// Savings: bytes of text per token, for estimating tokens from sizes.
 pub const SAVINGS_BYTES_PER_TOKEN: u64 = 4;
+
+/// The user's targets `stats` reports against: the share of runs that did not escalate…
+pub const TARGET_DELEGATION_RATE: f64 = 0.7;
+/// …of runs that succeeded at their first attempt…
+pub const TARGET_FIRST_PASS_RATE: f64 = 0.8;
+/// …and of the gross supervisor tokens saved that remain after the overhead (net / gross).
+pub const TARGET_SAVED_SHARE: f64 = 0.6;

@@ -270,6 +270,24 @@ fn root_commits(root: &Path) -> Option<String> {
     }
 }
 
+/// Undoes a run ([`crate::rollback::rollback`]) and records that against it; the note
+/// says when the record is missing (the rollback is done either way).
+pub async fn rollback(
+    dir: &Path,
+    which: crate::rollback::Which<'_>,
+    force: bool,
+    lock_timeout: std::time::Duration,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(crate::rollback::RollbackReport, Option<String>)> {
+    let report = crate::rollback::rollback(dir, which, force, lock_timeout).await?;
+    let missing = if report.nothing_to_undo.is_none() {
+        event(&report.run_id, "rollback", Some(&report.describe()), env)
+    } else {
+        None
+    };
+    Ok((report, missing))
+}
+
 /// Records `kind` (e.g. `rollback`) against run `run_id`; what went wrong otherwise, for
 /// a note. The action itself is done either way.
 pub fn event(

@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::defaults;
 use crate::error::{Error, Result};
 use crate::ledger::{Filter, Ledger, StatRow};
 use crate::repo::Repo;
@@ -180,9 +181,17 @@ pub fn summarize(rows: &[StatRow], mut phase: impl FnMut(&str, &str) -> Option<P
     };
     #[allow(clippy::cast_precision_loss)]
     let targets = vec![
-        at_least("delegation_rate", 0.7, total.delegation_rate),
-        at_least("first_pass_rate", 0.8, total.first_pass_rate),
-        at_least("saved_share", 0.6, saved_share),
+        at_least(
+            "delegation_rate",
+            defaults::TARGET_DELEGATION_RATE,
+            total.delegation_rate,
+        ),
+        at_least(
+            "first_pass_rate",
+            defaults::TARGET_FIRST_PASS_RATE,
+            total.first_pass_rate,
+        ),
+        at_least("saved_share", defaults::TARGET_SAVED_SHARE, saved_share),
         Target {
             name: "regressions".to_owned(),
             goal: 0.0,
