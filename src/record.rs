@@ -307,6 +307,51 @@ pub fn event(
 mod tests {
     use super::*;
 
+    /// A batch's task goes through the library's one run, as the command line's does: it
+    /// is recorded with its batch id, and its result carries `review` and `savings`.
+    #[test]
+    fn a_run_the_library_makes_for_a_batch_is_recorded_with_its_batch_id() {
+        let temp = tempfile::tempdir().expect("a temporary directory");
+        let setup = crate::demo::prepare(&temp.path().join("demo")).expect("the demo");
+        let ledger = temp.path().join("ledger.db");
+        let env: Env = {
+            let ledger = ledger.display().to_string();
+            std::sync::Arc::new(move |name: &str| {
+                (name == "LOCAL_TASK_LEDGER").then(|| ledger.clone())
+            })
+        };
+        let options = RunOptions {
+            repo_dir: Some(setup.repo_dir.clone()),
+            batch_id: Some("B-1".to_owned()),
+            ..RunOptions::new()
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let output = runtime.block_on(crate::pipeline::run(
+            &SpecInput::File(setup.spec_path.clone()),
+            &options,
+            Some(crate::demo::recorded_server()),
+            &env,
+            &|_: &str| {},
+        ));
+        let RunOutput::Result { result, .. } = output else {
+            panic!("the run did not give a result");
+        };
+        assert!(result.review.is_some() && result.savings.is_some());
+        assert!(result.notes.is_empty(), "{:?}", result.notes);
+        let runs = Ledger::open(&ledger)
+            .expect("the ledger")
+            .recent(10)
+            .expect("its runs");
+        let [run] = runs.as_slice() else {
+            panic!("one run expected: {runs:?}");
+        };
+        assert_eq!(run.run_id, result.run_id);
+        assert_eq!(run.batch_id.as_deref(), Some("B-1"));
+    }
+
     #[test]
     fn a_password_in_the_endpoint_is_not_recorded() {
         assert_eq!(
