@@ -165,6 +165,16 @@ enum Command {
     },
     /// Figures from the run ledger per task kind and model, against your targets.
     Stats(StatsArgs),
+    /// Write reviewed runs as chat-format JSON Lines (the messages sent, then the accepted
+    /// code as the assistant's reply), for fine-tuning.
+    Export {
+        /// The verdict of the runs to export.
+        #[arg(long, value_enum, value_name = "VERDICT")]
+        reviewed: crate::review::Verdict,
+        /// Only runs started on or after this date (2026-12-01) or RFC 3339 time.
+        #[arg(long, value_name = "DATE")]
+        since: Option<String>,
+    },
     /// Print a JSON Schema.
     Schema {
         #[arg(value_enum)]
@@ -522,6 +532,7 @@ async fn dispatch(cli: Cli) -> u8 {
         Some(Command::Demo { dir }) => run_demo(dir, &env).await,
         Some(Command::Log { limit, json }) => run_log(limit, json, &env),
         Some(Command::Stats(args)) => run_stats(args, &env),
+        Some(Command::Export { reviewed, since }) => run_export(reviewed, since.as_deref(), &env),
         Some(Command::Review {
             args,
             last,
@@ -562,6 +573,21 @@ fn run_log(limit: u32, json: bool, env: &Env) -> u8 {
             0
         }
         Ok(runs) => print(&Document::log(runs)),
+        Err(error) => print(&Document::error(&error)),
+    }
+}
+
+fn run_export(reviewed: crate::review::Verdict, since: Option<&str>, env: &Env) -> u8 {
+    match crate::export::export(&**env, reviewed, since) {
+        Ok(lines) => {
+            let mut stdout = std::io::stdout().lock();
+            for line in &lines {
+                // A closed stdout (e.g. `| head`) is not worth a panic.
+                let _ = writeln!(stdout, "{line}");
+            }
+            say!("execute-local-task: exported {} run(s)", lines.len());
+            0
+        }
         Err(error) => print(&Document::error(&error)),
     }
 }

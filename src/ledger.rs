@@ -29,7 +29,8 @@ const BUSY_RETRIES: u32 = 6;
 /// database's `PRAGMA user_version` is the number applied. Never edit a published step:
 /// add one. Columns for what later features fill (profile, route, triage, branch, commit,
 /// savings) are here from the start and nullable, so they need no migration.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE runs (
     run_id            TEXT PRIMARY KEY,
     batch_id          TEXT,
@@ -113,7 +114,15 @@ CREATE INDEX reviews_by_run ON reviews (run_id);
 CREATE VIEW current_reviews AS
     SELECT * FROM reviews AS r
     WHERE r.id = (SELECT max(id) FROM reviews WHERE run_id = r.run_id);
-"];
+",
+    r"
+CREATE TABLE exchanges (
+    run_id   TEXT PRIMARY KEY,
+    messages TEXT NOT NULL,
+    reply    TEXT NOT NULL
+);
+",
+];
 
 /// The schema version this build writes.
 pub fn schema_version() -> u32 {
@@ -173,6 +182,9 @@ pub struct RunRecord {
     pub duration_ms: u64,
     pub attempts: Vec<AttemptRecord>,
     pub files: Vec<FileRecord>,
+    /// A successful run's first request (JSON array of `{role, content}`) and its accepted
+    /// code as a reply, for `export`.
+    pub exchange: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -517,6 +529,39 @@ impl Ledger {
     }
 }
 
+/// A reviewed run's exchange, for `export`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    pub run_id: String,
+    /// JSON array of `{role, content}`.
+    pub messages: String,
+    pub reply: String,
+}
+
+impl Ledger {
+    /// The exchanges of runs whose current verdict is `verdict`, oldest first.
+    pub fn exchanges(&mut self, verdict: &str, since: Option<&str>) -> Result<Vec<Exchange>> {
+        self.retry(|conn| {
+            let mut statement = conn.prepare(
+                "SELECT runs.run_id, exchanges.messages, exchanges.reply FROM runs
+                 JOIN exchanges ON exchanges.run_id = runs.run_id
+                 JOIN current_reviews ON current_reviews.run_id = runs.run_id
+                 WHERE current_reviews.verdict = ?1 AND (?2 IS NULL OR runs.started_at >= ?2)
+                 ORDER BY runs.started_at, runs.run_id",
+            )?;
+            statement
+                .query_map(params![verdict, since], |row| {
+                    Ok(Exchange {
+                        run_id: row.get(0)?,
+                        messages: row.get(1)?,
+                        reply: row.get(2)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+    }
+}
+
 /// The columns of a [`LoggedRun`], for [`logged_run`].
 const LOGGED: &str = "SELECT runs.run_id, batch_id, repo_root, task_id, kind, model, status,
     error_kind, attempts, test_passed, files_changed, lines_added, lines_removed,
@@ -610,6 +655,12 @@ fn insert_run(tx: &Transaction<'_>, run: &RunRecord) -> rusqlite::Result<()> {
                 attempt.prompt_tokens,
                 attempt.completion_tokens,
             ],
+        )?;
+    }
+    if let Some((messages, reply)) = &run.exchange {
+        tx.execute(
+            "INSERT INTO exchanges (run_id, messages, reply) VALUES (?1, ?2, ?3)",
+            params![run.run_id, messages, reply],
         )?;
     }
     for file in &run.files {
@@ -724,6 +775,38 @@ mod tests {
         drop(ledger);
         // Opening again applies nothing twice.
         Ledger::open(&path).unwrap();
+    }
+
+    /// A ledger of schema version 1 (before `exchanges`) with a run in it: opening it
+    /// applies the later steps and keeps the run.
+    #[test]
+    fn a_ledger_of_version_one_is_migrated_and_keeps_its_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO runs (run_id, repo_root, repo_id, status, summary, attempts,
+                    prompt_tokens, completion_tokens, tokens_estimated, files_changed,
+                    lines_added, lines_removed, started_at, ended_at, duration_ms)
+                 VALUES ('old', '/r', 'r', 'success', 's', 1, 1, 1, 0, 0, 0, 0,
+                    '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z', 1)",
+                [],
+            )
+            .unwrap();
+        }
+        let mut ledger = Ledger::open(&path).unwrap();
+        let version: u32 = ledger
+            .conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, schema_version());
+        assert!(ledger.run("old").unwrap().is_some());
+        let mut run = run("new", "2026-01-02T00:00:00.000Z");
+        run.exchange = Some(("[]".to_owned(), "reply".to_owned()));
+        ledger.record(&run).unwrap();
     }
 
     #[test]

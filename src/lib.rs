@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod document;
 pub mod error;
 pub mod escape;
+pub mod export;
 pub mod extract;
 pub mod guard;
 pub mod input_file;

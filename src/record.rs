@@ -7,6 +7,7 @@
 //! the run's code is already written and tested when it is recorded, and the result then
 //! says in `notes` that its record is missing and why.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::blocking::off_thread;
@@ -25,6 +26,9 @@ pub(crate) struct Facts {
     batch_id: Option<String>,
     root: PathBuf,
     state_dir: PathBuf,
+    /// The first request's messages and the outputs' fence language, for `export`.
+    messages: Vec<crate::model::Message>,
+    language: String,
 }
 
 impl Facts {
@@ -36,6 +40,8 @@ impl Facts {
             batch_id: options.batch_id.clone(),
             root: prepared.repo.root().to_path_buf(),
             state_dir: prepared.repo.state_dir(),
+            messages: prepared.first_messages.clone(),
+            language: prepared.language.clone(),
         }
     }
 }
@@ -148,6 +154,9 @@ fn run_record(result: &TaskResult, facts: &Facts) -> RunRecord {
         review_phase: None,
         saved_gross: None,
         saved_net: None,
+        exchange: (result.status == Status::Success)
+            .then(|| exchange(result, facts))
+            .flatten(),
         started_at: ledger::timestamp(ended - duration),
         ended_at: ledger::timestamp(ended),
         duration_ms: result.duration_ms,
@@ -175,6 +184,28 @@ fn run_record(result: &TaskResult, facts: &Facts) -> RunRecord {
             })
             .collect(),
     }
+}
+
+/// A successful run's first request and its accepted code, as the reply the prompt asks
+/// for (a fence with the language and path per file), read back from the tree.
+fn exchange(result: &TaskResult, facts: &Facts) -> Option<(String, String)> {
+    let messages = serde_json::to_string(&facts.messages).ok()?;
+    let mut reply = String::new();
+    for file in &result.files {
+        let content = std::fs::read_to_string(facts.root.join(&file.path)).ok()?;
+        let fence = "`".repeat(longest_backtick_run(&content).max(2) + 1);
+        let newline = if content.ends_with('\n') { "" } else { "\n" };
+        let _ = writeln!(
+            reply,
+            "{fence}{} path={}\n{content}{newline}{fence}",
+            facts.language, file.path
+        );
+    }
+    Some((messages, reply))
+}
+
+fn longest_backtick_run(text: &str) -> usize {
+    text.split(|c| c != '`').map(str::len).max().unwrap_or(0)
 }
 
 pub fn status_name(status: Status) -> &'static str {

@@ -133,7 +133,7 @@ pub fn stats_and_rows(
 
 /// `--since`: a date (`2026-12-01`, from its start in UTC) or an RFC 3339 time, as the
 /// ledger writes times, so the two compare as text.
-fn check_since(since: &str) -> Result<String> {
+pub(crate) fn check_since(since: &str) -> Result<String> {
     let date = time::macros::format_description!("[year]-[month]-[day]");
     if let Ok(date) = time::Date::parse(since, &date) {
         return Ok(crate::ledger::timestamp(date.midnight().assume_utc()));

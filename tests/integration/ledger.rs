@@ -669,3 +669,56 @@ fn stats_html_writes_a_page_with_the_same_figures() {
         "{page}"
     );
 }
+
+/// `export --reviewed good`: each good run as one chat line, the messages the model was
+/// sent followed by the accepted code; runs with another verdict, or none, are left out.
+#[test]
+fn export_writes_good_runs_as_chat_lines_that_round_trip() {
+    let scratch = tempfile::tempdir().unwrap();
+    let ledger = scratch.path().join("ledger.db");
+    let run_one = |code: &str| {
+        let run = Test::new()
+            .spec(spec("src/add.py", &json!({"test_command": "true"})))
+            .script(Script::code("src/add.py", code))
+            .env("LOCAL_TASK_LEDGER", ledger.to_str().unwrap())
+            .run();
+        run.assert_code(0);
+        run
+    };
+    let good = run_one("def add(a, b):\n    return a + b\n");
+    let poor = run_one("def add(a, b):\n    return a - b\n");
+    let _unreviewed = run_one("def add(a, b):\n    return b + a\n");
+    for (run, verdict) in [(&good, "good"), (&poor, "poor")] {
+        let run_id = run.result().run_id;
+        assert_eq!(ledger_tool(&ledger, &["review", &run_id, verdict]).0, 0);
+    }
+    let (code, stdout) = ledger_tool(&ledger, &["export", "--reviewed", "good"]);
+    assert_eq!(code, 0, "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    let [line] = lines.as_slice() else {
+        panic!("one line expected:\n{stdout}");
+    };
+    let exported: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+    let messages = exported["messages"].as_array().expect("messages");
+    let (last, sent) = messages.split_last().expect("an assistant message");
+    let sent: Vec<(String, String)> = sent
+        .iter()
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap().to_owned(),
+                m["content"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(sent, good.requests[0].messages());
+    assert_eq!(last["role"], "assistant");
+    assert_eq!(
+        last["content"],
+        "```python path=src/add.py\ndef add(a, b):\n    return a + b\n```\n"
+    );
+    let (_, later) = ledger_tool(
+        &ledger,
+        &["export", "--reviewed", "good", "--since", "2999-01-01"],
+    );
+    assert!(later.is_empty(), "{later}");
+}
