@@ -54,7 +54,20 @@ pub(crate) async fn finish(output: &mut RunOutput, facts: Facts, env: &Env) {
     };
     let snapshot = result.clone();
     let env = std::sync::Arc::clone(env);
-    let (review, savings, recorded) = off_thread(move || record(&snapshot, &facts, &*env)).await;
+    // The run's code is written already: even a panic while recording must leave the
+    // process to print its result.
+    let recorded = off_thread(move || {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            record(&snapshot, &facts, &*env)
+        }))
+    })
+    .await;
+    let Ok((review, savings, recorded)) = recorded else {
+        result.notes.push(
+            "this run is not recorded in the run ledger (recording it failed unexpectedly); `log`, `review` and the trust lifecycle will not know it".to_owned(),
+        );
+        return;
+    };
     result.review = Some(review);
     result.savings = Some(savings);
     if let Err(error) = recorded {
