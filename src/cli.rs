@@ -40,7 +40,8 @@ Exit codes: 0 success; 1 the task ran but did not succeed (status failed or esca
 
 Environment: LOCAL_TASK_ENDPOINT, LOCAL_TASK_MODEL, LOCAL_TASK_PROVIDER, LOCAL_TASK_API_KEY,
 and the ecosystem's OPENAI_BASE_URL, OPENAI_API_KEY (sent only to OPENAI_BASE_URL), OLLAMA_HOST.
-Precedence: flag > spec > LOCAL_TASK_* > ecosystem variables > the usual local ports.";
+Precedence: flag > spec > LOCAL_TASK_* > ecosystem variables > the usual local ports.
+LOCAL_TASK_LEDGER moves the run ledger (default $XDG_DATA_HOME/execute-local-task/ledger.db).";
 
 #[derive(Parser, Debug)]
 #[command(
