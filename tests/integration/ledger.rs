@@ -214,7 +214,8 @@ fn a_ledger_that_cannot_be_written_never_fails_a_run() {
 }
 
 /// Eight processes recording into one ledger at once (each in its own repository, so no
-/// repository lock orders them): eight rows, each with its own run's content.
+/// repository lock orders them, and released together from their tests): eight rows,
+/// each with its own run's content.
 #[test]
 fn many_processes_record_into_one_ledger_at_once() {
     const RUNS: usize = 8;
@@ -234,7 +235,15 @@ fn many_processes_record_into_one_ledger_at_once() {
             std::fs::write(repo.join("README.md"), "# r\n").unwrap();
             init_and_commit(&repo);
             let spec_path = dir.join("spec.json");
-            let task = spec("out.txt", &json!({"task_id": format!("T-{n}")}));
+            // Each test says it is ready, then waits for all: the eight runs then record
+            // in the same instant.
+            let gate = scratch.path().display();
+            let test_command =
+                format!("touch {gate}/ready-{n} && while [ ! -e {gate}/go ]; do sleep 0.01; done");
+            let task = spec(
+                "out.txt",
+                &json!({"task_id": format!("T-{n}"), "test_command": test_command}),
+            );
             std::fs::write(&spec_path, task.to_string()).unwrap();
             Command::new(BIN)
                 .arg(&spec_path)
@@ -254,6 +263,15 @@ fn many_processes_record_into_one_ledger_at_once() {
                 .expect("start the binary")
         })
         .collect();
+    let deadline = Instant::now() + BINARY_DEADLINE;
+    while (0..RUNS).any(|n| !scratch.path().join(format!("ready-{n}")).exists()) {
+        assert!(
+            Instant::now() < deadline,
+            "the runs never all reached their tests"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::write(scratch.path().join("go"), "").unwrap();
     let mut expected = Vec::new();
     for child in children {
         let output = finish(child);
