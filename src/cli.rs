@@ -21,7 +21,7 @@ use crate::model::retry::RetryPolicy;
 use crate::pipeline::{self, Cancel, Env, RunOptions, SpecInput};
 use crate::prune;
 use crate::result::TaskResult;
-use crate::rollback::{self, Which};
+use crate::rollback::Which;
 use crate::server::{self, Connection, ModelChoice};
 use crate::{bring_in, runs};
 
@@ -58,7 +58,8 @@ write (kind `environment`: disk full, permissions); 3 the model server could not
 
 Environment: LOCAL_TASK_ENDPOINT, LOCAL_TASK_MODEL, LOCAL_TASK_PROVIDER, LOCAL_TASK_API_KEY,
 and the ecosystem's OPENAI_BASE_URL, OPENAI_API_KEY (sent only to OPENAI_BASE_URL), OLLAMA_HOST.
-Precedence: flag > spec > LOCAL_TASK_* > ecosystem variables > the usual local ports.";
+Precedence: flag > spec > LOCAL_TASK_* > ecosystem variables > the usual local ports.
+LOCAL_TASK_LEDGER moves the run ledger (default $XDG_DATA_HOME/execute-local-task/ledger.db).";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -108,6 +109,31 @@ struct BringInArgs {
     /// Seconds to wait for a run that is writing the same repository.
     #[arg(long, value_name = "SECS", default_value_t = defaults::LOCK_TIMEOUT.as_secs())]
     lock_timeout: u64,
+}
+
+#[derive(Args, Debug)]
+struct StatsArgs {
+    /// Only runs started on or after this date (2026-12-01) or RFC 3339 time.
+    #[arg(long, value_name = "DATE")]
+    since: Option<String>,
+    /// Only this task kind.
+    #[arg(long, value_name = "K")]
+    kind: Option<String>,
+    /// Only this model.
+    #[arg(long, value_name = "M")]
+    model: Option<String>,
+    /// Count every repository's runs, not only this one's.
+    #[arg(long, conflicts_with = "repo")]
+    all_repos: bool,
+    /// The repository (default: the one containing the current directory).
+    #[arg(long, value_name = "DIR")]
+    repo: Option<PathBuf>,
+    /// Print JSON (its schema: `schema stats`) instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Also write the figures, with charts over time, as one self-contained HTML page.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -164,6 +190,43 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         repo: Option<PathBuf>,
     },
+    /// List recent runs from the run ledger, newest first.
+    Log {
+        /// How many runs to list.
+        #[arg(long, value_name = "N", default_value_t = defaults::LOG_LIMIT)]
+        limit: u32,
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Record your verdict on a run: `review RUN_ID good` or `review --last poor`. A later
+    /// verdict replaces the earlier one; the history is kept.
+    Review {
+        /// The run's id, then the verdict (good, acceptable, poor); with --last only the verdict.
+        #[arg(value_name = "RUN_ID|VERDICT", num_args = 1..=2, required = true)]
+        args: Vec<String>,
+        /// Review the newest recorded run.
+        #[arg(long)]
+        last: bool,
+        /// Why, in a sentence.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        /// What went wrong.
+        #[arg(long, value_enum)]
+        failure_mode: Option<crate::review::FailureMode>,
+    },
+    /// Figures from the run ledger per task kind and model, against your targets.
+    Stats(StatsArgs),
+    /// Write reviewed runs as chat-format JSON Lines (the messages sent, then the accepted
+    /// code as the assistant's reply), for fine-tuning.
+    Export {
+        /// The verdict of the runs to export.
+        #[arg(long, value_enum, value_name = "VERDICT")]
+        reviewed: crate::review::Verdict,
+        /// Only runs started on or after this date (2026-12-01) or RFC 3339 time.
+        #[arg(long, value_name = "DATE")]
+        since: Option<String>,
+    },
     /// Print a JSON Schema.
     Schema {
         #[arg(value_enum)]
@@ -181,6 +244,7 @@ enum Command {
 enum SchemaKind {
     Spec,
     Result,
+    Stats,
 }
 
 #[derive(Args, Debug)]
@@ -438,10 +502,15 @@ fn misplaced_message(name: &str) -> String {
 
 /// A command-line mistake found after clap: stderr and the result JSON, exit 2.
 fn usage_error(message: &str) -> ExitCode {
+    ExitCode::from(usage_code(message))
+}
+
+/// [`usage_error`]'s exit code, for a subcommand.
+fn usage_code(message: &str) -> u8 {
     say!("error: {message}\n\nFor more information, try '--help'.");
     let document = Document::usage(message);
     print_json(&document.json);
-    ExitCode::from(document.exit_code)
+    document.exit_code
 }
 
 async fn dispatch(cli: Cli) -> u8 {
@@ -486,14 +555,7 @@ async fn dispatch(cli: Cli) -> u8 {
                 _ => Which::Last,
             };
             let dir = repo.unwrap_or_else(|| PathBuf::from("."));
-            print(
-                &match rollback::rollback(&dir, which, force, Duration::from_secs(lock_timeout))
-                    .await
-                {
-                    Ok(report) => Document::rollback(&report),
-                    Err(error) => Document::error(&error),
-                },
-            )
+            print(&run_rollback(&dir, which, force, lock_timeout, &env).await)
         }
         Some(Command::Prune(args)) => run_prune(args, &env).await,
         Some(Command::Apply(args)) => bring_in(Verb::Apply, args).await,
@@ -535,11 +597,21 @@ async fn dispatch(cli: Cli) -> u8 {
             let schema = match which {
                 SchemaKind::Spec => crate::spec::json_schema(),
                 SchemaKind::Result => serde_json::json!(schemars::schema_for!(TaskResult)),
+                SchemaKind::Stats => serde_json::json!(schemars::schema_for!(crate::stats::Stats)),
             };
             print_json(&schema);
             0
         }
         Some(Command::Demo { dir }) => run_demo(dir, &env).await,
+        Some(Command::Log { limit, json }) => run_log(limit, json, &env),
+        Some(Command::Stats(args)) => run_stats(args, &env),
+        Some(Command::Export { reviewed, since }) => run_export(reviewed, since.as_deref(), &env),
+        Some(Command::Review {
+            args,
+            last,
+            reason,
+            failure_mode,
+        }) => run_review(&args, last, reason, failure_mode, &env),
     }
 }
 
@@ -584,6 +656,116 @@ fn list_runs(json: bool, repo: Option<PathBuf>) -> u8 {
         let _ = writeln!(stdout, "{}", runs::describe(record));
     }
     0
+}
+
+/// Undoes a run, and records that against it in the ledger.
+async fn run_rollback(
+    dir: &std::path::Path,
+    which: Which<'_>,
+    force: bool,
+    lock_timeout: u64,
+    env: &Env,
+) -> Document {
+    let wait = Duration::from_secs(lock_timeout);
+    match crate::record::rollback(dir, which, force, wait, &**env).await {
+        Ok((report, missing)) => {
+            let mut document = Document::rollback(&report);
+            document
+                .stderr
+                .extend(missing.map(|m| format!("note: {m}")));
+            document
+        }
+        Err(error) => Document::error(&error),
+    }
+}
+
+fn run_log(limit: u32, json: bool, env: &Env) -> u8 {
+    let runs = crate::ledger::Ledger::open_default(&**env).and_then(|mut l| l.recent(limit));
+    match runs {
+        Ok(runs) if !json => {
+            let mut stdout = std::io::stdout().lock();
+            // A closed stdout (e.g. `| head`) is not worth a panic.
+            let _ = stdout.write_all(crate::log::table(&runs).as_bytes());
+            0
+        }
+        Ok(runs) => print(&Document::log(runs)),
+        Err(error) => print(&Document::error(&error)),
+    }
+}
+
+fn run_export(reviewed: crate::review::Verdict, since: Option<&str>, env: &Env) -> u8 {
+    match crate::export::export(&**env, reviewed, since) {
+        Ok(lines) => {
+            let mut stdout = std::io::stdout().lock();
+            for line in &lines {
+                // A closed stdout (e.g. `| head`) is not worth a panic.
+                let _ = writeln!(stdout, "{line}");
+            }
+            say!("execute-local-task: exported {} run(s)", lines.len());
+            0
+        }
+        Err(error) => print(&Document::error(&error)),
+    }
+}
+
+fn run_stats(args: StatsArgs, env: &Env) -> u8 {
+    let request = crate::stats::Request {
+        since: args.since,
+        kind: args.kind,
+        model: args.model,
+        repo_dir: (!args.all_repos).then(|| args.repo.unwrap_or_else(|| PathBuf::from("."))),
+    };
+    let figures = crate::stats::stats_and_rows(&**env, &request).and_then(|(stats, rows)| {
+        if let Some(path) = &args.html {
+            let page = crate::stats_page::page(&stats, &rows);
+            std::fs::write(path, page).map_err(|e| crate::error::Error::io("write", path, e))?;
+        }
+        Ok(stats)
+    });
+    match figures {
+        Ok(stats) if !args.json => {
+            let mut stdout = std::io::stdout().lock();
+            // A closed stdout (e.g. `| head`) is not worth a panic.
+            let _ = stdout.write_all(crate::stats::table(&stats).as_bytes());
+            0
+        }
+        Ok(stats) => print(&Document::stats(stats)),
+        Err(error) => print(&Document::error(&error)),
+    }
+}
+
+/// `review [RUN_ID] VERDICT`: the run id is required unless `--last` is given.
+fn run_review(
+    args: &[String],
+    last: bool,
+    reason: Option<String>,
+    failure_mode: Option<crate::review::FailureMode>,
+    env: &Env,
+) -> u8 {
+    use crate::review::{Verdict, Which};
+    let (which, verdict) = match (last, args) {
+        (true, [verdict]) => (Which::Last, verdict),
+        (false, [run_id, verdict]) => (Which::Id(run_id), verdict),
+        (true, _) => {
+            return usage_code("with --last give only the verdict: `review --last good`");
+        }
+        (false, _) => {
+            return usage_code(
+                "give the run id and the verdict (`review RUN_ID good`), or `review --last good`",
+            );
+        }
+    };
+    let Ok(verdict) = Verdict::from_str(verdict, true) else {
+        return usage_code(&format!(
+            "`{verdict}` is not a verdict: use good, acceptable or poor"
+        ));
+    };
+    print(
+        &match crate::review::review(&**env, which, verdict, reason, failure_mode) {
+            Ok(report) => Document::review(&report),
+            Err(error) => Document::error(&error),
+        },
+    )
 }
 
 async fn run_demo(dir: Option<PathBuf>, env: &Env) -> u8 {

@@ -1,8 +1,8 @@
 //! Every document the tool prints, built in one place with its exit code and its stderr
 //! lines: a run's result, a dry run's request, a rollback or prune report, the models
-//! survey, and the error document of a command that failed before a run began. The
-//! command line prints these; a batch runner or an MCP server returns the same values, so
-//! their JSON cannot drift apart.
+//! survey, the ledger's `log`, a `review`'s record and `stats`, and the error document
+//! of a command that failed before a run began. The command line prints these; a batch
+//! runner or an MCP server returns the same values, so their JSON cannot drift apart.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -10,11 +10,14 @@ use serde_json::Value;
 use crate::bring_in::BringInReport;
 use crate::discovery::ServerReport;
 use crate::error::Error;
+use crate::ledger::LoggedRun;
 use crate::pipeline::RunOutput;
 use crate::prune::PruneReport;
 use crate::result::{ErrorInfo, Status, TaskResult};
+use crate::review::ReviewReport;
 use crate::rollback::RollbackReport;
 use crate::runs::BranchRecord;
+use crate::stats::Stats;
 
 /// One printed outcome: the JSON for stdout, the process's exit code, and the lines for a
 /// human on stderr (each whole, e.g. `error: …` or `hint: …`).
@@ -37,6 +40,9 @@ pub enum Body {
     Models(Vec<ServerReport>),
     BringIn(BringInReport),
     Runs(Vec<BranchRecord>),
+    Log(Vec<LoggedRun>),
+    Review(ReviewReport),
+    Stats(Stats),
     /// A dry run's request, or an error before any run began.
     Value(Value),
 }
@@ -64,6 +70,7 @@ impl Document {
                     _ => format!("execute-local-task: {}", result.summary),
                 }];
                 stderr.extend(hint.iter().map(|hint| format!("hint: {hint}")));
+                stderr.extend(result.notes.iter().map(|note| format!("note: {note}")));
                 Self::new(Body::Result(result), exit_code, stderr)
             }
         }
@@ -116,6 +123,22 @@ impl Document {
     /// The branch runs `runs` lists, newest first.
     pub fn runs(records: &[BranchRecord]) -> Self {
         Self::new(Body::Runs(records.to_vec()), 0, Vec::new())
+    }
+
+    /// The runs `log --json` lists, newest first.
+    pub fn log(runs: Vec<LoggedRun>) -> Self {
+        Self::new(Body::Log(runs), 0, Vec::new())
+    }
+
+    /// The figures `stats --json` reports.
+    pub fn stats(stats: Stats) -> Self {
+        Self::new(Body::Stats(stats), 0, Vec::new())
+    }
+
+    /// The verdict `review` recorded.
+    pub fn review(report: &ReviewReport) -> Self {
+        let line = format!("execute-local-task: {}", report.describe());
+        Self::new(Body::Review(report.clone()), 0, vec![line])
     }
 
     /// The servers `models` probed; exit 3 when none answered.

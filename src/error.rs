@@ -91,6 +91,14 @@ pub enum Error {
     #[error("{message}")]
     BringIn { files: Vec<String>, message: String },
 
+    /// The run ledger cannot be opened, read or written.
+    #[error("ledger {}: {message}", path.display())]
+    Ledger { path: PathBuf, message: String },
+
+    /// A run id the ledger does not hold.
+    #[error("no run `{run_id}` in the ledger {}", ledger.display())]
+    UnknownRun { run_id: String, ledger: PathBuf },
+
     /// A signal (Ctrl-C, a caller's timeout) stopped the run: its test was stopped and its
     /// writes undone.
     #[error("interrupted by {}", .0.as_str())]
@@ -142,6 +150,8 @@ impl Error {
             Self::Lock { .. } => "lock",
             Self::Rollback { .. } => "rollback",
             Self::Model(error) => error.kind.as_str(),
+            Self::Ledger { .. } => "ledger",
+            Self::UnknownRun { .. } => "unknown_run",
             Self::Interrupted(_) => "interrupted",
             Self::Git { .. } => "git",
             Self::BranchExists { .. } => "branch_exists",
@@ -178,6 +188,12 @@ impl Error {
                 "another execute-local-task run is writing this repository; wait for it or raise --lock-timeout".to_owned(),
             ),
             Self::Io { source, .. } if is_environment(source) => Some(ENVIRONMENT_HINT.to_owned()),
+            Self::Ledger { .. } => Some(
+                "set LOCAL_TASK_LEDGER to a file in a writable directory (the default is $XDG_DATA_HOME/execute-local-task/ledger.db)".to_owned(),
+            ),
+            Self::UnknownRun { .. } => Some(
+                "`execute-local-task log` lists the recorded runs and their ids".to_owned(),
+            ),
             _ => None,
         }
     }

@@ -63,6 +63,7 @@ pub async fn run(
         model: None,
         attempts: Vec::new(),
         unrestored: None,
+        facts: None,
     };
     let opened = {
         let (spec, options) = (spec.clone(), options.clone());
@@ -81,12 +82,17 @@ pub async fn run(
             state.task_id = Some(opened.spec.task_id.clone());
             // Boxed: the attempts are a large future, and callers hold many runs' at once.
             Box::pin(run_opened(
-                opened, options, server, env, progress, &mut state,
+                opened, spec, options, server, env, progress, &mut state,
             ))
             .await
         }
     };
-    state.output(finished)
+    let facts = state.facts.take();
+    let mut output = state.output(finished);
+    if let Some(facts) = facts {
+        crate::record::finish(&mut output, facts, env).await;
+    }
+    output
 }
 
 /// What the result reports of a run so far, whatever ends it.
@@ -99,6 +105,8 @@ struct RunState {
     attempts: Vec<Attempt>,
     /// The attempt whose code an error left in the tree, when undoing it failed too.
     unrestored: Option<u32>,
+    /// What the run's ledger record needs, once it has started (dry runs never do).
+    facts: Option<crate::record::Facts>,
 }
 
 impl RunState {
@@ -194,6 +202,7 @@ enum Finished {
 /// The stages after the repository was found: the run records itself, then prepares.
 async fn run_opened(
     opened: Opened,
+    spec: &SpecInput,
     options: &RunOptions,
     server: Option<Connected>,
     env: &Env,
@@ -225,6 +234,7 @@ async fn run_opened(
     let Some(journal) = journal else {
         return Ok(Finished::DryRun(prepared.dry_run(options)));
     };
+    state.facts = Some(crate::record::Facts::of(&prepared, spec, options));
     run_prepared(prepared, journal, options, server, env, progress, state).await
 }
 

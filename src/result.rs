@@ -46,8 +46,17 @@ pub struct TaskResult {
     /// A task worktree kept for inspection (`--branch --keep-failed`); `discard` removes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worktree: Option<String>,
-    /// Things worth knowing about where the run ran, e.g. ignored paths of the main tree
-    /// that a task worktree lacked when its test failed.
+    /// How carefully the supervisor should review this run, from the trust its task kind
+    /// and model have earned; absent for a run that never started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<ReviewAdvice>,
+    /// Local tokens spent and the supervisor tokens saved (gross and net), estimated; absent
+    /// for a run that never started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub savings: Option<crate::savings::Savings>,
+    /// Things worth knowing about the run as a whole: its ledger record is missing, a task
+    /// worktree lacked ignored paths of the main tree when its test failed; absent when
+    /// there are none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
 }
@@ -90,6 +99,8 @@ impl TaskResult {
             commands: None,
             replaced: None,
             worktree: None,
+            review: None,
+            savings: None,
             notes: Vec::new(),
         }
     }
@@ -239,4 +250,37 @@ pub struct GitInfo {
 pub struct ErrorInfo {
     pub kind: String,
     pub message: String,
+}
+
+/// Whether a run needs the supervisor's review, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewAdvice {
+    pub required: bool,
+    /// The trust phase of the run's (task kind, model) pair.
+    pub phase: Phase,
+    /// One line: what the decision rests on.
+    pub why: String,
+}
+
+/// How far a (task kind, model) pair has earned trust.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Every run is reviewed.
+    Calibrate,
+    /// A sample of runs is reviewed.
+    Establish,
+    /// Only runs that did not succeed, ran untested, or changed much are reviewed.
+    Trust,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Calibrate => "calibrate",
+            Self::Establish => "establish",
+            Self::Trust => "trust",
+        }
+    }
 }

@@ -1202,6 +1202,23 @@ impl Run {
         &self.home
     }
 
+    /// The run ledger at its default place under the run's home directory.
+    pub fn ledger_path(&self) -> PathBuf {
+        self.home.join(".local/share/execute-local-task/ledger.db")
+    }
+
+    /// The runs the ledger holds, newest first (none when it does not exist).
+    pub fn ledger_runs(&self) -> Vec<execute_local_task::ledger::LoggedRun> {
+        let path = self.ledger_path();
+        if !path.exists() {
+            return Vec::new();
+        }
+        execute_local_task::ledger::Ledger::open(&path)
+            .expect("open the ledger")
+            .recent(1000)
+            .expect("read the ledger")
+    }
+
     /// Runs the binary again in the same repository (e.g. `rollback`).
     pub fn again(&self, args: &[&str]) -> (i32, String, String) {
         let output = output(

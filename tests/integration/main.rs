@@ -11,6 +11,7 @@ mod extraction;
 mod hardening_input;
 mod hardening_server;
 mod hardening_tree;
+mod ledger;
 mod providers;
 mod repair;
 mod review_fixes;
