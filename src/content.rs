@@ -4,8 +4,11 @@
 //! Each check answers with the reason for a refusal, which the pipeline turns into a failed
 //! attempt (`guard_refused`) and the repair prompt shows the model. A false refusal costs a
 //! whole model attempt, a missed one writes a file with holes: the elision check looks only
-//! at lines whose whole job is to stand for code. What remains: a placeholder worded in a
-//! way no list below anticipates passes, and the test command is what catches it.
+//! at lines whose whole job is to stand for code. Where the file existed, a structural
+//! check backs the word lists: a definition that vanished with a comment in its place is
+//! elision however the comment is worded. What remains: in a new file, or in a language
+//! without definition patterns here, a placeholder worded in a way no list below
+//! anticipates passes, and the test command is what catches it.
 
 use std::path::Path;
 
