@@ -405,6 +405,10 @@ pub fn find_removed_definition(path: &str, before: &str, code: &str) -> Option<S
                 "no longer",
                 "moved",
                 "merged",
+                "inlined",
+                "formerly",
+                "obsolete",
+                "unused",
             ];
             let lower = text.to_lowercase();
             (!removal.iter().any(|word| lower.contains(word)))
@@ -415,7 +419,16 @@ pub fn find_removed_definition(path: &str, before: &str, code: &str) -> Option<S
         if new.contains_key(gone.name) {
             continue;
         }
-        let named = stand_ins.iter().find(|(_, _, line)| names(line, gone.name));
+        // A name is also a word (`run`, `get`): a comment heading ordinary code may use it.
+        // One standing alone, calling it `mul()` or `` `mul` ``, or heading a definition
+        // stands for it.
+        let named = stand_ins.iter().find(|(at, _, line)| {
+            names(line, gone.name)
+                && (stands_alone(&lines, *at)
+                    || line.contains(&format!("{}(", gone.name))
+                    || line.contains(&format!("`{}`", gone.name))
+                    || heads_definition(&lines, *at, language))
+        });
         // Between the nearest neighbours before and after it that are still there.
         let from = old[..index]
             .iter()
@@ -583,6 +596,13 @@ fn comment_standing_for_code(line: &str) -> Option<&str> {
         return None;
     }
     comment(line, false).map(|(_, text)| text)
+}
+
+/// The line after `at` starts a definition.
+fn heads_definition(lines: &[&str], at: usize, language: &str) -> bool {
+    lines
+        .get(at + 1)
+        .is_some_and(|next| !definitions(next, language).is_empty())
 }
 
 /// `line` names `name` as a word; a short name (`a`, `fn`) only as a call or in backticks,
@@ -836,6 +856,8 @@ mod tests {
             "def add(a, b):\n    return a + b\n\n\n# mul was removed; use add in a loop\n",
             // A comment heading new code, and one inside a body.
             "def add(a, b):\n    return a + b\n\n\n# Subtraction.\ndef sub(a, b):\n    # Order matters.\n    return a - b\n",
+            // A comment heading ordinary code that happens to use the name as a word.
+            "def add(a, b):\n    # mul the inputs first, then add\n    return add(a * b, 0)\n",
             // Renamed: the old name is gone with no comment for it.
             "def add(a, b):\n    return a + b\n\n\ndef times(a, b):\n    return a * b\n",
         ] {

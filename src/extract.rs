@@ -942,12 +942,10 @@ fn introduces_original(lines: &[&str]) -> bool {
             "previous code",
             "old version",
             "old code",
-            "existing code",
             " before:",
             "before the change",
             "for reference",
             "as it was",
-            "you had",
         ])
         && !cue(&[
             "updated",
@@ -964,6 +962,12 @@ fn introduces_original(lines: &[&str]) -> bool {
             " after",
             " now ",
             " with ",
+            " add",
+            "replace",
+            " change",
+            "instead",
+            "should",
+            "look like",
         ])
 }
 
@@ -1762,6 +1766,28 @@ mod tests {
             ("<p>{x}</p> {\n", "jsx"),
         ] {
             assert_eq!(ends_open(code, language), None, "{language}: {code:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_sentence_about_the_file_as_it_was_introduces_an_echo() {
+        use super::introduces_original;
+        for line in [
+            "For reference, the original was:",
+            "Your current code:",
+            "**Before:**",
+            "The previous version, for comparison:",
+        ] {
+            assert!(introduces_original(&[line, ""]), "{line}");
+        }
+        for line in [
+            "Here is the updated version of your original code:",
+            "Add this to your current code:",
+            "Replace the old code with:",
+            "Your current file should look like this:",
+            "Here is the code:",
+        ] {
+            assert!(!introduces_original(&[line, ""]), "{line}");
         }
     }
 
