@@ -394,27 +394,43 @@ pub fn find_removed_definition(path: &str, before: &str, code: &str) -> Option<S
         .filter(|(_, line)| !old_lines.contains(line.trim()))
         .filter_map(|(at, line)| {
             let text = comment_standing_for_code(line.trim())?;
-            let removal = [
-                "removed",
-                "deleted",
-                "dropped",
-                "replaced",
-                "renamed",
-                "instead",
-                "deprecated",
-                "no longer",
-                "moved",
-                "merged",
-                "inlined",
-                "formerly",
-                "obsolete",
-                "unused",
-            ];
-            let lower = text.to_lowercase();
-            (!removal.iter().any(|word| lower.contains(word)))
-                .then(|| (at, indent_of(line), line.trim()))
+            (!speaks_of_removal(text)).then(|| (at, indent_of(line), line.trim()))
         })
         .collect();
+    // Linear in the file: a rewrite may drop thousands of definitions and add thousands of
+    // comments. Stand-ins by the words they hold, and the lines of those standing alone by
+    // indentation (in order, for a search by range).
+    let mut by_word: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut alone_at: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (index, &(at, indent, line)) in stand_ins.iter().enumerate() {
+        for word in line.split(|c: char| !(c.is_alphanumeric() || c == '_')) {
+            let list = by_word.entry(word).or_default();
+            if list.last() != Some(&index) {
+                list.push(index);
+            }
+        }
+        if stands_alone(&lines, at) {
+            alone_at.entry(indent).or_default().push(index);
+        }
+    }
+    // For each old definition, the new line of the nearest one before it that is still
+    // there, and of the nearest one after it.
+    let mut previous = Vec::with_capacity(old.len());
+    let mut last = None;
+    for definition in &old {
+        previous.push(last);
+        if let Some(&line) = new.get(definition.name) {
+            last = Some(line);
+        }
+    }
+    let mut next = vec![None; old.len()];
+    let mut first = None;
+    for (index, definition) in old.iter().enumerate().rev() {
+        next[index] = first;
+        if let Some(&line) = new.get(definition.name) {
+            first = Some(line);
+        }
+    }
     for (index, gone) in old.iter().enumerate() {
         if new.contains_key(gone.name) {
             continue;
@@ -422,28 +438,26 @@ pub fn find_removed_definition(path: &str, before: &str, code: &str) -> Option<S
         // A name is also a word (`run`, `get`): a comment heading ordinary code may use it.
         // One standing alone, calling it `mul()` or `` `mul` ``, or heading a definition
         // stands for it.
-        let named = stand_ins.iter().find(|(at, _, line)| {
-            names(line, gone.name)
-                && (stands_alone(&lines, *at)
-                    || line.contains(&format!("{}(", gone.name))
-                    || line.contains(&format!("`{}`", gone.name))
-                    || heads_definition(&lines, *at, language))
-        });
-        // Between the nearest neighbours before and after it that are still there.
-        let from = old[..index]
-            .iter()
-            .rev()
-            .find_map(|other| new.get(other.name))
-            .map_or(0, |line| line + 1);
-        let to = old[index + 1..]
-            .iter()
-            .find_map(|other| new.get(other.name))
-            .copied()
-            .unwrap_or(lines.len());
+        let named = by_word
+            .get(gone.name)
+            .into_iter()
+            .flatten()
+            .map(|&index| stand_ins[index])
+            .find(|&(at, _, line)| {
+                names(line, gone.name)
+                    && (stands_alone(&lines, at)
+                        || line.contains(&format!("{}(", gone.name))
+                        || line.contains(&format!("`{}`", gone.name))
+                        || heads_definition(&lines, at, language))
+            });
+        // Standing alone at its indentation, between the neighbours it had.
+        let from = previous[index].map_or(0, |line| line + 1);
+        let to = next[index].unwrap_or(lines.len());
         let in_place = || {
-            stand_ins.iter().find(|(at, indent, _)| {
-                (from..to).contains(at) && *indent == gone.indent && stands_alone(&lines, *at)
-            })
+            let candidates = alone_at.get(&gone.indent)?;
+            let first = candidates.partition_point(|&index| stand_ins[index].0 < from);
+            let &index = candidates.get(first)?;
+            (stand_ins[index].0 < to).then_some(stand_ins[index])
         };
         if let Some((_, _, line)) = named.or_else(in_place) {
             return Some(format!(
@@ -453,6 +467,29 @@ pub fn find_removed_definition(path: &str, before: &str, code: &str) -> Option<S
         }
     }
     None
+}
+
+/// A comment saying the code it names was removed on purpose (`# mul was removed; use
+/// times`): a real deletion, not a stand-in.
+fn speaks_of_removal(text: &str) -> bool {
+    const REMOVAL: &[&str] = &[
+        "removed",
+        "deleted",
+        "dropped",
+        "replaced",
+        "renamed",
+        "instead",
+        "deprecated",
+        "no longer",
+        "moved",
+        "merged",
+        "inlined",
+        "formerly",
+        "obsolete",
+        "unused",
+    ];
+    let lower = text.to_lowercase();
+    REMOVAL.iter().any(|word| lower.contains(word))
 }
 
 /// A definition found by [`definitions`]: its name, line and indentation.
@@ -872,6 +909,22 @@ mod tests {
             find_removed_definition("a.txt", "def mul():\n", "# mul stays\n"),
             None
         );
+    }
+
+    /// A rewrite renaming every one of many definitions, each body with a comment: every
+    /// old definition is gone and every comment is looked at, once.
+    #[test]
+    fn a_rewrite_of_many_definitions_is_checked_in_one_pass() {
+        use std::fmt::Write as _;
+        let (mut before, mut code) = (String::new(), String::new());
+        for i in 0..60_000 {
+            let _ = write!(before, "def f{i}(x):\n    return x\n\n\n");
+            let _ = write!(
+                code,
+                "def g{i}(x):\n    # Sum f{i} parts.\n    return x\n\n\n"
+            );
+        }
+        assert_eq!(find_removed_definition("m.py", &before, &code), None);
     }
 
     #[test]
