@@ -284,6 +284,11 @@ fn stale_blocks<'a>(
     outputs: &[String],
     before: impl Fn(&str) -> Option<&'a str>,
 ) -> Vec<Option<&'static str>> {
+    // Once per output, not per block: a looping reply holds thousands of blocks.
+    let was: Vec<Option<String>> = outputs
+        .iter()
+        .map(|output| before(output).map(|text| text.replace("\r\n", "\n").trim_end().to_owned()))
+        .collect();
     blocks
         .iter()
         .map(|block| {
@@ -292,9 +297,10 @@ fn stale_blocks<'a>(
                 (None, [only]) => Some(only.as_str()),
                 (None, _) => None,
             };
-            let unchanged = output.and_then(&before).is_some_and(|before| {
-                before.replace("\r\n", "\n").trim_end() == block.code.trim_end()
-            });
+            let unchanged = output
+                .and_then(|output| outputs.iter().position(|o| o == output))
+                .and_then(|at| was[at].as_deref())
+                .is_some_and(|was| was == block.code.trim_end());
             if block.echo {
                 Some("introduced as the file as it was")
             } else if unchanged {
@@ -488,17 +494,23 @@ fn note_ignored(
     why: impl Fn(usize) -> Option<&'static str>,
     notes: &mut Vec<String>,
 ) {
+    // A looping reply may hold thousands of blocks: the first few name the pattern.
+    const LISTED: usize = 8;
     if candidates.len() < 2 {
         return;
     }
-    let ignored: Vec<String> = candidates
+    let mut ignored: Vec<String> = candidates
         .iter()
         .filter(|&&i| i != used)
+        .take(LISTED)
         .map(|&i| match why(i) {
             Some(reason) => format!("block {} ({reason})", blocks[i].number),
             None => format!("block {}", blocks[i].number),
         })
         .collect();
+    if candidates.len() - 1 > LISTED {
+        ignored.push(format!("and {} more", candidates.len() - 1 - LISTED));
+    }
     notes.push(format!(
         "{} blocks could be `{output}`; used block {}, ignored {}",
         candidates.len(),
@@ -1789,6 +1801,24 @@ mod tests {
         ] {
             assert!(!introduces_original(&[line, ""]), "{line}");
         }
+    }
+
+    /// Each block is compared with the file as it was, which is read once, not per block.
+    #[test]
+    fn a_looping_reply_against_a_large_file_is_read_in_one_pass() {
+        let before = "x = 1\r\n".repeat(300_000);
+        let reply = "```python\nx = 2\n```\n".repeat(20_000);
+        let outputs = ["m.py".to_owned()];
+        let extracted = super::extract_against(&reply, &outputs, "python", |_| Some(&before))
+            .expect("extracts");
+        assert_eq!(extracted.files[0].1, "x = 2\n");
+        assert_eq!(
+            extracted.notes,
+            [
+                "20000 blocks could be `m.py`; used block 20000, ignored block 1, block 2, block 3, \
+              block 4, block 5, block 6, block 7, block 8, and 19991 more"
+            ]
+        );
     }
 
     #[test]
