@@ -1355,7 +1355,8 @@ fn braces_left_open(chars: &[char], language: &str) -> Unclosed {
                 let raw = c == '`';
                 at += 1;
                 while at < chars.len() && chars[at] != c {
-                    if !raw && chars[at] == '\n' {
+                    // Rust strings may span lines; the others end at the line's end.
+                    if !raw && chars[at] == '\n' && language != "rust" {
                         break;
                     }
                     if !raw && chars[at] == '\\' {
@@ -1772,6 +1773,7 @@ mod tests {
                 "rust",
             ),
             ("/* { */\nstruct A { int x; };\n", "c"),
+            ("fn f() -> &'static str {\n    \"a\n{\nb\"\n}\n", "rust"),
             ("var s = `{`\nfunc f() { r := '{'; _ = r }\n", "go"),
             ("{\"a\": \"[{\", \"b\": [1]}\n", "json"),
             ("const re = /\\}/;\n", "javascript"),
