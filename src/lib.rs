@@ -3,6 +3,7 @@
 //!
 //! The modules below follow the data flow of a run.
 
+pub mod batch;
 mod blocking;
 pub mod cancel;
 pub mod cli;
@@ -21,7 +22,9 @@ pub mod lock;
 pub mod model;
 pub mod options;
 pub mod pipeline;
+pub mod plan;
 pub mod prepare;
+pub mod progress;
 pub mod prompt;
 pub mod prune;
 mod repair;

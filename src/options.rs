@@ -34,6 +34,8 @@ pub struct RunOptions {
     pub lock_timeout: Duration,
     /// Stops the run early (the command line sets it on a signal).
     pub cancel: Cancel,
+    /// The batch this run belongs to, if any.
+    pub batch_id: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -60,6 +62,7 @@ impl RunOptions {
             connection: server::Connection::default(),
             lock_timeout: defaults::LOCK_TIMEOUT,
             cancel: Cancel::never(),
+            batch_id: None,
         }
     }
 }

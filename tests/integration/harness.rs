@@ -202,14 +202,26 @@ impl Request {
 #[derive(Default)]
 struct ServerState {
     script: VecDeque<Script>,
+    /// Replies for requests whose body holds the needle, before the plain script: runs at
+    /// once (a batch) get their own replies whatever order they ask in.
+    routes: Vec<(String, VecDeque<Script>)>,
     requests: Vec<Request>,
     models: Vec<String>,
     protocol: Protocol,
+    /// Chat requests being answered now, and the most ever at once.
+    in_flight: usize,
+    max_in_flight: usize,
+    /// The first `gate` chat requests are held until that many are in flight at once:
+    /// overlap is shown deterministically, with no timing.
+    gate: usize,
+    gated: usize,
+    gate_open: bool,
 }
 
 pub struct ModelServer {
     pub url: String,
     state: Arc<Mutex<ServerState>>,
+    arrived: Arc<std::sync::Condvar>,
 }
 
 impl ModelServer {
@@ -222,19 +234,44 @@ impl ModelServer {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let state = Arc::new(Mutex::new(ServerState {
             script: script.into(),
-            requests: Vec::new(),
             models,
             protocol,
+            ..ServerState::default()
         }));
         let shared = Arc::clone(&state);
+        let arrived = Arc::new(std::sync::Condvar::new());
+        let signal = Arc::clone(&arrived);
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                let shared = Arc::clone(&shared);
-                std::thread::spawn(move || serve(stream, &shared));
+                let (shared, signal) = (Arc::clone(&shared), Arc::clone(&signal));
+                std::thread::spawn(move || serve(stream, &shared, &signal));
             }
         });
-        Self { url, state }
+        Self {
+            url,
+            state,
+            arrived,
+        }
+    }
+
+    /// Replies to requests whose body contains `needle`, in order, before the plain script.
+    pub fn route(&self, needle: &str, script: Vec<Script>) {
+        self.state
+            .lock()
+            .unwrap()
+            .routes
+            .push((needle.to_owned(), script.into()));
+    }
+
+    /// Holds the first `n` chat requests until `n` are in flight at once.
+    pub fn gate(&self, n: usize) {
+        self.state.lock().unwrap().gate = n;
+    }
+
+    /// The most chat requests that were being answered at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.lock().unwrap().max_in_flight
     }
 
     /// The chat requests received (model listings are not recorded).
@@ -247,7 +284,7 @@ impl ModelServer {
     }
 }
 
-fn serve(mut stream: TcpStream, state: &Mutex<ServerState>) {
+fn serve(mut stream: TcpStream, state: &Mutex<ServerState>, arrived: &std::sync::Condvar) {
     let Some(request) = read_request(&stream) else {
         return;
     };
@@ -305,11 +342,33 @@ fn serve(mut stream: TcpStream, state: &Mutex<ServerState>) {
         return;
     }
     let script = {
-        let mut state = state.lock().unwrap();
-        state.requests.push(request);
-        state.script.pop_front()
+        let mut guard = state.lock().unwrap();
+        let body = request.body.to_string();
+        let routed = guard
+            .routes
+            .iter_mut()
+            .find(|(needle, _)| body.contains(needle.as_str()))
+            .map(|(_, script)| script.pop_front());
+        guard.requests.push(request);
+        guard.in_flight += 1;
+        guard.max_in_flight = guard.max_in_flight.max(guard.in_flight);
+        if guard.gated < guard.gate {
+            guard.gated += 1;
+            if guard.in_flight >= guard.gate {
+                guard.gate_open = true;
+                arrived.notify_all();
+            }
+            while !guard.gate_open {
+                guard = arrived.wait(guard).unwrap();
+            }
+        }
+        match routed {
+            Some(script) => script,
+            None => guard.script.pop_front(),
+        }
     };
     play(stream, script, native);
+    state.lock().unwrap().in_flight -= 1;
 }
 
 /// Answers one chat request as `script` says, in the protocol's framing.
@@ -592,6 +651,10 @@ pub struct Test {
     closed_stderr: bool,
     /// Where the git directory lives relative to the working tree.
     layout: Layout,
+    /// Replies by needle (see [`ModelServer::route`]).
+    routes: Vec<(String, Vec<Script>)>,
+    /// See [`ModelServer::gate`].
+    gate: usize,
 }
 
 /// How the test repository's working tree and git directory are laid out. In every
@@ -656,6 +719,8 @@ impl Test {
             during: None,
             closed_stderr: false,
             layout: Layout::Plain,
+            routes: Vec::new(),
+            gate: 0,
         }
     }
 
@@ -728,6 +793,18 @@ impl Test {
 
     pub fn script(mut self, script: Script) -> Self {
         self.script.push(script);
+        self
+    }
+
+    /// Replies to the requests whose body contains `needle` (a task's own words), in order.
+    pub fn route(mut self, needle: &str, script: Vec<Script>) -> Self {
+        self.routes.push((needle.to_owned(), script));
+        self
+    }
+
+    /// The server holds the first `n` chat requests until `n` are in flight at once.
+    pub fn gate(mut self, n: usize) -> Self {
+        self.gate = n;
         self
     }
 
@@ -807,6 +884,10 @@ impl Test {
         std::fs::create_dir_all(&home).unwrap();
 
         let server = ModelServer::start_speaking(self.protocol, self.script, self.models);
+        for (needle, script) in self.routes {
+            server.route(&needle, script);
+        }
+        server.gate(self.gate);
         let before = snapshot(&repo);
         let mut command = Command::new(BIN);
         command
@@ -854,6 +935,7 @@ impl Test {
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
             requests: server.requests(),
+            max_in_flight: server.max_in_flight(),
             before,
             repo,
             spec_path,
@@ -1055,6 +1137,8 @@ pub struct Run {
     pub stdout: String,
     pub stderr: String,
     pub requests: Vec<Request>,
+    /// The most chat requests the server was answering at once.
+    pub max_in_flight: usize,
     before: BTreeMap<String, Vec<u8>>,
     pub repo: PathBuf,
     pub spec_path: PathBuf,
@@ -1137,6 +1221,11 @@ impl Run {
 
     /// Runs the binary again in the same repository (e.g. `rollback`).
     pub fn again(&self, args: &[&str]) -> (i32, String, String) {
+        self.again_with(args, &[])
+    }
+
+    /// Like [`Run::again`], with these environment variables (a server's endpoint).
+    pub fn again_with(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         let output = output(
             Command::new(BIN)
                 .args(args)
@@ -1147,6 +1236,7 @@ impl Run {
                 .env("LANG", "C")
                 .env("GIT_CONFIG_NOSYSTEM", "1")
                 .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                .envs(env.iter().copied())
                 .stdin(Stdio::null()),
         );
         (

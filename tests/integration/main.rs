@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod batch;
 mod conformance;
 mod core;
 mod extraction;
