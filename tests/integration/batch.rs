@@ -424,3 +424,88 @@ fn only_failed_reruns_what_did_not_succeed_and_rollback_undoes_a_batch() {
     }
     run.assert_unchanged();
 }
+
+/// The model call is made outside the repository lock: while one task's test holds the
+/// lock, another task gets its reply, finds no code in it, and asks again. Were model
+/// calls made under the lock, the second request could not come before the test ends,
+/// and the test waits for it before it ends.
+#[test]
+fn a_task_asks_its_model_while_another_holds_the_lock_for_its_test() {
+    let scratch = tempfile::tempdir().unwrap();
+    let testing = scratch.path().join("testing");
+    let release = scratch.path().join("release");
+    let done_waiting = release.clone();
+    let specs = vec![
+        (
+            "a.json",
+            task(
+                "A",
+                "a.txt",
+                &json!({"test_command": format!(
+                    "touch {}; while [ ! -e {} ]; do sleep 0.05; done",
+                    testing.display(),
+                    release.display()
+                )}),
+            ),
+        ),
+        ("b.json", task("B", "b.txt", &json!({"max_attempts": 2}))),
+    ];
+    let test = Test::new()
+        .route("<<A>>", vec![Script::code("a.txt", "a\n")])
+        .route(
+            "<<B>>",
+            vec![
+                Script::After(testing, Box::new(Script::reply("No code, sorry."))),
+                Script::code("b.txt", "b\n"),
+            ],
+        )
+        .during(move |running| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while running.chat_requests() < 3 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "B did not ask again while A's test held the lock"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            std::fs::write(&done_waiting, "").unwrap();
+        });
+    let run = batch(test, &specs, &["--jobs", "2"]);
+    run.assert_code(0);
+    let (results, summary) = lines(&run);
+    assert_eq!(summary.counts.success, 2, "{}", run.stdout);
+    assert_eq!(status_of(&results, "B").attempts.len(), 2);
+}
+
+/// With no model server to reach, the batch exits 3, as a single run would.
+#[test]
+fn a_batch_whose_tasks_reach_no_model_server_exits_3() {
+    let specs = vec![
+        ("a.json", task("A", "a.txt", &json!({}))),
+        ("b.json", task("B", "b.txt", &json!({}))),
+    ];
+    let test = Test::new().endpoint(&crate::harness::closed_port_url());
+    let run = batch(test, &specs, &["--retries", "0", "--jobs", "2"]);
+    run.assert_code(3);
+    let (results, summary) = lines(&run);
+    assert!(results.iter().all(|result| result.status == Status::Error));
+    assert_eq!(summary.counts.error, 2);
+}
+
+/// `--glob` picks specs by path below the directory; every task succeeding is exit 0.
+#[test]
+fn glob_filters_the_specs_and_an_all_green_batch_exits_0() {
+    let run = batch(
+        with_replies(Test::new()),
+        &fixture(),
+        &["--glob", "a*.json"],
+    );
+    run.assert_code(0);
+    let (results, summary) = lines(&run);
+    let ids: Vec<_> = results
+        .iter()
+        .filter_map(|r| r.task_id.as_deref())
+        .collect();
+    assert_eq!(ids, ["A1", "A2", "A3"]);
+    assert_eq!(summary.status, BatchStatus::Success);
+}

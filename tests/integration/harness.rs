@@ -88,6 +88,9 @@ pub enum Script {
     Drip { piece: String, every_ms: u64 },
     /// Answers 200 with the protocol's streaming headers and exactly this body, then closes.
     Body(String),
+    /// Waits until the file exists (something the test or the tool creates), then plays
+    /// the script: a reply that arrives only once the tool has reached some point.
+    After(PathBuf, Box<Script>),
 }
 
 /// Which API the scripted server speaks.
@@ -413,6 +416,12 @@ fn play(mut stream: TcpStream, script: Option<Script>, native: bool) {
         Some(Script::Raw(bytes)) => {
             let _ = stream.write_all(&bytes);
             let _ = stream.shutdown(Shutdown::Both);
+        }
+        Some(Script::After(marker, script)) => {
+            while !marker.exists() {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            play(stream, Some(*script), native);
         }
         Some(Script::Hang) => hold(&mut stream),
         Some(Script::Reset) => {
