@@ -316,7 +316,7 @@ async fn run_batch(args: &RunArgs, env: &Env) -> u8 {
         batch::Event::Line { task_id, line } => shown.line(task_id, line),
         batch::Event::Finished { outcome } => {
             if !summary_only {
-                print_line(&outcome.result);
+                shown.suspend(|| print_line(&outcome.result));
             }
             shown.finished(&outcome.result);
         }

@@ -62,15 +62,19 @@ impl Display {
     pub fn finished(&self, result: &TaskResult) {
         let n = self.done.fetch_add(1, Ordering::Relaxed) + 1;
         let task_id = result.task_id.as_deref().unwrap_or("(no task id)");
-        let line = format!(
-            "[{n}/{}] {task_id} {}: {}",
-            self.total,
-            serde_json::to_value(result.status)
-                .ok()
-                .and_then(|status| status.as_str().map(str::to_owned))
-                .unwrap_or_default(),
-            result.summary
-        );
+        let status = serde_json::to_value(result.status)
+            .ok()
+            .and_then(|status| status.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        // Most summaries begin with their status already ("escalate: …").
+        let line = if result.summary.starts_with(&status) {
+            format!("[{n}/{}] {task_id} {}", self.total, result.summary)
+        } else {
+            format!(
+                "[{n}/{}] {task_id} {status}: {}",
+                self.total, result.summary
+            )
+        };
         if let Some(bar) = &self.bar {
             self.update(task_id, None);
             bar.println(format!("execute-local-task: {line}"));
@@ -84,6 +88,15 @@ impl Display {
         match &self.bar {
             Some(bar) => bar.println(format!("execute-local-task: {line}")),
             None => self.plain(line),
+        }
+    }
+
+    /// Runs `write` (a result line on stdout) with the live display hidden, so a terminal
+    /// showing both gets whole lines.
+    pub fn suspend<R>(&self, write: impl FnOnce() -> R) -> R {
+        match &self.bar {
+            Some(bar) => bar.suspend(write),
+            None => write(),
         }
     }
 
