@@ -234,14 +234,23 @@ fn build(read: Vec<(PathBuf, String, TaskSpec)>, needs: &[Vec<usize>], order: &[
     Plan { tasks }
 }
 
-/// One writes a file the other writes or reads.
+/// One writes a file the other writes or reads (a context entry naming it, or a glob
+/// matching it).
 fn share_a_file(one: &TaskSpec, other: &TaskSpec) -> bool {
-    let writes = |spec: &TaskSpec, path: &String| spec.outputs.contains(path);
-    one.outputs
-        .iter()
-        .chain(&one.context_files)
-        .any(|path| writes(other, path))
-        || other.outputs.iter().any(|path| writes(one, path))
+    let touches = |writer: &TaskSpec, toucher: &TaskSpec| {
+        writer
+            .outputs
+            .iter()
+            .any(|path| toucher.outputs.contains(path) || reads(toucher, path))
+    };
+    touches(one, other) || touches(other, one)
+}
+
+fn reads(spec: &TaskSpec, path: &str) -> bool {
+    spec.context_files.iter().any(|entry| {
+        entry == path
+            || globset::Glob::new(entry).is_ok_and(|glob| glob.compile_matcher().is_match(path))
+    })
 }
 
 #[cfg(test)]
@@ -284,6 +293,37 @@ mod tests {
         let plan = plan(&paths, &BTreeSet::new()).expect("a plan");
         assert_eq!(ids(&plan), ["B", "D", "A", "C"]);
         assert_eq!(plan.tasks[3].needs, [2, 0]);
+    }
+
+    #[test]
+    fn tasks_sharing_a_file_keep_the_serial_order() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let write = |name: &str, spec: serde_json::Value| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, spec.to_string()).expect("write a spec");
+            path
+        };
+        let paths = [
+            write(
+                "a.json",
+                serde_json::json!({"task_id": "A", "description": "d", "output_file": "src/a.py"}),
+            ),
+            write(
+                "b.json",
+                serde_json::json!({"task_id": "B", "description": "d", "output_file": "b.py", "context_files": ["src/*.py"]}),
+            ),
+            write(
+                "c.json",
+                serde_json::json!({"task_id": "C", "description": "d", "output_file": "c.py"}),
+            ),
+            write(
+                "d.json",
+                serde_json::json!({"task_id": "D", "description": "d", "output_file": "src/a.py"}),
+            ),
+        ];
+        let plan = plan(&paths, &BTreeSet::new()).expect("a plan");
+        let after: Vec<&[usize]> = plan.tasks.iter().map(|t| t.after.as_slice()).collect();
+        assert_eq!(after, [&[][..], &[0], &[], &[0, 1]]);
     }
 
     #[test]

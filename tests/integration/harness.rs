@@ -219,6 +219,11 @@ struct ServerState {
     gate: usize,
     gated: usize,
     gate_open: bool,
+    /// Like a real server: at most `slots` replies are worked on at once (0: no limit),
+    /// each taking `latency` before it is sent.
+    slots: usize,
+    busy: usize,
+    latency: std::time::Duration,
 }
 
 pub struct ModelServer {
@@ -270,6 +275,13 @@ impl ModelServer {
     /// Holds the first `n` chat requests until `n` are in flight at once.
     pub fn gate(&self, n: usize) {
         self.state.lock().unwrap().gate = n;
+    }
+
+    /// At most `slots` replies at once, each after `latency` (a model's time).
+    pub fn slots(&self, slots: usize, latency: std::time::Duration) {
+        let mut state = self.state.lock().unwrap();
+        state.slots = slots;
+        state.latency = latency;
     }
 
     /// The most chat requests that were being answered at once.
@@ -365,13 +377,29 @@ fn serve(mut stream: TcpStream, state: &Mutex<ServerState>, arrived: &std::sync:
                 guard = arrived.wait(guard).unwrap();
             }
         }
-        match routed {
+        let script = match routed {
             Some(script) => script,
             None => guard.script.pop_front(),
+        };
+        if guard.slots > 0 {
+            while guard.busy >= guard.slots {
+                guard = arrived.wait(guard).unwrap();
+            }
+            guard.busy += 1;
         }
+        (script, guard.slots > 0, guard.latency)
     };
+    let (script, slotted, latency) = script;
+    if slotted {
+        std::thread::sleep(latency);
+    }
     play(stream, script, native);
-    state.lock().unwrap().in_flight -= 1;
+    let mut guard = state.lock().unwrap();
+    guard.in_flight -= 1;
+    if slotted {
+        guard.busy -= 1;
+        arrived.notify_all();
+    }
 }
 
 /// Answers one chat request as `script` says, in the protocol's framing.
@@ -664,6 +692,8 @@ pub struct Test {
     routes: Vec<(String, Vec<Script>)>,
     /// See [`ModelServer::gate`].
     gate: usize,
+    /// See [`ModelServer::slots`].
+    slots: Option<(usize, std::time::Duration)>,
 }
 
 /// How the test repository's working tree and git directory are laid out. In every
@@ -730,6 +760,7 @@ impl Test {
             layout: Layout::Plain,
             routes: Vec::new(),
             gate: 0,
+            slots: None,
         }
     }
 
@@ -808,6 +839,12 @@ impl Test {
     /// Replies to the requests whose body contains `needle` (a task's own words), in order.
     pub fn route(mut self, needle: &str, script: Vec<Script>) -> Self {
         self.routes.push((needle.to_owned(), script));
+        self
+    }
+
+    /// The server works on at most `slots` replies at once, each taking `latency`.
+    pub fn slots(mut self, slots: usize, latency: std::time::Duration) -> Self {
+        self.slots = Some((slots, latency));
         self
     }
 
@@ -897,6 +934,9 @@ impl Test {
             server.route(&needle, script);
         }
         server.gate(self.gate);
+        if let Some((slots, latency)) = self.slots {
+            server.slots(slots, latency);
+        }
         let before = snapshot(&repo);
         let mut command = Command::new(BIN);
         command
