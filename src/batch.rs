@@ -288,8 +288,14 @@ pub async fn run(
     let overwrite = overwrites_own_writes(&plan, &repo, options.force);
     let batch_id = new_batch_id();
     let started = Instant::now();
+    let absolute = plan
+        .tasks
+        .iter()
+        .map(|task| std::fs::canonicalize(&task.path).unwrap_or_else(|_| task.path.clone()))
+        .collect();
     let mut scheduler = Scheduler {
         waiting: vec![State::Waiting; plan.tasks.len()],
+        absolute,
         plan,
         options: RunOptions {
             batch_id: Some(batch_id.clone()),
@@ -358,6 +364,8 @@ struct Scheduler {
     observe: Observer,
     repo: Repo,
     overwrite: Vec<bool>,
+    /// Each spec's absolute path, for the record.
+    absolute: Vec<PathBuf>,
     waiting: Vec<State>,
     outcomes: Vec<TaskOutcome>,
     /// Plan indices in the order their tasks finished.
@@ -536,15 +544,13 @@ impl Scheduler {
     /// The record as it stands; failing to save it stops no task (it costs `rollback` of
     /// the batch by id, never the code: each run keeps its own journal).
     fn save_record(&self) {
-        let absolute =
-            |path: &Path| std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         let finished = self
             .finished
             .iter()
             .zip(&self.outcomes)
             .map(|(&index, outcome)| RecordedTask {
                 task_id: self.plan.tasks[index].spec.task_id.clone(),
-                spec: absolute(&self.plan.tasks[index].path),
+                spec: self.absolute[index].clone(),
                 run_id: (outcome.result.status != Status::Skipped)
                     .then(|| outcome.result.run_id.clone()),
                 status: Some(outcome.result.status),
@@ -553,7 +559,7 @@ impl Scheduler {
             .filter(|index| !self.finished.contains(index))
             .map(|index| RecordedTask {
                 task_id: self.plan.tasks[index].spec.task_id.clone(),
-                spec: absolute(&self.plan.tasks[index].path),
+                spec: self.absolute[index].clone(),
                 run_id: None,
                 status: None,
             });
