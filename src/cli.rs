@@ -40,6 +40,8 @@ const AFTER_HELP: &str = "\
 Exit codes: 0 success; 1 the task ran but did not succeed (status failed or escalate);
 2 bad input (command line, spec, repository, unsafe path); 3 the model server could not be used;
 130, 143, 129 interrupted by SIGINT, SIGTERM, SIGHUP (the test is stopped, the tree restored).
+A batch: 0 every task succeeded; 1 any did not (status failed, escalate, error or skipped);
+2 bad input before it ran; 3 no task could use its model server; 128+N on signal N.
 
 Environment: LOCAL_TASK_ENDPOINT, LOCAL_TASK_MODEL, LOCAL_TASK_PROVIDER, LOCAL_TASK_API_KEY,
 and the ecosystem's OPENAI_BASE_URL, OPENAI_API_KEY (sent only to OPENAI_BASE_URL), OLLAMA_HOST.
@@ -142,21 +144,6 @@ struct RunArgs {
     /// `*.json` below it, ordered by `depends_on`.
     #[arg(value_name = "SPEC|DIR")]
     specs: Vec<PathBuf>,
-    /// Batch: tasks run at once (their model calls overlap; writes and tests take turns).
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
-    jobs: u16,
-    /// Batch: start no task after the first that did not succeed.
-    #[arg(long)]
-    fail_fast: bool,
-    /// Batch: print only the summary, not each task's result.
-    #[arg(long)]
-    summary_only: bool,
-    /// Batch: run only the specs below DIR whose path (or file name) matches this glob.
-    #[arg(long, value_name = "PATTERN")]
-    glob: Option<String>,
-    /// Batch: run again the tasks of batch `BATCH_ID` that did not succeed.
-    #[arg(long, value_name = "BATCH_ID", conflicts_with = "specs")]
-    only_failed: Option<String>,
     /// Model server URL, e.g. <http://127.0.0.1:1234/v1> (LM Studio) or <http://127.0.0.1:11434> (Ollama).
     #[arg(long, value_name = "URL")]
     endpoint: Option<String>,
@@ -237,6 +224,21 @@ struct RunArgs {
     /// No progress on stderr.
     #[arg(long, short)]
     quiet: bool,
+    /// Batch: tasks run at once (their model calls overlap; writes and tests take turns).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    jobs: u16,
+    /// Batch: start no task after the first that did not succeed.
+    #[arg(long)]
+    fail_fast: bool,
+    /// Batch: print only the summary, not each task's result.
+    #[arg(long)]
+    summary_only: bool,
+    /// Batch: run only the specs below DIR whose path (or file name) matches this glob.
+    #[arg(long, value_name = "PATTERN")]
+    glob: Option<String>,
+    /// Batch: run again the tasks of batch `BATCH_ID` that did not succeed.
+    #[arg(long, value_name = "BATCH_ID", conflicts_with = "specs")]
+    only_failed: Option<String>,
 }
 
 impl RunArgs {
