@@ -509,3 +509,58 @@ fn glob_filters_the_specs_and_an_all_green_batch_exits_0() {
     assert_eq!(ids, ["A1", "A2", "A3"]);
     assert_eq!(summary.status, BatchStatus::Success);
 }
+
+/// A task may overwrite what an earlier task of its batch wrote, never the user's own
+/// uncommitted changes: with `shared.txt` edited and not committed, both tasks writing it
+/// are refused as a single run would be, and the edit stays.
+#[test]
+fn the_users_uncommitted_changes_are_refused_in_a_batch_too() {
+    let specs = vec![
+        ("s1.json", task("S1", "shared.txt", &json!({}))),
+        ("s2.json", task("S2", "shared.txt", &json!({}))),
+    ];
+    let test = Test::new()
+        .file("shared.txt", "committed\n")
+        .uncommitted("shared.txt", "my edit\n");
+    let run = batch(test, &specs, &[]);
+    // The batch ran (each task refused itself): exit 1, each task's own code 2.
+    run.assert_code(1);
+    let (results, summary) = lines(&run);
+    assert!(summary.tasks.iter().all(|task| task.exit_code == 2));
+    for result in &results {
+        assert_eq!(result.status, Status::Error);
+        assert_eq!(
+            result.error.as_ref().map(|e| e.kind.as_str()),
+            Some("dirty_target")
+        );
+    }
+    assert!(run.requests.is_empty());
+    assert_eq!(run.read("shared.txt").as_deref(), Some("my edit\n"));
+}
+
+/// Several spec files given one by one run as a batch, in dependency order.
+#[test]
+fn several_spec_files_run_as_one_batch() {
+    let test = Test::new()
+        .route("<<X>>", vec![Script::code("x.txt", "x\n")])
+        .route("<<Y>>", vec![Script::code("y.txt", "y\n")]);
+    let run = test.run_with(|spec_path| {
+        let dir = spec_path.parent().unwrap();
+        let x = dir.join("x.json");
+        let y = dir.join("y.json");
+        std::fs::write(&x, task("X", "x.txt", &json!({})).to_string()).unwrap();
+        std::fs::write(
+            &y,
+            task("Y", "y.txt", &json!({"depends_on": ["X"]})).to_string(),
+        )
+        .unwrap();
+        vec![y.display().to_string(), x.display().to_string()]
+    });
+    run.assert_code(0);
+    let (results, _) = lines(&run);
+    let ids: Vec<_> = results
+        .iter()
+        .filter_map(|r| r.task_id.as_deref())
+        .collect();
+    assert_eq!(ids, ["X", "Y"]);
+}
