@@ -3,7 +3,7 @@
 
 use std::ffi::OsString;
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 use crate::arguments::{self, Secs};
+use crate::batch;
 use crate::defaults;
 use crate::demo;
 use crate::discovery;
@@ -19,9 +20,11 @@ use crate::model::Limits;
 use crate::model::recorded::Matching;
 use crate::model::retry::RetryPolicy;
 use crate::pipeline::{self, Cancel, Env, RunOptions, SpecInput};
+use crate::plan;
+use crate::progress;
 use crate::prune;
-use crate::result::TaskResult;
-use crate::rollback::Which;
+use crate::result::{Status, TaskResult};
+use crate::rollback::{self, Which};
 use crate::server::{self, Connection, ModelChoice};
 use crate::{bring_in, runs};
 
@@ -55,6 +58,8 @@ Exit codes: 0 success; 1 the task ran but did not succeed (status failed or esca
 2 bad input (command line, spec, repository, unsafe path), or the machine refused a read or
 write (kind `environment`: disk full, permissions); 3 the model server could not be used;
 130, 143, 129 interrupted by SIGINT, SIGTERM, SIGHUP (the test is stopped, the tree restored).
+A batch: 0 every task succeeded; 1 any did not (status failed, escalate, error or skipped);
+2 bad input before it ran; 3 no task could use its model server; 128+N on signal N.
 
 Environment: LOCAL_TASK_ENDPOINT, LOCAL_TASK_MODEL, LOCAL_TASK_PROVIDER, LOCAL_TASK_API_KEY,
 and the ecosystem's OPENAI_BASE_URL, OPENAI_API_KEY (sent only to OPENAI_BASE_URL), OLLAMA_HOST.
@@ -140,7 +145,8 @@ struct StatsArgs {
 enum Command {
     /// Undo a run's writes byte for byte and delete the files it created.
     Rollback {
-        /// The `run_id` from the run's result JSON.
+        /// The `run_id` from the run's result JSON, or a batch's `batch_id` (every run of
+        /// the batch, newest first).
         #[arg(required_unless_present = "last")]
         run_id: Option<String>,
         /// Undo the newest run (if it left nothing to undo, say so and change nothing).
@@ -249,9 +255,10 @@ enum SchemaKind {
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// The task spec (JSON) to run.
-    #[arg(value_name = "SPEC")]
-    spec: Option<PathBuf>,
+    /// The task spec (JSON) to run; a directory, or several specs, runs a batch: every
+    /// `*.json` below it, ordered by `depends_on`.
+    #[arg(value_name = "SPEC|DIR")]
+    specs: Vec<PathBuf>,
     /// Model server URL, e.g. <http://127.0.0.1:1234/v1> (LM Studio) or <http://127.0.0.1:11434> (Ollama).
     #[arg(long, value_name = "URL")]
     endpoint: Option<String>,
@@ -343,6 +350,21 @@ struct RunArgs {
     /// No progress on stderr.
     #[arg(long, short)]
     quiet: bool,
+    /// Batch: tasks run at once (their model calls overlap; writes and tests take turns).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    jobs: u16,
+    /// Batch: start no task after the first that did not succeed.
+    #[arg(long)]
+    fail_fast: bool,
+    /// Batch: print only the summary, not each task's result.
+    #[arg(long)]
+    summary_only: bool,
+    /// Batch: run only the specs below DIR whose path (or file name) matches this glob.
+    #[arg(long, value_name = "PATTERN")]
+    glob: Option<String>,
+    /// Batch: run again the tasks of batch `BATCH_ID` that did not succeed.
+    #[arg(long, value_name = "BATCH_ID", conflicts_with = "specs")]
+    only_failed: Option<String>,
 }
 
 impl RunArgs {
@@ -393,14 +415,102 @@ impl RunArgs {
     }
 }
 
+impl RunArgs {
+    /// A directory, several specs, or `--only-failed`: a batch.
+    fn is_batch(&self) -> bool {
+        self.only_failed.is_some()
+            || self.specs.len() > 1
+            || self.specs.first().is_some_and(|spec| spec.is_dir())
+    }
+}
+
+/// A batch: each task's result as one JSON line as it finishes (unless --summary-only),
+/// then the summary line; progress on stderr.
+async fn run_batch(args: &RunArgs, env: &Env) -> u8 {
+    if args.dry_run || args.record.is_some() || args.replay.is_some() {
+        let message =
+            "a batch takes neither --dry-run, --record nor --replay; give one spec for those";
+        say!("error: {message}");
+        let document = Document::usage(message);
+        print_json(&document.json);
+        return document.exit_code;
+    }
+    let plan = match batch_plan(args) {
+        Ok(plan) => plan,
+        Err(error) => return print(&Document::error(&error)),
+    };
+    let display = Arc::new(progress::Display::new(plan.tasks.len(), args.quiet));
+    let (shown, summary_only) = (Arc::clone(&display), args.summary_only);
+    let observe: batch::Observer = Arc::new(move |event| match event {
+        batch::Event::Started { task_id } => shown.started(task_id),
+        batch::Event::Line { task_id, line } => shown.line(task_id, line),
+        batch::Event::Finished { outcome } => {
+            if !summary_only {
+                shown.suspend(|| print_line(&outcome.result));
+            }
+            shown.finished(&outcome.result);
+        }
+        batch::Event::Note(line) => shown.note(line),
+    });
+    let options = RunOptions {
+        cancel: stop_on_signals(),
+        ..args.options()
+    };
+    let how = batch::BatchOptions {
+        jobs: usize::from(args.jobs),
+        fail_fast: args.fail_fast,
+    };
+    let runner = batch::in_place(Arc::clone(env));
+    let outcome = batch::run(plan, &options, how, runner, observe).await;
+    display.close();
+    match outcome {
+        Ok(outcome) => {
+            let document = Document::batch(&outcome.summary());
+            print_line(&document.json);
+            print_stderr(&document)
+        }
+        Err(error) => print(&Document::error(&error)),
+    }
+}
+
+/// The batch's specs in order: those found from the command line, or with `--only-failed`
+/// those of the earlier batch that did not succeed (its successes count as met dependencies).
+fn batch_plan(args: &RunArgs) -> crate::error::Result<plan::Plan> {
+    let Some(batch_id) = &args.only_failed else {
+        let paths = plan::find_specs(&args.specs, args.glob.as_deref())?;
+        return plan::plan(&paths, &std::collections::BTreeSet::new());
+    };
+    let repo = crate::repo::Repo::discover(args.repo.as_deref().unwrap_or(Path::new(".")))?;
+    let record = batch::BatchRecord::load(&repo, batch_id)?;
+    let (done, again): (Vec<_>, Vec<_>) = record
+        .tasks
+        .into_iter()
+        .partition(|task| task.status == Some(Status::Success));
+    if again.is_empty() {
+        return Err(crate::error::Error::Batch {
+            paths: Vec::new(),
+            message: format!("every task of {batch_id} succeeded: there is nothing to run again"),
+        });
+    }
+    let paths: Vec<PathBuf> = again.into_iter().map(|task| task.spec).collect();
+    plan::plan(&paths, &done.into_iter().map(|task| task.task_id).collect())
+}
+
 /// The whole program: parse, run, print, exit.
 pub fn run() -> ExitCode {
     // First, while the process has a single thread: reading the umask briefly sets it.
     crate::write::capture_umask();
     let args: Vec<OsString> = std::env::args_os().collect();
     let cli = match Cli::try_parse_from(&args) {
-        Ok(cli) if cli.command.is_none() && cli.run.spec.as_deref().is_some_and(is_subcommand) => {
-            let name = cli.run.spec.unwrap_or_default();
+        Ok(cli)
+            if cli.command.is_none()
+                && cli
+                    .run
+                    .specs
+                    .first()
+                    .is_some_and(|spec| is_subcommand(spec)) =>
+        {
+            let name = cli.run.specs.first().cloned().unwrap_or_default();
             return usage_error(&misplaced_message(&name.to_string_lossy()));
         }
         Ok(cli) => cli,
@@ -516,8 +626,9 @@ fn usage_code(message: &str) -> u8 {
 async fn dispatch(cli: Cli) -> u8 {
     let env: Env = Arc::new(|name: &str| std::env::var(name).ok());
     match cli.command {
+        None if cli.run.is_batch() => run_batch(&cli.run, &env).await,
         None => {
-            let Some(spec) = cli.run.spec.clone() else {
+            let Some(spec) = cli.run.specs.first().cloned() else {
                 say!(
                     "error: no task spec given\n\nUsage: execute-local-task [OPTIONS] <SPEC>\n       execute-local-task demo    (see it work first)\n\nFor more information, try '--help'."
                 );
@@ -550,11 +661,20 @@ async fn dispatch(cli: Cli) -> u8 {
             repo,
             lock_timeout,
         }) => {
+            let dir = repo.unwrap_or_else(|| PathBuf::from("."));
+            let wait = Duration::from_secs(lock_timeout);
+            if let Some(batch_id) = run_id.as_deref().filter(|id| batch::valid_batch_id(id)) {
+                return print(
+                    &match rollback::rollback_batch(&dir, batch_id, force, wait).await {
+                        Ok(report) => Document::batch_rollback(&report),
+                        Err(error) => Document::error(&error),
+                    },
+                );
+            }
             let which = match run_id.as_deref() {
                 Some(id) if !last => Which::Id(id),
                 _ => Which::Last,
             };
-            let dir = repo.unwrap_or_else(|| PathBuf::from("."));
             print(&run_rollback(&dir, which, force, lock_timeout, &env).await)
         }
         Some(Command::Prune(args)) => run_prune(args, &env).await,
@@ -945,6 +1065,14 @@ fn print_stderr(document: &Document) -> u8 {
         say_line(line);
     }
     document.exit_code
+}
+
+/// One JSON Lines line on stdout.
+fn print_line(value: &impl serde::Serialize) {
+    let mut stdout = std::io::stdout().lock();
+    let written = serde_json::to_writer(&mut stdout, value)
+        .and_then(|()| writeln!(stdout).map_err(serde_json::Error::io));
+    drop(written);
 }
 
 fn print_json(value: &impl serde::Serialize) {

@@ -68,6 +68,14 @@ pub enum Error {
     #[error("rollback {run_id}: {message}")]
     Rollback { run_id: String, message: String },
 
+    /// A batch cannot run as given (a dependency cycle, an unknown id, two specs with one
+    /// id, no spec found); nothing ran. `paths` are the spec files it is about.
+    #[error("{message}")]
+    Batch {
+        paths: Vec<PathBuf>,
+        message: String,
+    },
+
     /// The model server could not be used.
     #[error(transparent)]
     Model(#[from] ModelError),
@@ -149,6 +157,7 @@ impl Error {
             Self::Io { .. } => "io",
             Self::Lock { .. } => "lock",
             Self::Rollback { .. } => "rollback",
+            Self::Batch { .. } => "batch",
             Self::Model(error) => error.kind.as_str(),
             Self::Ledger { .. } => "ledger",
             Self::UnknownRun { .. } => "unknown_run",

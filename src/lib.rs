@@ -4,6 +4,7 @@
 //! The modules below follow the data flow of a run.
 
 pub mod arguments;
+pub mod batch;
 mod blocking;
 pub mod branch;
 pub mod bring_in;
@@ -32,7 +33,9 @@ pub mod log;
 pub mod model;
 pub mod options;
 pub mod pipeline;
+pub mod plan;
 pub mod prepare;
+pub mod progress;
 pub mod prompt;
 pub mod prune;
 mod record;

@@ -227,6 +227,7 @@ pub fn status_name(status: Status) -> &'static str {
         Status::Failed => "failed",
         Status::Escalate => "escalate",
         Status::Error => "error",
+        Status::Skipped => "skipped",
     }
 }
 

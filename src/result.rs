@@ -128,6 +128,9 @@ pub enum Status {
     /// Bad input, an unusable model server, or an interruption: the run stopped, and the
     /// working tree is as it was unless the error says otherwise.
     Error,
+    /// Batch runs only: the task was not run, because a task it depends on did not succeed
+    /// or the batch stopped (`--fail-fast`, a signal) before it started; `summary` says why.
+    Skipped,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

@@ -2,6 +2,7 @@
 //! `--last` is the newest run, even one that left nothing to undo (then nothing changes).
 //! A file the run's own restore kept as edited is named with the backup of its bytes from
 //! before the run, and put back only with `--force`.
+//! A batch id undoes every run of the batch, newest first.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -206,4 +207,62 @@ fn last_run(repo: &Repo) -> Result<String> {
         run_id: "--last".to_owned(),
         message: "no run of this repository was recorded".to_owned(),
     })
+}
+
+/// What `rollback <BATCH_ID>` undid: each run that had writes, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchRollbackReport {
+    pub batch_id: String,
+    pub runs: Vec<RollbackReport>,
+    /// Runs of the batch that left nothing to undo (they did not succeed, or were rolled
+    /// back before).
+    pub nothing_to_undo: Vec<String>,
+}
+
+/// Undoes every in-place write of a batch, the newest run first, so each run finds its
+/// files as it left them. Stops at the first run that cannot be undone (a file changed
+/// since, without `force`): the runs already undone stay undone and the error names it.
+pub async fn rollback_batch(
+    repo_dir: &Path,
+    batch_id: &str,
+    force: bool,
+    lock_timeout: Duration,
+) -> Result<BatchRollbackReport> {
+    let repo = Repo::discover(repo_dir)?;
+    let record = crate::batch::BatchRecord::load(&repo, batch_id)?;
+    let mut report = BatchRollbackReport {
+        batch_id: batch_id.to_owned(),
+        runs: Vec::new(),
+        nothing_to_undo: Vec::new(),
+    };
+    for run_id in record
+        .tasks
+        .iter()
+        .rev()
+        .filter_map(|task| task.run_id.as_deref())
+    {
+        let has_writes = Journal::open(&repo, run_id).is_ok_and(|journal| journal.has_writes());
+        if !has_writes {
+            report.nothing_to_undo.push(run_id.to_owned());
+            continue;
+        }
+        match rollback(repo_dir, Which::Id(run_id), force, lock_timeout).await {
+            Ok(undone) => report.runs.push(undone),
+            Err(error) => {
+                let undone: Vec<&str> = report.runs.iter().map(|r| r.run_id.as_str()).collect();
+                return Err(Error::Rollback {
+                    run_id: batch_id.to_owned(),
+                    message: format!(
+                        "stopped at run {run_id}: {error}; {}",
+                        if undone.is_empty() {
+                            "nothing was undone".to_owned()
+                        } else {
+                            format!("already undone: {}", undone.join(", "))
+                        }
+                    ),
+                });
+            }
+        }
+    }
+    Ok(report)
 }

@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod batch;
 mod branches;
 mod conformance;
 mod core;
