@@ -8,6 +8,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::bring_in::BringInReport;
+use crate::check::{CheckReport, ProfileProbe};
+use crate::config::Config;
 use crate::discovery::ServerReport;
 use crate::error::Error;
 use crate::pipeline::RunOutput;
@@ -37,6 +39,9 @@ pub enum Body {
     Models(Vec<ServerReport>),
     BringIn(BringInReport),
     Runs(Vec<BranchRecord>),
+    Check(CheckReport),
+    Config(Box<Config>),
+    Probes(Vec<ProfileProbe>),
     /// A dry run's request, or an error before any run began.
     Value(Value),
 }
@@ -132,5 +137,53 @@ impl Document {
             if any { 0 } else { 3 },
             stderr,
         )
+    }
+
+    /// `check`'s report: exit 0 when every spec can run, else 2, naming the specs that
+    /// cannot.
+    pub fn check(report: &CheckReport) -> Self {
+        let stderr: Vec<String> = report
+            .failing()
+            .map(|spec| {
+                let why = spec.error.as_ref().map_or_else(
+                    || "does not fit its profile's context window".to_owned(),
+                    |error| error.message.clone(),
+                );
+                format!("error: {}: {why}", spec.spec.display())
+            })
+            .collect();
+        let code = if stderr.is_empty() { 0 } else { 2 };
+        Self::new(Body::Check(report.clone()), code, stderr)
+    }
+
+    /// The effective configuration with each value's source.
+    pub fn config(config: &Config) -> Self {
+        Self::new(Body::Config(Box::new(config.clone())), 0, Vec::new())
+    }
+
+    /// `config --check`: exit 3 when a profile's server or model could not be found.
+    pub fn probes(probes: &[ProfileProbe]) -> Self {
+        let stderr: Vec<String> = probes
+            .iter()
+            .filter(|p| !p.ok())
+            .map(|p| {
+                format!(
+                    "error: profile `{}`: {}",
+                    p.profile,
+                    if p.reachable {
+                        format!(
+                            "the server does not list model `{}`",
+                            p.model.as_deref().unwrap_or("")
+                        )
+                    } else {
+                        p.error
+                            .clone()
+                            .unwrap_or_else(|| "no server answered".to_owned())
+                    }
+                )
+            })
+            .collect();
+        let code = if stderr.is_empty() { 0 } else { 3 };
+        Self::new(Body::Probes(probes.to_vec()), code, stderr)
     }
 }

@@ -62,6 +62,7 @@ pub async fn run(
         model: None,
         attempts: Vec::new(),
         unrestored: None,
+        triage: None,
     };
     let prepared = {
         let (spec, options, env) = (spec.clone(), options.clone(), Arc::clone(env));
@@ -80,6 +81,7 @@ pub async fn run(
         Ok(Ok(prepared)) => {
             state.task_id = Some(prepared.spec.task_id.clone());
             state.git = Some(prepared.git.clone());
+            state.triage = Some(prepared.triage.clone());
             // Boxed: the attempts are a large future, and callers hold many runs' at once.
             Box::pin(run_prepared(
                 prepared, options, server, env, progress, &mut state,
@@ -100,6 +102,7 @@ struct RunState {
     attempts: Vec<Attempt>,
     /// The attempt whose code an error left in the tree, when undoing it failed too.
     unrestored: Option<u32>,
+    triage: Option<crate::triage::Triage>,
 }
 
 impl RunState {
@@ -180,6 +183,7 @@ impl RunState {
             model: self.model.clone(),
             usage,
             git: self.git.clone(),
+            triage: self.triage.clone(),
             duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             ..result
         }

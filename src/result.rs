@@ -50,6 +50,11 @@ pub struct TaskResult {
     /// that a task worktree lacked when its test failed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// How well the task suits a local model (score, verdict, reasons, the profile
+    /// routing would pick), read before any model call; null when the run stopped before
+    /// its spec and context were read. A `keep` verdict does not stop the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triage: Option<crate::triage::Triage>,
 }
 
 /// The commands a supervisor runs next on a branch run's result.
@@ -91,6 +96,7 @@ impl TaskResult {
             replaced: None,
             worktree: None,
             notes: Vec::new(),
+            triage: None,
         }
     }
 

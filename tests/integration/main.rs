@@ -5,6 +5,7 @@
 mod harness;
 
 mod branches;
+mod config;
 mod conformance;
 mod core;
 mod extraction;
