@@ -149,7 +149,13 @@ impl Document {
                     || "does not fit its profile's context window".to_owned(),
                     |error| error.message.clone(),
                 );
-                format!("error: {}: {why}", spec.spec.display())
+                // A spec error names its file already.
+                let path = spec.spec.display().to_string();
+                if why.starts_with(&path) {
+                    format!("error: {why}")
+                } else {
+                    format!("error: {path}: {why}")
+                }
             })
             .collect();
         let code = if stderr.is_empty() { 0 } else { 2 };

@@ -375,7 +375,13 @@ fn check_names_a_bad_spec_in_a_directory_and_validate_only_reads_only_specs() {
         &["check", "specs", "--validate-only"],
     );
     run.assert_code(2);
-    assert!(run.stderr.contains("bad.json: "), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .lines()
+            .any(|l| l.starts_with("error: specs/bad.json: field `descripton`")),
+        "the spec is named once: {}",
+        run.stderr
+    );
     assert!(
         run.stderr.contains("did you mean `description`?"),
         "{}",
