@@ -36,10 +36,10 @@ macro_rules! say {
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 success; 1 the task ran but did not succeed (status failed or escalate);
-2 bad input (command line, spec, repository, unsafe path); 3 the model server could not be used;
+2 bad input (command line, spec, config, repository, unsafe path); 3 the model server could not be used;
 130, 143, 129 interrupted by SIGINT, SIGTERM, SIGHUP (the test is stopped, the tree restored).
 
-Environment: LOCAL_TASK_ENDPOINT, LOCAL_TASK_MODEL, LOCAL_TASK_PROVIDER, LOCAL_TASK_API_KEY,
+Environment: LOCAL_TASK_ENDPOINT, LOCAL_TASK_MODEL, LOCAL_TASK_PROVIDER, LOCAL_TASK_API_KEY, LOCAL_TASK_PROFILE,
 and the ecosystem's OPENAI_BASE_URL, OPENAI_API_KEY (sent only to OPENAI_BASE_URL), OLLAMA_HOST.
 Precedence: flag > spec > LOCAL_TASK_* > ecosystem variables > the usual local ports.";
 
