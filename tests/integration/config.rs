@@ -407,3 +407,55 @@ fn every_run_carries_its_triage_and_keep_does_not_block_it() {
     assert_eq!(triage.profile, None);
     assert_eq!(run.read("out.py").as_deref(), Some("x = 1\n"));
 }
+
+#[test]
+fn a_spec_naming_an_unknown_profile_cannot_run_and_the_flag_overrides_the_spec() {
+    let make = || {
+        Test::new()
+            .file(REPO_CONFIG, "[profiles.small]\nmodel = \"m\"\n[profiles.large]\nmodel = \"l\"\n")
+            .file("specs/a.json", json!({"task_id": "a", "description": "d", "output_file": "a.py", "profile": "smal", "test_command": "true"}).to_string())
+            .file("specs/b.json", json!({"task_id": "b", "description": "d", "output_file": "b.py", "profile": "small", "test_command": "true"}).to_string())
+    };
+    let run = config_run(make(), &["check", "specs"]);
+    run.assert_code(2);
+    let report: CheckReport = serde_json::from_str(&run.stdout).unwrap();
+    let error = report.specs[0].error.as_ref().unwrap();
+    assert_eq!(error.kind, "spec");
+    assert!(
+        error
+            .message
+            .contains("field `profile`: unknown profile `smal`"),
+        "{}",
+        error.message
+    );
+    let triage = report.specs[1].triage.as_ref().unwrap();
+    assert_eq!(triage.profile.as_deref(), Some("small"));
+
+    let run = config_run(make(), &["check", "specs/b.json", "--profile", "large"]);
+    run.assert_code(0);
+    let report: CheckReport = serde_json::from_str(&run.stdout).unwrap();
+    let triage = report.specs[0].triage.as_ref().unwrap();
+    assert_eq!(triage.profile.as_deref(), Some("large"));
+    assert_eq!(
+        triage.profile_reason.as_deref(),
+        Some("picked by flag --profile")
+    );
+}
+
+#[test]
+fn a_run_with_an_unknown_profile_is_refused_before_any_model_call() {
+    let run = Test::new()
+        .spec(spec("out.py", &json!({})))
+        .args(&["--profile", "nope"])
+        .run();
+    let error = run.assert_error(2, "usage");
+    assert!(
+        error
+            .message
+            .starts_with("flag --profile: unknown profile `nope`"),
+        "{}",
+        error.message
+    );
+    assert!(run.requests.is_empty());
+    run.assert_unchanged();
+}
