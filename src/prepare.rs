@@ -1,6 +1,7 @@
 //! The stages before the model, which run alone too (a dry run, a spec check): the spec,
-//! the repository, the targets, the context, the prompt, the model choice and the checks
-//! that refuse a run before any model call.
+//! the repository, the targets, the context, the prompt, the model choice, the
+//! configuration and the task's triage ([`crate::triage`]), and the checks that refuse a
+//! run before any model call.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
