@@ -163,6 +163,11 @@ impl Config {
         let mut files = locations(root, env);
         let mut parsed = Vec::new();
         for file in &mut files {
+            if file.source == Origin::Repository
+                && let Some(root) = root
+            {
+                check_inside(root, &file.path)?;
+            }
             if let Some(found) = read(file.source, &file.path)? {
                 file.found = true;
                 parsed.push(found);
@@ -690,6 +695,30 @@ fn thresholds(repo: Option<&Parsed>, user: Option<&Parsed>) -> Thresholds {
         state_words: pick(repo, user, |r| r.triage.state_words.as_ref())
             .unwrap_or_else(|| Setting::default(words(defaults::TRIAGE_STATE_WORDS))),
     }
+}
+
+/// Refuses a repository config that is a symlink (or below a symlinked directory) that
+/// leads outside the repository: a cloned repository must not make the tool read, and
+/// print parts of, a file of the user's elsewhere. The files a repository holds are
+/// static, so resolving the path and then opening it leaves no race an attacker controls.
+fn check_inside(root: &Path, path: &Path) -> Result<()> {
+    // Nothing there (or a dangling link): reading finds nothing or fails alike.
+    let Ok(real) = std::fs::canonicalize(path) else {
+        return Ok(());
+    };
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    if real.starts_with(&root) && !real.starts_with(root.join(".git")) {
+        return Ok(());
+    }
+    Err(Error::Config {
+        path: path.to_path_buf(),
+        line: None,
+        key: None,
+        message: format!(
+            "is a symlink that leads outside the repository (to {}); a repository's config must be a file in it",
+            real.display()
+        ),
+    })
 }
 
 /// The file at `path` parsed, or `None` when there is none.

@@ -459,3 +459,25 @@ fn a_run_with_an_unknown_profile_is_refused_before_any_model_call() {
     assert!(run.requests.is_empty());
     run.assert_unchanged();
 }
+
+#[test]
+fn a_repository_config_that_is_a_symlink_out_of_the_repository_is_refused() {
+    let run = config_run(
+        Test::new()
+            .home_file("outside.toml", "[profiles.mine]\nmodel = \"m\"\n")
+            .before(|repo| {
+                let outside = repo.parent().unwrap().join("home/outside.toml");
+                std::fs::create_dir_all(repo.join(".execute-local-task")).unwrap();
+                std::os::unix::fs::symlink(outside, repo.join(REPO_CONFIG)).unwrap();
+            }),
+        &["config", "--json"],
+    );
+    run.assert_code(2);
+    let json = run.json();
+    assert_eq!(json["error"]["kind"], "config", "{}", run.stdout);
+    let message = json["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("leads outside the repository"),
+        "{message}"
+    );
+}
