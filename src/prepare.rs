@@ -220,14 +220,21 @@ fn stages(
 }
 
 impl Prepared {
-    /// What `--dry-run` prints: the exact request a run would send first.
+    /// What `--dry-run` prints: the exact request a run would send first, and the
+    /// task's triage.
     pub fn dry_run(&self, options: &RunOptions) -> serde_json::Value {
-        dry_run_request(
+        let mut printed = dry_run_request(
             &self.spec,
             &self.choice,
             options,
             self.first_messages.clone(),
-        )
+        );
+        if let (Some(printed), Ok(triage)) =
+            (printed.as_object_mut(), serde_json::to_value(&self.triage))
+        {
+            printed.insert("triage".to_owned(), triage);
+        }
+        printed
     }
 }
 

@@ -481,3 +481,15 @@ fn a_repository_config_that_is_a_symlink_out_of_the_repository_is_refused() {
         "{message}"
     );
 }
+
+#[test]
+fn a_dry_run_shows_the_triage_too() {
+    let run = Test::new()
+        .spec(spec("out.py", &json!({"test_command": "true"})))
+        .arg("--dry-run")
+        .run();
+    run.assert_code(0);
+    let triage: execute_local_task::triage::Triage =
+        serde_json::from_value(run.json()["triage"].clone()).expect("a triage");
+    assert_eq!((triage.score, triage.verdict), (10, Verdict::Delegate));
+}
