@@ -55,13 +55,13 @@ fn write_stderr(text: &str) {
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 success; 1 the task ran but did not succeed (status failed or escalate);
-2 bad input (command line, spec, repository, unsafe path), or the machine refused a read or
+2 bad input (command line, spec, config, repository, unsafe path), or the machine refused a read or
 write (kind `environment`: disk full, permissions); 3 the model server could not be used;
 130, 143, 129 interrupted by SIGINT, SIGTERM, SIGHUP (the test is stopped, the tree restored).
 A batch: 0 every task succeeded; 1 any did not (status failed, escalate, error or skipped);
 2 bad input before it ran; 3 no task could use its model server; 128+N on signal N.
 
-Environment: LOCAL_TASK_ENDPOINT, LOCAL_TASK_MODEL, LOCAL_TASK_PROVIDER, LOCAL_TASK_API_KEY,
+Environment: LOCAL_TASK_ENDPOINT, LOCAL_TASK_MODEL, LOCAL_TASK_PROVIDER, LOCAL_TASK_API_KEY, LOCAL_TASK_PROFILE,
 and the ecosystem's OPENAI_BASE_URL, OPENAI_API_KEY (sent only to OPENAI_BASE_URL), OLLAMA_HOST.
 Precedence: flag > spec > LOCAL_TASK_* > ecosystem variables > the usual local ports.
 LOCAL_TASK_LEDGER moves the run ledger (default $XDG_DATA_HOME/execute-local-task/ledger.db).";
@@ -139,6 +139,39 @@ struct StatsArgs {
     /// Also write the figures, with charts over time, as one self-contained HTML page.
     #[arg(long, value_name = "FILE")]
     html: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct ConfigArgs {
+    /// Also probe each profile's server and model (reachable, model present, context
+    /// window known); exit 3 when one is not usable.
+    #[arg(long)]
+    check: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// The profile to select (over `LOCAL_TASK_PROFILE`).
+    #[arg(long, value_name = "NAME")]
+    profile: Option<String>,
+    /// The repository (default: the one containing the current directory).
+    #[arg(long, value_name = "DIR")]
+    repo: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct CheckArgs {
+    /// A spec, or a directory of specs (`*.json`, searched recursively).
+    #[arg(value_name = "SPEC|DIR")]
+    path: PathBuf,
+    /// Only parse and validate the specs (for hooks): no repository, context or triage.
+    #[arg(long)]
+    validate_only: bool,
+    /// The profile to triage for (over the spec's and `LOCAL_TASK_PROFILE`).
+    #[arg(long, value_name = "NAME")]
+    profile: Option<String>,
+    /// The repository (default: the one containing the current directory).
+    #[arg(long, value_name = "DIR")]
+    repo: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -238,6 +271,13 @@ enum Command {
         #[arg(value_enum)]
         which: SchemaKind,
     },
+    /// Print the effective configuration (repository and user `config.toml`, environment,
+    /// flags, defaults) with where each value came from.
+    Config(ConfigArgs),
+    /// Triage task specs without calling a model: a score 0-10 with reasons, a verdict
+    /// (`delegate`, `delegate_with_care`, `keep`) and the profile routing would pick. JSON
+    /// on stdout; exit 0 when every spec can run, 2 otherwise.
+    Check(CheckArgs),
     /// Run the whole pipeline on a bundled example with recorded model replies.
     Demo {
         /// Build the example here instead of a temporary directory (kept afterwards).
@@ -293,6 +333,10 @@ struct RunArgs {
     /// Leave the last failed attempt's files in the tree for inspection.
     #[arg(long)]
     keep_failed: bool,
+    /// The configured profile to triage for (over the spec's `profile` and
+    /// `LOCAL_TASK_PROFILE`); runs do not use profiles for the server yet.
+    #[arg(long, value_name = "NAME")]
+    profile: Option<String>,
     /// Model attempts including repairs, 1 to 5 (overrides the spec; default 2).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=5), allow_negative_numbers = true)]
     max_attempts: Option<u32>,
@@ -410,6 +454,7 @@ impl RunArgs {
                 },
             },
             lock_timeout: Duration::from_secs(self.lock_timeout),
+            profile: self.profile.clone(),
             ..RunOptions::new()
         }
     }
@@ -732,6 +777,35 @@ async fn dispatch(cli: Cli) -> u8 {
             reason,
             failure_mode,
         }) => run_review(&args, last, reason, failure_mode, &env),
+        Some(Command::Config(args)) => show_config(args, &env).await,
+        Some(Command::Check(args)) => run_check(args, &env).await,
+    }
+}
+
+/// `check`: the stages before the model read files, so they run off the async thread.
+async fn run_check(args: CheckArgs, env: &Env) -> u8 {
+    let CheckArgs {
+        path,
+        validate_only,
+        profile,
+        repo,
+    } = args;
+    let options = RunOptions {
+        repo_dir: repo,
+        profile,
+        ..RunOptions::new()
+    };
+    let env = Arc::clone(env);
+    let checked = tokio::task::spawn_blocking(move || {
+        crate::check::check(&path, &options, validate_only, &*env)
+    })
+    .await;
+    match checked {
+        Ok(Ok(report)) => print(&Document::check(&report)),
+        Ok(Err(error)) => print(&Document::error(&error)),
+        Err(error) => print(&Document::error(&crate::error::Error::Usage(format!(
+            "check stopped: {error}"
+        )))),
     }
 }
 
@@ -945,6 +1019,45 @@ async fn run_demo(dir: Option<PathBuf>, env: &Env) -> u8 {
          (`execute-local-task models` lists what it can reach; --dir DIR keeps the demo repository.)"
     );
     code
+}
+
+/// `config` and `config --check`. Outside a repository only the user's file is read.
+async fn show_config(args: ConfigArgs, env: &Env) -> u8 {
+    let ConfigArgs {
+        check,
+        json,
+        profile,
+        repo,
+    } = args;
+    let dir = repo.unwrap_or_else(|| PathBuf::from("."));
+    let root = crate::repo::Repo::discover(&dir)
+        .ok()
+        .map(|repo| repo.root().to_path_buf());
+    let config = match crate::config::Config::load(root.as_deref(), profile.as_deref(), &**env) {
+        Ok(config) => config,
+        Err(error) => return print(&Document::error(&error)),
+    };
+    if check {
+        let probes = crate::check::probe(&config, &**env).await;
+        let document = Document::probes(&probes);
+        if json {
+            return print(&document);
+        }
+        let mut stdout = std::io::stdout().lock();
+        for line in crate::config::probe_table(&probes) {
+            let _ = writeln!(stdout, "{line}");
+        }
+        return print_stderr(&document);
+    }
+    let document = Document::config(&config);
+    if json {
+        return print(&document);
+    }
+    let mut stdout = std::io::stdout().lock();
+    for line in config.table() {
+        let _ = writeln!(stdout, "{line}");
+    }
+    print_stderr(&document)
 }
 
 /// The `models` table on stdout: a human's, not JSON, so what a server named (its

@@ -42,6 +42,8 @@ pub struct RunOptions {
     /// Ignored directories of the main tree to link into a task worktree (with
     /// `LOCAL_TASK_LINK`'s, colon-separated).
     pub links: Vec<PathBuf>,
+    /// The profile `--profile` picked (over `LOCAL_TASK_PROFILE` and the config).
+    pub profile: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -71,6 +73,7 @@ impl RunOptions {
             cancel: Cancel::never(),
             branch: false,
             links: Vec::new(),
+            profile: None,
         }
     }
 }

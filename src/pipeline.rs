@@ -64,6 +64,7 @@ pub async fn run(
         attempts: Vec::new(),
         unrestored: None,
         facts: None,
+        triage: None,
     };
     let opened = {
         let (spec, options) = (spec.clone(), options.clone());
@@ -107,6 +108,7 @@ struct RunState {
     unrestored: Option<u32>,
     /// What the run's ledger record needs, once it has started (dry runs never do).
     facts: Option<crate::record::Facts>,
+    triage: Option<crate::triage::Triage>,
 }
 
 impl RunState {
@@ -187,6 +189,7 @@ impl RunState {
             model: self.model.clone(),
             usage,
             git: self.git.clone(),
+            triage: self.triage.clone(),
             duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             ..result
         }
@@ -231,6 +234,7 @@ async fn run_opened(
         }
     };
     state.git = Some(prepared.git.clone());
+    state.triage = Some(prepared.triage.clone());
     let Some(journal) = journal else {
         return Ok(Finished::DryRun(prepared.dry_run(options)));
     };
