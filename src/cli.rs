@@ -672,33 +672,7 @@ async fn dispatch(cli: Cli) -> u8 {
     let env: Env = Arc::new(|name: &str| std::env::var(name).ok());
     match cli.command {
         None if cli.run.is_batch() => run_batch(&cli.run, &env).await,
-        None => {
-            let Some(spec) = cli.run.specs.first().cloned() else {
-                say!(
-                    "error: no task spec given\n\nUsage: execute-local-task [OPTIONS] <SPEC>\n       execute-local-task demo    (see it work first)\n\nFor more information, try '--help'."
-                );
-                let document = Document::usage("no task spec given");
-                print_json(&document.json);
-                return document.exit_code;
-            };
-            let quiet = cli.run.quiet;
-            let progress = move |line: &str| {
-                if !quiet {
-                    say_line(&format!("execute-local-task: {line}"));
-                }
-            };
-            let options = RunOptions {
-                cancel: stop_on_signals(),
-                ..cli.run.options()
-            };
-            let spec = SpecInput::File(spec);
-            let output = if options.branch {
-                crate::branch::run(&spec, &options, None, &env, &progress).await
-            } else {
-                pipeline::run(&spec, &options, None, &env, &progress).await
-            };
-            print(&Document::run(output))
-        }
+        None => run_single(&cli.run, &env).await,
         Some(Command::Rollback {
             run_id,
             last,
@@ -731,33 +705,7 @@ async fn dispatch(cli: Cli) -> u8 {
             endpoint,
             provider,
             json,
-        }) => {
-            // The same resolution as a run (minus the spec), so `models` probes the server
-            // a run would use, with the key a run would send.
-            let flags = ModelChoice {
-                endpoint: endpoint.filter(|e| !e.trim().is_empty()),
-                provider,
-                ..ModelChoice::default()
-            };
-            let choice = match ModelChoice::resolve(&flags, None, &*env) {
-                Ok(choice) => choice,
-                Err(error) => return print(&Document::error(&error)),
-            };
-            let reports = discovery::survey(
-                choice.endpoint.as_deref(),
-                choice.provider.as_deref(),
-                choice.api_key,
-                &choice.ports,
-            )
-            .await;
-            let document = Document::models(&reports);
-            if json {
-                print(&document)
-            } else {
-                print_model_table(&reports);
-                print_stderr(&document)
-            }
-        }
+        }) => run_models(endpoint, provider, json, &env).await,
         Some(Command::Schema { which }) => {
             let schema = match which {
                 SchemaKind::Spec => crate::spec::json_schema(),
@@ -779,6 +727,69 @@ async fn dispatch(cli: Cli) -> u8 {
         }) => run_review(&args, last, reason, failure_mode, &env),
         Some(Command::Config(args)) => show_config(args, &env).await,
         Some(Command::Check(args)) => run_check(args, &env).await,
+    }
+}
+
+/// A single task: `execute-local-task SPEC`.
+async fn run_single(run: &RunArgs, env: &Env) -> u8 {
+    let Some(spec) = run.specs.first().cloned() else {
+        say!(
+            "error: no task spec given\n\nUsage: execute-local-task [OPTIONS] <SPEC>\n       execute-local-task demo    (see it work first)\n\nFor more information, try '--help'."
+        );
+        let document = Document::usage("no task spec given");
+        print_json(&document.json);
+        return document.exit_code;
+    };
+    let quiet = run.quiet;
+    let progress = move |line: &str| {
+        if !quiet {
+            say_line(&format!("execute-local-task: {line}"));
+        }
+    };
+    let options = RunOptions {
+        cancel: stop_on_signals(),
+        ..run.options()
+    };
+    let spec = SpecInput::File(spec);
+    let output = if options.branch {
+        crate::branch::run(&spec, &options, None, env, &progress).await
+    } else {
+        pipeline::run(&spec, &options, None, env, &progress).await
+    };
+    print(&Document::run(output))
+}
+
+/// `models`: what discovery sees, as a table or JSON.
+async fn run_models(
+    endpoint: Option<String>,
+    provider: Option<String>,
+    json: bool,
+    env: &Env,
+) -> u8 {
+    // The same resolution as a run (minus the spec), so `models` probes the server
+    // a run would use, with the key a run would send.
+    let flags = ModelChoice {
+        endpoint: endpoint.filter(|e| !e.trim().is_empty()),
+        provider,
+        ..ModelChoice::default()
+    };
+    let choice = match ModelChoice::resolve(&flags, None, &**env) {
+        Ok(choice) => choice,
+        Err(error) => return print(&Document::error(&error)),
+    };
+    let reports = discovery::survey(
+        choice.endpoint.as_deref(),
+        choice.provider.as_deref(),
+        choice.api_key,
+        &choice.ports,
+    )
+    .await;
+    let document = Document::models(&reports);
+    if json {
+        print(&document)
+    } else {
+        print_model_table(&reports);
+        print_stderr(&document)
     }
 }
 
