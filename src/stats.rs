@@ -38,7 +38,7 @@ pub struct Figures {
     pub poor: u64,
     /// The pair's trust phase (null in the total).
     pub phase: Option<Phase>,
-    /// Null: per-attempt model time is not measured yet.
+    /// A run's model time is its attempts' `model_ms` summed; null when no run has one.
     pub median_model_ms: Option<u64>,
     /// Null when no test ran.
     pub median_test_ms: Option<u64>,
