@@ -24,7 +24,7 @@ use crate::plan;
 use crate::progress;
 use crate::prune;
 use crate::result::{Status, TaskResult};
-use crate::rollback::{self, Which};
+use crate::rollback::Which;
 use crate::server::{self, Connection, ModelChoice};
 use crate::{bring_in, runs};
 
@@ -683,12 +683,7 @@ async fn dispatch(cli: Cli) -> u8 {
             let dir = repo.unwrap_or_else(|| PathBuf::from("."));
             let wait = Duration::from_secs(lock_timeout);
             if let Some(batch_id) = run_id.as_deref().filter(|id| batch::valid_batch_id(id)) {
-                return print(
-                    &match rollback::rollback_batch(&dir, batch_id, force, wait).await {
-                        Ok(report) => Document::batch_rollback(&report),
-                        Err(error) => Document::error(&error),
-                    },
-                );
+                return print(&run_batch_rollback(&dir, batch_id, force, wait, &env).await);
             }
             let which = match run_id.as_deref() {
                 Some(id) if !last => Which::Id(id),
@@ -697,24 +692,16 @@ async fn dispatch(cli: Cli) -> u8 {
             print(&run_rollback(&dir, which, force, lock_timeout, &env).await)
         }
         Some(Command::Prune(args)) => run_prune(args, &env).await,
-        Some(Command::Apply(args)) => bring_in(Verb::Apply, args).await,
-        Some(Command::Merge(args)) => bring_in(Verb::Merge, args).await,
-        Some(Command::Discard(args)) => bring_in(Verb::Discard, args).await,
+        Some(Command::Apply(args)) => bring_in(Verb::Apply, args, &env).await,
+        Some(Command::Merge(args)) => bring_in(Verb::Merge, args, &env).await,
+        Some(Command::Discard(args)) => bring_in(Verb::Discard, args, &env).await,
         Some(Command::Runs { json, repo }) => list_runs(json, repo),
         Some(Command::Models {
             endpoint,
             provider,
             json,
         }) => run_models(endpoint, provider, json, &env).await,
-        Some(Command::Schema { which }) => {
-            let schema = match which {
-                SchemaKind::Spec => crate::spec::json_schema(),
-                SchemaKind::Result => serde_json::json!(schemars::schema_for!(TaskResult)),
-                SchemaKind::Stats => serde_json::json!(schemars::schema_for!(crate::stats::Stats)),
-            };
-            print_json(&schema);
-            0
-        }
+        Some(Command::Schema { which }) => print_schema(which),
         Some(Command::Demo { dir }) => run_demo(dir, &env).await,
         Some(Command::Log { limit, json }) => run_log(limit, json, &env),
         Some(Command::Stats(args)) => run_stats(args, &env),
@@ -820,13 +807,23 @@ async fn run_check(args: CheckArgs, env: &Env) -> u8 {
     }
 }
 
+fn print_schema(which: SchemaKind) -> u8 {
+    let schema = match which {
+        SchemaKind::Spec => crate::spec::json_schema(),
+        SchemaKind::Result => serde_json::json!(schemars::schema_for!(TaskResult)),
+        SchemaKind::Stats => serde_json::json!(schemars::schema_for!(crate::stats::Stats)),
+    };
+    print_json(&schema);
+    0
+}
+
 enum Verb {
     Apply,
     Merge,
     Discard,
 }
 
-async fn bring_in(verb: Verb, args: BringInArgs) -> u8 {
+async fn bring_in(verb: Verb, args: BringInArgs, env: &Env) -> u8 {
     let dir = args.repo.unwrap_or_else(|| PathBuf::from("."));
     let which = match args.run_id.as_deref() {
         Some(id) if !args.last => runs::Which::Id(id),
@@ -839,7 +836,15 @@ async fn bring_in(verb: Verb, args: BringInArgs) -> u8 {
         Verb::Discard => bring_in::discard(&dir, &which),
     };
     print(&match outcome {
-        Ok(report) => Document::bring_in(&report),
+        Ok(report) => {
+            // Recorded against the branch run; a ledger that cannot be written is a note.
+            let missing = crate::record::bring_in(&report, &**env);
+            let mut document = Document::bring_in(&report);
+            document
+                .stderr
+                .extend(missing.map(|m| format!("note: {m}")));
+            document
+        }
         Err(error) => Document::error(&error),
     })
 }
@@ -861,6 +866,25 @@ fn list_runs(json: bool, repo: Option<PathBuf>) -> u8 {
         let _ = writeln!(stdout, "{}", runs::describe(record));
     }
     0
+}
+
+/// Undoes every run of a batch, and records that against each in the ledger.
+async fn run_batch_rollback(
+    dir: &std::path::Path,
+    batch_id: &str,
+    force: bool,
+    wait: Duration,
+    env: &Env,
+) -> Document {
+    let (report, missing) = crate::record::rollback_batch(dir, batch_id, force, wait, &**env).await;
+    let mut document = match report {
+        Ok(report) => Document::batch_rollback(&report),
+        Err(error) => Document::error(&error),
+    };
+    document
+        .stderr
+        .extend(missing.into_iter().map(|m| format!("note: {m}")));
+    document
 }
 
 /// Undoes a run, and records that against it in the ledger.

@@ -375,12 +375,13 @@ impl Attempts<'_> {
     /// Model → extract → guard → write → test, for attempt `n`.
     async fn attempt(&mut self, n: u32) -> Result<Next> {
         let request = self.request(n)?;
-        let reply = self.ask(n, &request).await?;
+        let (reply, model_ms) = self.ask(n, &request).await?;
         let mut attempt = Attempt {
             n,
             outcome: Outcome::Ok,
             error: None,
             usage: reply.usage_for(&request),
+            model_ms: Some(model_ms),
             // How the model was chosen is said once, with the first attempt.
             notes: if n == 1 {
                 self.server.notes.clone()
@@ -559,14 +560,17 @@ impl Attempts<'_> {
         })
     }
 
-    /// The model's reply; a call that failed is an attempt of its own.
-    async fn ask(&mut self, n: u32, request: &ChatRequest) -> Result<ChatReply> {
+    /// The model's reply and the wall time of the call in milliseconds (its retries
+    /// included); a call that failed is an attempt of its own.
+    async fn ask(&mut self, n: u32, request: &ChatRequest) -> Result<(ChatReply, u64)> {
+        let started = std::time::Instant::now();
         let reply = self
             .options
             .cancel
             .or_cancel(self.server.client.chat(request))
             .await
             .and_then(|reply| reply.map_err(Error::from));
+        let model_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         if let Err(error) = &reply {
             let outcome = if matches!(error, Error::Model(_)) {
                 Outcome::ModelError
@@ -578,11 +582,12 @@ impl Attempts<'_> {
                 outcome,
                 error: None,
                 usage: Usage::default(),
+                model_ms: Some(model_ms),
                 notes: Vec::new(),
             };
             self.state.settle(attempt, outcome, Some(error.to_string()));
         }
-        reply
+        reply.map(|reply| (reply, model_ms))
     }
 
     /// Ends a failed attempt: its turn and failure go back to the model next.

@@ -200,6 +200,10 @@ pub struct Attempt {
     pub outcome: Outcome,
     pub error: Option<String>,
     pub usage: Usage,
+    /// Wall time of this attempt's model call in milliseconds, its retries included; absent
+    /// when the attempt never reached the model.
+    #[serde(default)]
+    pub model_ms: Option<u64>,
     /// Things worth knowing that did not stop the attempt (e.g. a block for a file not asked for).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
