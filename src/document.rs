@@ -10,11 +10,14 @@ use serde_json::Value;
 use crate::bring_in::BringInReport;
 use crate::discovery::ServerReport;
 use crate::error::Error;
+use crate::hook::HookReport;
+use crate::init::InitReport;
 use crate::pipeline::RunOutput;
 use crate::prune::PruneReport;
 use crate::result::{ErrorInfo, Status, TaskResult};
 use crate::rollback::RollbackReport;
 use crate::runs::BranchRecord;
+use crate::validate::ValidationReport;
 
 /// One printed outcome: the JSON for stdout, the process's exit code, and the lines for a
 /// human on stderr (each whole, e.g. `error: …` or `hint: …`).
@@ -37,6 +40,9 @@ pub enum Body {
     Models(Vec<ServerReport>),
     BringIn(BringInReport),
     Runs(Vec<BranchRecord>),
+    Init(InitReport),
+    Hook(HookReport),
+    Validation(ValidationReport),
     /// A dry run's request, or an error before any run began.
     Value(Value),
 }
@@ -132,5 +138,44 @@ impl Document {
             if any { 0 } else { 3 },
             stderr,
         )
+    }
+
+    /// What `init` wrote, or with `--dry-run` would write.
+    pub fn init(report: &InitReport) -> Self {
+        let kept: Vec<&str> = report
+            .files
+            .iter()
+            .filter(|f| f.action == "exists")
+            .map(|f| f.path.as_str())
+            .collect();
+        let mut stderr = Vec::new();
+        if !kept.is_empty() {
+            stderr.push(format!(
+                "execute-local-task: kept as they are: {} (`init --force` replaces them)",
+                kept.join(", ")
+            ));
+        }
+        Self::new(Body::Init(report.clone()), 0, stderr)
+    }
+
+    /// What `hook install` or `hook uninstall` did.
+    pub fn hook(report: &HookReport) -> Self {
+        let line = format!(
+            "execute-local-task: pre-commit hook {}: {}",
+            report.action,
+            report.path.display()
+        );
+        Self::new(Body::Hook(report.clone()), 0, vec![line])
+    }
+
+    /// Which specs `check --validate-only` found valid; exit 2 when any is not.
+    pub fn validation(report: &ValidationReport) -> Self {
+        let stderr = report
+            .specs
+            .iter()
+            .filter_map(|spec| spec.error.as_ref().map(|error| format!("error: {error}")))
+            .collect();
+        let code = if report.valid() { 0 } else { 2 };
+        Self::new(Body::Validation(report.clone()), code, stderr)
     }
 }

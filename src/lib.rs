@@ -22,6 +22,8 @@ pub mod escape;
 pub mod extract;
 mod git_cli;
 pub mod guard;
+pub mod hook;
+pub mod init;
 pub mod input_file;
 pub mod language;
 pub mod lock;
@@ -43,6 +45,7 @@ mod summary;
 mod targets;
 pub mod test_run;
 mod transaction;
+pub mod validate;
 pub mod worktree;
 pub mod write;
 

@@ -10,6 +10,7 @@ mod core;
 mod extraction;
 mod hardening_input;
 mod hardening_server;
+mod integrations;
 mod providers;
 mod repair;
 mod runs;
