@@ -13,6 +13,7 @@ const PYTHON_ENV: &str = "LOCAL_TASK_CONFORMANCE_PYTHON";
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(conformance_tier)");
+    println!("cargo::rustc-check-cfg=cfg(integration_clients)");
     println!("cargo::rerun-if-env-changed={PYTHON_ENV}");
     println!("cargo::rerun-if-env-changed=CI");
     let python = server_python();
@@ -26,6 +27,19 @@ fn main() {
     }
     if python.exists() || under_ci() {
         println!("cargo::rustc-cfg=conformance_tier");
+    }
+    integration_clients();
+}
+
+/// The same for the integration tests with the real clients (the Claude Code CLI and the
+/// pre-commit framework), which `.ci/run` installs into `.integration-clients/`.
+fn integration_clients() {
+    let marker = PathBuf::from(".integration-clients/installed");
+    if marker.exists() {
+        println!("cargo::rerun-if-changed={}", marker.display());
+    }
+    if marker.exists() || under_ci() {
+        println!("cargo::rustc-cfg=integration_clients");
     }
 }
 

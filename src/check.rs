@@ -52,12 +52,15 @@ impl CheckReport {
 /// directories skipped). Targets with uncommitted changes are not held against a spec:
 /// that is the working tree's state when it runs, not the spec's.
 pub fn check(
-    path: &Path,
+    paths: &[PathBuf],
     options: &RunOptions,
     validate_only: bool,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<CheckReport> {
-    let files = spec_files(path)?;
+    let mut files = Vec::new();
+    for path in paths {
+        files.extend(spec_files(path)?);
+    }
     let options = RunOptions {
         force: true,
         ..options.clone()
@@ -104,8 +107,9 @@ pub fn check(
 }
 
 fn spec_files(path: &Path) -> Result<Vec<PathBuf>> {
-    let metadata = std::fs::metadata(path).map_err(|e| Error::io("read", path, e))?;
-    if !metadata.is_dir() {
+    // A path that is not a directory (or is missing) is checked as a spec: loading it
+    // reports what is wrong with it, naming the file.
+    if !std::fs::metadata(path).is_ok_and(|metadata| metadata.is_dir()) {
         return Ok(vec![path.to_path_buf()]);
     }
     let mut files = Vec::new();

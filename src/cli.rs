@@ -54,6 +54,11 @@ fn write_stderr(text: &str) {
 }
 
 const AFTER_HELP: &str = "\
+Examples:
+  execute-local-task task-specs/T-042.json
+  execute-local-task task-specs/T-042.json --branch --endpoint http://127.0.0.1:11434 --model qwen2.5-coder:7b
+  execute-local-task task-specs/T-042.json --dry-run
+
 Exit codes: 0 success; 1 the task ran but did not succeed (status failed or escalate);
 2 bad input (command line, spec, config, repository, unsafe path), or the machine refused a read or
 write (kind `environment`: disk full, permissions); 3 the model server could not be used;
@@ -160,9 +165,9 @@ struct ConfigArgs {
 
 #[derive(Args, Debug)]
 struct CheckArgs {
-    /// A spec, or a directory of specs (`*.json`, searched recursively).
-    #[arg(value_name = "SPEC|DIR")]
-    path: PathBuf,
+    /// Specs, or directories of specs (`*.json`, searched recursively).
+    #[arg(value_name = "SPEC|DIR", required = true)]
+    paths: Vec<PathBuf>,
     /// Only parse and validate the specs (for hooks): no repository, context or triage.
     #[arg(long)]
     validate_only: bool,
@@ -177,6 +182,9 @@ struct CheckArgs {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Undo a run's writes byte for byte and delete the files it created.
+    #[command(
+        after_help = "Examples:\n  execute-local-task rollback 20261120T221210529Z-0dbe\n  execute-local-task rollback --last --force"
+    )]
     Rollback {
         /// The `run_id` from the run's result JSON, or a batch's `batch_id` (every run of
         /// the batch, newest first).
@@ -198,8 +206,14 @@ enum Command {
     /// Remove old runs' backups: those past the newest --keep runs and older than
     /// --older-than days (defaults: `LOCAL_TASK_KEEP_RUNS`, `LOCAL_TASK_KEEP_DAYS`, else
     /// 50 and 14).
+    #[command(
+        after_help = "Examples:\n  execute-local-task prune --dry-run\n  execute-local-task prune --keep 10 --older-than 7"
+    )]
     Prune(PruneArgs),
     /// List reachable local model servers and their models.
+    #[command(
+        after_help = "Examples:\n  execute-local-task models\n  execute-local-task models --endpoint http://127.0.0.1:11434 --json"
+    )]
     Models {
         /// Probe only this server (default: the one a run would use, from the same
         /// variables, else every usual local port).
@@ -214,13 +228,25 @@ enum Command {
     },
     /// Put a branch run's change into the working tree as uncommitted changes (undone by
     /// `rollback`); refuses, changing nothing, when the tree has changes to the same files.
+    #[command(
+        after_help = "Examples:\n  execute-local-task apply 20261201T232209700Z-5d12f18f\n  execute-local-task apply --last"
+    )]
     Apply(BringInArgs),
     /// Merge a branch run's commit into the current branch (fast-forward when possible);
     /// refuses on conflict with nothing changed.
+    #[command(
+        after_help = "Examples:\n  execute-local-task merge 20261201T232209700Z-5d12f18f\n  execute-local-task merge --last"
+    )]
     Merge(BringInArgs),
     /// Delete a branch run's branch and any worktree it left.
+    #[command(
+        after_help = "Examples:\n  execute-local-task discard 20261201T232209700Z-5d12f18f\n  execute-local-task discard --last"
+    )]
     Discard(BringInArgs),
     /// List recent branch runs, newest first: id, task, status, branch, what became of it.
+    #[command(
+        after_help = "Examples:\n  execute-local-task runs\n  execute-local-task runs --json | jq '.[0].run_id'"
+    )]
     Runs {
         /// Print JSON instead of lines.
         #[arg(long)]
@@ -266,7 +292,10 @@ enum Command {
         #[arg(long, value_name = "DATE")]
         since: Option<String>,
     },
-    /// Print a JSON Schema.
+    /// Print a JSON Schema generated from the tool's own types.
+    #[command(
+        after_help = "Examples:\n  execute-local-task schema spec > task-spec.schema.json\n  execute-local-task schema result"
+    )]
     Schema {
         #[arg(value_enum)]
         which: SchemaKind,
@@ -279,11 +308,64 @@ enum Command {
     /// on stdout; exit 0 when every spec can run, 2 otherwise.
     Check(CheckArgs),
     /// Run the whole pipeline on a bundled example with recorded model replies.
+    #[command(
+        after_help = "Examples:\n  execute-local-task demo\n  execute-local-task demo --dir /tmp/demo"
+    )]
     Demo {
         /// Build the example here instead of a temporary directory (kept afterwards).
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+    #[command(flatten)]
+    Integration(Integration),
+}
+
+/// The integration subcommands (`init`, `check`, `hook`, `completions`), kept apart from
+/// the run's so they merge as one block.
+#[derive(Subcommand, Debug)]
+enum Integration {
+    /// Set a repository up: the config with the local servers found, `task-specs/` with an
+    /// example, the Claude Code skill and commands under `.claude/`, and the MCP server in
+    /// `.mcp.json`. Existing files are kept (`--force` replaces them).
+    #[command(
+        after_help = "Examples:\n  execute-local-task init --dry-run\n  execute-local-task init\n  execute-local-task init --repo ../other --force"
+    )]
+    Init {
+        /// Replace files that exist (and the MCP entry, if it differs).
+        #[arg(long)]
+        force: bool,
+        /// List what would be written, and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The repository (default: the one containing the current directory).
+        #[arg(long, value_name = "DIR")]
+        repo: Option<PathBuf>,
+    },
+    /// Install or remove a git `pre-commit` hook that validates changed task specs.
+    #[command(
+        after_help = "Examples:\n  execute-local-task hook install\n  execute-local-task hook uninstall --repo ../other"
+    )]
+    Hook {
+        #[arg(value_enum)]
+        action: HookAction,
+        /// The repository (default: the one containing the current directory).
+        #[arg(long, value_name = "DIR")]
+        repo: Option<PathBuf>,
+    },
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  execute-local-task completions bash > ~/.local/share/bash-completion/completions/execute-local-task\n  execute-local-task completions zsh > ~/.zfunc/_execute-local-task\n  execute-local-task completions fish > ~/.config/fish/completions/execute-local-task.fish"
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum HookAction {
+    Install,
+    Uninstall,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -714,6 +796,46 @@ async fn dispatch(cli: Cli) -> u8 {
         }) => run_review(&args, last, reason, failure_mode, &env),
         Some(Command::Config(args)) => show_config(args, &env).await,
         Some(Command::Check(args)) => run_check(args, &env).await,
+        Some(Command::Integration(command)) => integration(command, &env).await,
+    }
+}
+
+async fn integration(command: Integration, env: &Env) -> u8 {
+    match command {
+        Integration::Init {
+            force,
+            dry_run,
+            repo,
+        } => {
+            let dir = repo.unwrap_or_else(|| PathBuf::from("."));
+            let ports = discovery::discovery_ports(env(discovery::PORTS_VARIABLE).as_deref());
+            let servers = discovery::survey(None, None, None, &ports).await;
+            print(&match crate::init::init(&dir, &servers, force, dry_run) {
+                Ok(report) => Document::init(&report),
+                Err(error) => Document::error(&error),
+            })
+        }
+        Integration::Hook { action, repo } => {
+            let dir = repo.unwrap_or_else(|| PathBuf::from("."));
+            let outcome = match action {
+                HookAction::Install => crate::hook::install(&dir),
+                HookAction::Uninstall => crate::hook::uninstall(&dir),
+            };
+            print(&match outcome {
+                Ok(report) => Document::hook(&report),
+                Err(error) => Document::error(&error),
+            })
+        }
+        Integration::Completions { shell } => {
+            let mut command = Cli::command();
+            clap_complete::generate(
+                shell,
+                &mut command,
+                "execute-local-task",
+                &mut std::io::stdout(),
+            );
+            0
+        }
     }
 }
 
@@ -783,7 +905,7 @@ async fn run_models(
 /// `check`: the stages before the model read files, so they run off the async thread.
 async fn run_check(args: CheckArgs, env: &Env) -> u8 {
     let CheckArgs {
-        path,
+        paths,
         validate_only,
         profile,
         repo,
@@ -795,7 +917,7 @@ async fn run_check(args: CheckArgs, env: &Env) -> u8 {
     };
     let env = Arc::clone(env);
     let checked = tokio::task::spawn_blocking(move || {
-        crate::check::check(&path, &options, validate_only, &*env)
+        crate::check::check(&paths, &options, validate_only, &*env)
     })
     .await;
     match checked {

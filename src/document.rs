@@ -13,6 +13,8 @@ use crate::check::{CheckReport, ProfileProbe};
 use crate::config::Config;
 use crate::discovery::ServerReport;
 use crate::error::Error;
+use crate::hook::HookReport;
+use crate::init::InitReport;
 use crate::ledger::LoggedRun;
 use crate::pipeline::RunOutput;
 use crate::prune::PruneReport;
@@ -51,6 +53,8 @@ pub enum Body {
     Check(CheckReport),
     Config(Box<Config>),
     Probes(Vec<ProfileProbe>),
+    Init(InitReport),
+    Hook(HookReport),
     /// A dry run's request, or an error before any run began.
     Value(Value),
 }
@@ -281,5 +285,33 @@ impl Document {
             .collect();
         let code = if stderr.is_empty() { 0 } else { 3 };
         Self::new(Body::Probes(probes.to_vec()), code, stderr)
+    }
+
+    /// What `init` wrote, or with `--dry-run` would write.
+    pub fn init(report: &InitReport) -> Self {
+        let kept: Vec<&str> = report
+            .files
+            .iter()
+            .filter(|f| f.action == "exists")
+            .map(|f| f.path.as_str())
+            .collect();
+        let mut stderr = Vec::new();
+        if !kept.is_empty() {
+            stderr.push(format!(
+                "execute-local-task: kept as they are: {} (`init --force` replaces them)",
+                kept.join(", ")
+            ));
+        }
+        Self::new(Body::Init(report.clone()), 0, stderr)
+    }
+
+    /// What `hook install` or `hook uninstall` did.
+    pub fn hook(report: &HookReport) -> Self {
+        let line = format!(
+            "execute-local-task: pre-commit hook {}: {}",
+            report.action,
+            report.path.display()
+        );
+        Self::new(Body::Hook(report.clone()), 0, vec![line])
     }
 }

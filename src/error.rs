@@ -117,6 +117,11 @@ pub enum Error {
         message: String,
     },
 
+    /// A command would replace or remove a file that is not the tool's (a git hook someone
+    /// else wrote); nothing was changed.
+    #[error("{}: {message}", path.display())]
+    Refused { path: PathBuf, message: String },
+
     /// A signal (Ctrl-C, a caller's timeout) stopped the run: its test was stopped and its
     /// writes undone.
     #[error("interrupted by {}", .0.as_str())]
@@ -174,7 +179,7 @@ impl Error {
             Self::Interrupted(_) => "interrupted",
             Self::Git { .. } => "git",
             Self::BranchExists { .. } => "branch_exists",
-            Self::BringIn { .. } => "refused",
+            Self::BringIn { .. } | Self::Refused { .. } => "refused",
             Self::Config { .. } => "config",
         }
     }

@@ -27,6 +27,8 @@ pub mod extract;
 mod git_cli;
 pub mod guard;
 pub mod harden;
+pub mod hook;
+pub mod init;
 pub mod input_file;
 pub mod language;
 pub mod ledger;

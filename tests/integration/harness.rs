@@ -1254,6 +1254,27 @@ fn walkdir(root: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Checks a printed result against `schema result`'s schema (the same types), so every
+/// result the suite reads is also a check of the published schema.
+fn assert_matches_result_schema(stdout: &str) {
+    static VALIDATOR: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    let validator = VALIDATOR.get_or_init(|| {
+        let schema = serde_json::json!(schemars::schema_for!(TaskResult));
+        jsonschema::validator_for(&schema).expect("the result schema compiles")
+    });
+    let Ok(value) = serde_json::from_str::<Value>(stdout) else {
+        return; // result() reports what is not JSON.
+    };
+    let errors: Vec<String> = validator
+        .iter_errors(&value)
+        .map(|error| format!("{error} at {}", error.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "the result does not match `schema result`: {errors:?}\n{stdout}"
+    );
+}
+
 pub struct Run {
     /// Wall time of the binary alone.
     pub elapsed: std::time::Duration,
@@ -1273,6 +1294,7 @@ pub struct Run {
 impl Run {
     /// The result JSON on stdout, deserialised into the contract's type (unknown fields fail).
     pub fn result(&self) -> TaskResult {
+        assert_matches_result_schema(&self.stdout);
         serde_json::from_str(&self.stdout).unwrap_or_else(|error| {
             panic!(
                 "stdout is not a result ({error}):\n{}\nstderr:\n{}",

@@ -13,6 +13,7 @@ mod extraction;
 mod hardening_input;
 mod hardening_server;
 mod hardening_tree;
+mod integrations;
 mod ledger;
 mod providers;
 mod repair;
