@@ -256,6 +256,9 @@ enum Command {
         repo: Option<PathBuf>,
     },
     /// List recent runs from the run ledger, newest first.
+    #[command(
+        after_help = "Examples:\n  execute-local-task log\n  execute-local-task log --limit 5 --json"
+    )]
     Log {
         /// How many runs to list.
         #[arg(long, value_name = "N", default_value_t = defaults::LOG_LIMIT)]
@@ -266,6 +269,9 @@ enum Command {
     },
     /// Record your verdict on a run: `review RUN_ID good` or `review --last poor`. A later
     /// verdict replaces the earlier one; the history is kept.
+    #[command(
+        after_help = "Examples:\n  execute-local-task review --last good\n  execute-local-task review 20261201T101500000Z-3f9a1c2e poor --reason \"ignored the constraint\" --failure-mode off-topic"
+    )]
     Review {
         /// The run's id, then the verdict (good, acceptable, poor); with --last only the verdict.
         #[arg(value_name = "RUN_ID|VERDICT", num_args = 1..=2, required = true)]
@@ -281,9 +287,15 @@ enum Command {
         failure_mode: Option<crate::review::FailureMode>,
     },
     /// Figures from the run ledger per task kind and model, against your targets.
+    #[command(
+        after_help = "Examples:\n  execute-local-task stats\n  execute-local-task stats --since 2026-11-01 --kind code --json\n  execute-local-task stats --all-repos --html stats.html"
+    )]
     Stats(StatsArgs),
     /// Write reviewed runs as chat-format JSON Lines (the messages sent, then the accepted
     /// code as the assistant's reply), for fine-tuning.
+    #[command(
+        after_help = "Examples:\n  execute-local-task export --reviewed good > accepted.jsonl\n  execute-local-task export --reviewed good --since 2026-11-01"
+    )]
     Export {
         /// The verdict of the runs to export.
         #[arg(long, value_enum, value_name = "VERDICT")]
@@ -302,10 +314,16 @@ enum Command {
     },
     /// Print the effective configuration (repository and user `config.toml`, environment,
     /// flags, defaults) with where each value came from.
+    #[command(
+        after_help = "Examples:\n  execute-local-task config\n  execute-local-task config --json\n  execute-local-task config --check --profile small"
+    )]
     Config(ConfigArgs),
     /// Triage task specs without calling a model: a score 0-10 with reasons, a verdict
     /// (`delegate`, `delegate_with_care`, `keep`) and the profile routing would pick. JSON
     /// on stdout; exit 0 when every spec can run, 2 otherwise.
+    #[command(
+        after_help = "Examples:\n  execute-local-task check task-specs/T-042.json\n  execute-local-task check task-specs/\n  execute-local-task check --validate-only task-specs/*.json"
+    )]
     Check(CheckArgs),
     /// Run the whole pipeline on a bundled example with recorded model replies.
     #[command(
