@@ -14,6 +14,7 @@ mod hardening_input;
 mod hardening_server;
 mod hardening_tree;
 mod ledger;
+mod ledger_config;
 mod providers;
 mod repair;
 mod review_fixes;
