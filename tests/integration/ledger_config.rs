@@ -3,12 +3,12 @@
 //! reports, `[targets]` changes what `stats` marks as met, and a wrong value names its
 //! file, line and key.
 
-use execute_local_task::result::Phase;
+use execute_local_task::result::{Phase, TaskResult};
 use execute_local_task::review::ReviewReport;
 use execute_local_task::stats::Stats;
 use serde_json::json;
 
-use crate::harness::{Run, Script, Test, spec};
+use crate::harness::{MODEL, ModelServer, Run, Script, Test, spec};
 
 const REPO_CONFIG: &str = ".execute-local-task/config.toml";
 const USER_CONFIG: &str = ".config/execute-local-task/config.toml";
@@ -87,6 +87,32 @@ fn trust_thresholds_from_the_config_change_the_phase_a_result_reports() {
     );
     let configured = successful(Test::new().file(REPO_CONFIG, "[trust]\ncalibrate_runs = 0\n"));
     let review = configured.result().review.expect("review");
+    assert_eq!(review.phase, Phase::Establish, "{}", review.why);
+
+    // One reviewed run is a calibration of one: the next run is past it.
+    let first = successful(Test::new().file(REPO_CONFIG, "[trust]\ncalibrate_runs = 1\n"));
+    assert_eq!(
+        first.result().review.expect("review").phase,
+        Phase::Calibrate
+    );
+    let (code, _, stderr) = first.again(&["review", "--last", "good"]);
+    assert_eq!(code, 0, "{stderr}");
+    let server = ModelServer::start(
+        vec![Script::code(
+            "src/add.py",
+            "def add(a, b):\n    return b + a\n",
+        )],
+        vec![MODEL.to_owned()],
+    );
+    let url = format!("http://127.0.0.1:{}", server.port());
+    let spec = first.spec_path.to_str().unwrap();
+    let (code, stdout, stderr) = first.again_with(
+        &[spec, "--force"],
+        &[("LOCAL_TASK_ENDPOINT", &url), ("LOCAL_TASK_MODEL", MODEL)],
+    );
+    assert_eq!(code, 0, "{stderr}\n{stdout}");
+    let second: TaskResult = serde_json::from_str(&stdout).expect("a result");
+    let review = second.review.expect("review");
     assert_eq!(review.phase, Phase::Establish, "{}", review.why);
 }
 
