@@ -36,6 +36,68 @@ pub struct Config {
     pub default_profile: Option<Setting<String>>,
     pub profiles: BTreeMap<String, Profile>,
     pub triage: Thresholds,
+    /// The run ledger's file, from the user's config only (`LOCAL_TASK_LEDGER` wins).
+    /// Boxed, as these four are: a run's future carries the configuration and must stay
+    /// small.
+    pub ledger_path: Option<Box<Setting<PathBuf>>>,
+    pub trust: Box<Trust>,
+    pub savings: Box<SavingsRates>,
+    pub targets: Box<Targets>,
+}
+
+/// The trust lifecycle's numbers (see [`crate::trust`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Trust {
+    pub calibrate_runs: Setting<u32>,
+    pub establish_runs: Setting<u32>,
+    pub good_percent: Setting<u32>,
+    pub sample_percent: Setting<u32>,
+    pub relapse_poor: Setting<u32>,
+    pub relapse_window: Setting<u32>,
+    pub max_changed_lines: Setting<u32>,
+    pub repository_runs: Setting<u32>,
+}
+
+/// The savings estimate's rates (see [`crate::savings`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SavingsRates {
+    pub cost_ratio: Setting<u32>,
+    pub bytes_per_token: Setting<u32>,
+}
+
+/// The user's targets `stats` compares its figures against.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Targets {
+    pub delegation_rate: Setting<f64>,
+    pub first_pass_rate: Setting<f64>,
+    pub saved_share: Setting<f64>,
+}
+
+/// What the ledger's readers and writers need of the configuration, as plain values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LedgerSettings {
+    pub path: Option<PathBuf>,
+    pub trust: crate::trust::Thresholds,
+    pub cost_ratio: u64,
+    pub bytes_per_token: u64,
+    /// `delegation_rate`, `first_pass_rate`, `saved_share`.
+    pub targets: [f64; 3],
+}
+
+impl Default for LedgerSettings {
+    fn default() -> Self {
+        Self {
+            path: None,
+            trust: crate::trust::Thresholds::default(),
+            cost_ratio: defaults::SAVINGS_COST_RATIO,
+            bytes_per_token: defaults::SAVINGS_BYTES_PER_TOKEN,
+            targets: [
+                defaults::TARGET_DELEGATION_RATE,
+                defaults::TARGET_FIRST_PASS_RATE,
+                defaults::TARGET_SAVED_SHARE,
+            ],
+        }
+    }
 }
 
 /// A config file looked for.
@@ -76,6 +138,48 @@ struct RawFile {
     profiles: BTreeMap<String, Spanned<RawProfile>>,
     #[serde(default)]
     triage: RawTriage,
+    #[serde(default)]
+    ledger: RawLedger,
+    #[serde(default)]
+    trust: RawTrust,
+    #[serde(default)]
+    savings: RawSavings,
+    #[serde(default)]
+    targets: RawTargets,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLedger {
+    path: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    calibrate_runs: Option<Spanned<u32>>,
+    establish_runs: Option<Spanned<u32>>,
+    good_percent: Option<Spanned<u32>>,
+    sample_percent: Option<Spanned<u32>>,
+    relapse_poor: Option<Spanned<u32>>,
+    relapse_window: Option<Spanned<u32>>,
+    max_changed_lines: Option<Spanned<u32>>,
+    repository_runs: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSavings {
+    cost_ratio: Option<Spanned<u32>>,
+    bytes_per_token: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTargets {
+    delegation_rate: Option<Spanned<f64>>,
+    first_pass_rate: Option<Spanned<f64>>,
+    saved_share: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]
@@ -126,6 +230,18 @@ impl Parsed {
             line: Some(line_of(&self.text, spanned.span().start)),
         }
     }
+}
+
+/// The ledger settings for a command that reads the ledger outside a run: the config of
+/// the repository at `dir` (the working directory when `None`, none outside a repository)
+/// and the user's.
+pub fn ledger_settings(
+    dir: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<LedgerSettings> {
+    let repo = crate::repo::Repo::discover(dir.unwrap_or(Path::new("."))).ok();
+    let config = Config::load(repo.as_ref().map(crate::repo::Repo::root), None, env)?;
+    Ok(config.ledger_settings())
 }
 
 /// Where the two files live for the repository at `root` (none outside a repository).
@@ -189,15 +305,117 @@ impl Config {
             profiles.insert(name.clone(), profile);
         }
         let default_profile = pick(repo, user, |raw| raw.default_profile.as_ref());
+        if let Some(repo) = repo
+            && let Some(path) = &repo.raw.ledger.path
+        {
+            return Err(config_error(
+                &repo.setting(path),
+                "ledger.path",
+                "only your own config may move the run ledger: a repository must not choose where your runs are recorded".to_owned(),
+            ));
+        }
         let config = Self {
             files,
             selected,
             default_profile,
             profiles,
             triage: thresholds(repo, user),
+            ledger_path: user
+                .and_then(|u| u.raw.ledger.path.as_ref().map(|p| Box::new(u.setting(p)))),
+            trust: Box::new(trust(repo, user)),
+            savings: Box::new(savings(repo, user)),
+            targets: Box::new(targets(repo, user)),
         };
         config.validate()?;
+        config.check_ledger_ranges()?;
         Ok(config)
+    }
+
+    /// The ledger's place and numbers as the ledger's readers and writers use them.
+    pub fn ledger_settings(&self) -> LedgerSettings {
+        let t = &self.trust;
+        let size = |s: &Setting<u32>| s.value as usize;
+        LedgerSettings {
+            // A relative path is the config file's neighbour, not the working directory's.
+            path: self.ledger_path.as_ref().map(|p| match &p.file {
+                Some(file) if p.value.is_relative() => {
+                    file.parent().unwrap_or(Path::new("")).join(&p.value)
+                }
+                _ => p.value.clone(),
+            }),
+            trust: crate::trust::Thresholds {
+                calibrate_runs: size(&t.calibrate_runs),
+                establish_runs: size(&t.establish_runs),
+                good_percent: size(&t.good_percent),
+                sample_percent: u64::from(t.sample_percent.value),
+                relapse_poor: size(&t.relapse_poor),
+                relapse_window: size(&t.relapse_window),
+                max_changed_lines: u64::from(t.max_changed_lines.value),
+                repository_runs: size(&t.repository_runs),
+            },
+            cost_ratio: u64::from(self.savings.cost_ratio.value),
+            bytes_per_token: u64::from(self.savings.bytes_per_token.value),
+            targets: [
+                self.targets.delegation_rate.value,
+                self.targets.first_pass_rate.value,
+                self.targets.saved_share.value,
+            ],
+        }
+    }
+
+    /// Ranges of `[trust]`, `[savings]` and `[targets]`: a value that would make the
+    /// lifecycle or the estimate meaningless (a percentage over 100, a ratio of 0).
+    fn check_ledger_ranges(&self) -> Result<()> {
+        let t = &self.trust;
+        let percent = [
+            (&t.good_percent, "trust.good_percent"),
+            (&t.sample_percent, "trust.sample_percent"),
+        ];
+        for (setting, key) in percent {
+            if setting.value > 100 {
+                return Err(config_error(
+                    setting,
+                    key,
+                    "must be between 0 and 100".to_owned(),
+                ));
+            }
+        }
+        let positive = [
+            (&t.relapse_poor, "trust.relapse_poor"),
+            (&t.relapse_window, "trust.relapse_window"),
+            (&self.savings.cost_ratio, "savings.cost_ratio"),
+            (&self.savings.bytes_per_token, "savings.bytes_per_token"),
+        ];
+        for (setting, key) in positive {
+            if setting.value == 0 {
+                return Err(config_error(setting, key, "must be more than 0".to_owned()));
+            }
+        }
+        if t.relapse_poor.value > t.relapse_window.value {
+            return Err(config_error(
+                &t.relapse_poor,
+                "trust.relapse_poor",
+                format!(
+                    "must be at most trust.relapse_window ({})",
+                    t.relapse_window.value
+                ),
+            ));
+        }
+        let g = &self.targets;
+        for (setting, key) in [
+            (&g.delegation_rate, "targets.delegation_rate"),
+            (&g.first_pass_rate, "targets.first_pass_rate"),
+            (&g.saved_share, "targets.saved_share"),
+        ] {
+            if !(0.0..=1.0).contains(&setting.value) {
+                return Err(config_error(
+                    setting,
+                    key,
+                    "must be a share between 0 and 1 (0.7 is 70%)".to_owned(),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The profile `name`, when configured.
@@ -363,6 +581,9 @@ impl Config {
         for (field, value, source) in threshold_rows(&self.triage) {
             row(format!("triage.{field}"), value, source);
         }
+        for (field, value, source) in ledger_rows(self) {
+            row(field.to_owned(), value, source);
+        }
         align(&rows)
     }
 }
@@ -426,6 +647,32 @@ fn threshold_rows(t: &Thresholds) -> Vec<Row> {
         design_words,
         state_words
     );
+    rows
+}
+
+fn ledger_rows(config: &Config) -> Vec<Row> {
+    let mut rows = Vec::new();
+    match &config.ledger_path {
+        Some(path) => {
+            let (value, source) = show(path.as_ref());
+            rows.push(("ledger.path", value, source));
+        }
+        None => rows.push((
+            "ledger.path",
+            "(LOCAL_TASK_LEDGER, else the XDG data directory)".to_owned(),
+            "default".to_owned(),
+        )),
+    }
+    macro_rules! add {
+        ($section:ident: $($field:ident),*) => {$(
+            let (value, source) = show(&config.$section.$field);
+            rows.push((concat!(stringify!($section), ".", stringify!($field)), value, source));
+        )*};
+    }
+    add!(trust: calibrate_runs, establish_runs, good_percent, sample_percent, relapse_poor,
+        relapse_window, max_changed_lines, repository_runs);
+    add!(savings: cost_ratio, bytes_per_token);
+    add!(targets: delegation_rate, first_pass_rate, saved_share);
     rows
 }
 
@@ -694,6 +941,50 @@ fn thresholds(repo: Option<&Parsed>, user: Option<&Parsed>) -> Thresholds {
             .unwrap_or_else(|| Setting::default(words(defaults::TRIAGE_DESIGN_WORDS))),
         state_words: pick(repo, user, |r| r.triage.state_words.as_ref())
             .unwrap_or_else(|| Setting::default(words(defaults::TRIAGE_STATE_WORDS))),
+    }
+}
+
+/// A `u64`/`usize` default as the `u32` a config file holds (the defaults are small).
+fn small(value: impl TryInto<u32>) -> u32 {
+    value.try_into().unwrap_or(u32::MAX)
+}
+
+fn trust(repo: Option<&Parsed>, user: Option<&Parsed>) -> Trust {
+    macro_rules! field {
+        ($field:ident, $default:expr) => {
+            pick(repo, user, |r| r.trust.$field.as_ref())
+                .unwrap_or_else(|| Setting::default(small($default)))
+        };
+    }
+    Trust {
+        calibrate_runs: field!(calibrate_runs, defaults::TRUST_CALIBRATE_RUNS),
+        establish_runs: field!(establish_runs, defaults::TRUST_ESTABLISH_RUNS),
+        good_percent: field!(good_percent, defaults::TRUST_GOOD_PERCENT),
+        sample_percent: field!(sample_percent, defaults::TRUST_SAMPLE_PERCENT),
+        relapse_poor: field!(relapse_poor, defaults::TRUST_RELAPSE_POOR),
+        relapse_window: field!(relapse_window, defaults::TRUST_RELAPSE_WINDOW),
+        max_changed_lines: field!(max_changed_lines, defaults::TRUST_MAX_CHANGED_LINES),
+        repository_runs: field!(repository_runs, defaults::TRUST_REPOSITORY_RUNS),
+    }
+}
+
+fn savings(repo: Option<&Parsed>, user: Option<&Parsed>) -> SavingsRates {
+    SavingsRates {
+        cost_ratio: pick(repo, user, |r| r.savings.cost_ratio.as_ref())
+            .unwrap_or_else(|| Setting::default(small(defaults::SAVINGS_COST_RATIO))),
+        bytes_per_token: pick(repo, user, |r| r.savings.bytes_per_token.as_ref())
+            .unwrap_or_else(|| Setting::default(small(defaults::SAVINGS_BYTES_PER_TOKEN))),
+    }
+}
+
+fn targets(repo: Option<&Parsed>, user: Option<&Parsed>) -> Targets {
+    Targets {
+        delegation_rate: pick(repo, user, |r| r.targets.delegation_rate.as_ref())
+            .unwrap_or_else(|| Setting::default(defaults::TARGET_DELEGATION_RATE)),
+        first_pass_rate: pick(repo, user, |r| r.targets.first_pass_rate.as_ref())
+            .unwrap_or_else(|| Setting::default(defaults::TARGET_FIRST_PASS_RATE)),
+        saved_share: pick(repo, user, |r| r.targets.saved_share.as_ref())
+            .unwrap_or_else(|| Setting::default(defaults::TARGET_SAVED_SHARE)),
     }
 }
 

@@ -132,9 +132,21 @@ pub fn schema_version() -> u32 {
 /// Where the ledger lives: `LOCAL_TASK_LEDGER`, else `$XDG_DATA_HOME/execute-local-task/
 /// ledger.db`, else `~/.local/share/execute-local-task/ledger.db`.
 pub fn locate(env: &dyn Fn(&str) -> Option<String>) -> Result<PathBuf> {
+    locate_configured(env, None)
+}
+
+/// As [`locate`], with the user config's `[ledger] path` between the variable and the
+/// XDG default.
+pub fn locate_configured(
+    env: &dyn Fn(&str) -> Option<String>,
+    configured: Option<&Path>,
+) -> Result<PathBuf> {
     let set = |name: &str| env(name).filter(|value| !value.trim().is_empty());
     if let Some(path) = set("LOCAL_TASK_LEDGER") {
         return Ok(PathBuf::from(path));
+    }
+    if let Some(path) = configured {
+        return Ok(path.to_path_buf());
     }
     // The XDG spec ignores a relative value.
     let data = set("XDG_DATA_HOME")
@@ -286,9 +298,19 @@ impl Ledger {
         Ok(ledger)
     }
 
-    /// Opens the ledger where [`locate`] says.
+    /// Opens the ledger where `LOCAL_TASK_LEDGER`, else the configuration of the working
+    /// directory's repository and the user, else the default says.
     pub fn open_default(env: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
-        Self::open(&locate(env)?)
+        Self::open_configured(env, &crate::config::ledger_settings(None, env)?)
+    }
+
+    /// Opens the ledger where `LOCAL_TASK_LEDGER`, else `settings`' path, else the default
+    /// says: for a run, which loaded its configuration already.
+    pub fn open_configured(
+        env: &dyn Fn(&str) -> Option<String>,
+        settings: &crate::config::LedgerSettings,
+    ) -> Result<Self> {
+        Self::open(&locate_configured(env, settings.path.as_deref())?)
     }
 
     pub fn path(&self) -> &Path {

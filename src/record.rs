@@ -29,6 +29,9 @@ pub(crate) struct Facts {
     /// The first request's messages and the outputs' fence language, for `export`.
     messages: Vec<crate::model::Message>,
     language: String,
+    /// The ledger's place and numbers from the configuration the run loaded at prepare.
+    /// Boxed: the run's future carries these facts, and must stay small.
+    settings: Box<crate::config::LedgerSettings>,
 }
 
 impl Facts {
@@ -42,6 +45,7 @@ impl Facts {
             state_dir: prepared.repo.state_dir(),
             messages: prepared.first_messages.clone(),
             language: prepared.language.clone(),
+            settings: Box::new(prepared.config.ledger_settings()),
         }
     }
 }
@@ -83,14 +87,18 @@ fn record(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> (ReviewAdvice, Savings, Result<()>) {
     let spec = spec_bytes(&facts.spec);
-    let savings = savings::estimate(result, spec.as_ref().map_or(0, |b| b.len() as u64));
+    let savings = savings::estimate(
+        result,
+        spec.as_ref().map_or(0, |b| b.len() as u64),
+        &facts.settings,
+    );
     let unknown = || ReviewAdvice {
         required: true,
         phase: Phase::Calibrate,
         why: "the run ledger could not be read, so there is no record to go by: review the run"
             .to_owned(),
     };
-    let mut ledger = match Ledger::open_default(env) {
+    let mut ledger = match Ledger::open_configured(env, &facts.settings) {
         Ok(ledger) => ledger,
         Err(error) => return (unknown(), savings, Err(error)),
     };
@@ -98,7 +106,7 @@ fn record(
     run.spec_hash = spec.as_deref().and_then(spec_hash);
     run.saved_gross = Some(savings.gross);
     run.saved_net = Some(savings.net);
-    let review = match advice(&mut ledger, result, &run) {
+    let review = match advice(&mut ledger, result, &run, &facts.settings.trust) {
         Ok(review) => review,
         Err(error) => return (unknown(), savings, Err(error)),
     };
@@ -110,11 +118,15 @@ fn record(
 
 /// Whether `result` needs review, from the record of its (kind, model) pair: in this
 /// repository, or in all when this one has too few reviewed runs of the pair to go by.
-fn advice(ledger: &mut Ledger, result: &TaskResult, run: &RunRecord) -> Result<ReviewAdvice> {
-    let t = Thresholds::default();
+fn advice(
+    ledger: &mut Ledger,
+    result: &TaskResult,
+    run: &RunRecord,
+    t: &Thresholds,
+) -> Result<ReviewAdvice> {
     let kind = run.kind.clone().unwrap_or_default();
     let model = run.model.clone().unwrap_or_default();
-    let (standing, scope) = trust::pair_standing(ledger, &kind, &model, Some(&run.repo_id), &t)?;
+    let (standing, scope) = trust::pair_standing(ledger, &kind, &model, Some(&run.repo_id), t)?;
     let facts = RunFacts {
         run_id: &result.run_id,
         succeeded: result.status == Status::Success,
@@ -129,7 +141,7 @@ fn advice(ledger: &mut Ledger, result: &TaskResult, run: &RunRecord) -> Result<R
     Ok(trust::advise(
         &standing,
         &facts,
-        &t,
+        t,
         &format!("{kind} by {model}"),
         &scope,
     ))

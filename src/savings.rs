@@ -1,8 +1,9 @@
 //! The supervisor tokens a run saved, estimated from sizes: gross, what the supervisor
 //! would have written itself (the accepted code), and net, gross less what delegating
 //! cost it (writing the spec, reading the result with its diff). Counted in tokens the
-//! supervisor reads: a token it writes counts [`crate::defaults::SAVINGS_COST_RATIO`]
-//! times. Tokens are estimated as bytes / [`crate::defaults::SAVINGS_BYTES_PER_TOKEN`].
+//! supervisor reads: a token it writes counts `[savings] cost_ratio` times
+//! ([`crate::defaults::SAVINGS_COST_RATIO`] unless configured). Tokens are estimated as
+//! bytes / `[savings] bytes_per_token` ([`crate::defaults::SAVINGS_BYTES_PER_TOKEN`]).
 //!
 //! Only a successful run's code was accepted: any other run saves nothing, and its
 //! overhead counts against the total. A later `poor` verdict does not change a run's
@@ -11,7 +12,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::defaults;
+use crate::config::LedgerSettings;
 use crate::result::{Status, TaskResult};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -29,10 +30,11 @@ pub struct Savings {
     pub net: i64,
 }
 
-/// The savings of `result`, whose spec had `spec_bytes` bytes.
-pub fn estimate(result: &TaskResult, spec_bytes: u64) -> Savings {
-    let ratio = defaults::SAVINGS_COST_RATIO;
-    let tokens = |bytes: u64| bytes.div_ceil(defaults::SAVINGS_BYTES_PER_TOKEN);
+/// The savings of `result`, whose spec had `spec_bytes` bytes, at the configured rates.
+pub fn estimate(result: &TaskResult, spec_bytes: u64, rates: &LedgerSettings) -> Savings {
+    let ratio = rates.cost_ratio;
+    // The config refuses 0; the `max` keeps a library caller's 0 from dividing by it.
+    let tokens = |bytes: u64| bytes.div_ceil(rates.bytes_per_token.max(1));
     let code_bytes: u64 = if result.status == Status::Success {
         result
             .files
@@ -89,14 +91,14 @@ mod tests {
             diff: format!("--- /dev/null\n+++ b/a.py\n@@ -0,0 +1,2 @@\n+{line}\n+{line}\n"),
         });
         let result_bytes = serde_json::to_vec(&result).unwrap().len() as u64;
-        let savings = estimate(&result, 400);
+        let savings = estimate(&result, 400, &LedgerSettings::default());
         assert_eq!(savings.code_tokens, 20);
         assert_eq!(savings.gross, 100);
         assert_eq!(savings.overhead, 100 * 5 + result_bytes.div_ceil(4));
         assert_eq!(savings.net, 100 - i64::try_from(savings.overhead).unwrap());
 
         result.status = Status::Escalate;
-        let escalated = estimate(&result, 400);
+        let escalated = estimate(&result, 400, &LedgerSettings::default());
         assert_eq!((escalated.code_tokens, escalated.gross), (0, 0));
         assert!(escalated.net < 0);
     }

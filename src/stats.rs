@@ -9,12 +9,11 @@ use std::fmt::Write as _;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::defaults;
 use crate::error::{Error, Result};
 use crate::ledger::{Filter, Ledger, StatRow};
 use crate::repo::Repo;
 use crate::result::Phase;
-use crate::trust::{self, Thresholds};
+use crate::trust;
 
 /// The figures of a set of runs: one (kind, model) pair's, or the total.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -99,7 +98,8 @@ pub fn stats_and_rows(
         }
         None => ("all repositories".to_owned(), None),
     };
-    let mut ledger = Ledger::open_default(env)?;
+    let settings = crate::config::ledger_settings(request.repo_dir.as_deref(), env)?;
+    let mut ledger = Ledger::open_configured(env, &settings)?;
     let filter = Filter {
         since: since.clone(),
         kind: request.kind.clone(),
@@ -107,17 +107,19 @@ pub fn stats_and_rows(
         repo_id: repo_id.clone(),
     };
     let rows = ledger.stat_rows(&filter)?;
-    let t = Thresholds::default();
+    let t = settings.trust;
     let mut phase_error = None;
-    let summary = summarize(&rows, |kind, model| {
-        match trust::pair_standing(&mut ledger, kind, model, repo_id.as_deref(), &t) {
+    let summary = summarize(
+        &rows,
+        settings.targets,
+        |kind, model| match trust::pair_standing(&mut ledger, kind, model, repo_id.as_deref(), &t) {
             Ok((standing, _)) => Some(standing.phase),
             Err(error) => {
                 phase_error = Some(error);
                 None
             }
-        }
-    });
+        },
+    );
     if let Some(error) = phase_error {
         return Err(error);
     }
@@ -148,8 +150,13 @@ pub(crate) fn check_since(since: &str) -> Result<String> {
     )))
 }
 
-/// The figures of `rows` per pair and in total; `phase` gives a pair's phase.
-pub fn summarize(rows: &[StatRow], mut phase: impl FnMut(&str, &str) -> Option<Phase>) -> Stats {
+/// The figures of `rows` per pair and in total, against `goals` (`delegation_rate`,
+/// `first_pass_rate`, `saved_share`); `phase` gives a pair's phase.
+pub fn summarize(
+    rows: &[StatRow],
+    goals: [f64; 3],
+    mut phase: impl FnMut(&str, &str) -> Option<Phase>,
+) -> Stats {
     let mut pairs: BTreeMap<(String, String), Vec<&StatRow>> = BTreeMap::new();
     for row in rows {
         pairs
@@ -181,17 +188,9 @@ pub fn summarize(rows: &[StatRow], mut phase: impl FnMut(&str, &str) -> Option<P
     };
     #[allow(clippy::cast_precision_loss)]
     let targets = vec![
-        at_least(
-            "delegation_rate",
-            defaults::TARGET_DELEGATION_RATE,
-            total.delegation_rate,
-        ),
-        at_least(
-            "first_pass_rate",
-            defaults::TARGET_FIRST_PASS_RATE,
-            total.first_pass_rate,
-        ),
-        at_least("saved_share", defaults::TARGET_SAVED_SHARE, saved_share),
+        at_least("delegation_rate", goals[0], total.delegation_rate),
+        at_least("first_pass_rate", goals[1], total.first_pass_rate),
+        at_least("saved_share", goals[2], saved_share),
         Target {
             name: "regressions".to_owned(),
             goal: 0.0,
@@ -377,7 +376,11 @@ mod tests {
         rows[0].verdict = Some("good".to_owned());
         rows[2].verdict = Some("poor".to_owned());
         rows[2].failure_mode = Some("broke-tests".to_owned());
-        let stats = summarize(&rows, |_, _| Some(Phase::Calibrate));
+        let stats = summarize(
+            &rows,
+            crate::config::LedgerSettings::default().targets,
+            |_, _| Some(Phase::Calibrate),
+        );
         let code = &stats.pairs[0];
         assert_eq!((code.kind.as_str(), code.runs), ("code", 4));
         assert_eq!(code.delegation_rate, Some(0.75));

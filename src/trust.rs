@@ -8,7 +8,7 @@
 //! `calibrate`, and its count starts again. The phase is computed from the verdicts each
 //! time, never stored, so a verdict changed later changes the phase with it.
 //!
-//! The numbers are [`crate::defaults`]; a config file will set them.
+//! The numbers are [`crate::defaults`] unless the config's `[trust]` sets them.
 
 use crate::defaults;
 use crate::error::Result;
@@ -16,7 +16,7 @@ use crate::ledger::Ledger;
 use crate::result::{Phase, ReviewAdvice};
 
 /// The lifecycle's numbers.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Thresholds {
     pub calibrate_runs: usize,
     pub establish_runs: usize,

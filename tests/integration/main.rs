@@ -15,6 +15,7 @@ mod hardening_server;
 mod hardening_tree;
 mod integrations;
 mod ledger;
+mod ledger_config;
 mod providers;
 mod repair;
 mod review_fixes;
