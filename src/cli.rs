@@ -153,6 +153,10 @@ enum Command {
         #[arg(value_enum)]
         which: SchemaKind,
     },
+    /// Serve the Model Context Protocol on stdin and stdout: the tools `run_task`,
+    /// `get_run`, `rollback`, `apply`, `merge`, `discard` and `models`, whose results
+    /// are the JSON these commands print.
+    Mcp,
     /// Run the whole pipeline on a bundled example with recorded model replies.
     Demo {
         /// Build the example here instead of a temporary directory (kept afterwards).
@@ -167,8 +171,10 @@ enum SchemaKind {
     Result,
 }
 
-#[derive(Args, Debug)]
-struct RunArgs {
+/// The run options; the MCP server's `run_task` takes the same (its input schema is
+/// this type's, its values go through these parsers).
+#[derive(Args, Debug, schemars::JsonSchema)]
+pub(crate) struct RunArgs {
     /// The task spec (JSON) to run.
     #[arg(value_name = "SPEC")]
     spec: Option<PathBuf>,
@@ -223,16 +229,20 @@ struct RunArgs {
     max_tokens: Option<u32>,
     /// Seconds to wait for the connection to the model server (fractions allowed).
     #[arg(long, value_name = "SECS", default_value_t = Secs(defaults::CONNECT_TIMEOUT), value_parser = arguments::timeout, allow_negative_numbers = true)]
+    #[schemars(with = "f64")]
     connect_timeout: Secs,
     /// Seconds from sending a request until the model's first generated text (a model may
     /// be loading, or reading a long prompt).
     #[arg(long, value_name = "SECS", default_value_t = Secs(defaults::FIRST_BYTE_TIMEOUT), value_parser = arguments::timeout, allow_negative_numbers = true)]
+    #[schemars(with = "f64")]
     first_byte_timeout: Secs,
     /// Seconds a reply stream may stall between two chunks, once the model is generating.
     #[arg(long, value_name = "SECS", default_value_t = Secs(defaults::IDLE_TIMEOUT), value_parser = arguments::timeout, allow_negative_numbers = true)]
+    #[schemars(with = "f64")]
     idle_timeout: Secs,
     /// Seconds one model call may take in all, its retries and their waits included.
     #[arg(long, value_name = "SECS", default_value_t = Secs(defaults::TOTAL_TIMEOUT), value_parser = arguments::timeout, allow_negative_numbers = true)]
+    #[schemars(with = "f64")]
     total_timeout: Secs,
     /// A reply longer than this many bytes is cut off and reported (`reply_too_large`).
     #[arg(long, value_name = "BYTES", default_value_t = defaults::MAX_REPLY_BYTES, value_parser = arguments::bytes, allow_negative_numbers = true)]
@@ -245,6 +255,7 @@ struct RunArgs {
     retry_base_ms: u64,
     /// The longest wait before a retry, also capping a server's Retry-After.
     #[arg(long, value_name = "SECS", default_value_t = Secs(defaults::RETRY_MAX_WAIT), value_parser = arguments::retry_wait, allow_negative_numbers = true)]
+    #[schemars(with = "f64")]
     retry_max_wait: Secs,
     /// Save every model request and reply of this run to a cassette file.
     #[arg(long, value_name = "FILE", conflicts_with = "replay")]
@@ -266,6 +277,32 @@ struct RunArgs {
 }
 
 impl RunArgs {
+    /// The run options of a command line given as its words after the program's name
+    /// (`--model=NAME`, `--no-test`, …), checked as the command line checks them; the
+    /// error is clap's message.
+    pub(crate) fn parse_options(words: &[String]) -> Result<RunOptions, String> {
+        let argv = std::iter::once("execute-local-task".to_owned()).chain(words.iter().cloned());
+        match Cli::try_parse_from(argv) {
+            Ok(Cli { command: None, run }) => Ok(run.options()),
+            Ok(_) => Err("a subcommand is not a run option".to_owned()),
+            Err(error) => Err(error
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ")
+                .to_owned()),
+        }
+    }
+
+    /// True when `name` is a run option's long name that takes a value.
+    pub(crate) fn takes_value(name: &str) -> Option<bool> {
+        Cli::command()
+            .get_arguments()
+            .find(|arg| arg.get_long() == Some(name))
+            .map(|arg| arg.get_action().takes_values())
+    }
+
     fn options(&self) -> RunOptions {
         RunOptions {
             repo_dir: self.repo.clone(),
@@ -524,6 +561,7 @@ async fn dispatch(cli: Cli) -> u8 {
             0
         }
         Some(Command::Demo { dir }) => run_demo(dir, &env).await,
+        Some(Command::Mcp) => crate::mcp::serve(env).await,
     }
 }
 

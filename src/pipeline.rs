@@ -207,6 +207,9 @@ async fn run_prepared(
     // The run's mark, before anything can end it: `rollback --last` means this run now.
     let journal = Journal::begin(&prepared.repo, &prepared.spec.task_id)?;
     journal.run_id().clone_into(&mut state.run_id);
+    if let Some(sink) = &options.run_id_sink {
+        sink.send_replace(Some(state.run_id.clone()));
+    }
     prune::at_start(&prepared.repo, &**env);
     if let Some(result) = missing_test_program(&prepared, options, state).await? {
         return Ok(Finished::Done(result));

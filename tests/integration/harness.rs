@@ -88,6 +88,13 @@ pub enum Script {
     Drip { piece: String, every_ms: u64 },
     /// Answers 200 with the protocol's streaming headers and exactly this body, then closes.
     Body(String),
+    /// Creates the file `arrived` when the request comes, then holds the reply until the
+    /// file `release` exists (a test's go-ahead), then streams `chat`.
+    Held {
+        arrived: PathBuf,
+        release: PathBuf,
+        chat: Chat,
+    },
     /// Sends the streaming headers at once, waits `wait_ms` (a model reading a long
     /// prompt before its first token), then streams the reply.
     Prefill { wait_ms: u64, chat: Chat },
@@ -312,7 +319,23 @@ fn serve(mut stream: TcpStream, state: &Mutex<ServerState>) {
         state.requests.push(request);
         state.script.pop_front()
     };
-    play(stream, script, native);
+    play(stream, released(script), native);
+}
+
+/// A [`Script::Held`] once its test lets it go: its chat.
+fn released(script: Option<Script>) -> Option<Script> {
+    match script {
+        Some(Script::Held {
+            arrived,
+            release,
+            chat,
+        }) => {
+            std::fs::write(&arrived, b"").unwrap();
+            wait_for_file(&release);
+            Some(Script::Chat(chat))
+        }
+        other => other,
+    }
 }
 
 /// Answers one chat request as `script` says, in the protocol's framing.
@@ -359,6 +382,7 @@ fn play(mut stream: TcpStream, script: Option<Script>, native: bool) {
             let _ = stream.shutdown(Shutdown::Both);
         }
         Some(Script::Hang) => hold(&mut stream),
+        Some(Script::Held { .. }) => unreachable!("played as its chat above"),
         Some(Script::Reset) => {
             let _ = stream.shutdown(Shutdown::Both);
         }
@@ -406,6 +430,13 @@ fn play(mut stream: TcpStream, script: Option<Script>, native: bool) {
                 std::thread::sleep(std::time::Duration::from_millis(every_ms));
             }
         }
+    }
+}
+
+/// Returns once `path` exists: a marker another party creates.
+pub fn wait_for_file(path: &Path) {
+    while !path.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 
@@ -608,6 +639,8 @@ pub struct Test {
     during: Option<Act>,
     /// The binary's stderr is a pipe whose reading end is closed at once.
     closed_stderr: bool,
+    /// The binary's stdin is a pipe [`Running`] hands to the act.
+    interactive: bool,
     /// Where the git directory lives relative to the working tree.
     layout: Layout,
     /// Acts on the repository once it is built, before the binary runs.
@@ -642,6 +675,9 @@ type Act = Box<dyn FnOnce(&Running)>;
 /// The binary while it runs, for [`Test::during`].
 pub struct Running<'a> {
     pub pid: u32,
+    /// With [`Test::interactive`]: the binary's stdin and stdout, for the act to take.
+    pub stdin: std::sync::Mutex<Option<std::process::ChildStdin>>,
+    pub stdout: std::sync::Mutex<Option<std::process::ChildStdout>>,
     server: &'a ModelServer,
 }
 
@@ -681,6 +717,7 @@ impl Test {
             url_variable: "LOCAL_TASK_ENDPOINT".to_owned(),
             during: None,
             closed_stderr: false,
+            interactive: false,
             layout: Layout::Plain,
             before: None,
             wrapper: Vec::new(),
@@ -708,6 +745,12 @@ impl Test {
 
     /// Calls `act` once the binary has started, then waits for it to end.
     /// Runs the binary with a stderr nobody reads: every write to it fails.
+    /// Gives [`Test::during`]'s act the binary's stdin and stdout (a protocol client).
+    pub fn interactive(mut self) -> Self {
+        self.interactive = true;
+        self
+    }
+
     pub fn closed_stderr(mut self) -> Self {
         self.closed_stderr = true;
         self
@@ -908,6 +951,9 @@ impl Test {
             command.env(name, value);
         }
         let started = std::time::Instant::now();
+        if self.interactive {
+            command.stdin(Stdio::piped());
+        }
         let output = launch(&mut command, self.during, self.closed_stderr, &server);
         let elapsed = started.elapsed();
         Run {
@@ -952,6 +998,8 @@ fn launch(
             let mut child = child;
             let running = Running {
                 pid: child.id(),
+                stdin: std::sync::Mutex::new(child.stdin.take()),
+                stdout: std::sync::Mutex::new(child.stdout.take()),
                 server,
             };
             // A failed check must not leave the binary running behind the test.

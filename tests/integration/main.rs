@@ -10,6 +10,7 @@ mod core;
 mod extraction;
 mod hardening_input;
 mod hardening_server;
+mod mcp;
 mod providers;
 mod repair;
 mod review_guard;

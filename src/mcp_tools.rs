@@ -1,0 +1,327 @@
+//! The MCP tools' arguments, their input schemas, and the library calls behind them: each
+//! answers with the [`Document`] the matching command prints.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::cli::RunArgs;
+use crate::document::Document;
+use crate::error::Error;
+use crate::pipeline::{Env, RunOptions, SpecInput};
+use crate::server::{self, ModelChoice};
+use crate::{arguments, bring_in, defaults, discovery, rollback, runs};
+
+/// How long a call waits for a run when it does not say.
+pub const WAIT_SECONDS: u64 = 20;
+/// The longest a call waits: well under the minute after which some clients give up on a
+/// tool call.
+pub const MAX_WAIT_SECONDS: u64 = 50;
+
+/// `run_task`'s own arguments; the rest are [`RunArgs`], the command line's run options.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunTaskExtra {
+    /// The task spec: the spec itself as a JSON object, or the path of a spec file.
+    pub spec: SpecArg,
+    /// Seconds to wait for the run to end before answering `{"status": "running",
+    /// "run_id": …}` (then `get_run` waits again); 0 to 50, default 20.
+    pub wait_seconds: Option<u64>,
+}
+
+/// A spec given inline or by path.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum SpecArg {
+    Path(PathBuf),
+    Inline(Map<String, Value>),
+}
+
+/// `get_run`'s arguments.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GetRunArgs {
+    /// The `run_id` that `run_task` answered.
+    pub run_id: String,
+    /// Seconds to wait for the run to end; 0 to 50, default 20.
+    pub wait_seconds: Option<u64>,
+}
+
+/// `rollback`'s arguments, those of `execute-local-task rollback`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackArgs {
+    /// The `run_id` from the run's result JSON.
+    pub run_id: Option<String>,
+    /// Undo the newest run (if it left nothing to undo, say so and change nothing).
+    #[serde(default)]
+    pub last: bool,
+    /// Restore even files that changed since the run wrote them.
+    #[serde(default)]
+    pub force: bool,
+    /// The repository (default: the one containing the server's current directory).
+    pub repo: Option<PathBuf>,
+    /// Seconds to wait for a run that is writing the same repository.
+    pub lock_timeout: Option<u64>,
+}
+
+/// The arguments of `apply`, `merge` and `discard`, as on the command line.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BringInArgs {
+    /// The `run_id` from the branch run's result JSON.
+    pub run_id: Option<String>,
+    /// The newest branch run.
+    #[serde(default)]
+    pub last: bool,
+    /// The repository (default: the one containing the server's current directory).
+    pub repo: Option<PathBuf>,
+    /// Seconds to wait for a run that is writing the same repository.
+    pub lock_timeout: Option<u64>,
+}
+
+/// `models`' arguments, as on the command line.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsArgs {
+    /// Probe only this server (default: the one a run would use, else every usual port).
+    pub endpoint: Option<String>,
+    /// Protocol to probe for (default: `LOCAL_TASK_PROVIDER`, else both).
+    pub provider: Option<String>,
+}
+
+/// What one of the verbs on branch runs does.
+#[derive(Debug, Clone, Copy)]
+pub enum Verb {
+    Apply,
+    Merge,
+    Discard,
+}
+
+/// Input schema of a tool whose arguments are `T`.
+pub fn schema_of<T: JsonSchema>() -> Map<String, Value> {
+    let schema = serde_json::to_value(schemars::schema_for!(T)).unwrap_or_default();
+    match schema {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+/// `run_task`'s input schema: the command line's run options (less the positional spec
+/// and `--quiet`), with `spec` and `wait_seconds`.
+pub fn run_task_schema() -> Map<String, Value> {
+    let mut schema = schema_of::<RunArgs>();
+    let extra = schema_of::<RunTaskExtra>();
+    if let Some(Value::Object(properties)) = schema.get_mut("properties") {
+        properties.remove("quiet");
+        properties.remove("spec");
+        if let Some(Value::Object(more)) = extra.get("properties") {
+            properties.extend(more.clone());
+        }
+    }
+    // Clap's defaults fill what is not given, so nothing but the spec is required.
+    schema.insert("required".to_owned(), Value::from(vec!["spec"]));
+    if let Some(Value::Object(definitions)) = extra.get("definitions") {
+        schema.insert("definitions".to_owned(), Value::Object(definitions.clone()));
+    }
+    schema.insert("title".to_owned(), Value::from("run_task"));
+    schema
+}
+
+/// A bad argument: the message of the usage document the command line prints for one.
+fn usage(tool: &str, message: &str) -> String {
+    format!("{tool}: {message}")
+}
+
+/// The usage document for a message from [`decode`], [`wait_of`] or [`run_task_input`].
+pub fn bad_input(message: &str) -> Document {
+    Document::usage(message)
+}
+
+/// Decodes a tool's arguments, or the usage document naming what was wrong.
+pub fn decode<T: serde::de::DeserializeOwned>(
+    tool: &str,
+    arguments: &Map<String, Value>,
+) -> Result<T, String> {
+    serde_path_to_error::deserialize(Value::Object(arguments.clone())).map_err(|error| {
+        let path = error.path().to_string();
+        let at = if path == "." {
+            String::new()
+        } else {
+            format!(" at `{path}`")
+        };
+        usage(tool, &format!("bad arguments{at}: {}", error.inner()))
+    })
+}
+
+/// The wait a call asked for, checked like a command-line value.
+pub fn wait_of(tool: &str, seconds: Option<u64>) -> Result<Duration, String> {
+    match seconds.unwrap_or(WAIT_SECONDS) {
+        seconds @ 0..=MAX_WAIT_SECONDS => Ok(Duration::from_secs(seconds)),
+        seconds => Err(usage(
+            tool,
+            &format!("wait_seconds must be 0 to {MAX_WAIT_SECONDS}, not {seconds}"),
+        )),
+    }
+}
+
+/// `run_task`'s spec and run options, checked by the command line's own parsers.
+pub fn run_task_input(
+    arguments: &Map<String, Value>,
+) -> Result<(SpecInput, RunOptions, Duration), String> {
+    let mut own = Map::new();
+    let mut words = Vec::new();
+    for (name, value) in arguments {
+        if name == "spec" || name == "wait_seconds" {
+            own.insert(name.clone(), value.clone());
+            continue;
+        }
+        let flag = name.replace('_', "-");
+        // `quiet` is the command line's own: the server sends no progress to stdout anyway.
+        let takes_value = RunArgs::takes_value(&flag).filter(|_| name != "quiet");
+        match (takes_value, value) {
+            (None, _) => return Err(usage("run_task", &format!("unknown argument `{name}`"))),
+            (Some(false), Value::Bool(true)) => words.push(format!("--{flag}")),
+            (Some(false), Value::Bool(false)) | (Some(true), Value::Null) => {}
+            (Some(false), _) => {
+                return Err(usage(
+                    "run_task",
+                    &format!("`{name}` must be true or false"),
+                ));
+            }
+            (Some(true), Value::Array(items)) => {
+                for item in items {
+                    words.push(format!("--{flag}={}", scalar(item)));
+                }
+            }
+            (Some(true), value) => words.push(format!("--{flag}={}", scalar(value))),
+        }
+    }
+    let extra: RunTaskExtra = decode("run_task", &own)?;
+    let wait = wait_of("run_task", extra.wait_seconds)?;
+    let options = RunArgs::parse_options(&words).map_err(|message| usage("run_task", &message))?;
+    let spec = match extra.spec {
+        SpecArg::Path(path) => SpecInput::File(path),
+        SpecArg::Inline(spec) => SpecInput::Text {
+            label: "<mcp>".to_owned(),
+            text: Value::Object(spec).to_string(),
+        },
+    };
+    Ok((spec, options, wait))
+}
+
+/// A JSON value as the command line would have written it.
+fn scalar(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A lock timeout checked by the command line's parser.
+fn lock_timeout(tool: &str, seconds: Option<u64>) -> Result<Duration, String> {
+    let seconds = seconds.unwrap_or(defaults::LOCK_TIMEOUT.as_secs());
+    arguments::lock_timeout(&seconds.to_string())
+        .map(Duration::from_secs)
+        .map_err(|message| usage(tool, &format!("lock_timeout: {message}")))
+}
+
+pub async fn rollback(arguments: &Map<String, Value>) -> Document {
+    let args: RollbackArgs = match decode("rollback", arguments) {
+        Ok(args) => args,
+        Err(message) => return bad_input(&message),
+    };
+    let wait = match lock_timeout("rollback", args.lock_timeout) {
+        Ok(wait) => wait,
+        Err(message) => return bad_input(&message),
+    };
+    let which = match args.run_id.as_deref() {
+        Some(id) if !args.last => rollback::Which::Id(id),
+        None if !args.last => {
+            return bad_input(&usage("rollback", "give `run_id` or `last: true`"));
+        }
+        _ => rollback::Which::Last,
+    };
+    let dir = args.repo.unwrap_or_else(|| PathBuf::from("."));
+    match rollback::rollback(&dir, which, args.force, wait).await {
+        Ok(report) => Document::rollback(&report),
+        Err(error) => Document::error(&error),
+    }
+}
+
+pub async fn bring_in(verb: Verb, arguments: &Map<String, Value>) -> Document {
+    let tool = match verb {
+        Verb::Apply => "apply",
+        Verb::Merge => "merge",
+        Verb::Discard => "discard",
+    };
+    let args: BringInArgs = match decode(tool, arguments) {
+        Ok(args) => args,
+        Err(message) => return bad_input(&message),
+    };
+    let wait = match lock_timeout(tool, args.lock_timeout) {
+        Ok(wait) => wait,
+        Err(message) => return bad_input(&message),
+    };
+    let which = match args.run_id.as_deref() {
+        Some(id) if !args.last => runs::Which::Id(id),
+        None if !args.last => return bad_input(&usage(tool, "give `run_id` or `last: true`")),
+        _ => runs::Which::Last,
+    };
+    let dir = args.repo.unwrap_or_else(|| PathBuf::from("."));
+    let outcome = match verb {
+        Verb::Apply => bring_in::apply(&dir, which, wait).await,
+        Verb::Merge => bring_in::merge(&dir, which, wait).await,
+        Verb::Discard => bring_in::discard(&dir, &which),
+    };
+    match outcome {
+        Ok(report) => Document::bring_in(&report),
+        Err(error) => Document::error(&error),
+    }
+}
+
+pub async fn models(arguments: &Map<String, Value>, env: &Env) -> Document {
+    let args: ModelsArgs = match decode("models", arguments) {
+        Ok(args) => args,
+        Err(message) => return bad_input(&message),
+    };
+    if let Some(provider) = &args.provider
+        && !server::PROVIDERS.contains(&provider.as_str())
+    {
+        return bad_input(&usage(
+            "models",
+            &format!(
+                "provider `{provider}` is not one of {}",
+                server::PROVIDERS.join(", ")
+            ),
+        ));
+    }
+    // The same resolution as the command line's `models`: the server a run would use.
+    let flags = ModelChoice {
+        endpoint: args.endpoint.filter(|e| !e.trim().is_empty()),
+        provider: args.provider,
+        ..ModelChoice::default()
+    };
+    let choice = match ModelChoice::resolve(&flags, None, &**env) {
+        Ok(choice) => choice,
+        Err(error) => return Document::error(&error),
+    };
+    let reports = discovery::survey(
+        choice.endpoint.as_deref(),
+        choice.provider.as_deref(),
+        choice.api_key,
+        &choice.ports,
+    )
+    .await;
+    Document::models(&reports)
+}
+
+/// The document for a `get_run` of an id this server did not start.
+pub fn unknown_run(id: &str) -> Document {
+    Document::error(&Error::Usage(format!(
+        "get_run: no run `{id}` was started by this server (a finished run's result is in its `run_id`'s journal; `rollback` takes any run's id)"
+    )))
+}
