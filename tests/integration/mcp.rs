@@ -511,3 +511,47 @@ fn mcp_stdin_closing_stops_a_running_task_and_restores_the_tree() {
     );
     run.assert_unchanged();
 }
+
+/// What `mcp_sdk_client.py` prints.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SdkSession {
+    tools: Vec<String>,
+    is_error: bool,
+    result: TaskResult,
+    progress: Vec<Option<String>>,
+}
+
+/// The Python with the official MCP SDK, as `build.rs` found it.
+fn sdk_python() -> PathBuf {
+    match std::env::var_os("LOCAL_TASK_MCP_PYTHON") {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-mcp/bin/python"),
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(mcp_sdk_tier),
+    ignore = "needs the MCP Python SDK: python3 -m venv .venv-mcp && .venv-mcp/bin/pip install mcp"
+)]
+fn mcp_the_official_python_sdk_lists_the_tools_and_runs_a_task() {
+    let python = sdk_python();
+    assert!(python.exists(), "no MCP SDK Python at {}", python.display());
+    let client = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/mcp_sdk_client.py");
+    let run = Test::new()
+        .file("out.txt", "old\n")
+        .spec(spec("out.txt", &json!({})))
+        .script(Script::code("out.txt", "new\n"))
+        .wrapped_in(&[python.to_str().unwrap(), client.to_str().unwrap()])
+        .run();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let session: SdkSession = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|error| panic!("{}: {error}\n{}", run.stdout, run.stderr));
+    assert!(session.tools.iter().any(|tool| tool == "run_task"));
+    assert!(session.tools.iter().any(|tool| tool == "get_run"));
+    assert!(!session.is_error);
+    assert_eq!(session.result.status, Status::Success);
+    assert!(!session.progress.is_empty(), "no progress reached the SDK");
+    assert_eq!(run.read("out.txt").as_deref(), Some("new\n"));
+}
