@@ -70,9 +70,10 @@ impl AsyncRead for StopAtEof {
         context: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
+        let (before, room) = (buf.filled().len(), buf.remaining());
         let poll = Pin::new(&mut self.inner).poll_read(context, buf);
-        if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() == before {
+        // Nothing read into room for something is the end of the input.
+        if matches!(poll, Poll::Ready(Ok(()))) && room > 0 && buf.filled().len() == before {
             self.registry.stop_running();
         }
         poll

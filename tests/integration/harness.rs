@@ -954,7 +954,12 @@ impl Test {
         if self.interactive {
             command.stdin(Stdio::piped());
         }
-        let output = launch(&mut command, self.during, self.closed_stderr, &server);
+        let output = launch(
+            &mut command,
+            self.during,
+            (self.closed_stderr, self.interactive),
+            &server,
+        );
         let elapsed = started.elapsed();
         Run {
             elapsed,
@@ -975,7 +980,7 @@ impl Test {
 fn launch(
     command: &mut Command,
     during: Option<Act>,
-    closed_stderr: bool,
+    (closed_stderr, interactive): (bool, bool),
     server: &ModelServer,
 ) -> std::process::Output {
     match during {
@@ -999,7 +1004,12 @@ fn launch(
             let running = Running {
                 pid: child.id(),
                 stdin: std::sync::Mutex::new(child.stdin.take()),
-                stdout: std::sync::Mutex::new(child.stdout.take()),
+                // Otherwise stdout stays the child's, for the result.
+                stdout: std::sync::Mutex::new(if interactive {
+                    child.stdout.take()
+                } else {
+                    None
+                }),
                 server,
             };
             // A failed check must not leave the binary running behind the test.
