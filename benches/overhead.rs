@@ -15,6 +15,12 @@ use harness::{Script, Test, spec};
 use serde_json::json;
 
 fn main() {
+    // `BENCH_BATCH_ONLY=1` measures the batch alone.
+    if std::env::var_os("BENCH_BATCH_ONLY").is_some() {
+        batch_in_place(100, 4, Duration::ZERO, 3);
+        batch_in_place(100, 4, Duration::from_millis(100), 3);
+        return;
+    }
     whole_run("whole run, 1 new file, no test", &json!({}), 0, 30);
     whole_run(
         "whole run, 50 context files, modify, `true` test",
@@ -27,6 +33,8 @@ fn main() {
     looping_extraction(4 << 20);
     large_rewrite_diff(150_000);
     context_gathering();
+    batch_in_place(100, 4, Duration::ZERO, 3);
+    batch_in_place(100, 4, Duration::from_millis(100), 3);
 }
 
 /// Wall time of `execute-local-task spec.json` as a supervisor runs it: process start,
@@ -51,6 +59,64 @@ fn whole_run(name: &str, extra: &serde_json::Value, context_files: usize, runs: 
         assert_eq!(run.code, 0, "{}", run.stderr);
     }
     report(name, &mut samples);
+}
+
+/// A batch of `tasks` independent specs, `--jobs slots`, against a server working on
+/// `slots` replies at once, each taking `latency`: how close the batch comes to the ideal
+/// `tasks × latency / slots`, the model's time alone.
+fn batch_in_place(tasks: usize, slots: usize, latency: Duration, runs: usize) {
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let mut test = Test::new().slots(slots, latency);
+        let mut specs = Vec::new();
+        for i in 0..tasks {
+            let id = format!("T{i}");
+            let path = format!("out/t{i}.txt");
+            test = test.route(
+                &format!("<<{id}>>"),
+                vec![Script::code(&path, &format!("{i}\n"))],
+            );
+            specs.push((
+                format!("{id}.json"),
+                json!({"task_id": id, "description": format!("Task <<{id}>>."), "output_file": path})
+                    .to_string(),
+            ));
+        }
+        let jobs = slots.to_string();
+        let run = test.run_with(move |spec_path| {
+            let dir = spec_path.parent().expect("a parent").join("specs");
+            std::fs::create_dir_all(&dir).expect("the spec directory");
+            for (name, text) in &specs {
+                std::fs::write(dir.join(name), text).expect("a spec");
+            }
+            vec![
+                dir.display().to_string(),
+                "--jobs".to_owned(),
+                jobs,
+                "--summary-only".to_owned(),
+                "-q".to_owned(),
+            ]
+        });
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        samples.push(run.elapsed);
+    }
+    let ideal =
+        latency * u32::try_from(tasks).unwrap_or(u32::MAX) / u32::try_from(slots).unwrap_or(1);
+    let name = format!(
+        "batch, {tasks} independent specs, --jobs {slots}, {slots} slots of {} ms",
+        latency.as_millis()
+    );
+    report(&name, &mut samples);
+    if latency.is_zero() {
+        // A server that answers at once: what is left is the tool's own cost.
+        return;
+    }
+    let median = samples[samples.len() / 2];
+    println!(
+        "    ideal {:.2} s; the median is {:.0}% above it",
+        ideal.as_secs_f64(),
+        (median.as_secs_f64() / ideal.as_secs_f64() - 1.0) * 100.0
+    );
 }
 
 fn extraction() {

@@ -3,7 +3,7 @@
 
 use std::ffi::OsString;
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 use crate::arguments::{self, Secs};
+use crate::batch;
 use crate::defaults;
 use crate::demo;
 use crate::discovery;
@@ -19,30 +20,51 @@ use crate::model::Limits;
 use crate::model::recorded::Matching;
 use crate::model::retry::RetryPolicy;
 use crate::pipeline::{self, Cancel, Env, RunOptions, SpecInput};
+use crate::plan;
+use crate::progress;
 use crate::prune;
-use crate::result::TaskResult;
+use crate::result::{Status, TaskResult};
 use crate::rollback::{self, Which};
 use crate::server::{self, Connection, ModelChoice};
 use crate::{bring_in, runs};
 
-/// Writes one line to stderr and never panics: a closed stderr (a caller that stopped
-/// reading, a hung-up terminal) must not stop a run between its write and its test, nor
-/// keep the result JSON from stdout. `eprintln!` panics on a failed write.
+/// Writes a text the command line composed to stderr, its line breaks kept (see
+/// [`write_stderr`]).
 macro_rules! say {
     ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+        crate::cli::write_stderr(&crate::escape::controls_keeping_lines(&format!($($arg)*)));
     }};
+}
+
+/// Writes one whole line to stderr (a progress line, `error: …`, `hint: …`): every control
+/// character in it is escaped, a line break too, since a spec's test command or a server's
+/// body may hold one and one line must stay one line.
+fn say_line(line: &str) {
+    write_stderr(&crate::escape::controls(line));
+}
+
+/// The one place the command line writes to stderr, reached only through [`say!`] and
+/// [`say_line`], which escape control characters first: text from a spec or a server's
+/// body must not recolour, retitle or clear the terminal it is shown on. Never panics:
+/// a closed stderr (a caller that stopped reading, a hung-up terminal) must not stop a run
+/// between its write and its test, nor keep the result JSON from stdout. `eprintln!`
+/// panics on a failed write.
+fn write_stderr(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
 }
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 success; 1 the task ran but did not succeed (status failed or escalate);
-2 bad input (command line, spec, repository, unsafe path); 3 the model server could not be used;
+2 bad input (command line, spec, repository, unsafe path), or the machine refused a read or
+write (kind `environment`: disk full, permissions); 3 the model server could not be used;
 130, 143, 129 interrupted by SIGINT, SIGTERM, SIGHUP (the test is stopped, the tree restored).
+A batch: 0 every task succeeded; 1 any did not (status failed, escalate, error or skipped);
+2 bad input before it ran; 3 no task could use its model server; 128+N on signal N.
 
 Environment: LOCAL_TASK_ENDPOINT, LOCAL_TASK_MODEL, LOCAL_TASK_PROVIDER, LOCAL_TASK_API_KEY,
 and the ecosystem's OPENAI_BASE_URL, OPENAI_API_KEY (sent only to OPENAI_BASE_URL), OLLAMA_HOST.
-Precedence: flag > spec > LOCAL_TASK_* > ecosystem variables > the usual local ports.";
+Precedence: flag > spec > LOCAL_TASK_* > ecosystem variables > the usual local ports.
+LOCAL_TASK_LEDGER moves the run ledger (default $XDG_DATA_HOME/execute-local-task/ledger.db).";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -94,11 +116,37 @@ struct BringInArgs {
     lock_timeout: u64,
 }
 
+#[derive(Args, Debug)]
+struct StatsArgs {
+    /// Only runs started on or after this date (2026-12-01) or RFC 3339 time.
+    #[arg(long, value_name = "DATE")]
+    since: Option<String>,
+    /// Only this task kind.
+    #[arg(long, value_name = "K")]
+    kind: Option<String>,
+    /// Only this model.
+    #[arg(long, value_name = "M")]
+    model: Option<String>,
+    /// Count every repository's runs, not only this one's.
+    #[arg(long, conflicts_with = "repo")]
+    all_repos: bool,
+    /// The repository (default: the one containing the current directory).
+    #[arg(long, value_name = "DIR")]
+    repo: Option<PathBuf>,
+    /// Print JSON (its schema: `schema stats`) instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Also write the figures, with charts over time, as one self-contained HTML page.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Undo a run's writes byte for byte and delete the files it created.
     Rollback {
-        /// The `run_id` from the run's result JSON.
+        /// The `run_id` from the run's result JSON, or a batch's `batch_id` (every run of
+        /// the batch, newest first).
         #[arg(required_unless_present = "last")]
         run_id: Option<String>,
         /// Undo the newest run (if it left nothing to undo, say so and change nothing).
@@ -148,14 +196,51 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         repo: Option<PathBuf>,
     },
+    /// List recent runs from the run ledger, newest first.
+    Log {
+        /// How many runs to list.
+        #[arg(long, value_name = "N", default_value_t = defaults::LOG_LIMIT)]
+        limit: u32,
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Record your verdict on a run: `review RUN_ID good` or `review --last poor`. A later
+    /// verdict replaces the earlier one; the history is kept.
+    Review {
+        /// The run's id, then the verdict (good, acceptable, poor); with --last only the verdict.
+        #[arg(value_name = "RUN_ID|VERDICT", num_args = 1..=2, required = true)]
+        args: Vec<String>,
+        /// Review the newest recorded run.
+        #[arg(long)]
+        last: bool,
+        /// Why, in a sentence.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        /// What went wrong.
+        #[arg(long, value_enum)]
+        failure_mode: Option<crate::review::FailureMode>,
+    },
+    /// Figures from the run ledger per task kind and model, against your targets.
+    Stats(StatsArgs),
+    /// Write reviewed runs as chat-format JSON Lines (the messages sent, then the accepted
+    /// code as the assistant's reply), for fine-tuning.
+    Export {
+        /// The verdict of the runs to export.
+        #[arg(long, value_enum, value_name = "VERDICT")]
+        reviewed: crate::review::Verdict,
+        /// Only runs started on or after this date (2026-12-01) or RFC 3339 time.
+        #[arg(long, value_name = "DATE")]
+        since: Option<String>,
+    },
     /// Print a JSON Schema.
     Schema {
         #[arg(value_enum)]
         which: SchemaKind,
     },
     /// Serve the Model Context Protocol on stdin and stdout: the tools `run_task`,
-    /// `get_run`, `rollback`, `apply`, `merge`, `discard` and `models`, whose results
-    /// are the JSON these commands print.
+    /// `get_run`, `rollback`, `apply`, `merge`, `discard`, `models`, `review` and
+    /// `stats`, whose results are the JSON these commands print.
     Mcp,
     /// Run the whole pipeline on a bundled example with recorded model replies.
     Demo {
@@ -169,15 +254,17 @@ enum Command {
 enum SchemaKind {
     Spec,
     Result,
+    Stats,
 }
 
 /// The run options; the MCP server's `run_task` takes the same (its input schema is
 /// this type's, its values go through these parsers).
 #[derive(Args, Debug, schemars::JsonSchema)]
 pub(crate) struct RunArgs {
-    /// The task spec (JSON) to run.
-    #[arg(value_name = "SPEC")]
-    spec: Option<PathBuf>,
+    /// The task spec (JSON) to run; a directory, or several specs, runs a batch: every
+    /// `*.json` below it, ordered by `depends_on`.
+    #[arg(value_name = "SPEC|DIR")]
+    specs: Vec<PathBuf>,
     /// Model server URL, e.g. <http://127.0.0.1:1234/v1> (LM Studio) or <http://127.0.0.1:11434> (Ollama).
     #[arg(long, value_name = "URL")]
     endpoint: Option<String>,
@@ -274,6 +361,21 @@ pub(crate) struct RunArgs {
     /// No progress on stderr.
     #[arg(long, short)]
     quiet: bool,
+    /// Batch: tasks run at once (their model calls overlap; writes and tests take turns).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    jobs: u16,
+    /// Batch: start no task after the first that did not succeed.
+    #[arg(long)]
+    fail_fast: bool,
+    /// Batch: print only the summary, not each task's result.
+    #[arg(long)]
+    summary_only: bool,
+    /// Batch: run only the specs below DIR whose path (or file name) matches this glob.
+    #[arg(long, value_name = "PATTERN")]
+    glob: Option<String>,
+    /// Batch: run again the tasks of batch `BATCH_ID` that did not succeed.
+    #[arg(long, value_name = "BATCH_ID", conflicts_with = "specs")]
+    only_failed: Option<String>,
 }
 
 impl RunArgs {
@@ -350,14 +452,102 @@ impl RunArgs {
     }
 }
 
+impl RunArgs {
+    /// A directory, several specs, or `--only-failed`: a batch.
+    fn is_batch(&self) -> bool {
+        self.only_failed.is_some()
+            || self.specs.len() > 1
+            || self.specs.first().is_some_and(|spec| spec.is_dir())
+    }
+}
+
+/// A batch: each task's result as one JSON line as it finishes (unless --summary-only),
+/// then the summary line; progress on stderr.
+async fn run_batch(args: &RunArgs, env: &Env) -> u8 {
+    if args.dry_run || args.record.is_some() || args.replay.is_some() {
+        let message =
+            "a batch takes neither --dry-run, --record nor --replay; give one spec for those";
+        say!("error: {message}");
+        let document = Document::usage(message);
+        print_json(&document.json);
+        return document.exit_code;
+    }
+    let plan = match batch_plan(args) {
+        Ok(plan) => plan,
+        Err(error) => return print(&Document::error(&error)),
+    };
+    let display = Arc::new(progress::Display::new(plan.tasks.len(), args.quiet));
+    let (shown, summary_only) = (Arc::clone(&display), args.summary_only);
+    let observe: batch::Observer = Arc::new(move |event| match event {
+        batch::Event::Started { task_id } => shown.started(task_id),
+        batch::Event::Line { task_id, line } => shown.line(task_id, line),
+        batch::Event::Finished { outcome } => {
+            if !summary_only {
+                shown.suspend(|| print_line(&outcome.result));
+            }
+            shown.finished(&outcome.result);
+        }
+        batch::Event::Note(line) => shown.note(line),
+    });
+    let options = RunOptions {
+        cancel: stop_on_signals(),
+        ..args.options()
+    };
+    let how = batch::BatchOptions {
+        jobs: usize::from(args.jobs),
+        fail_fast: args.fail_fast,
+    };
+    let runner = batch::in_place(Arc::clone(env));
+    let outcome = batch::run(plan, &options, how, runner, observe).await;
+    display.close();
+    match outcome {
+        Ok(outcome) => {
+            let document = Document::batch(&outcome.summary());
+            print_line(&document.json);
+            print_stderr(&document)
+        }
+        Err(error) => print(&Document::error(&error)),
+    }
+}
+
+/// The batch's specs in order: those found from the command line, or with `--only-failed`
+/// those of the earlier batch that did not succeed (its successes count as met dependencies).
+fn batch_plan(args: &RunArgs) -> crate::error::Result<plan::Plan> {
+    let Some(batch_id) = &args.only_failed else {
+        let paths = plan::find_specs(&args.specs, args.glob.as_deref())?;
+        return plan::plan(&paths, &std::collections::BTreeSet::new());
+    };
+    let repo = crate::repo::Repo::discover(args.repo.as_deref().unwrap_or(Path::new(".")))?;
+    let record = batch::BatchRecord::load(&repo, batch_id)?;
+    let (done, again): (Vec<_>, Vec<_>) = record
+        .tasks
+        .into_iter()
+        .partition(|task| task.status == Some(Status::Success));
+    if again.is_empty() {
+        return Err(crate::error::Error::Batch {
+            paths: Vec::new(),
+            message: format!("every task of {batch_id} succeeded: there is nothing to run again"),
+        });
+    }
+    let paths: Vec<PathBuf> = again.into_iter().map(|task| task.spec).collect();
+    plan::plan(&paths, &done.into_iter().map(|task| task.task_id).collect())
+}
+
 /// The whole program: parse, run, print, exit.
 pub fn run() -> ExitCode {
     // First, while the process has a single thread: reading the umask briefly sets it.
     crate::write::capture_umask();
     let args: Vec<OsString> = std::env::args_os().collect();
     let cli = match Cli::try_parse_from(&args) {
-        Ok(cli) if cli.command.is_none() && cli.run.spec.as_deref().is_some_and(is_subcommand) => {
-            let name = cli.run.spec.unwrap_or_default();
+        Ok(cli)
+            if cli.command.is_none()
+                && cli
+                    .run
+                    .specs
+                    .first()
+                    .is_some_and(|spec| is_subcommand(spec)) =>
+        {
+            let name = cli.run.specs.first().cloned().unwrap_or_default();
             return usage_error(&misplaced_message(&name.to_string_lossy()));
         }
         Ok(cli) => cli,
@@ -459,17 +649,23 @@ fn misplaced_message(name: &str) -> String {
 
 /// A command-line mistake found after clap: stderr and the result JSON, exit 2.
 fn usage_error(message: &str) -> ExitCode {
+    ExitCode::from(usage_code(message))
+}
+
+/// [`usage_error`]'s exit code, for a subcommand.
+fn usage_code(message: &str) -> u8 {
     say!("error: {message}\n\nFor more information, try '--help'.");
     let document = Document::usage(message);
     print_json(&document.json);
-    ExitCode::from(document.exit_code)
+    document.exit_code
 }
 
 async fn dispatch(cli: Cli) -> u8 {
     let env: Env = Arc::new(|name: &str| std::env::var(name).ok());
     match cli.command {
+        None if cli.run.is_batch() => run_batch(&cli.run, &env).await,
         None => {
-            let Some(spec) = cli.run.spec.clone() else {
+            let Some(spec) = cli.run.specs.first().cloned() else {
                 say!(
                     "error: no task spec given\n\nUsage: execute-local-task [OPTIONS] <SPEC>\n       execute-local-task demo    (see it work first)\n\nFor more information, try '--help'."
                 );
@@ -480,7 +676,7 @@ async fn dispatch(cli: Cli) -> u8 {
             let quiet = cli.run.quiet;
             let progress = move |line: &str| {
                 if !quiet {
-                    say!("execute-local-task: {line}");
+                    say_line(&format!("execute-local-task: {line}"));
                 }
             };
             let options = RunOptions {
@@ -502,19 +698,21 @@ async fn dispatch(cli: Cli) -> u8 {
             repo,
             lock_timeout,
         }) => {
+            let dir = repo.unwrap_or_else(|| PathBuf::from("."));
+            let wait = Duration::from_secs(lock_timeout);
+            if let Some(batch_id) = run_id.as_deref().filter(|id| batch::valid_batch_id(id)) {
+                return print(
+                    &match rollback::rollback_batch(&dir, batch_id, force, wait).await {
+                        Ok(report) => Document::batch_rollback(&report),
+                        Err(error) => Document::error(&error),
+                    },
+                );
+            }
             let which = match run_id.as_deref() {
                 Some(id) if !last => Which::Id(id),
                 _ => Which::Last,
             };
-            let dir = repo.unwrap_or_else(|| PathBuf::from("."));
-            print(
-                &match rollback::rollback(&dir, which, force, Duration::from_secs(lock_timeout))
-                    .await
-                {
-                    Ok(report) => Document::rollback(&report),
-                    Err(error) => Document::error(&error),
-                },
-            )
+            print(&run_rollback(&dir, which, force, lock_timeout, &env).await)
         }
         Some(Command::Prune(args)) => run_prune(args, &env).await,
         Some(Command::Apply(args)) => bring_in(Verb::Apply, args).await,
@@ -525,42 +723,26 @@ async fn dispatch(cli: Cli) -> u8 {
             endpoint,
             provider,
             json,
-        }) => {
-            // The same resolution as a run (minus the spec), so `models` probes the server
-            // a run would use, with the key a run would send.
-            let flags = ModelChoice {
-                endpoint: endpoint.filter(|e| !e.trim().is_empty()),
-                provider,
-                ..ModelChoice::default()
-            };
-            let choice = match ModelChoice::resolve(&flags, None, &*env) {
-                Ok(choice) => choice,
-                Err(error) => return print(&Document::error(&error)),
-            };
-            let reports = discovery::survey(
-                choice.endpoint.as_deref(),
-                choice.provider.as_deref(),
-                choice.api_key,
-                &choice.ports,
-            )
-            .await;
-            let document = Document::models(&reports);
-            if json {
-                print(&document)
-            } else {
-                print_model_table(&reports);
-                print_stderr(&document)
-            }
-        }
+        }) => run_models(endpoint, provider, json, &env).await,
         Some(Command::Schema { which }) => {
             let schema = match which {
                 SchemaKind::Spec => crate::spec::json_schema(),
                 SchemaKind::Result => serde_json::json!(schemars::schema_for!(TaskResult)),
+                SchemaKind::Stats => serde_json::json!(schemars::schema_for!(crate::stats::Stats)),
             };
             print_json(&schema);
             0
         }
         Some(Command::Demo { dir }) => run_demo(dir, &env).await,
+        Some(Command::Log { limit, json }) => run_log(limit, json, &env),
+        Some(Command::Stats(args)) => run_stats(args, &env),
+        Some(Command::Export { reviewed, since }) => run_export(reviewed, since.as_deref(), &env),
+        Some(Command::Review {
+            args,
+            last,
+            reason,
+            failure_mode,
+        }) => run_review(&args, last, reason, failure_mode, &env),
         Some(Command::Mcp) => crate::mcp::serve(env).await,
     }
 }
@@ -608,6 +790,116 @@ fn list_runs(json: bool, repo: Option<PathBuf>) -> u8 {
     0
 }
 
+/// Undoes a run, and records that against it in the ledger.
+async fn run_rollback(
+    dir: &std::path::Path,
+    which: Which<'_>,
+    force: bool,
+    lock_timeout: u64,
+    env: &Env,
+) -> Document {
+    let wait = Duration::from_secs(lock_timeout);
+    match crate::record::rollback(dir, which, force, wait, &**env).await {
+        Ok((report, missing)) => {
+            let mut document = Document::rollback(&report);
+            document
+                .stderr
+                .extend(missing.map(|m| format!("note: {m}")));
+            document
+        }
+        Err(error) => Document::error(&error),
+    }
+}
+
+fn run_log(limit: u32, json: bool, env: &Env) -> u8 {
+    let runs = crate::ledger::Ledger::open_default(&**env).and_then(|mut l| l.recent(limit));
+    match runs {
+        Ok(runs) if !json => {
+            let mut stdout = std::io::stdout().lock();
+            // A closed stdout (e.g. `| head`) is not worth a panic.
+            let _ = stdout.write_all(crate::log::table(&runs).as_bytes());
+            0
+        }
+        Ok(runs) => print(&Document::log(runs)),
+        Err(error) => print(&Document::error(&error)),
+    }
+}
+
+fn run_export(reviewed: crate::review::Verdict, since: Option<&str>, env: &Env) -> u8 {
+    match crate::export::export(&**env, reviewed, since) {
+        Ok(lines) => {
+            let mut stdout = std::io::stdout().lock();
+            for line in &lines {
+                // A closed stdout (e.g. `| head`) is not worth a panic.
+                let _ = writeln!(stdout, "{line}");
+            }
+            say!("execute-local-task: exported {} run(s)", lines.len());
+            0
+        }
+        Err(error) => print(&Document::error(&error)),
+    }
+}
+
+fn run_stats(args: StatsArgs, env: &Env) -> u8 {
+    let request = crate::stats::Request {
+        since: args.since,
+        kind: args.kind,
+        model: args.model,
+        repo_dir: (!args.all_repos).then(|| args.repo.unwrap_or_else(|| PathBuf::from("."))),
+    };
+    let figures = crate::stats::stats_and_rows(&**env, &request).and_then(|(stats, rows)| {
+        if let Some(path) = &args.html {
+            let page = crate::stats_page::page(&stats, &rows);
+            std::fs::write(path, page).map_err(|e| crate::error::Error::io("write", path, e))?;
+        }
+        Ok(stats)
+    });
+    match figures {
+        Ok(stats) if !args.json => {
+            let mut stdout = std::io::stdout().lock();
+            // A closed stdout (e.g. `| head`) is not worth a panic.
+            let _ = stdout.write_all(crate::stats::table(&stats).as_bytes());
+            0
+        }
+        Ok(stats) => print(&Document::stats(stats)),
+        Err(error) => print(&Document::error(&error)),
+    }
+}
+
+/// `review [RUN_ID] VERDICT`: the run id is required unless `--last` is given.
+fn run_review(
+    args: &[String],
+    last: bool,
+    reason: Option<String>,
+    failure_mode: Option<crate::review::FailureMode>,
+    env: &Env,
+) -> u8 {
+    use crate::review::{Verdict, Which};
+    let (which, verdict) = match (last, args) {
+        (true, [verdict]) => (Which::Last, verdict),
+        (false, [run_id, verdict]) => (Which::Id(run_id), verdict),
+        (true, _) => {
+            return usage_code("with --last give only the verdict: `review --last good`");
+        }
+        (false, _) => {
+            return usage_code(
+                "give the run id and the verdict (`review RUN_ID good`), or `review --last good`",
+            );
+        }
+    };
+    let Ok(verdict) = Verdict::from_str(verdict, true) else {
+        return usage_code(&format!(
+            "`{verdict}` is not a verdict: use good, acceptable or poor"
+        ));
+    };
+    print(
+        &match crate::review::review(&**env, which, verdict, reason, failure_mode) {
+            Ok(report) => Document::review(&report),
+            Err(error) => Document::error(&error),
+        },
+    )
+}
+
 async fn run_demo(dir: Option<PathBuf>, env: &Env) -> u8 {
     // The temporary directory lives until the end of the demo; --dir keeps the example.
     let temp = match dir {
@@ -648,7 +940,7 @@ async fn run_demo(dir: Option<PathBuf>, env: &Env) -> u8 {
         cancel: stop_on_signals(),
         ..RunOptions::new()
     };
-    let progress = |line: &str| say!("execute-local-task: {line}");
+    let progress = |line: &str| say_line(&format!("execute-local-task: {line}"));
     let output = pipeline::run(
         &SpecInput::File(setup.spec_path.clone()),
         &options,
@@ -667,30 +959,71 @@ async fn run_demo(dir: Option<PathBuf>, env: &Env) -> u8 {
     code
 }
 
+/// The `models` table on stdout: a human's, not JSON, so what a server named (its
+/// version, its models, its error) is escaped as stderr is.
+/// `models`: probes the server a run would use (the same resolution, minus the spec,
+/// and the key a run would send), else the usual local ports.
+async fn run_models(
+    endpoint: Option<String>,
+    provider: Option<String>,
+    json: bool,
+    env: &Env,
+) -> u8 {
+    let flags = ModelChoice {
+        endpoint: endpoint.filter(|e| !e.trim().is_empty()),
+        provider,
+        ..ModelChoice::default()
+    };
+    let choice = match ModelChoice::resolve(&flags, None, &**env) {
+        Ok(choice) => choice,
+        Err(error) => return print(&Document::error(&error)),
+    };
+    let reports = discovery::survey(
+        choice.endpoint.as_deref(),
+        choice.provider.as_deref(),
+        choice.api_key,
+        &choice.ports,
+    )
+    .await;
+    let document = Document::models(&reports);
+    if json {
+        print(&document)
+    } else {
+        print_model_table(&reports);
+        print_stderr(&document)
+    }
+}
+
 fn print_model_table(reports: &[discovery::ServerReport]) {
+    let mut lines = Vec::new();
     for report in reports {
         if report.reachable {
             let version = report
                 .version
                 .as_deref()
                 .map_or_else(String::new, |v| format!(" {v}"));
-            println!(
+            lines.push(format!(
                 "{}  {}{version} ({} API)  {} model(s)",
                 report.endpoint,
                 report.kind,
                 report.provider.as_deref().unwrap_or("?"),
                 report.models.len()
-            );
-            for model in &report.models {
-                println!("    {model}");
-            }
+            ));
+            lines.extend(report.models.iter().map(|model| format!("    {model}")));
         } else {
-            println!(
+            lines.push(format!(
                 "{}  {}  not reachable ({})",
                 report.endpoint,
                 report.kind,
                 report.error.as_deref().unwrap_or("no answer")
-            );
+            ));
+        }
+    }
+    let mut stdout = std::io::stdout().lock();
+    for line in lines {
+        // A closed stdout (e.g. `| head`) is not worth a panic.
+        if writeln!(stdout, "{}", crate::escape::controls(&line)).is_err() {
+            break;
         }
     }
 }
@@ -734,6 +1067,8 @@ fn stop_on_signals() -> Cancel {
             "error: {} again: stopping at once; `execute-local-task rollback --last` undoes what the run left",
             again.as_str()
         );
+        // The test may be in its grace after the first signal's SIGTERM: it goes too.
+        crate::test_run::kill_running();
         std::process::exit(128 + again as i32);
     });
     cancel
@@ -772,9 +1107,17 @@ fn print(document: &Document) -> u8 {
 
 fn print_stderr(document: &Document) -> u8 {
     for line in &document.stderr {
-        say!("{line}");
+        say_line(line);
     }
     document.exit_code
+}
+
+/// One JSON Lines line on stdout.
+fn print_line(value: &impl serde::Serialize) {
+    let mut stdout = std::io::stdout().lock();
+    let written = serde_json::to_writer(&mut stdout, value)
+        .and_then(|()| writeln!(stdout).map_err(serde_json::Error::io));
+    drop(written);
 }
 
 fn print_json(value: &impl serde::Serialize) {

@@ -1,6 +1,6 @@
 //! Every default a run starts from, in one place: the command line's `--help` shows these
 //! values and the library's own defaults (`RunOptions::new`, `Limits::default`,
-//! `RetryPolicy::default`) use them, so the two cannot drift apart.
+//! `RetryPolicy::default`, `Retention::default`) use them, so the two cannot drift apart.
 
 use std::time::Duration;
 
@@ -36,3 +36,43 @@ pub const RETRY_MAX_WAIT: Duration = Duration::from_secs(30);
 
 /// How long a run or a rollback waits for the repository's lock.
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// `prune` keeps at least this many of the newest runs' backups.
+pub const KEEP_RUNS: usize = 50;
+/// `prune` keeps every run's backups younger than this many days.
+pub const KEEP_DAYS: u64 = 14;
+
+/// Runs `log` lists when not told.
+pub const LOG_LIMIT: u32 = 20;
+
+/// Trust lifecycle: reviewed runs of a (kind, model) pair in `calibrate`, where every run
+/// is reviewed.
+pub const TRUST_CALIBRATE_RUNS: usize = 5;
+/// Trust lifecycle: reviewed runs before a pair may leave `establish` for `trust`…
+pub const TRUST_ESTABLISH_RUNS: usize = 20;
+/// …with at least this percentage of them good or acceptable.
+pub const TRUST_GOOD_PERCENT: usize = 80;
+/// The percentage of runs `establish` samples for review.
+pub const TRUST_SAMPLE_PERCENT: u64 = 15;
+/// This many `poor` verdicts among the last [`TRUST_RELAPSE_WINDOW`] send a pair back to
+/// `calibrate`.
+pub const TRUST_RELAPSE_POOR: usize = 2;
+pub const TRUST_RELAPSE_WINDOW: usize = 10;
+/// In `trust`, a run that added and removed more lines than this is still reviewed.
+pub const TRUST_MAX_CHANGED_LINES: u64 = 200;
+/// A repository with fewer reviewed runs of a pair than this judges the pair by its record
+/// in all repositories.
+pub const TRUST_REPOSITORY_RUNS: usize = 5;
+
+/// Savings: what one token the supervisor writes costs, in tokens it reads (the usual
+/// output/input price ratio of hosted models).
+pub const SAVINGS_COST_RATIO: u64 = 5;
+/// Savings: bytes of text per token, for estimating tokens from sizes.
+pub const SAVINGS_BYTES_PER_TOKEN: u64 = 4;
+
+/// The user's targets `stats` reports against: the share of runs that did not escalate…
+pub const TARGET_DELEGATION_RATE: f64 = 0.7;
+/// …of runs that succeeded at their first attempt…
+pub const TARGET_FIRST_PASS_RATE: f64 = 0.8;
+/// …and of the gross supervisor tokens saved that remain after the overhead (net / gross).
+pub const TARGET_SAVED_SHARE: f64 = 0.6;

@@ -1,20 +1,24 @@
 //! Every document the tool prints, built in one place with its exit code and its stderr
 //! lines: a run's result, a dry run's request, a rollback or prune report, the models
-//! survey, and the error document of a command that failed before a run began. The
-//! command line prints these; a batch runner or an MCP server returns the same values, so
-//! their JSON cannot drift apart.
+//! survey, the ledger's `log`, a `review`'s record and `stats`, and the error document
+//! of a command that failed before a run began. The command line prints these; a batch
+//! runner or an MCP server returns the same values, so their JSON cannot drift apart.
 
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::batch::{BatchStatus, BatchSummary};
 use crate::bring_in::BringInReport;
 use crate::discovery::ServerReport;
 use crate::error::Error;
+use crate::ledger::LoggedRun;
 use crate::pipeline::RunOutput;
 use crate::prune::PruneReport;
 use crate::result::{ErrorInfo, Status, TaskResult};
-use crate::rollback::RollbackReport;
+use crate::review::ReviewReport;
+use crate::rollback::{BatchRollbackReport, RollbackReport};
 use crate::runs::BranchRecord;
+use crate::stats::Stats;
 
 /// One printed outcome: the JSON for stdout, the process's exit code, and the lines for a
 /// human on stderr (each whole, e.g. `error: …` or `hint: …`).
@@ -37,6 +41,11 @@ pub enum Body {
     Models(Vec<ServerReport>),
     BringIn(BringInReport),
     Runs(Vec<BranchRecord>),
+    Log(Vec<LoggedRun>),
+    Review(ReviewReport),
+    Stats(Stats),
+    Batch(BatchSummary),
+    BatchRollback(BatchRollbackReport),
     /// A dry run's request, or an error before any run began.
     Value(Value),
 }
@@ -64,6 +73,7 @@ impl Document {
                     _ => format!("execute-local-task: {}", result.summary),
                 }];
                 stderr.extend(hint.iter().map(|hint| format!("hint: {hint}")));
+                stderr.extend(result.notes.iter().map(|note| format!("note: {note}")));
                 Self::new(Body::Result(result), exit_code, stderr)
             }
         }
@@ -124,6 +134,22 @@ impl Document {
         Self::new(Body::Runs(records.to_vec()), 0, Vec::new())
     }
 
+    /// The runs `log --json` lists, newest first.
+    pub fn log(runs: Vec<LoggedRun>) -> Self {
+        Self::new(Body::Log(runs), 0, Vec::new())
+    }
+
+    /// The figures `stats --json` reports.
+    pub fn stats(stats: Stats) -> Self {
+        Self::new(Body::Stats(stats), 0, Vec::new())
+    }
+
+    /// The verdict `review` recorded.
+    pub fn review(report: &ReviewReport) -> Self {
+        let line = format!("execute-local-task: {}", report.describe());
+        Self::new(Body::Review(report.clone()), 0, vec![line])
+    }
+
     /// The servers `models` probed; exit 3 when none answered.
     pub fn models(reports: &[ServerReport]) -> Self {
         let any = reports.iter().any(|r| r.reachable);
@@ -138,5 +164,69 @@ impl Document {
             if any { 0 } else { 3 },
             stderr,
         )
+    }
+
+    /// A batch's summary, printed after its tasks' results. Exit 0 when every task
+    /// succeeded; 3 when none did and every task that ran could not use its model server;
+    /// 128+N when signal N stopped it; else 1.
+    pub fn batch(summary: &BatchSummary) -> Self {
+        let counts = &summary.counts;
+        let ran: Vec<_> = summary
+            .tasks
+            .iter()
+            .filter(|task| task.status != Status::Skipped)
+            .collect();
+        let signal = summary
+            .interrupted_by
+            .as_deref()
+            .and_then(|name| name.parse::<nix::sys::signal::Signal>().ok());
+        let exit_code = match (summary.status, signal) {
+            (BatchStatus::Interrupted, Some(signal)) => {
+                u8::try_from(128 + signal as i32).unwrap_or(u8::MAX)
+            }
+            (BatchStatus::Success, _) => 0,
+            _ if counts.success == 0 && !ran.is_empty() && ran.iter().all(|t| t.exit_code == 3) => {
+                3
+            }
+            _ => 1,
+        };
+        let mut stderr = vec![format!(
+            "execute-local-task: batch {}: {} task(s): {} success, {} failed, {} escalate, {} error, {} skipped ({:.1} s, --jobs {})",
+            summary.batch_id,
+            summary.tasks.len(),
+            counts.success,
+            counts.failed,
+            counts.escalate,
+            counts.error,
+            counts.skipped,
+            std::time::Duration::from_millis(summary.duration_ms).as_secs_f64(),
+            summary.jobs,
+        )];
+        if let Some(signal) = &summary.interrupted_by {
+            stderr.push(format!("execute-local-task: the batch was interrupted by {signal}: running tasks were stopped and their attempts undone"));
+        }
+        if counts.success > 0 {
+            stderr.push(format!(
+                "hint: `execute-local-task rollback {}` undoes every write of this batch",
+                summary.batch_id
+            ));
+        }
+        if summary.status == BatchStatus::Failed {
+            stderr.push(format!(
+                "hint: `execute-local-task --only-failed {}` runs again the tasks that did not succeed",
+                summary.batch_id
+            ));
+        }
+        Self::new(Body::Batch(summary.clone()), exit_code, stderr)
+    }
+
+    /// What `rollback <BATCH_ID>` undid.
+    pub fn batch_rollback(report: &BatchRollbackReport) -> Self {
+        let line = format!(
+            "execute-local-task: rolled back batch {}: {} run(s) undone, newest first",
+            report.batch_id,
+            report.runs.len()
+        );
+        Self::new(Body::BatchRollback(report.clone()), 0, vec![line])
     }
 }

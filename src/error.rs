@@ -68,6 +68,14 @@ pub enum Error {
     #[error("rollback {run_id}: {message}")]
     Rollback { run_id: String, message: String },
 
+    /// A batch cannot run as given (a dependency cycle, an unknown id, two specs with one
+    /// id, no spec found); nothing ran. `paths` are the spec files it is about.
+    #[error("{message}")]
+    Batch {
+        paths: Vec<PathBuf>,
+        message: String,
+    },
+
     /// The model server could not be used.
     #[error(transparent)]
     Model(#[from] ModelError),
@@ -90,6 +98,14 @@ pub enum Error {
     /// go in cleanly; nothing was changed.
     #[error("{message}")]
     BringIn { files: Vec<String>, message: String },
+
+    /// The run ledger cannot be opened, read or written.
+    #[error("ledger {}: {message}", path.display())]
+    Ledger { path: PathBuf, message: String },
+
+    /// A run id the ledger does not hold.
+    #[error("no run `{run_id}` in the ledger {}", ledger.display())]
+    UnknownRun { run_id: String, ledger: PathBuf },
 
     /// A signal (Ctrl-C, a caller's timeout) stopped the run: its test was stopped and its
     /// writes undone.
@@ -137,10 +153,14 @@ impl Error {
             Self::Conflict { .. } => "conflict",
             Self::Context { .. } => "context",
             Self::Template { .. } => "template",
+            Self::Io { source, .. } if is_environment(source) => "environment",
             Self::Io { .. } => "io",
             Self::Lock { .. } => "lock",
             Self::Rollback { .. } => "rollback",
+            Self::Batch { .. } => "batch",
             Self::Model(error) => error.kind.as_str(),
+            Self::Ledger { .. } => "ledger",
+            Self::UnknownRun { .. } => "unknown_run",
             Self::Interrupted(_) => "interrupted",
             Self::Git { .. } => "git",
             Self::BranchExists { .. } => "branch_exists",
@@ -176,7 +196,94 @@ impl Error {
             Self::Lock { .. } => Some(
                 "another execute-local-task run is writing this repository; wait for it or raise --lock-timeout".to_owned(),
             ),
+            Self::Io { source, .. } if is_environment(source) => Some(ENVIRONMENT_HINT.to_owned()),
+            Self::Ledger { .. } => Some(
+                "set LOCAL_TASK_LEDGER to a file in a writable directory (the default is $XDG_DATA_HOME/execute-local-task/ledger.db)".to_owned(),
+            ),
+            Self::UnknownRun { .. } => Some(
+                "`execute-local-task log` lists the recorded runs and their ids".to_owned(),
+            ),
             _ => None,
+        }
+    }
+}
+
+const ENVIRONMENT_HINT: &str = "the machine refused, not the input: for the path in the message check the free space and quota (`df -h`), its permissions and whether it is on a read-only mount, the open-file limit (`ulimit -n`), and that no file stands where a directory must be; then run the task again";
+
+/// True for an I/O failure of the machine the tool runs on rather than of what it was
+/// given: a full disk or quota, a permission or read-only mount, too many open files, or
+/// a file where the tool's own state needs a directory. The input is fine; running again
+/// once the machine is fixed succeeds.
+fn is_environment(source: &std::io::Error) -> bool {
+    use nix::errno::Errno;
+    use std::io::ErrorKind;
+    if let Some(code) = source.raw_os_error() {
+        return matches!(
+            Errno::from_raw(code),
+            Errno::ENOSPC
+                | Errno::EDQUOT
+                | Errno::EACCES
+                | Errno::EPERM
+                | Errno::EROFS
+                | Errno::EMFILE
+                | Errno::ENFILE
+                | Errno::ENOTDIR
+        );
+    }
+    matches!(
+        source.kind(),
+        ErrorKind::StorageFull
+            | ErrorKind::QuotaExceeded
+            | ErrorKind::PermissionDenied
+            | ErrorKind::ReadOnlyFilesystem
+            | ErrorKind::NotADirectory
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::errno::Errno;
+
+    fn io(source: std::io::Error) -> Error {
+        Error::io("write", "/repo/.git/execute-local-task/runs", source)
+    }
+
+    #[test]
+    fn failures_of_the_machine_are_environment_errors_with_their_own_hint() {
+        for errno in [
+            Errno::ENOSPC,
+            Errno::EDQUOT,
+            Errno::EACCES,
+            Errno::EPERM,
+            Errno::EROFS,
+            Errno::EMFILE,
+            Errno::ENFILE,
+            Errno::ENOTDIR,
+        ] {
+            let error = io(std::io::Error::from_raw_os_error(errno as i32));
+            assert_eq!(error.kind(), "environment", "{errno}");
+            assert_eq!(error.exit_code(), 2, "{errno}");
+            let hint = error.hint().unwrap_or_default();
+            assert!(
+                hint.contains("free space") && hint.contains("permissions"),
+                "{hint}"
+            );
+            assert!(error.to_string().contains("runs"), "{error}");
+        }
+        let by_kind = io(std::io::ErrorKind::StorageFull.into());
+        assert_eq!(by_kind.kind(), "environment");
+    }
+
+    #[test]
+    fn other_io_failures_stay_io() {
+        for source in [
+            std::io::Error::from_raw_os_error(Errno::EINVAL as i32),
+            std::io::ErrorKind::InvalidData.into(),
+        ] {
+            let error = io(source);
+            assert_eq!(error.kind(), "io");
+            assert_eq!(error.hint(), None);
         }
     }
 }

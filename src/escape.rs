@@ -16,9 +16,25 @@ pub fn controls(text: &str) -> String {
     safe
 }
 
+/// [`controls`] for a text of several lines: each line escaped, the line breaks kept.
+pub fn controls_keeping_lines(text: &str) -> String {
+    text.split('\n')
+        .map(controls)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[cfg(test)]
 mod tests {
-    use super::controls;
+    use super::{controls, controls_keeping_lines};
+
+    #[test]
+    fn line_breaks_can_be_kept() {
+        assert_eq!(
+            controls_keeping_lines("a\u{1b}[2J\n\nb\r\n"),
+            "a\\u{1b}[2J\n\nb\\r\n"
+        );
+    }
 
     #[test]
     fn control_characters_are_escaped_and_the_rest_kept() {

@@ -25,6 +25,11 @@ pub struct Block {
     /// The line before the fence introduces it as a usage example ("You can use it like
     /// this:"), which is never the file itself.
     pub usage: bool,
+    /// The line before the fence introduces it as the file as it was ("For reference, the
+    /// original was:", "Your current code:"), an echo rather than the update.
+    pub echo: bool,
+    /// Its place among the reply's blocks, counting from 1, for notes.
+    pub number: usize,
 }
 
 impl Block {
@@ -161,6 +166,17 @@ impl std::fmt::Display for ExtractError {
 /// Finds the code for `outputs` (normalised relative paths) in `reply`. `language` is the
 /// fence language of a single-file task (the spec's, or inferred from the output's name).
 pub fn extract(reply: &str, outputs: &[String], language: &str) -> Result<Extracted, ExtractError> {
+    extract_against(reply, outputs, language, |_| None)
+}
+
+/// [`extract`] for outputs that may exist: `before` gives a file's content as it was
+/// before the run, by output path.
+pub fn extract_against<'a>(
+    reply: &str,
+    outputs: &[String],
+    language: &str,
+    before: impl Fn(&str) -> Option<&'a str>,
+) -> Result<Extracted, ExtractError> {
     let reply = reply.replace("\r\n", "\n");
     let reply = strip_thinking(&reply);
     let mut blocks = blocks(reply);
@@ -192,8 +208,9 @@ pub fn extract(reply: &str, outputs: &[String], language: &str) -> Result<Extrac
         )));
     }
 
+    let stale = stale_blocks(&blocks, outputs, &before);
     let mut notes = Vec::new();
-    let chosen = choose(&blocks, outputs, language, &mut notes);
+    let chosen = choose(&blocks, outputs, language, &stale, &mut notes);
     for (index, block) in blocks.iter().enumerate() {
         let Some(label) = &block.path else { continue };
         if chosen.contains(&Some(index)) {
@@ -237,6 +254,12 @@ pub fn extract(reply: &str, outputs: &[String], language: &str) -> Result<Extrac
                 "the block for `{output}` is empty: reply with the complete content of `{output}`"
             )));
         }
+        if let Some(how) = ends_open(&block.code, language::for_path(output)) {
+            return Err(ExtractError::Truncated(format!(
+                "the code for `{output}` {how}: a fence line inside the code may have cut it, or the reply stopped early; \
+                 send the complete file, with a longer fence (````) around it when it holds fence lines"
+            )));
+        }
         if block.path.is_none() {
             let expected = match outputs {
                 [_] if !language.is_empty() => language,
@@ -252,6 +275,41 @@ pub fn extract(reply: &str, outputs: &[String], language: &str) -> Result<Extrac
         notes,
         label_lines,
     })
+}
+
+/// Why each block is only the file as it was: introduced as the original, or equal to the
+/// file before the run. Such a block is never the update, however long.
+fn stale_blocks<'a>(
+    blocks: &[Block],
+    outputs: &[String],
+    before: impl Fn(&str) -> Option<&'a str>,
+) -> Vec<Option<&'static str>> {
+    // Once per output, not per block: a looping reply holds thousands of blocks.
+    let was: Vec<Option<String>> = outputs
+        .iter()
+        .map(|output| before(output).map(|text| text.replace("\r\n", "\n").trim_end().to_owned()))
+        .collect();
+    blocks
+        .iter()
+        .map(|block| {
+            let output = match (&block.path, outputs) {
+                (Some(label), _) => resolve_label(label, outputs),
+                (None, [only]) => Some(only.as_str()),
+                (None, _) => None,
+            };
+            let unchanged = output
+                .and_then(|output| outputs.iter().position(|o| o == output))
+                .and_then(|at| was[at].as_deref())
+                .is_some_and(|was| was == block.code.trim_end());
+            if block.echo {
+                Some("introduced as the file as it was")
+            } else if unchanged {
+                Some("the file as it was")
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 /// Labels the code beside each name-only block (`names[i]`) with that name. A reply puts
@@ -287,7 +345,8 @@ fn check_language(block: &Block, output: &str, expected: &str) -> Result<(), Ext
 
 /// The index of the block for each output, in the order of `outputs`.
 ///
-/// A block labelled with an output's path wins (the last one, when a reply corrects itself).
+/// A block labelled with an output's path wins (the last one, when a reply corrects itself,
+/// unless it only repeats the file as it was).
 /// Otherwise a single-file task takes its only block, or the largest unlabelled block that
 /// is not a diff, preferring the file's language; a several-file task takes an unlabelled
 /// block only when it is the one block in that file's language.
@@ -295,6 +354,7 @@ fn choose(
     blocks: &[Block],
     outputs: &[String],
     language: &str,
+    stale: &[Option<&'static str>],
     notes: &mut Vec<String>,
 ) -> Vec<Option<usize>> {
     let mut chosen: Vec<Option<usize>> = outputs
@@ -309,13 +369,17 @@ fn choose(
                         == Some(output.as_str())
                 })
                 .collect();
-            if labelled.len() > 1 {
-                notes.push(format!(
-                    "the reply has {} blocks for `{output}`; the last one was used",
-                    labelled.len()
-                ));
+            // The last one, when a reply corrects itself, unless it only echoes the file.
+            let used = labelled
+                .iter()
+                .rev()
+                .find(|&&i| stale[i].is_none())
+                .or(labelled.last())
+                .copied();
+            if let Some(used) = used {
+                note_ignored(blocks, output, used, &labelled, |i| stale[i], notes);
             }
-            labelled.last().copied()
+            used
         })
         .collect();
 
@@ -324,35 +388,7 @@ fn choose(
             chosen[0] = if blocks.len() == 1 {
                 Some(0)
             } else {
-                let language = if language.is_empty() {
-                    language::for_path(output)
-                } else {
-                    language
-                };
-                let candidates: Vec<usize> = (0..blocks.len())
-                    .filter(|&i| blocks[i].path.is_none())
-                    .collect();
-                let called = called_by_others(blocks, &candidates);
-                candidates.into_iter().max_by_key(|&i| {
-                    let block = &blocks[i];
-                    let tag = block.language();
-                    let fit = if tag == language {
-                        2
-                    } else {
-                        u8::from(tag.is_empty())
-                    };
-                    // A usage example may be longer than the code it calls: the block that
-                    // defines what another block calls is the file, and a block introduced
-                    // as an example is not.
-                    (
-                        !block.is_diff(),
-                        !block.code.trim().is_empty(),
-                        !block.usage,
-                        fit,
-                        called[i],
-                        block.code.len(),
-                    )
-                })
+                choose_unlabelled(blocks, output, language, stale, notes)
             };
         }
         return chosen;
@@ -383,6 +419,104 @@ fn choose(
         }
     }
     chosen
+}
+
+/// The largest unlabelled block for the one `output` of a single-file task, preferring its
+/// language, and never a diff, a usage example or a copy of the file as it was when
+/// another block will do.
+fn choose_unlabelled(
+    blocks: &[Block],
+    output: &str,
+    language: &str,
+    stale: &[Option<&'static str>],
+    notes: &mut Vec<String>,
+) -> Option<usize> {
+    let language = if language.is_empty() {
+        language::for_path(output)
+    } else {
+        language
+    };
+    let candidates: Vec<usize> = (0..blocks.len())
+        .filter(|&i| blocks[i].path.is_none())
+        .collect();
+    let called = called_by_others(blocks, &candidates);
+    let fit = |block: &Block| {
+        let tag = block.language();
+        if tag == language {
+            2
+        } else {
+            u8::from(tag.is_empty())
+        }
+    };
+    let used = candidates.iter().copied().max_by_key(|&i| {
+        let block = &blocks[i];
+        // A usage example may be longer than the code it calls: the block that
+        // defines what another block calls is the file, and a block introduced
+        // as an example is not. Nor is a copy of the file as it was.
+        (
+            !block.is_diff(),
+            !block.code.trim().is_empty(),
+            !block.usage,
+            fit(block),
+            stale[i].is_none(),
+            called[i],
+            block.code.len(),
+        )
+    });
+    if let Some(used) = used {
+        let why = |i: usize| {
+            let block = &blocks[i];
+            if block.is_diff() {
+                Some("a diff")
+            } else if block.code.trim().is_empty() {
+                Some("empty")
+            } else if block.usage {
+                Some("a usage example")
+            } else if fit(block) < fit(&blocks[used]) {
+                Some("another language")
+            } else {
+                stale[i]
+            }
+        };
+        note_ignored(blocks, output, used, &candidates, why, notes);
+    }
+    used
+}
+
+/// Notes which of several `candidates` for `output` was used and which were ignored, with
+/// why when there is more to say than "smaller": a reply's other blocks are never silently
+/// dropped.
+fn note_ignored(
+    blocks: &[Block],
+    output: &str,
+    used: usize,
+    candidates: &[usize],
+    why: impl Fn(usize) -> Option<&'static str>,
+    notes: &mut Vec<String>,
+) {
+    // A looping reply may hold thousands of blocks: the first few name the pattern.
+    const LISTED: usize = 8;
+    if candidates.len() < 2 {
+        return;
+    }
+    let mut ignored: Vec<String> = candidates
+        .iter()
+        .filter(|&&i| i != used)
+        .take(LISTED)
+        .map(|&i| match why(i) {
+            Some(reason) => format!("block {} ({reason})", blocks[i].number),
+            None => format!("block {}", blocks[i].number),
+        })
+        .collect();
+    if candidates.len() - 1 > LISTED {
+        ignored.push(format!("and {} more", candidates.len() - 1 - LISTED));
+    }
+    notes.push(format!(
+        "{} blocks could be `{output}`; used block {}, ignored {}",
+        candidates.len(),
+        blocks[used].number,
+        ignored.join(", ")
+    ));
 }
 
 /// For each block, whether another of `candidates` calls a name it defines (`def f`,
@@ -641,6 +775,8 @@ pub fn blocks(reply: &str) -> Vec<Block> {
         if closed || !body.is_empty() {
             let mut block = block(fence.info, label, body, closed);
             block.usage = introduces_usage(&lines[..index]);
+            block.echo = introduces_original(&lines[..index]);
+            block.number = blocks.len() + 1;
             blocks.push(block);
         }
         index = cursor + 1;
@@ -758,6 +894,8 @@ fn block(info: &str, label_before: Option<String>, mut body: Vec<&str>, closed: 
         closed,
         label_lines,
         usage: false,
+        echo: false,
+        number: 0,
     }
 }
 
@@ -788,6 +926,61 @@ fn introduces_usage(lines: &[&str]) -> bool {
         ]
         .iter()
         .any(|cue| line.contains(cue))
+}
+
+/// The last non-blank line before a fence (one blank line may separate them) introduces
+/// the file as it was: "For reference, the original was:", "Your current code:". A line
+/// that also speaks of the change ("the updated version of your current code:") introduces
+/// the update.
+fn introduces_original(lines: &[&str]) -> bool {
+    let Some(line) = lines
+        .iter()
+        .rev()
+        .take(2)
+        .find(|line| !line.trim().is_empty())
+    else {
+        return false;
+    };
+    let line = format!(" {} ", line.to_lowercase().replace(['*', '_', '`'], ""));
+    let cue = |cues: &[&str]| cues.iter().any(|cue| line.contains(cue));
+    line.trim_end().ends_with(':')
+        && cue(&[
+            "original",
+            "current code",
+            "current version",
+            "your current",
+            "current file",
+            "previous version",
+            "previous code",
+            "old version",
+            "old code",
+            " before:",
+            "before the change",
+            "for reference",
+            "as it was",
+        ])
+        && !cue(&[
+            "updated",
+            " new ",
+            "fixed",
+            "modified",
+            "corrected",
+            "changed",
+            "improved",
+            "refactored",
+            "rewritten",
+            "complete",
+            "final",
+            " after",
+            " now ",
+            " with ",
+            " add",
+            "replace",
+            " change",
+            "instead",
+            "should",
+            "look like",
+        ])
 }
 
 /// The file named by the last non-blank line before a fence (one blank line may separate
@@ -1043,6 +1236,166 @@ fn reads_as_sentence(line: &str) -> bool {
         && text.chars().next().is_some_and(char::is_uppercase)
         && !text.contains(['{', ';', '=', '<'])
         && (!brackets || (words >= 8 && text.ends_with('.')))
+}
+
+/// How `code` ends open, where that is cheap to see: inside a Python triple-quoted
+/// string, or inside a string or with a `{` (and in JSON a `[`) never closed in the brace
+/// languages. A fence line inside a string ends the block there, and the cut file would
+/// otherwise be written as a success.
+///
+/// Only an opener left at the end counts: a stray closer (a regex, a macro) is not what a
+/// cut looks like, and refusing working code costs an attempt.
+fn ends_open(code: &str, language: &str) -> Option<String> {
+    let chars: Vec<char> = code.chars().collect();
+    match language {
+        "python" => python_ends_in_string(&chars).then(|| "ends inside a string".to_owned()),
+        "json" | "javascript" | "typescript" | "rust" | "go" | "c" | "cpp" | "java" | "csharp" => {
+            match braces_left_open(&chars, language) {
+                Unclosed::String => Some("ends inside a string".to_owned()),
+                Unclosed::Braces(0) => None,
+                Unclosed::Braces(n) => Some(format!(
+                    "ends with {n} bracket{} never closed",
+                    if n == 1 { "" } else { "s" }
+                )),
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Whether Python source ends inside a triple-quoted string (comments and one-line strings
+/// are skipped so their quotes do not count).
+fn python_ends_in_string(chars: &[char]) -> bool {
+    let mut at = 0;
+    while at < chars.len() {
+        match chars[at] {
+            '#' => {
+                while at < chars.len() && chars[at] != '\n' {
+                    at += 1;
+                }
+            }
+            quote @ ('"' | '\'') => {
+                let triple = chars.get(at + 1) == Some(&quote) && chars.get(at + 2) == Some(&quote);
+                at += if triple { 3 } else { 1 };
+                loop {
+                    match chars.get(at) {
+                        None => return triple,
+                        Some('\\') => at += 2,
+                        Some('\n') if !triple => break,
+                        Some(&c) if c == quote => {
+                            if !triple {
+                                break;
+                            }
+                            if chars.get(at + 1) == Some(&quote)
+                                && chars.get(at + 2) == Some(&quote)
+                            {
+                                at += 2;
+                                break;
+                            }
+                            at += 1;
+                        }
+                        Some(_) => at += 1,
+                    }
+                }
+            }
+            _ => {}
+        }
+        at += 1;
+    }
+    false
+}
+
+enum Unclosed {
+    String,
+    Braces(usize),
+}
+
+/// The brackets left open at the end of code in a brace language, skipping comments,
+/// strings, character literals and the text of JavaScript template literals.
+fn braces_left_open(chars: &[char], language: &str) -> Unclosed {
+    let json = language == "json";
+    let script = matches!(language, "javascript" | "typescript");
+    let mut depth: usize = 0;
+    // The depth at which each `${` of an open template literal was entered.
+    let mut templates: Vec<usize> = Vec::new();
+    let mut in_template = false;
+    let mut at = 0;
+    while at < chars.len() {
+        let c = chars[at];
+        let next = chars.get(at + 1).copied();
+        if in_template {
+            match c {
+                '\\' => at += 1,
+                '`' => in_template = false,
+                '$' if next == Some('{') => {
+                    templates.push(depth);
+                    in_template = false;
+                    at += 1;
+                }
+                _ => {}
+            }
+            at += 1;
+            continue;
+        }
+        match c {
+            '/' if !json && next == Some('/') => {
+                while at < chars.len() && chars[at] != '\n' {
+                    at += 1;
+                }
+            }
+            '/' if !json && next == Some('*') => {
+                at += 2;
+                while at < chars.len() && !(chars[at] == '*' && chars.get(at + 1) == Some(&'/')) {
+                    at += 1;
+                }
+                at += 1;
+            }
+            '`' if script => in_template = true,
+            '"' | '`' | '\'' if c == '"' || script || language == "go" && c == '`' => {
+                let raw = c == '`';
+                at += 1;
+                while at < chars.len() && chars[at] != c {
+                    // Rust strings may span lines; the others end at the line's end.
+                    if !raw && chars[at] == '\n' && language != "rust" {
+                        break;
+                    }
+                    if !raw && chars[at] == '\\' {
+                        at += 1;
+                    }
+                    at += 1;
+                }
+                if at >= chars.len() {
+                    return Unclosed::String;
+                }
+            }
+            // A character literal (`'{'`, `'\''`); in Rust a `'` may also start a lifetime.
+            '\'' => {
+                if next == Some('\\') {
+                    at += 2;
+                    while at < chars.len() && chars[at] != '\'' && chars[at] != '\n' {
+                        at += 1;
+                    }
+                } else if chars.get(at + 2) == Some(&'\'') {
+                    at += 2;
+                }
+            }
+            '{' => depth += 1,
+            '[' if json => depth += 1,
+            '}' if templates.last() == Some(&depth) => {
+                templates.pop();
+                in_template = true;
+            }
+            '}' => depth = depth.saturating_sub(1),
+            ']' if json => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        at += 1;
+    }
+    if in_template {
+        Unclosed::String
+    } else {
+        Unclosed::Braces(depth)
+    }
 }
 
 fn with_final_newline(code: &str) -> String {
@@ -1388,6 +1741,86 @@ mod tests {
         ));
         // Another file's name is content.
         assert_eq!(code("```\n.env\n```\n", ".gitignore"), ".env\n");
+    }
+
+    #[test]
+    fn code_cut_inside_a_string_or_a_brace_is_seen() {
+        use super::ends_open;
+        for (code, language) in [
+            ("HELP = \"\"\"\nUsage:\n", "python"),
+            ("x = '''a\n", "python"),
+            ("function f() {\n  return 1;\n", "javascript"),
+            ("const s = `\nRun it:\n", "typescript"),
+            ("{\"a\": [1, 2\n", "json"),
+            ("fn main() {\n    let s = \"{\";\n", "rust"),
+            ("var s = `\nraw\n", "go"),
+            ("int main(void) {\n", "c"),
+        ] {
+            assert!(ends_open(code, language).is_some(), "{language}: {code:?}");
+        }
+        for (code, language) in [
+            (
+                "s = \"\"\"a\nb\"\"\"\nt = '\"\"\"'  # \"\"\" in a comment\n",
+                "python",
+            ),
+            ("x = \"it's\"\ny = 'say \"\"\"'\n", "python"),
+            (
+                "const a = `${b ? `${c}` : '{'}`;\n// }\nfunction f() { return \"}\"; }\n",
+                "javascript",
+            ),
+            (
+                "fn f<'a>(s: &'a str) -> char {\n    let c = '{';\n    let d = '\\'';\n    c\n}\n",
+                "rust",
+            ),
+            ("/* { */\nstruct A { int x; };\n", "c"),
+            ("fn f() -> &'static str {\n    \"a\n{\nb\"\n}\n", "rust"),
+            ("var s = `{`\nfunc f() { r := '{'; _ = r }\n", "go"),
+            ("{\"a\": \"[{\", \"b\": [1]}\n", "json"),
+            ("const re = /\\}/;\n", "javascript"),
+            ("<p>{x}</p> {\n", "jsx"),
+        ] {
+            assert_eq!(ends_open(code, language), None, "{language}: {code:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_sentence_about_the_file_as_it_was_introduces_an_echo() {
+        use super::introduces_original;
+        for line in [
+            "For reference, the original was:",
+            "Your current code:",
+            "**Before:**",
+            "The previous version, for comparison:",
+        ] {
+            assert!(introduces_original(&[line, ""]), "{line}");
+        }
+        for line in [
+            "Here is the updated version of your original code:",
+            "Add this to your current code:",
+            "Replace the old code with:",
+            "Your current file should look like this:",
+            "Here is the code:",
+        ] {
+            assert!(!introduces_original(&[line, ""]), "{line}");
+        }
+    }
+
+    /// Each block is compared with the file as it was, which is read once, not per block.
+    #[test]
+    fn a_looping_reply_against_a_large_file_is_read_in_one_pass() {
+        let before = "x = 1\r\n".repeat(300_000);
+        let reply = "```python\nx = 2\n```\n".repeat(20_000);
+        let outputs = ["m.py".to_owned()];
+        let extracted = super::extract_against(&reply, &outputs, "python", |_| Some(&before))
+            .expect("extracts");
+        assert_eq!(extracted.files[0].1, "x = 2\n");
+        assert_eq!(
+            extracted.notes,
+            [
+                "20000 blocks could be `m.py`; used block 20000, ignored block 1, block 2, block 3, \
+              block 4, block 5, block 6, block 7, block 8, and 19991 more"
+            ]
+        );
     }
 
     #[test]

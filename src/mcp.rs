@@ -18,7 +18,9 @@ use serde_json::{Map, Value};
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::document::Document;
-use crate::mcp_tools::{self, BringInArgs, GetRunArgs, ModelsArgs, RollbackArgs, Verb};
+use crate::mcp_tools::{
+    self, BringInArgs, GetRunArgs, ModelsArgs, ReviewArgs, RollbackArgs, StatsArgs, Verb,
+};
 use crate::pipeline::{self, Env, RunOptions};
 use crate::run_registry::{Registry, Run, Waited};
 
@@ -145,6 +147,16 @@ fn tools() -> Vec<Tool> {
             "List reachable local model servers and their models.",
             schema_of::<ModelsArgs>(),
         ),
+        tool(
+            "review",
+            "Record your verdict on a run (good, acceptable, poor) in the run ledger; a later verdict replaces the earlier one.",
+            schema_of::<ReviewArgs>(),
+        ),
+        tool(
+            "stats",
+            "Figures from the run ledger per task kind and model, against your targets (what `stats --json` prints).",
+            schema_of::<StatsArgs>(),
+        ),
     ]
 }
 
@@ -177,11 +189,13 @@ impl ServerHandler for Server {
         let document = match &*request.name {
             "run_task" => self.run_task(&arguments, &context).await,
             "get_run" => self.get_run(&arguments, &context).await,
-            "rollback" => mcp_tools::rollback(&arguments).await,
+            "rollback" => mcp_tools::rollback(&arguments, &self.env).await,
             "apply" => mcp_tools::bring_in(Verb::Apply, &arguments).await,
             "merge" => mcp_tools::bring_in(Verb::Merge, &arguments).await,
             "discard" => mcp_tools::bring_in(Verb::Discard, &arguments).await,
             "models" => mcp_tools::models(&arguments, &self.env).await,
+            "review" => mcp_tools::review(&arguments, &self.env),
+            "stats" => mcp_tools::stats(&arguments, &self.env),
             other => {
                 return Err(McpError::invalid_params(format!("no tool `{other}`"), None));
             }

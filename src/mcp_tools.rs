@@ -2,6 +2,7 @@
 //! answers with the [`Document`] the matching command prints.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use schemars::JsonSchema;
@@ -13,13 +14,16 @@ use crate::document::Document;
 use crate::error::Error;
 use crate::pipeline::{Env, RunOptions, SpecInput};
 use crate::server::{self, ModelChoice};
-use crate::{arguments, bring_in, defaults, discovery, rollback, runs};
+use crate::{arguments, batch, bring_in, defaults, discovery, rollback, runs};
 
 /// How long a call waits for a run when it does not say.
 pub const WAIT_SECONDS: u64 = 20;
 /// The longest a call waits: well under the minute after which some clients give up on a
 /// tool call.
 pub const MAX_WAIT_SECONDS: u64 = 50;
+
+/// The command line's run options that only a batch uses.
+const BATCH_ONLY: &[&str] = &["jobs", "fail_fast", "summary_only", "glob", "only_failed"];
 
 /// `run_task`'s own arguments; the rest are [`RunArgs`], the command line's run options.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -118,6 +122,11 @@ pub fn run_task_schema() -> Map<String, Value> {
     if let Some(Value::Object(properties)) = schema.get_mut("properties") {
         properties.remove("quiet");
         properties.remove("spec");
+        properties.remove("specs");
+        // A batch's own options: `run_task` runs one spec.
+        for batch_only in BATCH_ONLY {
+            properties.remove(*batch_only);
+        }
         if let Some(Value::Object(more)) = extra.get("properties") {
             properties.extend(more.clone());
         }
@@ -181,7 +190,8 @@ pub fn run_task_input(
         }
         let flag = name.replace('_', "-");
         // `quiet` is the command line's own: the server sends no progress to stdout anyway.
-        let takes_value = RunArgs::takes_value(&flag).filter(|_| name != "quiet");
+        let takes_value = RunArgs::takes_value(&flag)
+            .filter(|_| name != "quiet" && !BATCH_ONLY.contains(&name.as_str()));
         match (takes_value, value) {
             (None, _) => return Err(usage("run_task", &format!("unknown argument `{name}`"))),
             (Some(false), Value::Bool(true)) => words.push(format!("--{flag}")),
@@ -229,7 +239,7 @@ fn lock_timeout(tool: &str, seconds: Option<u64>) -> Result<Duration, String> {
         .map_err(|message| usage(tool, &format!("lock_timeout: {message}")))
 }
 
-pub async fn rollback(arguments: &Map<String, Value>) -> Document {
+pub async fn rollback(arguments: &Map<String, Value>, env: &Env) -> Document {
     let args: RollbackArgs = match decode("rollback", arguments) {
         Ok(args) => args,
         Err(message) => return bad_input(&message),
@@ -238,16 +248,141 @@ pub async fn rollback(arguments: &Map<String, Value>) -> Document {
         Ok(wait) => wait,
         Err(message) => return bad_input(&message),
     };
-    let which = match args.run_id.as_deref() {
-        Some(id) if !args.last => rollback::Which::Id(id),
-        None if !args.last => {
-            return bad_input(&usage("rollback", "give `run_id` or `last: true`"));
-        }
-        _ => rollback::Which::Last,
-    };
     let dir = args.repo.unwrap_or_else(|| PathBuf::from("."));
-    match rollback::rollback(&dir, which, args.force, wait).await {
-        Ok(report) => Document::rollback(&report),
+    // As on the command line: a batch's id undoes the batch; a run's undoing is recorded.
+    if let Some(batch_id) = args
+        .run_id
+        .as_deref()
+        .filter(|id| batch::valid_batch_id(id))
+    {
+        return match rollback::rollback_batch(&dir, batch_id, args.force, wait).await {
+            Ok(report) => Document::batch_rollback(&report),
+            Err(error) => Document::error(&error),
+        };
+    }
+    if args.run_id.is_none() && !args.last {
+        return bad_input(&usage("rollback", "give `run_id` or `last: true`"));
+    }
+    let (env, force) = (Arc::clone(env), args.force);
+    // The ledger's rollback holds the environment (not `Sync`) across its waits, so it
+    // runs to its end on a thread of its own rather than among the server's tasks.
+    let undone = tokio::task::spawn_blocking(move || {
+        let which = match args.run_id.as_deref() {
+            Some(id) if !args.last => rollback::Which::Id(id),
+            _ => rollback::Which::Last,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|error| Error::io("start a runtime for", &dir, error))?;
+        runtime.block_on(crate::record::rollback(&dir, which, force, wait, &*env))
+    })
+    .await;
+    match undone {
+        Ok(Ok((report, missing))) => {
+            let mut document = Document::rollback(&report);
+            document
+                .stderr
+                .extend(missing.map(|m| format!("note: {m}")));
+            document
+        }
+        Ok(Err(error)) => Document::error(&error),
+        Err(error) => bad_input(&format!("rollback: {error}")),
+    }
+}
+
+/// `review`'s arguments, those of `execute-local-task review`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewArgs {
+    /// The run's id (from its result); or `last: true`.
+    pub run_id: Option<String>,
+    /// Review the newest recorded run.
+    #[serde(default)]
+    pub last: bool,
+    /// The verdict: `good`, `acceptable` or `poor`.
+    pub verdict: String,
+    /// Why, in a sentence.
+    pub reason: Option<String>,
+    /// What went wrong: `hallucination`, `incomplete`, `wrong-format`, `off-topic`,
+    /// `broke-tests` or `other`.
+    pub failure_mode: Option<String>,
+}
+
+/// `stats`' arguments, those of `execute-local-task stats --json`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatsArgs {
+    /// Only runs started on or after this date (2026-12-01) or RFC 3339 time.
+    pub since: Option<String>,
+    /// Only this task kind.
+    pub kind: Option<String>,
+    /// Only this model.
+    pub model: Option<String>,
+    /// Count every repository's runs, not only this one's.
+    #[serde(default)]
+    pub all_repos: bool,
+    /// The repository (default: the one containing the server's current directory).
+    pub repo: Option<PathBuf>,
+}
+
+pub fn review(arguments: &Map<String, Value>, env: &Env) -> Document {
+    use crate::review::{FailureMode, Verdict, Which};
+    use clap::ValueEnum as _;
+    let args: ReviewArgs = match decode("review", arguments) {
+        Ok(args) => args,
+        Err(message) => return bad_input(&message),
+    };
+    let which = match args.run_id.as_deref() {
+        Some(id) if !args.last => Which::Id(id),
+        None if !args.last => {
+            return bad_input(&usage("review", "give `run_id` or `last: true`"));
+        }
+        _ => Which::Last,
+    };
+    let Ok(verdict) = Verdict::from_str(&args.verdict, true) else {
+        return bad_input(&usage(
+            "review",
+            &format!(
+                "`{}` is not a verdict: use good, acceptable or poor",
+                args.verdict
+            ),
+        ));
+    };
+    let failure_mode = match args.failure_mode.as_deref() {
+        None => None,
+        Some(mode) => match FailureMode::from_str(mode, true) {
+            Ok(mode) => Some(mode),
+            Err(_) => {
+                return bad_input(&usage(
+                    "review",
+                    "failure_mode must be hallucination, incomplete, wrong-format, off-topic, broke-tests or other",
+                ));
+            }
+        },
+    };
+    match crate::review::review(&**env, which, verdict, args.reason, failure_mode) {
+        Ok(report) => Document::review(&report),
+        Err(error) => Document::error(&error),
+    }
+}
+
+pub fn stats(arguments: &Map<String, Value>, env: &Env) -> Document {
+    let args: StatsArgs = match decode("stats", arguments) {
+        Ok(args) => args,
+        Err(message) => return bad_input(&message),
+    };
+    if args.all_repos && args.repo.is_some() {
+        return bad_input(&usage("stats", "give `repo` or `all_repos`, not both"));
+    }
+    let request = crate::stats::Request {
+        since: args.since,
+        kind: args.kind,
+        model: args.model,
+        repo_dir: (!args.all_repos).then(|| args.repo.unwrap_or_else(|| PathBuf::from("."))),
+    };
+    match crate::stats::stats(&**env, &request) {
+        Ok(stats) => Document::stats(stats),
         Err(error) => Document::error(&error),
     }
 }

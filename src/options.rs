@@ -35,6 +35,8 @@ pub struct RunOptions {
     /// Retries, `--record` and `--replay`.
     pub connection: server::Connection,
     pub lock_timeout: Duration,
+    /// The batch this run is a task of, for its ledger record.
+    pub batch_id: Option<String>,
     /// Stops the run early (the command line sets it on a signal).
     pub cancel: Cancel,
     /// Run in a task worktree and commit a success on `local-task/<task_id>`
@@ -72,6 +74,7 @@ impl RunOptions {
             limits: Limits::default(),
             connection: server::Connection::default(),
             lock_timeout: defaults::LOCK_TIMEOUT,
+            batch_id: None,
             cancel: Cancel::never(),
             branch: false,
             links: Vec::new(),

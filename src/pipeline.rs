@@ -8,6 +8,7 @@ use std::time::Instant;
 use crate::blocking::off_thread;
 use crate::cancel::stall_point;
 use crate::error::{Error, Result};
+use crate::lock;
 use crate::model::{ChatReply, ChatRequest, Message};
 use crate::prune;
 use crate::repair::{reply_turn, test_failure, written_turn};
@@ -23,7 +24,7 @@ use crate::write::Journal;
 
 pub use crate::cancel::{Cancel, Canceller};
 pub use crate::options::RunOptions;
-pub use crate::prepare::{Prepared, SpecInput, Unprepared, prepare};
+pub use crate::prepare::{Opened, Prepared, SpecInput, Unprepared, prepare};
 
 /// What a run produced: a result, or for `--dry-run` the request it would send.
 #[allow(clippy::large_enum_variant)] // One value a process: boxing buys nothing.
@@ -62,32 +63,36 @@ pub async fn run(
         model: None,
         attempts: Vec::new(),
         unrestored: None,
+        facts: None,
     };
-    let prepared = {
-        let (spec, options, env) = (spec.clone(), options.clone(), Arc::clone(env));
-        off_thread(move || prepare(&spec, &options, &*env))
+    let opened = {
+        let (spec, options) = (spec.clone(), options.clone());
+        off_thread(move || crate::prepare::open(&spec, &options))
     };
-    let finished = match options.cancel.or_cancel(prepared).await {
+    let finished = match options.cancel.or_cancel(opened).await {
         Err(error) => {
             state.task_id = spec.peek_task_id();
             Err(error)
         }
         Ok(Err(unprepared)) => {
             state.task_id = unprepared.task_id;
-            state.git = unprepared.git;
             Err(unprepared.error)
         }
-        Ok(Ok(prepared)) => {
-            state.task_id = Some(prepared.spec.task_id.clone());
-            state.git = Some(prepared.git.clone());
+        Ok(Ok(opened)) => {
+            state.task_id = Some(opened.spec.task_id.clone());
             // Boxed: the attempts are a large future, and callers hold many runs' at once.
-            Box::pin(run_prepared(
-                prepared, options, server, env, progress, &mut state,
+            Box::pin(run_opened(
+                opened, spec, options, server, env, progress, &mut state,
             ))
             .await
         }
     };
-    state.output(finished)
+    let facts = state.facts.take();
+    let mut output = state.output(finished);
+    if let Some(facts) = facts {
+        crate::record::finish(&mut output, facts, env).await;
+    }
+    output
 }
 
 /// What the result reports of a run so far, whatever ends it.
@@ -100,6 +105,8 @@ struct RunState {
     attempts: Vec<Attempt>,
     /// The attempt whose code an error left in the tree, when undoing it failed too.
     unrestored: Option<u32>,
+    /// What the run's ledger record needs, once it has started (dry runs never do).
+    facts: Option<crate::record::Facts>,
 }
 
 impl RunState {
@@ -192,24 +199,58 @@ enum Finished {
     DryRun(serde_json::Value),
 }
 
-/// The stages from the model on, for a prepared run.
-async fn run_prepared(
-    prepared: Prepared,
+/// The stages after the repository was found: the run records itself, then prepares.
+async fn run_opened(
+    opened: Opened,
+    spec: &SpecInput,
     options: &RunOptions,
     server: Option<Connected>,
     env: &Env,
     progress: Progress<'_>,
     state: &mut RunState,
 ) -> Result<Finished> {
-    if options.dry_run {
+    // The run's mark, before any later stage can fail: `rollback --last` means this run
+    // now (even one a dirty target or a missing context file stops), and the result's run
+    // id is one `rollback` knows. A dry run is not a run and leaves no mark.
+    let journal = if options.dry_run {
+        None
+    } else {
+        let journal = Journal::begin(&opened.repo, &opened.spec.task_id)?;
+        journal.run_id().clone_into(&mut state.run_id);
+        if let Some(sink) = &options.run_id_sink {
+            sink.send_replace(Some(state.run_id.clone()));
+        }
+        Some(journal)
+    };
+    let prepared = {
+        let (options, env) = (options.clone(), Arc::clone(env));
+        off_thread(move || opened.prepare(&options, &*env))
+    };
+    let prepared = match options.cancel.or_cancel(prepared).await? {
+        Ok(prepared) => prepared,
+        Err(unprepared) => {
+            state.git = unprepared.git;
+            return Err(unprepared.error);
+        }
+    };
+    state.git = Some(prepared.git.clone());
+    let Some(journal) = journal else {
         return Ok(Finished::DryRun(prepared.dry_run(options)));
-    }
-    // The run's mark, before anything can end it: `rollback --last` means this run now.
-    let journal = Journal::begin(&prepared.repo, &prepared.spec.task_id)?;
-    journal.run_id().clone_into(&mut state.run_id);
-    if let Some(sink) = &options.run_id_sink {
-        sink.send_replace(Some(state.run_id.clone()));
-    }
+    };
+    state.facts = Some(crate::record::Facts::of(&prepared, spec, options));
+    run_prepared(prepared, journal, options, server, env, progress, state).await
+}
+
+/// The stages from the model on, for a prepared run.
+async fn run_prepared(
+    prepared: Prepared,
+    journal: Journal,
+    options: &RunOptions,
+    server: Option<Connected>,
+    env: &Env,
+    progress: Progress<'_>,
+    state: &mut RunState,
+) -> Result<Finished> {
     prune::at_start(&prepared.repo, &**env);
     if let Some(result) = missing_test_program(&prepared, options, state).await? {
         return Ok(Finished::Done(result));
@@ -387,7 +428,8 @@ impl Attempts<'_> {
                 }
                 Err(error)
             }
-            Ok(TestVerdict::Passed(test)) => {
+            // The files as the tree holds them: the test may have rewritten them.
+            Ok(TestVerdict::Passed(test, files)) => {
                 attempt.notes.extend(replaced_link_notes(targets, &files));
                 let changes = match self.changes(n, files).await {
                     Ok(changes) => changes,
@@ -442,27 +484,45 @@ impl Attempts<'_> {
         self.options.cancel.or_cancel(work).await
     }
 
-    /// The result's file changes and diffs, off the async threads. The journal goes with
-    /// the diff, and the run keeps the same journal read back from disk: a signal during a
-    /// long diff then still undoes the attempt's code, as an interrupted run keeps none.
+    /// The result's file changes and diffs, off the async threads. The diff reads a copy of
+    /// the journal from disk; the run keeps its own (which holds the run directory's lock),
+    /// so a signal during a long diff still undoes the attempt's code, as an interrupted
+    /// run keeps none.
     async fn changes(&mut self, n: u32, files: Vec<(String, String)>) -> Result<Vec<FileChange>> {
-        // Without a second journal the diff is made here, as nothing could undo the code a
-        // signal meanwhile would leave.
-        let Ok(kept) = Journal::open(&self.prepared.repo, &self.state.run_id) else {
+        // Without a copy the diff is made here, as nothing could undo the code a signal
+        // meanwhile would leave.
+        let Ok(copy) = Journal::open(&self.prepared.repo, &self.state.run_id) else {
             return Ok(file_changes(&self.journal, &self.prepared.targets, &files));
         };
-        let journal = std::mem::replace(&mut self.journal, kept);
         let targets = Arc::clone(&self.prepared.targets);
         let cancel = self.options.cancel.clone();
         let diff = off_thread(move || {
             stall_point("diff", Some(&cancel));
-            file_changes(&journal, &targets, &files)
+            file_changes(&copy, &targets, &files)
         });
-        let changes = self.options.cancel.or_cancel(diff).await;
-        if changes.is_err() && self.journal.restore().is_err() && self.journal.has_writes() {
+        match self.options.cancel.or_cancel(diff).await {
+            Ok(changes) => Ok(changes),
+            Err(error) => Err(self.undo_passed(n, error).await),
+        }
+    }
+
+    /// Undoes attempt `n`'s tested code when `error` (a signal) ends the run before its
+    /// result: under the repository lock, as every write and restore is. A file changed
+    /// since the run wrote it is kept and reported as a conflict, as on the test's signal
+    /// path; should the undo fail, the result says the tree may hold the attempt's code.
+    async fn undo_passed(&mut self, n: u32, error: Error) -> Error {
+        let restored = match lock::acquire(&self.prepared.repo, self.options.lock_timeout).await {
+            Ok(_lock) => self.journal.restore(),
+            Err(lock_error) => Err(lock_error),
+        };
+        if let Ok(restored) = restored {
+            let why = matches!(error, Error::Interrupted(_)).then(|| error.to_string());
+            return restored.conflict(why.as_deref()).unwrap_or(error);
+        }
+        if self.journal.has_writes() {
             self.state.unrestored = Some(n);
         }
-        changes
+        error
     }
 
     /// Records attempt `attempt` as ended by `error` (a signal, mostly), and gives the error.

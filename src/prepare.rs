@@ -93,37 +93,67 @@ pub fn prepare(
     options: &RunOptions,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> std::result::Result<Prepared, Box<Unprepared>> {
-    let unprepared = |error, task_id, git| {
-        Box::new(Unprepared {
-            error,
-            task_id,
-            git,
-        })
-    };
+    open(input, options)?.prepare(options, env)
+}
+
+/// A spec and its repository: the first stages, after which a run is in a repository and
+/// can record itself there before any later stage can fail.
+pub struct Opened {
+    pub spec: TaskSpec,
+    pub repo: Repo,
+}
+
+/// Loads the spec and finds its repository.
+pub fn open(
+    input: &SpecInput,
+    options: &RunOptions,
+) -> std::result::Result<Opened, Box<Unprepared>> {
     let spec = input
         .load()
         .map_err(|error| unprepared(error, input.peek_task_id(), None))?;
-    let task_id = Some(spec.task_id.clone());
-    let repo = open_repo(options).map_err(|error| unprepared(error, task_id.clone(), None))?;
-    let git = repo.info();
-    let (targets, templates, language, first_messages, choice) = stages(&spec, &repo, options, env)
-        .map_err(|error| unprepared(error, task_id, Some(git.clone())))?;
-    let max_attempts = options
-        .max_attempts
-        .or(spec.max_attempts)
-        .unwrap_or(spec::DEFAULT_MAX_ATTEMPTS)
-        .clamp(1, spec::MAX_MAX_ATTEMPTS);
-    Ok(Prepared {
-        spec: Arc::new(spec),
-        repo,
+    let repo =
+        open_repo(options).map_err(|error| unprepared(error, Some(spec.task_id.clone()), None))?;
+    Ok(Opened { spec, repo })
+}
+
+fn unprepared(error: Error, task_id: Option<String>, git: Option<GitInfo>) -> Box<Unprepared> {
+    Box::new(Unprepared {
+        error,
+        task_id,
         git,
-        targets: targets.into(),
-        templates,
-        language,
-        first_messages,
-        max_attempts,
-        choice,
     })
+}
+
+impl Opened {
+    /// The stages after the repository: targets, context, prompt, model choice, checks.
+    pub fn prepare(
+        self,
+        options: &RunOptions,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> std::result::Result<Prepared, Box<Unprepared>> {
+        let Self { spec, repo } = self;
+        let git = repo.info();
+        let (targets, templates, language, first_messages, choice) =
+            stages(&spec, &repo, options, env).map_err(|error| {
+                unprepared(error, Some(spec.task_id.clone()), Some(git.clone()))
+            })?;
+        let max_attempts = options
+            .max_attempts
+            .or(spec.max_attempts)
+            .unwrap_or(spec::DEFAULT_MAX_ATTEMPTS)
+            .clamp(1, spec::MAX_MAX_ATTEMPTS);
+        Ok(Prepared {
+            spec: Arc::new(spec),
+            repo,
+            git,
+            targets: targets.into(),
+            templates,
+            language,
+            first_messages,
+            max_attempts,
+            choice,
+        })
+    }
 }
 
 type Stages = (Vec<Target>, Templates, String, Vec<Message>, ModelChoice);

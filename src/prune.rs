@@ -30,11 +30,10 @@ pub struct Retention {
 }
 
 impl Default for Retention {
-    /// The one place the defaults are written.
     fn default() -> Self {
         Self {
-            keep: 50,
-            older_than_days: 14,
+            keep: crate::defaults::KEEP_RUNS,
+            older_than_days: crate::defaults::KEEP_DAYS,
         }
     }
 }

@@ -63,14 +63,16 @@ pub(crate) fn check_reply(
             .with_details("Give the complete answer: only the requested files, no explanations."));
         }
     }
-    let mut extracted =
-        extract::extract(&reply.content, &spec.outputs, language).map_err(|error| match error {
-            ExtractError::Truncated(reason) => Failure::new(Outcome::Truncated, reason),
-            ExtractError::NoCode(reason) => Failure::new(Outcome::NoCode, reason),
-            missing @ ExtractError::MissingFiles(_) => {
-                Failure::new(Outcome::NoCode, missing.to_string())
-            }
-        })?;
+    let mut extracted = extract::extract_against(&reply.content, &spec.outputs, language, |path| {
+        before_of(targets, path)
+    })
+    .map_err(|error| match error {
+        ExtractError::Truncated(reason) => Failure::new(Outcome::Truncated, reason),
+        ExtractError::NoCode(reason) => Failure::new(Outcome::NoCode, reason),
+        missing @ ExtractError::MissingFiles(_) => {
+            Failure::new(Outcome::NoCode, missing.to_string())
+        }
+    })?;
     extracted.keep_own_path_comments(|path| before_of(targets, path));
     notes.extend(extracted.notes);
     // Replies come with LF line ends; a file written with CRLF throughout keeps them, so
@@ -99,6 +101,13 @@ pub(crate) fn check_reply(
             )
             .with_details(
                 "Write out every line of the file; placeholders for omitted code are rejected.",
+            ));
+        }
+        if let Some(reason) = before_of(targets, path)
+            .and_then(|before| content::find_removed_definition(path, before, code))
+        {
+            return Err(Failure::new(Outcome::GuardRefused, reason).with_details(
+                "Write out every line of the file, including the definitions you did not change; placeholders for omitted code are rejected.",
             ));
         }
         if !spec.allow_shrink

@@ -116,6 +116,29 @@ impl Repo {
         }
     }
 
+    /// Every path git sees as changed in the working tree against the index or HEAD,
+    /// untracked files included (their directories walked) and ignored ones not scanned,
+    /// relative to the root. Read only: the index is not refreshed or written.
+    pub fn changed_paths(&self) -> Result<Vec<(String, git2::Status)>> {
+        let mut options = git2::StatusOptions::new();
+        options
+            .include_untracked(true)
+            .recurse_untracked_dirs(true)
+            .include_ignored(false)
+            .exclude_submodules(true);
+        let git = self.git();
+        let statuses = git
+            .statuses(Some(&mut options))
+            .map_err(|error| Error::Repo {
+                path: self.root.clone(),
+                message: format!("cannot read git status: {}", error.message()),
+            })?;
+        Ok(statuses
+            .iter()
+            .filter_map(|entry| Some((entry.path()?.to_owned(), entry.status())))
+            .collect())
+    }
+
     /// The git blob id of `bytes`: a content hash that needs no extra dependency and that
     /// `git` itself understands.
     pub fn blob_id(bytes: &[u8]) -> String {

@@ -46,8 +46,17 @@ pub struct TaskResult {
     /// A task worktree kept for inspection (`--branch --keep-failed`); `discard` removes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worktree: Option<String>,
-    /// Things worth knowing about where the run ran, e.g. ignored paths of the main tree
-    /// that a task worktree lacked when its test failed.
+    /// How carefully the supervisor should review this run, from the trust its task kind
+    /// and model have earned; absent for a run that never started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<ReviewAdvice>,
+    /// Local tokens spent and the supervisor tokens saved (gross and net), estimated; absent
+    /// for a run that never started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub savings: Option<crate::savings::Savings>,
+    /// Things worth knowing about the run as a whole: its ledger record is missing, a task
+    /// worktree lacked ignored paths of the main tree when its test failed; absent when
+    /// there are none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
 }
@@ -90,6 +99,8 @@ impl TaskResult {
             commands: None,
             replaced: None,
             worktree: None,
+            review: None,
+            savings: None,
             notes: Vec::new(),
         }
     }
@@ -117,6 +128,9 @@ pub enum Status {
     /// Bad input, an unusable model server, or an interruption: the run stopped, and the
     /// working tree is as it was unless the error says otherwise.
     Error,
+    /// Batch runs only: the task was not run, because a task it depends on did not succeed
+    /// or the batch stopped (`--fail-fast`, a signal) before it started; `summary` says why.
+    Skipped,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -151,6 +165,26 @@ pub struct TestReport {
     pub duration_ms: u64,
     /// The end of the combined output (head and tail with a marker when cut), ANSI codes removed.
     pub output_tail: String,
+    /// Paths other than the run's outputs that the test created, modified or deleted, as
+    /// git sees the working tree (ignored files are not scanned), sorted by path.
+    #[serde(default)]
+    pub changed_paths: Vec<PathChange>,
+}
+
+/// A path the test command changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PathChange {
+    pub path: String,
+    pub change: PathChangeKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PathChangeKind {
+    Created,
+    Modified,
+    Deleted,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -219,4 +253,37 @@ pub struct GitInfo {
 pub struct ErrorInfo {
     pub kind: String,
     pub message: String,
+}
+
+/// Whether a run needs the supervisor's review, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewAdvice {
+    pub required: bool,
+    /// The trust phase of the run's (task kind, model) pair.
+    pub phase: Phase,
+    /// One line: what the decision rests on.
+    pub why: String,
+}
+
+/// How far a (task kind, model) pair has earned trust.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Every run is reviewed.
+    Calibrate,
+    /// A sample of runs is reviewed.
+    Establish,
+    /// Only runs that did not succeed, ran untested, or changed much are reviewed.
+    Trust,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Calibrate => "calibrate",
+            Self::Establish => "establish",
+            Self::Trust => "trust",
+        }
+    }
 }

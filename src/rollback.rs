@@ -1,7 +1,10 @@
 //! `rollback`: undoes a run's writes byte for byte, and deletes the files it created.
 //! `--last` is the newest run, even one that left nothing to undo (then nothing changes).
+//! A file the run's own restore kept as edited is named with the backup of its bytes from
+//! before the run, and put back only with `--force`.
+//! A batch id undoes every run of the batch, newest first.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -88,17 +91,23 @@ pub async fn rollback(
         });
     }
     let mut journal = Journal::open(&repo, &run_id)?;
-    if last && !journal.has_writes() {
+    // Files a restore left as someone changed them: the run's old bytes are only in the
+    // backup, and only `--force` puts them back over the change.
+    let kept = journal.kept_files();
+    let forced_kept = force && !kept.is_empty();
+    if last && !journal.has_writes() && !forced_kept {
         // `--last` never reaches back past the newest run to one the user did not mean.
         let why = if journal.manifest().rolled_back {
-            "was already rolled back"
+            "was already rolled back".to_owned()
+        } else if kept.is_empty() {
+            "left no file changed (it wrote nothing, or put back what it wrote)".to_owned()
         } else {
-            "left no file changed (it wrote nothing, or put back what it wrote)"
+            format!("left nothing of its own to undo: {}", describe_kept(&kept))
         };
         return Ok(nothing_to_undo(
             run_id,
             journal.manifest().task_id.clone(),
-            why,
+            &why,
         ));
     }
     if journal.manifest().rolled_back {
@@ -107,13 +116,18 @@ pub async fn rollback(
             message: "was already rolled back".to_owned(),
         });
     }
-    if !journal.has_writes() {
+    if !journal.has_writes() && !forced_kept {
         // A run that did not succeed undid its own writes: restoring its backups now would
         // overwrite whatever the files hold since.
-        return Err(Error::Rollback {
-            run_id,
-            message: "has nothing to undo: the run left no file changed (a run that does not succeed puts back what it wrote)".to_owned(),
-        });
+        let message = if kept.is_empty() {
+            "has nothing to undo: the run left no file changed (a run that does not succeed puts back what it wrote)".to_owned()
+        } else {
+            format!(
+                "has nothing to undo without --force: {}",
+                describe_kept(&kept)
+            )
+        };
+        return Err(Error::Rollback { run_id, message });
     }
     let changed = journal.changed_since_written();
     if !changed.is_empty() && !force {
@@ -147,6 +161,24 @@ pub async fn rollback(
     })
 }
 
+/// What became of the files a restore kept as changed, and how to get their old bytes.
+fn describe_kept(kept: &[(String, Option<PathBuf>)]) -> String {
+    let files = kept
+        .iter()
+        .map(|(path, backup)| {
+            let before = match backup {
+                Some(backup) => {
+                    format!("its bytes from before the run are at {}", backup.display())
+                }
+                None => "it did not exist before the run".to_owned(),
+            };
+            format!("`{path}` was edited after the run wrote it and was left as edited; {before}")
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    format!("{files} (`--force` puts back what was there before the run, discarding the edit)")
+}
+
 fn nothing_to_undo(run_id: String, task_id: String, why: &str) -> RollbackReport {
     RollbackReport {
         nothing_to_undo: Some(format!(
@@ -175,4 +207,62 @@ fn last_run(repo: &Repo) -> Result<String> {
         run_id: "--last".to_owned(),
         message: "no run of this repository was recorded".to_owned(),
     })
+}
+
+/// What `rollback <BATCH_ID>` undid: each run that had writes, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchRollbackReport {
+    pub batch_id: String,
+    pub runs: Vec<RollbackReport>,
+    /// Runs of the batch that left nothing to undo (they did not succeed, or were rolled
+    /// back before).
+    pub nothing_to_undo: Vec<String>,
+}
+
+/// Undoes every in-place write of a batch, the newest run first, so each run finds its
+/// files as it left them. Stops at the first run that cannot be undone (a file changed
+/// since, without `force`): the runs already undone stay undone and the error names it.
+pub async fn rollback_batch(
+    repo_dir: &Path,
+    batch_id: &str,
+    force: bool,
+    lock_timeout: Duration,
+) -> Result<BatchRollbackReport> {
+    let repo = Repo::discover(repo_dir)?;
+    let record = crate::batch::BatchRecord::load(&repo, batch_id)?;
+    let mut report = BatchRollbackReport {
+        batch_id: batch_id.to_owned(),
+        runs: Vec::new(),
+        nothing_to_undo: Vec::new(),
+    };
+    for run_id in record
+        .tasks
+        .iter()
+        .rev()
+        .filter_map(|task| task.run_id.as_deref())
+    {
+        let has_writes = Journal::open(&repo, run_id).is_ok_and(|journal| journal.has_writes());
+        if !has_writes {
+            report.nothing_to_undo.push(run_id.to_owned());
+            continue;
+        }
+        match rollback(repo_dir, Which::Id(run_id), force, lock_timeout).await {
+            Ok(undone) => report.runs.push(undone),
+            Err(error) => {
+                let undone: Vec<&str> = report.runs.iter().map(|r| r.run_id.as_str()).collect();
+                return Err(Error::Rollback {
+                    run_id: batch_id.to_owned(),
+                    message: format!(
+                        "stopped at run {run_id}: {error}; {}",
+                        if undone.is_empty() {
+                            "nothing was undone".to_owned()
+                        } else {
+                            format!("already undone: {}", undone.join(", "))
+                        }
+                    ),
+                });
+            }
+        }
+    }
+    Ok(report)
 }

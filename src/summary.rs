@@ -66,17 +66,37 @@ pub(crate) fn success_summary(
         Some(test) => format!("test `{}` passed", test.command),
         None => "UNTESTED: no test command ran, review the code carefully".to_owned(),
     };
-    format!(
-        "wrote {}; {verdict} (attempt {n} of {max})",
-        describe_changes(changes)
-    )
+    // A file whose reply was what it held already was not written: never "wrote" it.
+    let (same, written): (Vec<FileChange>, Vec<FileChange>) = changes
+        .iter()
+        .cloned()
+        .partition(|c| c.action == FileAction::Unchanged);
+    let mut parts = Vec::new();
+    if !written.is_empty() {
+        parts.push(format!("wrote {}", describe_changes(&written)));
+    }
+    if !same.is_empty() {
+        let names = same
+            .iter()
+            .map(|c| c.path.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let nothing = if written.is_empty() {
+            ", nothing was written"
+        } else {
+            ""
+        };
+        let held = if same.len() == 1 { "held" } else { "each held" };
+        parts.push(format!("{names} already {held} that code{nothing}"));
+    }
+    format!("{}; {verdict} (attempt {n} of {max})", parts.join("; "))
 }
 
 pub(crate) fn describe_changes(changes: &[FileChange]) -> String {
     changes
         .iter()
         .map(|c| match c.action {
-            FileAction::Unchanged => format!("{} (unchanged)", c.path),
+            FileAction::Unchanged => format!("{} (already held that code)", c.path),
             _ => format!("{} (+{} -{})", c.path, c.lines_added, c.lines_removed),
         })
         .collect::<Vec<_>>()

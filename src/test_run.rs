@@ -109,6 +109,53 @@ const POLL: Duration = Duration::from_millis(10);
 /// that left the session *and* cleared its environment can still hold them.
 const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
+/// The tests running in this process, each as its process group and marker, so the
+/// process can kill them when it must end at once (a second signal, see [`kill_running`]).
+static RUNNING: Mutex<Vec<(Option<Pid>, String)>> = Mutex::new(Vec::new());
+
+/// Lists a test in [`RUNNING`] while it lives.
+struct Listed(String);
+
+impl Listed {
+    fn new(group: Option<Pid>, marker: &str) -> Self {
+        lock_running().push((group, marker.to_owned()));
+        Self(marker.to_owned())
+    }
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        lock_running().retain(|(_, marker)| marker != &self.0);
+    }
+}
+
+fn lock_running() -> std::sync::MutexGuard<'static, Vec<(Option<Pid>, String)>> {
+    RUNNING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// SIGKILLs every running test's process group and marked processes, until none is left
+/// or [`SWEEP_LIMIT`] passes: for a process about to exit without the usual stop (a
+/// second signal during the test's grace), which would otherwise leave the test running
+/// and writing into the tree after the tool has gone. Blocking, as it runs on the way out.
+pub fn kill_running() {
+    let running = lock_running().clone();
+    let deadline = Instant::now() + SWEEP_LIMIT;
+    loop {
+        for (group, marker) in &running {
+            signal_all(*group, marker, Signal::SIGKILL);
+        }
+        let left = running
+            .iter()
+            .any(|(_, marker)| !marked_processes(marker).is_empty());
+        if !left || Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
 /// Bytes of output kept: the start, and the end, which usually holds the failure.
 pub const HEAD_BYTES: usize = 4 * 1024;
 pub const TAIL_BYTES: usize = 12 * 1024;
@@ -204,6 +251,7 @@ pub async fn run(
         .id()
         .and_then(|id| i32::try_from(id).ok())
         .map(Pid::from_raw);
+    let _listed = Listed::new(group, &marker);
 
     let output = Arc::new(Mutex::new(BoundedOutput::default()));
     let readers = [
@@ -259,6 +307,7 @@ pub async fn run(
         timed_out,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         output_tail,
+        changed_paths: Vec::new(),
     };
     match start_failure(&report) {
         Some(reason) => Err(CannotStart {
@@ -672,6 +721,7 @@ mod tests {
             timed_out: false,
             duration_ms: 0,
             output_tail: output.to_owned(),
+            changed_paths: Vec::new(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! One attempt's write-and-test transaction under the repository lock: its code is
-//! written, tested, and undone unless the test passed; and what a run that did not succeed
-//! leaves in the tree.
+//! written, tested, and undone unless the test passed; what the test changed in the tree
+//! (its outputs rewritten, other paths); and what a run that did not succeed leaves in
+//! the tree.
 
 use std::path::Path;
 use std::time::Duration;
@@ -10,12 +11,13 @@ use crate::lock;
 use crate::options::RunOptions;
 use crate::pipeline::Progress;
 use crate::repo::Repo;
-use crate::result::{FileChange, TestReport};
+use crate::result::{FileChange, PathChange, TestReport};
 use crate::spec::TaskSpec;
 use crate::summary::{describe_changes, file_changes};
 use crate::targets::{Target, before_of};
+use crate::test_changes::TreeView;
 use crate::test_run;
-use crate::write::{self, Journal};
+use crate::write::{self, AfterTest, Journal};
 
 fn write_files(
     journal: &mut Journal,
@@ -32,8 +34,9 @@ fn write_files(
 }
 
 pub(crate) enum TestVerdict {
-    /// The test passed, or none ran (None).
-    Passed(Option<TestReport>),
+    /// The test passed, or none ran (None); with the attempt's files as the tree now
+    /// holds them (a test command may have rewritten them: a formatter).
+    Passed(Option<TestReport>, Vec<(String, String)>),
     Failed(TestReport),
     CannotStart(String, Option<TestReport>),
 }
@@ -64,10 +67,18 @@ pub(crate) async fn write_and_test(
         settled: false,
     };
     write_files(undo.journal, files, targets)?;
-    let verdict = run_test(spec, options, repo.root(), progress).await;
+    let before = tests(spec, options).then(|| TreeView::take(repo)).flatten();
+    let mut verdict = run_test(spec, options, repo.root(), progress).await;
     // An interrupted run reports no success, so even code that passed is undone.
     let interrupted = options.cancel.signal();
-    let keep = interrupted.is_none() && matches!(verdict, TestVerdict::Passed(_));
+    let keep = interrupted.is_none() && matches!(verdict, TestVerdict::Passed(..));
+    // Read again under the same lock: no other run can have written meanwhile.
+    let mut changed = match before.filter(|_| interrupted.is_none()) {
+        Some(before) => TreeView::take(repo)
+            .map(|after| before.changes_to(&after))
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
     if interrupted.is_some() {
         // Debug builds only: a test holds the cleanup here to send a second signal.
         #[cfg(debug_assertions)]
@@ -81,10 +92,66 @@ pub(crate) async fn write_and_test(
             return Err(conflict);
         }
     }
-    match interrupted {
-        Some(signal) => Err(Error::Interrupted(signal)),
-        None => Ok(verdict),
+    if let Some(signal) = interrupted {
+        return Err(Error::Interrupted(signal));
     }
+    let written: Vec<&str> = files
+        .iter()
+        .filter(|(path, code)| before_of(targets, path) != Some(code.as_str()))
+        .map(|(path, _)| path.as_str())
+        .collect();
+    if let TestVerdict::Passed(test, in_tree) = &mut verdict {
+        *in_tree = if test.is_some() {
+            adopt_rewritten(undo.journal, files, &written, &mut changed)?
+        } else {
+            files.to_vec()
+        };
+    } else {
+        // Undone, or kept as someone else's and reported as a conflict above.
+        changed.retain(|change| !written.contains(&change.path.as_str()));
+    }
+    if let TestVerdict::Passed(Some(report), _)
+    | TestVerdict::Failed(report)
+    | TestVerdict::CannotStart(_, Some(report)) = &mut verdict
+    {
+        report.changed_paths = changed;
+    }
+    Ok(verdict)
+}
+
+/// True when this attempt runs a test command.
+fn tests(spec: &TaskSpec, options: &RunOptions) -> bool {
+    spec.test_command.is_some() && !options.no_test
+}
+
+/// The attempt's files as the tree holds them after its test passed: an output the test
+/// rewrote is taken as the run's (see [`Journal::adopt_after_test`]) and reported with its
+/// bytes now, so the result describes the tree. Outputs reported that way leave `changed`;
+/// one the test deleted stays in it.
+fn adopt_rewritten(
+    journal: &mut Journal,
+    files: &[(String, String)],
+    written: &[&str],
+    changed: &mut Vec<PathChange>,
+) -> Result<Vec<(String, String)>> {
+    let mut in_tree = Vec::with_capacity(files.len());
+    for (path, code) in files {
+        if !written.contains(&path.as_str()) {
+            in_tree.push((path.clone(), code.clone()));
+            continue;
+        }
+        let now = match journal.adopt_after_test(path)? {
+            AfterTest::AsWritten => code.clone(),
+            AfterTest::Rewritten(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            AfterTest::Gone => {
+                in_tree.push((path.clone(), code.clone()));
+                continue;
+            }
+        };
+        changed.retain(|change| &change.path != path);
+        in_tree.push((path.clone(), now));
+    }
+    Ok(in_tree)
 }
 
 /// Restores the journal when dropped before the attempt's verdict settled what stays.
@@ -108,14 +175,14 @@ async fn run_test(
     progress: Progress<'_>,
 ) -> TestVerdict {
     let Some(command) = spec.test_command.as_deref().filter(|_| !options.no_test) else {
-        return TestVerdict::Passed(None);
+        return TestVerdict::Passed(None, Vec::new());
     };
     progress(&format!("testing: {command}"));
     let stop = async {
         options.cancel.cancelled().await;
     };
     match test_run::run(command, root, Duration::from_secs(spec.timeout_secs), stop).await {
-        Ok(report) if report.passed => TestVerdict::Passed(Some(report)),
+        Ok(report) if report.passed => TestVerdict::Passed(Some(report), Vec::new()),
         Ok(report) => TestVerdict::Failed(report),
         Err(cannot_start) => TestVerdict::CannotStart(cannot_start.message, cannot_start.report),
     }

@@ -13,12 +13,15 @@
 //! `prune` never removes a running run's backups.
 //!
 //! A restore puts back only what still holds the bytes the run wrote: a file an editor (or
-//! the test command) changed since is left as it is and reported, never overwritten.
+//! the test command) changed since is left as it is and reported, never overwritten. The
+//! one exception is an output a passing test rewrote (a formatter): those bytes become
+//! the run's ([`Journal::adopt_after_test`]), so the result and `rollback` agree on them.
 //!
 //! Targets are reached through [`Bounds`]: a path is checked, then its directory is opened
 //! without following symlinks and the file is replaced relative to that open directory.
 
 use std::ffi::OsStr;
+use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{Read as _, Write as _};
 use std::os::fd::AsRawFd as _;
@@ -99,6 +102,12 @@ pub struct Entry {
     /// Git blob id of the bytes this run last wrote (recorded before writing them), or null
     /// when they were restored.
     pub written: Option<String>,
+    /// Set when a restore found the file changed since the run wrote it (an editor, the
+    /// test command) and left it as changed: the file is not the run's any more, but its
+    /// bytes from before the run are still in the backup, and `rollback --force` puts
+    /// them back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kept: bool,
 }
 
 /// What stood at a path before the run.
@@ -129,6 +138,11 @@ pub struct Restored {
     /// command), left as they are: restoring them would destroy that change. They are not
     /// the run's any more.
     pub kept: Vec<String>,
+    /// Where the bytes from before the run are kept, for each kept file that had some:
+    /// the path and its backup.
+    pub kept_backups: Vec<(String, PathBuf)>,
+    /// The run, for the command that puts kept files' old bytes back.
+    pub run_id: String,
 }
 
 impl Restored {
@@ -147,14 +161,36 @@ impl Restored {
         } else {
             ("were", "they were")
         };
+        // The old bytes are only in the backup now: say where, and how to get them back.
+        let mut backups = String::new();
+        for (path, backup) in &self.kept_backups {
+            let _ = write!(
+                backups,
+                "; `{path}` as it was before the run is kept at {} (`execute-local-task rollback {} --force` puts it back)",
+                backup.display(),
+                self.run_id
+            );
+        }
         Some(Error::Conflict {
             path: first.clone(),
             message: format!(
-                "{}{names} {was} changed while this run's code was in the working tree (by an editor, another program or the test command); {it} left as changed, not restored, and the run stopped",
+                "{}{names} {was} changed while this run's code was in the working tree (by an editor, another program or the test command); {it} left as changed, not restored, and the run stopped{backups}",
                 why.map(|why| format!("{why}; ")).unwrap_or_default()
             ),
         })
     }
+}
+
+/// What [`Journal::adopt_after_test`] found at an output after its test passed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AfterTest {
+    /// The bytes the run wrote.
+    AsWritten,
+    /// Other bytes, now recorded as the run's.
+    Rewritten(Vec<u8>),
+    /// No regular file (deleted, or replaced by a directory or symlink), or not one the
+    /// run wrote: left as it is, for the caller to report.
+    Gone,
 }
 
 /// What stands at a path now.
@@ -288,6 +324,7 @@ impl Journal {
                 path: relative.to_owned(),
                 prior,
                 written: None,
+                kept: false,
             });
             self.manifest.files.len() - 1
         };
@@ -301,6 +338,7 @@ impl Journal {
             }
         }
         self.manifest.files[index].written = Some(Repo::blob_id(bytes));
+        self.manifest.files[index].kept = false;
         self.save_manifest()?;
 
         let (parent, parent_path) = self.create_missing_dirs(base, &location)?;
@@ -332,21 +370,30 @@ impl Journal {
     /// [`Journal::restore`] for `rollback`: the run is marked rolled back in the same
     /// manifest save that records the restore, so a kill leaves either a run still to undo
     /// or one that is done, never one that looks undone but is not marked. `force`
-    /// restores even the files changed since the run wrote them.
+    /// restores even the files changed since the run wrote them, and those an earlier
+    /// restore kept as changed ([`Entry::kept`]): they get their bytes from before the run.
     pub fn roll_back(&mut self, force: bool) -> Result<Restored> {
         self.restore_and_mark(true, force)
     }
 
     fn restore_and_mark(&mut self, rolled_back: bool, force: bool) -> Result<Restored> {
-        let mut done = Restored::default();
+        let mut done = Restored {
+            run_id: self.manifest.run_id.clone(),
+            ..Restored::default()
+        };
         for index in (0..self.manifest.files.len()).rev() {
             let entry = self.manifest.files[index].clone();
-            if entry.written.is_none() {
+            if entry.written.is_none() && !(force && entry.kept) {
                 continue;
             }
             if !force && self.is_changed(&entry) {
                 done.kept.push(entry.path.clone());
+                if let Prior::File { backup, .. } = &entry.prior {
+                    done.kept_backups
+                        .push((entry.path.clone(), self.dir.join(backup)));
+                }
                 self.manifest.files[index].written = None;
+                self.manifest.files[index].kept = true;
                 continue;
             }
             let location = self.locate(&entry.path)?;
@@ -404,6 +451,7 @@ impl Journal {
                 }
             }
             self.manifest.files[index].written = None;
+            self.manifest.files[index].kept = false;
         }
         for dir in self.manifest.created_dirs.iter().rev() {
             if self.remove_empty_dir(dir) {
@@ -451,6 +499,53 @@ impl Journal {
             _ => false,
         };
         !(is_written || is_prior)
+    }
+
+    /// The files a restore left as someone changed them ([`Entry::kept`]), each with the
+    /// backup of its bytes from before the run (None: there was no file, or a symlink).
+    pub fn kept_files(&self) -> Vec<(String, Option<PathBuf>)> {
+        if self.manifest.rolled_back {
+            return Vec::new();
+        }
+        self.manifest
+            .files
+            .iter()
+            .filter(|entry| entry.kept && entry.written.is_none())
+            .map(|entry| {
+                let backup = match &entry.prior {
+                    Prior::File { backup, .. } => Some(self.dir.join(backup)),
+                    _ => None,
+                };
+                (entry.path.clone(), backup)
+            })
+            .collect()
+    }
+
+    /// After a passing test, what stands at an output the run wrote: the bytes it wrote,
+    /// other bytes (the test command rewrote it: a formatter such as `black x.py &&
+    /// pytest`), or no regular file. Rewritten bytes are recorded as the run's, in the
+    /// manifest saved before this returns: the result reports them and `rollback` of the
+    /// run undoes them as its own instead of refusing a change it cannot tell from an edit.
+    /// The caller holds the repository lock, so no other run wrote them.
+    pub fn adopt_after_test(&mut self, relative: &str) -> Result<AfterTest> {
+        let Some(index) = self
+            .manifest
+            .files
+            .iter()
+            .position(|e| e.path == relative && e.written.is_some())
+        else {
+            return Ok(AfterTest::Gone);
+        };
+        let Current::File { bytes, .. } = self.current(relative)? else {
+            return Ok(AfterTest::Gone);
+        };
+        let blob = Repo::blob_id(&bytes);
+        if self.manifest.files[index].written.as_ref() == Some(&blob) {
+            return Ok(AfterTest::AsWritten);
+        }
+        self.manifest.files[index].written = Some(blob);
+        self.save_manifest()?;
+        Ok(AfterTest::Rewritten(bytes))
     }
 
     /// True while some file still holds bytes this run wrote (or may have written).
@@ -1011,6 +1106,41 @@ mod tests {
         assert!(
             !journal.has_writes(),
             "kept files are not the run's any more"
+        );
+    }
+
+    #[test]
+    fn bytes_a_passing_test_rewrote_become_the_runs_and_roll_back() {
+        let (dir, repo) = repo();
+        let mut journal = Journal::begin(&repo, "T").unwrap();
+        journal.write("old.txt", b"new\n", Some(b"old\n")).unwrap();
+        journal.write("gone.txt", b"g\n", None).unwrap();
+        assert_eq!(
+            journal.adopt_after_test("old.txt").unwrap(),
+            AfterTest::AsWritten
+        );
+        fs::write(dir.path().join("old.txt"), "formatted\n").unwrap();
+        fs::remove_file(dir.path().join("gone.txt")).unwrap();
+        assert_eq!(
+            journal.adopt_after_test("old.txt").unwrap(),
+            AfterTest::Rewritten(b"formatted\n".to_vec())
+        );
+        assert_eq!(
+            journal.adopt_after_test("gone.txt").unwrap(),
+            AfterTest::Gone
+        );
+        assert_eq!(
+            journal.adopt_after_test("never.txt").unwrap(),
+            AfterTest::Gone
+        );
+        // Saved: the run read back from disk rolls the rewrite back as its own.
+        let mut reopened = Journal::open(&repo, journal.run_id()).unwrap();
+        assert!(reopened.changed_since_written().is_empty());
+        let done = reopened.roll_back(false).unwrap();
+        assert!(done.kept.is_empty(), "{:?}", done.kept);
+        assert_eq!(
+            fs::read_to_string(dir.path().join("old.txt")).unwrap(),
+            "old\n"
         );
     }
 

@@ -3,8 +3,9 @@
 //!
 //! Each corpus case is a directory holding `reply.md` (the reply, byte for byte),
 //! `case.json` (the outputs asked for and the expected outcome: `ok`, `no_code`,
-//! `truncated`, `missing` or `elision`; for `ok` the exact notes, for `missing` the files)
-//! and, for `ok`, `expected/<output path>` with each file's exact content.
+//! `truncated`, `missing` or `elision`; for `ok` the exact notes, for `missing` the files),
+//! for `ok`, `expected/<output path>` with each file's exact content, and, when the reply
+//! edits an existing file, `before/<output path>` with the file as it was before the run.
 
 use std::path::{Path, PathBuf};
 
@@ -44,42 +45,63 @@ fn run_case(dir: &Path) -> Result<(), String> {
         serde_json::from_str(&text("case.json")?).map_err(|error| format!("case.json: {error}"))?;
     let reply = text("reply.md")?;
     let language = execute_local_task::language::for_path(&case.outputs[0]);
-    let (outcome, detail) = match extract::extract(&reply, &case.outputs, language) {
-        Err(ExtractError::NoCode(reason)) => ("no_code", reason),
-        Err(ExtractError::Truncated(reason)) => ("truncated", reason),
-        Err(ExtractError::MissingFiles(files)) => {
-            if case.outcome == "missing" && files != case.missing {
-                return Err(format!("missing {files:?}, expected {:?}", case.missing));
+    let before: Vec<(String, String)> = case
+        .outputs
+        .iter()
+        .filter_map(|path| {
+            let text = std::fs::read_to_string(dir.join("before").join(path)).ok()?;
+            Some((path.clone(), text))
+        })
+        .collect();
+    let before_of = |path: &str| {
+        before
+            .iter()
+            .find(|(known, _)| known == path)
+            .map(|(_, text)| text.as_str())
+    };
+    let (outcome, detail) =
+        match extract::extract_against(&reply, &case.outputs, language, before_of) {
+            Err(ExtractError::NoCode(reason)) => ("no_code", reason),
+            Err(ExtractError::Truncated(reason)) => ("truncated", reason),
+            Err(ExtractError::MissingFiles(files)) => {
+                if case.outcome == "missing" && files != case.missing {
+                    return Err(format!("missing {files:?}, expected {:?}", case.missing));
+                }
+                ("missing", format!("{files:?}"))
             }
-            ("missing", format!("{files:?}"))
-        }
-        Ok(extracted) => {
-            let elided = extracted.files.iter().find_map(|(path, code)| {
-                content::find_elision(path, code).map(|line| (path, line))
-            });
-            if let Some((path, line)) = elided {
-                ("elision", format!("`{path}`: {line}"))
-            } else {
-                if case.outcome == "ok" {
-                    for (path, code) in &extracted.files {
-                        let expected = text(&format!("expected/{path}"))?;
-                        if *code != expected {
+            Ok(extracted) => {
+                let elided = extracted.files.iter().find_map(|(path, code)| {
+                    content::find_elision(path, code)
+                        .or_else(|| {
+                            before_of(path).and_then(|before| {
+                                content::find_removed_definition(path, before, code)
+                            })
+                        })
+                        .map(|line| (path, line))
+                });
+                if let Some((path, line)) = elided {
+                    ("elision", format!("`{path}`: {line}"))
+                } else {
+                    if case.outcome == "ok" {
+                        for (path, code) in &extracted.files {
+                            let expected = text(&format!("expected/{path}"))?;
+                            if *code != expected {
+                                return Err(format!(
+                                    "`{path}` differs\n--- expected\n{expected}--- got\n{code}---"
+                                ));
+                            }
+                        }
+                        if extracted.notes != case.notes {
                             return Err(format!(
-                                "`{path}` differs\n--- expected\n{expected}--- got\n{code}---"
+                                "notes {:?}, expected {:?}",
+                                extracted.notes, case.notes
                             ));
                         }
                     }
-                    if extracted.notes != case.notes {
-                        return Err(format!(
-                            "notes {:?}, expected {:?}",
-                            extracted.notes, case.notes
-                        ));
-                    }
+                    ("ok", format!("notes {:?}", extracted.notes))
                 }
-                ("ok", format!("notes {:?}", extracted.notes))
             }
-        }
-    };
+        };
     if outcome == case.outcome {
         Ok(())
     } else {
@@ -259,5 +281,121 @@ fn a_file_whose_first_line_is_its_path_comment_keeps_it() {
     assert_eq!(
         run.read("tools/calc.py").as_deref(),
         Some("def add(a, b):\n    return a + b\n")
+    );
+}
+
+/// `calc.py` had `add` and `mul`; the reply keeps `add`, adds `sub`, and puts one comment
+/// where `mul` was, in each of the wordings small models use.
+#[test]
+fn a_comment_standing_for_an_existing_definition_is_refused_in_every_wording() {
+    let before = "def add(a, b):\n    return a + b\n\n\ndef mul(a, b):\n    return a * b\n";
+    let sub = "def sub(a, b):\n    return a - b\n";
+    let outputs = ["calc.py".to_owned()];
+    let mut accepted = Vec::new();
+    for comment in [
+        "# ... snip ...",
+        "# [unchanged]",
+        "# same as above",
+        "# (the remaining functions are identical)",
+        "# mul() is the same as in your file",
+        "# code for mul remains identical to the original",
+        "# (mul not shown)",
+        "# mul stays",
+        "# mul: see original",
+        "# <mul from before>",
+        "# other helpers stay as they were",
+        "# ⋯ unchanged ⋯",
+        "# --- unchanged ---",
+        "# etc.",
+        "pass  # rest of the code",
+    ] {
+        // Where `mul` stood, and after the new code.
+        for code in [
+            format!("def add(a, b):\n    return a + b\n\n\n{comment}\n\n\n{sub}"),
+            format!("def add(a, b):\n    return a + b\n\n\n{sub}\n\n{comment}\n"),
+        ] {
+            let reply = format!("```python\n{code}```\n");
+            let extracted = extract::extract_against(&reply, &outputs, "python", |_| Some(before))
+                .expect("extracts");
+            let (path, code) = &extracted.files[0];
+            let refused = content::find_elision(path, code)
+                .or_else(|| content::find_removed_definition(path, before, code));
+            if refused.is_none() {
+                accepted.push(code.clone());
+            }
+        }
+    }
+    assert!(
+        accepted.is_empty(),
+        "{} elided replies accepted:\n\n{}",
+        accepted.len(),
+        accepted.join("\n----\n")
+    );
+    // The definition really removed, with nothing standing for it, is a deletion.
+    let code = format!("def add(a, b):\n    return a + b\n\n\n{sub}");
+    assert_eq!(
+        content::find_removed_definition("calc.py", before, &code),
+        None
+    );
+}
+
+#[test]
+fn a_definition_replaced_by_a_comment_is_refused_naming_it() {
+    let before = "def add(a, b):\n    return a + b\n\n\ndef mul(a, b):\n    return a * b\n";
+    let run = Test::new()
+        .file("calc.py", before)
+        .spec(spec("calc.py", &json!({"max_attempts": 1})))
+        .reply("```python\ndef add(a, b):\n    return a + b\n\n\n# mul stays\n\n\ndef sub(a, b):\n    return a - b\n```\n")
+        .run();
+    run.assert_code(1);
+    run.assert_unchanged();
+    let result = run.result();
+    assert_eq!(result.attempts[0].outcome, Outcome::GuardRefused);
+    let error = result.attempts[0].error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("`mul` was in the file and is gone") && error.contains("`# mul stays`"),
+        "{error}"
+    );
+}
+
+#[test]
+fn an_echoed_original_loses_to_the_update_and_is_noted() {
+    let before = "def add(a, b):\n    # Adds two numbers, with a long comment that the update drops.\n    return a - b\n";
+    let new = "def add(a, b):\n    return a + b\n";
+    let run = Test::new()
+        .file("calc.py", before)
+        .spec(spec(
+            "calc.py",
+            &json!({"test_command": "grep -q 'a + b' calc.py", "allow_shrink": true}),
+        ))
+        .reply(&format!(
+            "Here is the updated version:\n\n```python\n{new}```\n\nFor reference, the original was:\n\n```python\n{before}```\n"
+        ))
+        .run();
+    run.assert_code(0);
+    assert_eq!(run.read("calc.py").as_deref(), Some(new));
+    let result = run.result();
+    assert_eq!(
+        result.attempts[0].notes,
+        [
+            "2 blocks could be `calc.py`; used block 1, ignored block 2 (introduced as the file as it was)"
+        ]
+    );
+}
+
+#[test]
+fn a_block_cut_by_a_fence_inside_a_string_is_never_written() {
+    let run = Test::new()
+        .spec(spec("mywc.py", &json!({"max_attempts": 1})))
+        .reply("```python\nHELP = \"\"\"\nUsage:\n```\nmywc [FILE]\n```\n\"\"\"\n\n\ndef count(text):\n    return len(text.split())\n```\n")
+        .run();
+    run.assert_code(1);
+    assert_eq!(run.read("mywc.py"), None);
+    let result = run.result();
+    assert_eq!(result.attempts[0].outcome, Outcome::Truncated);
+    let error = result.attempts[0].error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("`mywc.py` ends inside a string") && error.contains("longer fence"),
+        "{error}"
     );
 }

@@ -98,6 +98,9 @@ pub enum Script {
     /// Sends the streaming headers at once, waits `wait_ms` (a model reading a long
     /// prompt before its first token), then streams the reply.
     Prefill { wait_ms: u64, chat: Chat },
+    /// Waits until the file exists (something the test or the tool creates), then plays
+    /// the script: a reply that arrives only once the tool has reached some point.
+    After(PathBuf, Box<Script>),
 }
 
 /// Which API the scripted server speaks.
@@ -212,14 +215,31 @@ impl Request {
 #[derive(Default)]
 struct ServerState {
     script: VecDeque<Script>,
+    /// Replies for requests whose body holds the needle, before the plain script: runs at
+    /// once (a batch) get their own replies whatever order they ask in.
+    routes: Vec<(String, VecDeque<Script>)>,
     requests: Vec<Request>,
     models: Vec<String>,
     protocol: Protocol,
+    /// Chat requests being answered now, and the most ever at once.
+    in_flight: usize,
+    max_in_flight: usize,
+    /// The first `gate` chat requests are held until that many are in flight at once:
+    /// overlap is shown deterministically, with no timing.
+    gate: usize,
+    gated: usize,
+    gate_open: bool,
+    /// Like a real server: at most `slots` replies are worked on at once (0: no limit),
+    /// each taking `latency` before it is sent.
+    slots: usize,
+    busy: usize,
+    latency: std::time::Duration,
 }
 
 pub struct ModelServer {
     pub url: String,
     state: Arc<Mutex<ServerState>>,
+    arrived: Arc<std::sync::Condvar>,
 }
 
 impl ModelServer {
@@ -232,19 +252,51 @@ impl ModelServer {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let state = Arc::new(Mutex::new(ServerState {
             script: script.into(),
-            requests: Vec::new(),
             models,
             protocol,
+            ..ServerState::default()
         }));
         let shared = Arc::clone(&state);
+        let arrived = Arc::new(std::sync::Condvar::new());
+        let signal = Arc::clone(&arrived);
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                let shared = Arc::clone(&shared);
-                std::thread::spawn(move || serve(stream, &shared));
+                let (shared, signal) = (Arc::clone(&shared), Arc::clone(&signal));
+                std::thread::spawn(move || serve(stream, &shared, &signal));
             }
         });
-        Self { url, state }
+        Self {
+            url,
+            state,
+            arrived,
+        }
+    }
+
+    /// Replies to requests whose body contains `needle`, in order, before the plain script.
+    pub fn route(&self, needle: &str, script: Vec<Script>) {
+        self.state
+            .lock()
+            .unwrap()
+            .routes
+            .push((needle.to_owned(), script.into()));
+    }
+
+    /// Holds the first `n` chat requests until `n` are in flight at once.
+    pub fn gate(&self, n: usize) {
+        self.state.lock().unwrap().gate = n;
+    }
+
+    /// At most `slots` replies at once, each after `latency` (a model's time).
+    pub fn slots(&self, slots: usize, latency: std::time::Duration) {
+        let mut state = self.state.lock().unwrap();
+        state.slots = slots;
+        state.latency = latency;
+    }
+
+    /// The most chat requests that were being answered at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.lock().unwrap().max_in_flight
     }
 
     /// The chat requests received (model listings are not recorded).
@@ -257,7 +309,7 @@ impl ModelServer {
     }
 }
 
-fn serve(mut stream: TcpStream, state: &Mutex<ServerState>) {
+fn serve(mut stream: TcpStream, state: &Mutex<ServerState>, arrived: &std::sync::Condvar) {
     let Some(request) = read_request(&stream) else {
         return;
     };
@@ -315,11 +367,49 @@ fn serve(mut stream: TcpStream, state: &Mutex<ServerState>) {
         return;
     }
     let script = {
-        let mut state = state.lock().unwrap();
-        state.requests.push(request);
-        state.script.pop_front()
+        let mut guard = state.lock().unwrap();
+        let body = request.body.to_string();
+        let routed = guard
+            .routes
+            .iter_mut()
+            .find(|(needle, _)| body.contains(needle.as_str()))
+            .map(|(_, script)| script.pop_front());
+        guard.requests.push(request);
+        guard.in_flight += 1;
+        guard.max_in_flight = guard.max_in_flight.max(guard.in_flight);
+        if guard.gated < guard.gate {
+            guard.gated += 1;
+            if guard.in_flight >= guard.gate {
+                guard.gate_open = true;
+                arrived.notify_all();
+            }
+            while !guard.gate_open {
+                guard = arrived.wait(guard).unwrap();
+            }
+        }
+        let script = match routed {
+            Some(script) => script,
+            None => guard.script.pop_front(),
+        };
+        if guard.slots > 0 {
+            while guard.busy >= guard.slots {
+                guard = arrived.wait(guard).unwrap();
+            }
+            guard.busy += 1;
+        }
+        (script, guard.slots > 0, guard.latency)
     };
+    let (script, slotted, latency) = script;
+    if slotted {
+        std::thread::sleep(latency);
+    }
     play(stream, released(script), native);
+    let mut guard = state.lock().unwrap();
+    guard.in_flight -= 1;
+    if slotted {
+        guard.busy -= 1;
+        arrived.notify_all();
+    }
 }
 
 /// A [`Script::Held`] once its test lets it go: its chat.
@@ -380,6 +470,12 @@ fn play(mut stream: TcpStream, script: Option<Script>, native: bool) {
         Some(Script::Raw(bytes)) => {
             let _ = stream.write_all(&bytes);
             let _ = stream.shutdown(Shutdown::Both);
+        }
+        Some(Script::After(marker, script)) => {
+            while !marker.exists() {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            play(stream, Some(*script), native);
         }
         Some(Script::Hang) => hold(&mut stream),
         Some(Script::Held { .. }) => unreachable!("played as its chat above"),
@@ -647,6 +743,12 @@ pub struct Test {
     before: Option<Setup>,
     /// A program (with its arguments) that starts the binary, such as `setpriv`.
     wrapper: Vec<String>,
+    /// Replies by needle (see [`ModelServer::route`]).
+    routes: Vec<(String, Vec<Script>)>,
+    /// See [`ModelServer::gate`].
+    gate: usize,
+    /// See [`ModelServer::slots`].
+    slots: Option<(usize, std::time::Duration)>,
 }
 
 /// How the test repository's working tree and git directory are laid out. In every
@@ -721,6 +823,9 @@ impl Test {
             layout: Layout::Plain,
             before: None,
             wrapper: Vec::new(),
+            routes: Vec::new(),
+            gate: 0,
+            slots: None,
         }
     }
 
@@ -815,6 +920,24 @@ impl Test {
         self
     }
 
+    /// Replies to the requests whose body contains `needle` (a task's own words), in order.
+    pub fn route(mut self, needle: &str, script: Vec<Script>) -> Self {
+        self.routes.push((needle.to_owned(), script));
+        self
+    }
+
+    /// The server works on at most `slots` replies at once, each taking `latency`.
+    pub fn slots(mut self, slots: usize, latency: std::time::Duration) -> Self {
+        self.slots = Some((slots, latency));
+        self
+    }
+
+    /// The server holds the first `n` chat requests until `n` are in flight at once.
+    pub fn gate(mut self, n: usize) -> Self {
+        self.gate = n;
+        self
+    }
+
     pub fn models(mut self, models: &[&str]) -> Self {
         self.models = models.iter().map(|m| (*m).to_owned()).collect();
         self
@@ -905,6 +1028,13 @@ impl Test {
             .endpoint
             .clone()
             .or_else(|| self.endpoint_from.map(|shape| shape(&server.url)));
+        for (needle, script) in self.routes {
+            server.route(&needle, script);
+        }
+        server.gate(self.gate);
+        if let Some((slots, latency)) = self.slots {
+            server.slots(slots, latency);
+        }
         let before = snapshot(&repo);
         let mut command = match self.wrapper.split_first() {
             Some((program, rest)) => {
@@ -951,15 +1081,8 @@ impl Test {
             command.env(name, value);
         }
         let started = std::time::Instant::now();
-        if self.interactive {
-            command.stdin(Stdio::piped());
-        }
-        let output = launch(
-            &mut command,
-            self.during,
-            (self.closed_stderr, self.interactive),
-            &server,
-        );
+        let flags = (self.closed_stderr, self.interactive);
+        let output = launch(&mut command, self.during, flags, &server);
         let elapsed = started.elapsed();
         Run {
             elapsed,
@@ -967,6 +1090,7 @@ impl Test {
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
             requests: server.requests(),
+            max_in_flight: server.max_in_flight(),
             before,
             repo,
             spec_path,
@@ -995,6 +1119,9 @@ fn launch(
         }
         None => output(command),
         Some(act) => {
+            if interactive {
+                command.stdin(Stdio::piped());
+            }
             let child = command
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -1175,6 +1302,8 @@ pub struct Run {
     pub stdout: String,
     pub stderr: String,
     pub requests: Vec<Request>,
+    /// The most chat requests the server was answering at once.
+    pub max_in_flight: usize,
     before: BTreeMap<String, Vec<u8>>,
     pub repo: PathBuf,
     pub spec_path: PathBuf,
@@ -1260,8 +1389,30 @@ impl Run {
         &self.home
     }
 
+    /// The run ledger at its default place under the run's home directory.
+    pub fn ledger_path(&self) -> PathBuf {
+        self.home.join(".local/share/execute-local-task/ledger.db")
+    }
+
+    /// The runs the ledger holds, newest first (none when it does not exist).
+    pub fn ledger_runs(&self) -> Vec<execute_local_task::ledger::LoggedRun> {
+        let path = self.ledger_path();
+        if !path.exists() {
+            return Vec::new();
+        }
+        execute_local_task::ledger::Ledger::open(&path)
+            .expect("open the ledger")
+            .recent(1000)
+            .expect("read the ledger")
+    }
+
     /// Runs the binary again in the same repository (e.g. `rollback`).
     pub fn again(&self, args: &[&str]) -> (i32, String, String) {
+        self.again_with(args, &[])
+    }
+
+    /// Like [`Run::again`], with these environment variables (a server's endpoint).
+    pub fn again_with(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         let output = output(
             Command::new(BIN)
                 .args(args)
@@ -1272,6 +1423,7 @@ impl Run {
                 .env("LANG", "C")
                 .env("GIT_CONFIG_NOSYSTEM", "1")
                 .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                .envs(env.iter().copied())
                 .stdin(Stdio::null()),
         );
         (

@@ -4,15 +4,19 @@
 
 mod harness;
 
+mod batch;
 mod branches;
 mod conformance;
 mod core;
 mod extraction;
 mod hardening_input;
 mod hardening_server;
+mod hardening_tree;
+mod ledger;
 mod mcp;
 mod providers;
 mod repair;
+mod review_fixes;
 mod review_guard;
 mod runs;
 mod safety;

@@ -276,7 +276,8 @@ fn mcp_lists_its_tools_with_the_command_lines_options_as_schemas() {
     assert_eq!(
         names,
         [
-            "run_task", "get_run", "rollback", "apply", "merge", "discard", "models"
+            "run_task", "get_run", "rollback", "apply", "merge", "discard", "models", "review",
+            "stats"
         ]
     );
     for tool in &tools {
@@ -301,7 +302,12 @@ fn mcp_lists_its_tools_with_the_command_lines_options_as_schemas() {
     ] {
         assert!(properties.contains_key(option), "run_task lacks `{option}`");
     }
-    assert!(!properties.contains_key("quiet"));
+    for not_here in ["quiet", "specs", "jobs", "fail_fast", "glob"] {
+        assert!(
+            !properties.contains_key(not_here),
+            "run_task has `{not_here}`"
+        );
+    }
     assert_eq!(schema["required"], json!(["spec"]));
     // The descriptions are the command line's help texts.
     let no_test = properties["no_test"]["description"].as_str().unwrap();
@@ -510,6 +516,37 @@ fn mcp_stdin_closing_stops_a_running_task_and_restores_the_tree() {
         run.stderr
     );
     run.assert_unchanged();
+}
+
+#[test]
+fn mcp_records_a_review_and_reports_stats_from_the_ledger() {
+    let test = Test::new().script(Script::code("out.txt", "new\n"));
+    let (run, (result, reviewed, stats, bad)) = session(test, |client| {
+        let result = client
+            .call_and_wait(
+                "run_task",
+                json!({"spec": spec("out.txt", &json!({})), "no_test": true, "wait_seconds": 50}),
+            )
+            .task_result();
+        let reviewed = client.call_and_wait(
+            "review",
+            json!({"run_id": result.run_id, "verdict": "good", "reason": "as asked"}),
+        );
+        let stats = client.call_and_wait("stats", json!({}));
+        let bad = client.call_and_wait("review", json!({"last": true, "verdict": "great"}));
+        (result, reviewed, stats, bad)
+    });
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(result.status, Status::Success);
+    assert!(!reviewed.is_error, "{:?}", reviewed.structured_content);
+    assert_eq!(reviewed.structured_content["run_id"], json!(result.run_id));
+    assert_eq!(reviewed.structured_content["verdict"], "good");
+    assert!(!stats.is_error, "{:?}", stats.structured_content);
+    let stats: execute_local_task::stats::Stats =
+        serde_json::from_value(stats.structured_content).unwrap();
+    assert_eq!(stats.total.runs, 1, "{stats:?}");
+    assert!(bad.is_error);
+    assert_eq!(bad.structured_content["error"]["kind"], "usage");
 }
 
 /// What `mcp_sdk_client.py` prints.
