@@ -239,7 +239,7 @@ enum Command {
         which: SchemaKind,
     },
     /// Serve the Model Context Protocol on stdin and stdout: the tools `run_task`,
-    /// `get_run`, `rollback`, `apply`, `merge`, `discard`, `models`, `review` and
+    /// `run_batch`, `get_run`, `rollback`, `apply`, `merge`, `discard`, `models`, `review` and
     /// `stats`, whose results are the JSON these commands print.
     Mcp,
     /// Run the whole pipeline on a bundled example with recorded model replies.

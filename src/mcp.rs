@@ -23,6 +23,7 @@ use crate::mcp_tools::{
 };
 use crate::pipeline::{self, Env, RunOptions};
 use crate::run_registry::{Registry, Run, Waited};
+use crate::{batch, plan};
 
 /// The server's state: the runs it started.
 #[derive(Clone)]
@@ -118,6 +119,11 @@ fn tools() -> Vec<Tool> {
             mcp_tools::run_task_schema(),
         ),
         tool(
+            "run_batch",
+            "Run a directory (or list) of task specs in depends_on order, in place, and answer with the batch summary JSON. Waits up to wait_seconds, then answers {\"status\": \"running\", \"run_id\": BATCH_ID}; call get_run with that id.",
+            mcp_tools::run_batch_schema(),
+        ),
+        tool(
             "get_run",
             "Wait up to wait_seconds more for a run that run_task answered `running` for; answers its result JSON, or `running` again.",
             schema_of::<GetRunArgs>(),
@@ -188,6 +194,7 @@ impl ServerHandler for Server {
         let arguments = request.arguments.unwrap_or_default();
         let document = match &*request.name {
             "run_task" => self.run_task(&arguments, &context).await,
+            "run_batch" => self.run_batch(&arguments, &context).await,
             "get_run" => self.get_run(&arguments, &context).await,
             "rollback" => mcp_tools::rollback(&arguments, &self.env).await,
             "apply" => mcp_tools::bring_in(Verb::Apply, &arguments).await,
@@ -232,6 +239,54 @@ impl Server {
             };
             let document = Document::run(output);
             // The summary and hints a terminal would show, for the client's server log.
+            for line in &document.stderr {
+                say(line);
+            }
+            feed.finish(document);
+        });
+        follow(&run, wait, context).await
+    }
+
+    async fn run_batch(
+        &self,
+        arguments: &Map<String, Value>,
+        context: &RequestContext<RoleServer>,
+    ) -> Document {
+        let input = match mcp_tools::run_batch_input(arguments) {
+            Ok(input) => input,
+            Err(message) => return mcp_tools::bad_input(&message),
+        };
+        let env = Arc::clone(&self.env);
+        let wait = input.wait;
+        let run = self.registry.start(move |feed| async move {
+            let feed = Arc::new(feed);
+            let options = RunOptions {
+                cancel: feed.cancel.clone(),
+                run_id_sink: Some(Arc::clone(&feed.id)),
+                ..input.options
+            };
+            let lines = Arc::clone(&feed);
+            let observe: batch::Observer = Arc::new(move |event| match event {
+                batch::Event::Line { task_id, line } => {
+                    let line = format!("{task_id}: {line}");
+                    say(&format!("execute-local-task: {line}"));
+                    lines.progress(&line);
+                }
+                batch::Event::Note(line) => say(&format!("execute-local-task: {line}")),
+                batch::Event::Started { .. } | batch::Event::Finished { .. } => {}
+            });
+            let planned = plan::find_specs(&input.paths, input.glob.as_deref())
+                .and_then(|paths| plan::plan(&paths, &std::collections::BTreeSet::new()));
+            let document = match planned {
+                Ok(planned) => {
+                    let runner = batch::in_place(Arc::clone(&env));
+                    match batch::run(planned, &options, input.how, runner, observe).await {
+                        Ok(outcome) => Document::batch(&outcome.summary()),
+                        Err(error) => Document::error(&error),
+                    }
+                }
+                Err(error) => Document::error(&error),
+            };
             for line in &document.stderr {
                 say(line);
             }

@@ -44,6 +44,43 @@ pub enum SpecArg {
     Inline(Map<String, Value>),
 }
 
+/// `run_batch`'s own arguments; the rest are the run options, as for `run_task`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunBatchExtra {
+    /// A directory of specs (every `*.json` below it), or a list of spec files and
+    /// directories; the tasks run in `depends_on` order.
+    pub specs: SpecsArg,
+    /// Only the specs whose path below the directory matches this glob.
+    pub glob: Option<String>,
+    /// Tasks at once, 1 to 256 (default 1): their model calls overlap; writes and tests
+    /// take turns.
+    pub jobs: Option<u16>,
+    /// Start no task after the first that did not succeed.
+    #[serde(default)]
+    pub fail_fast: bool,
+    /// Seconds to wait for the batch to end before answering `{"status": "running",
+    /// "run_id": BATCH_ID}`; 0 to 50, default 20.
+    pub wait_seconds: Option<u64>,
+}
+
+/// One spec path or directory, or several.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum SpecsArg {
+    One(PathBuf),
+    Several(Vec<PathBuf>),
+}
+
+/// What `run_batch` runs, checked by the command line's parsers.
+pub struct BatchInput {
+    pub paths: Vec<PathBuf>,
+    pub glob: Option<String>,
+    pub options: RunOptions,
+    pub how: batch::BatchOptions,
+    pub wait: Duration,
+}
+
 /// `get_run`'s arguments.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -181,35 +218,7 @@ pub fn wait_of(tool: &str, seconds: Option<u64>) -> Result<Duration, String> {
 pub fn run_task_input(
     arguments: &Map<String, Value>,
 ) -> Result<(SpecInput, RunOptions, Duration), String> {
-    let mut own = Map::new();
-    let mut words = Vec::new();
-    for (name, value) in arguments {
-        if name == "spec" || name == "wait_seconds" {
-            own.insert(name.clone(), value.clone());
-            continue;
-        }
-        let flag = name.replace('_', "-");
-        // `quiet` is the command line's own: the server sends no progress to stdout anyway.
-        let takes_value = RunArgs::takes_value(&flag)
-            .filter(|_| name != "quiet" && !BATCH_ONLY.contains(&name.as_str()));
-        match (takes_value, value) {
-            (None, _) => return Err(usage("run_task", &format!("unknown argument `{name}`"))),
-            (Some(false), Value::Bool(true)) => words.push(format!("--{flag}")),
-            (Some(false), Value::Bool(false)) | (Some(true), Value::Null) => {}
-            (Some(false), _) => {
-                return Err(usage(
-                    "run_task",
-                    &format!("`{name}` must be true or false"),
-                ));
-            }
-            (Some(true), Value::Array(items)) => {
-                for item in items {
-                    words.push(format!("--{flag}={}", scalar(item)));
-                }
-            }
-            (Some(true), value) => words.push(format!("--{flag}={}", scalar(value))),
-        }
-    }
+    let (own, words) = split("run_task", arguments, &["spec", "wait_seconds"])?;
     let extra: RunTaskExtra = decode("run_task", &own)?;
     let wait = wait_of("run_task", extra.wait_seconds)?;
     let options = RunArgs::parse_options(&words).map_err(|message| usage("run_task", &message))?;
@@ -221,6 +230,91 @@ pub fn run_task_input(
         },
     };
     Ok((spec, options, wait))
+}
+
+/// `run_batch`'s specs, batch options and run options.
+pub fn run_batch_input(arguments: &Map<String, Value>) -> Result<BatchInput, String> {
+    let own_names = ["specs", "glob", "jobs", "fail_fast", "wait_seconds"];
+    let (own, mut words) = split("run_batch", arguments, &own_names)?;
+    let extra: RunBatchExtra = decode("run_batch", &own)?;
+    let wait = wait_of("run_batch", extra.wait_seconds)?;
+    let jobs = extra.jobs.unwrap_or(1);
+    // The command line's range check for `--jobs`.
+    words.push(format!("--jobs={jobs}"));
+    let options = RunArgs::parse_options(&words).map_err(|message| usage("run_batch", &message))?;
+    if options.branch {
+        return Err(usage(
+            "run_batch",
+            "a batch runs in place: `branch` is not supported",
+        ));
+    }
+    Ok(BatchInput {
+        paths: match extra.specs {
+            SpecsArg::One(path) => vec![path],
+            SpecsArg::Several(paths) => paths,
+        },
+        glob: extra.glob,
+        options,
+        how: batch::BatchOptions {
+            jobs: usize::from(jobs),
+            fail_fast: extra.fail_fast,
+        },
+        wait,
+    })
+}
+
+/// `run_batch`'s input schema: `run_task`'s run options with the batch's own.
+pub fn run_batch_schema() -> Map<String, Value> {
+    let mut schema = run_task_schema();
+    let extra = schema_of::<RunBatchExtra>();
+    if let Some(Value::Object(properties)) = schema.get_mut("properties") {
+        properties.remove("spec");
+        if let Some(Value::Object(more)) = extra.get("properties") {
+            properties.extend(more.clone());
+        }
+    }
+    schema.insert("required".to_owned(), Value::from(vec!["specs"]));
+    if let Some(Value::Object(definitions)) = extra.get("definitions") {
+        schema.insert("definitions".to_owned(), Value::Object(definitions.clone()));
+    }
+    schema.insert("title".to_owned(), Value::from("run_batch"));
+    schema
+}
+
+/// A tool's arguments split into its own (`own_names`) and the run options, as
+/// command-line words checked against the command line's options.
+fn split(
+    tool: &str,
+    arguments: &Map<String, Value>,
+    own_names: &[&str],
+) -> Result<(Map<String, Value>, Vec<String>), String> {
+    let mut own = Map::new();
+    let mut words = Vec::new();
+    for (name, value) in arguments {
+        if own_names.contains(&name.as_str()) {
+            own.insert(name.clone(), value.clone());
+            continue;
+        }
+        let flag = name.replace('_', "-");
+        // `quiet` is the command line's own: the server sends no progress to stdout anyway.
+        let takes_value = RunArgs::takes_value(&flag)
+            .filter(|_| name != "quiet" && !BATCH_ONLY.contains(&name.as_str()));
+        match (takes_value, value) {
+            (None, _) => return Err(usage(tool, &format!("unknown argument `{name}`"))),
+            (Some(false), Value::Bool(true)) => words.push(format!("--{flag}")),
+            (Some(false), Value::Bool(false)) | (Some(true), Value::Null) => {}
+            (Some(false), _) => {
+                return Err(usage(tool, &format!("`{name}` must be true or false")));
+            }
+            (Some(true), Value::Array(items)) => {
+                for item in items {
+                    words.push(format!("--{flag}={}", scalar(item)));
+                }
+            }
+            (Some(true), value) => words.push(format!("--{flag}={}", scalar(value))),
+        }
+    }
+    Ok((own, words))
 }
 
 /// A JSON value as the command line would have written it.

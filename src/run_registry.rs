@@ -47,12 +47,14 @@ impl Feed {
         self.lines.send_modify(|lines| lines.push(line.to_owned()));
     }
 
-    /// Records the finished document, and its run id if the run never reported one.
+    /// Records the finished document, and its run id (a batch's `batch_id`) if the run
+    /// never reported one.
     pub fn finish(&self, document: Document) {
         if self.id.borrow().is_none() {
-            let id = serde_json::to_value(&document.json)
-                .ok()
-                .and_then(|json| json.get("run_id")?.as_str().map(str::to_owned));
+            let id = serde_json::to_value(&document.json).ok().and_then(|json| {
+                let id = json.get("run_id").or_else(|| json.get("batch_id"))?;
+                id.as_str().map(str::to_owned)
+            });
             self.id.send_replace(id);
         }
         self.done.send_replace(Some(Arc::new(document)));

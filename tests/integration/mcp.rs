@@ -276,7 +276,15 @@ fn mcp_lists_its_tools_with_the_command_lines_options_as_schemas() {
     assert_eq!(
         names,
         [
-            "run_task", "get_run", "rollback", "apply", "merge", "discard", "models", "review",
+            "run_task",
+            "run_batch",
+            "get_run",
+            "rollback",
+            "apply",
+            "merge",
+            "discard",
+            "models",
+            "review",
             "stats"
         ]
     );
@@ -591,4 +599,46 @@ fn mcp_the_official_python_sdk_lists_the_tools_and_runs_a_task() {
     assert_eq!(session.result.status, Status::Success);
     assert!(!session.progress.is_empty(), "no progress reached the SDK");
     assert_eq!(run.read("out.txt").as_deref(), Some("new\n"));
+}
+
+#[test]
+fn mcp_runs_a_batch_and_rolls_it_back_by_its_id() {
+    let test = Test::new()
+        .file(
+            "specs/a.json",
+            spec("a.txt", &json!({"task_id": "a"})).to_string(),
+        )
+        .file(
+            "specs/b.json",
+            spec("b.txt", &json!({"task_id": "b"})).to_string(),
+        )
+        .script(Script::code("a.txt", "A\n"))
+        .script(Script::code("b.txt", "B\n"));
+    let repo = test.repo_path();
+    let (run, (summary, written, undone)) = session(test, move |client| {
+        let summary = client.call_and_wait(
+            "run_batch",
+            json!({"specs": "specs", "no_test": true, "wait_seconds": 50}),
+        );
+        let written = (
+            std::fs::read_to_string(repo.join("a.txt")).ok(),
+            std::fs::read_to_string(repo.join("b.txt")).ok(),
+        );
+        let batch_id = summary.structured_content["batch_id"].clone();
+        let undone = client.call_and_wait("rollback", json!({"run_id": batch_id}));
+        (summary, written, undone)
+    });
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!summary.is_error, "{:?}", summary.structured_content);
+    let summary: execute_local_task::batch::BatchSummary =
+        serde_json::from_value(summary.structured_content).unwrap();
+    assert_eq!(
+        summary.status,
+        execute_local_task::batch::BatchStatus::Success
+    );
+    assert_eq!(summary.counts.success, 2, "{summary:?}");
+    assert_eq!(written, (Some("A\n".to_owned()), Some("B\n".to_owned())));
+    assert!(!undone.is_error, "{:?}", undone.structured_content);
+    assert_eq!(run.read("a.txt"), None);
+    assert_eq!(run.read("b.txt"), None);
 }
