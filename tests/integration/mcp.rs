@@ -343,8 +343,8 @@ fn mcp_runs_a_task_to_the_end_with_progress_and_the_clis_result() {
     assert_eq!(run.read("out.txt").as_deref(), Some("new\n"));
     assert_eq!(run.requests.len(), 1);
     assert!(!progress.is_empty(), "no progress notifications");
-    // Progress reached the client, never stdout: every stdout line was a JSON-RPC message.
-    assert!(run.stdout.is_empty());
+    // And nothing else reached stdout: the client's reader fails on any line that is not
+    // a JSON-RPC message.
 }
 
 #[test]
