@@ -24,7 +24,7 @@ use crate::plan;
 use crate::progress;
 use crate::prune;
 use crate::result::{Status, TaskResult};
-use crate::rollback::{self, Which};
+use crate::rollback::Which;
 use crate::server::{self, Connection, ModelChoice};
 use crate::{bring_in, runs};
 
@@ -55,13 +55,13 @@ fn write_stderr(text: &str) {
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 success; 1 the task ran but did not succeed (status failed or escalate);
-2 bad input (command line, spec, repository, unsafe path), or the machine refused a read or
+2 bad input (command line, spec, config, repository, unsafe path), or the machine refused a read or
 write (kind `environment`: disk full, permissions); 3 the model server could not be used;
 130, 143, 129 interrupted by SIGINT, SIGTERM, SIGHUP (the test is stopped, the tree restored).
 A batch: 0 every task succeeded; 1 any did not (status failed, escalate, error or skipped);
 2 bad input before it ran; 3 no task could use its model server; 128+N on signal N.
 
-Environment: LOCAL_TASK_ENDPOINT, LOCAL_TASK_MODEL, LOCAL_TASK_PROVIDER, LOCAL_TASK_API_KEY,
+Environment: LOCAL_TASK_ENDPOINT, LOCAL_TASK_MODEL, LOCAL_TASK_PROVIDER, LOCAL_TASK_API_KEY, LOCAL_TASK_PROFILE,
 and the ecosystem's OPENAI_BASE_URL, OPENAI_API_KEY (sent only to OPENAI_BASE_URL), OLLAMA_HOST.
 Precedence: flag > spec > LOCAL_TASK_* > ecosystem variables > the usual local ports.
 LOCAL_TASK_LEDGER moves the run ledger (default $XDG_DATA_HOME/execute-local-task/ledger.db).";
@@ -139,6 +139,39 @@ struct StatsArgs {
     /// Also write the figures, with charts over time, as one self-contained HTML page.
     #[arg(long, value_name = "FILE")]
     html: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct ConfigArgs {
+    /// Also probe each profile's server and model (reachable, model present, context
+    /// window known); exit 3 when one is not usable.
+    #[arg(long)]
+    check: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// The profile to select (over `LOCAL_TASK_PROFILE`).
+    #[arg(long, value_name = "NAME")]
+    profile: Option<String>,
+    /// The repository (default: the one containing the current directory).
+    #[arg(long, value_name = "DIR")]
+    repo: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct CheckArgs {
+    /// A spec, or a directory of specs (`*.json`, searched recursively).
+    #[arg(value_name = "SPEC|DIR")]
+    path: PathBuf,
+    /// Only parse and validate the specs (for hooks): no repository, context or triage.
+    #[arg(long)]
+    validate_only: bool,
+    /// The profile to triage for (over the spec's and `LOCAL_TASK_PROFILE`).
+    #[arg(long, value_name = "NAME")]
+    profile: Option<String>,
+    /// The repository (default: the one containing the current directory).
+    #[arg(long, value_name = "DIR")]
+    repo: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -239,9 +272,16 @@ enum Command {
         which: SchemaKind,
     },
     /// Serve the Model Context Protocol on stdin and stdout: the tools `run_task`,
-    /// `run_batch`, `get_run`, `rollback`, `apply`, `merge`, `discard`, `models`, `review` and
-    /// `stats`, whose results are the JSON these commands print.
+    /// `run_batch`, `get_run`, `rollback`, `apply`, `merge`, `discard`, `models`, `check`,
+    /// `review` and `stats`, whose results are the JSON these commands print.
     Mcp,
+    /// Print the effective configuration (repository and user `config.toml`, environment,
+    /// flags, defaults) with where each value came from.
+    Config(ConfigArgs),
+    /// Triage task specs without calling a model: a score 0-10 with reasons, a verdict
+    /// (`delegate`, `delegate_with_care`, `keep`) and the profile routing would pick. JSON
+    /// on stdout; exit 0 when every spec can run, 2 otherwise.
+    Check(CheckArgs),
     /// Run the whole pipeline on a bundled example with recorded model replies.
     Demo {
         /// Build the example here instead of a temporary directory (kept afterwards).
@@ -299,6 +339,10 @@ pub(crate) struct RunArgs {
     /// Leave the last failed attempt's files in the tree for inspection.
     #[arg(long)]
     keep_failed: bool,
+    /// The configured profile to triage for (over the spec's `profile` and
+    /// `LOCAL_TASK_PROFILE`); runs do not use profiles for the server yet.
+    #[arg(long, value_name = "NAME")]
+    profile: Option<String>,
     /// Model attempts including repairs, 1 to 5 (overrides the spec; default 2).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=5), allow_negative_numbers = true)]
     max_attempts: Option<u32>,
@@ -447,6 +491,7 @@ impl RunArgs {
                 },
             },
             lock_timeout: Duration::from_secs(self.lock_timeout),
+            profile: self.profile.clone(),
             ..RunOptions::new()
         }
     }
@@ -664,33 +709,7 @@ async fn dispatch(cli: Cli) -> u8 {
     let env: Env = Arc::new(|name: &str| std::env::var(name).ok());
     match cli.command {
         None if cli.run.is_batch() => run_batch(&cli.run, &env).await,
-        None => {
-            let Some(spec) = cli.run.specs.first().cloned() else {
-                say!(
-                    "error: no task spec given\n\nUsage: execute-local-task [OPTIONS] <SPEC>\n       execute-local-task demo    (see it work first)\n\nFor more information, try '--help'."
-                );
-                let document = Document::usage("no task spec given");
-                print_json(&document.json);
-                return document.exit_code;
-            };
-            let quiet = cli.run.quiet;
-            let progress = move |line: &str| {
-                if !quiet {
-                    say_line(&format!("execute-local-task: {line}"));
-                }
-            };
-            let options = RunOptions {
-                cancel: stop_on_signals(),
-                ..cli.run.options()
-            };
-            let spec = SpecInput::File(spec);
-            let output = if options.branch {
-                crate::branch::run(&spec, &options, None, &env, &progress).await
-            } else {
-                pipeline::run(&spec, &options, None, &env, &progress).await
-            };
-            print(&Document::run(output))
-        }
+        None => run_single(&cli.run, &env).await,
         Some(Command::Rollback {
             run_id,
             last,
@@ -701,12 +720,7 @@ async fn dispatch(cli: Cli) -> u8 {
             let dir = repo.unwrap_or_else(|| PathBuf::from("."));
             let wait = Duration::from_secs(lock_timeout);
             if let Some(batch_id) = run_id.as_deref().filter(|id| batch::valid_batch_id(id)) {
-                return print(
-                    &match rollback::rollback_batch(&dir, batch_id, force, wait).await {
-                        Ok(report) => Document::batch_rollback(&report),
-                        Err(error) => Document::error(&error),
-                    },
-                );
+                return print(&run_batch_rollback(&dir, batch_id, force, wait, &env).await);
             }
             let which = match run_id.as_deref() {
                 Some(id) if !last => Which::Id(id),
@@ -715,24 +729,16 @@ async fn dispatch(cli: Cli) -> u8 {
             print(&run_rollback(&dir, which, force, lock_timeout, &env).await)
         }
         Some(Command::Prune(args)) => run_prune(args, &env).await,
-        Some(Command::Apply(args)) => bring_in(Verb::Apply, args).await,
-        Some(Command::Merge(args)) => bring_in(Verb::Merge, args).await,
-        Some(Command::Discard(args)) => bring_in(Verb::Discard, args).await,
+        Some(Command::Apply(args)) => bring_in(Verb::Apply, args, &env).await,
+        Some(Command::Merge(args)) => bring_in(Verb::Merge, args, &env).await,
+        Some(Command::Discard(args)) => bring_in(Verb::Discard, args, &env).await,
         Some(Command::Runs { json, repo }) => list_runs(json, repo),
         Some(Command::Models {
             endpoint,
             provider,
             json,
         }) => run_models(endpoint, provider, json, &env).await,
-        Some(Command::Schema { which }) => {
-            let schema = match which {
-                SchemaKind::Spec => crate::spec::json_schema(),
-                SchemaKind::Result => serde_json::json!(schemars::schema_for!(TaskResult)),
-                SchemaKind::Stats => serde_json::json!(schemars::schema_for!(crate::stats::Stats)),
-            };
-            print_json(&schema);
-            0
-        }
+        Some(Command::Schema { which }) => print_schema(which),
         Some(Command::Demo { dir }) => run_demo(dir, &env).await,
         Some(Command::Log { limit, json }) => run_log(limit, json, &env),
         Some(Command::Stats(args)) => run_stats(args, &env),
@@ -744,7 +750,109 @@ async fn dispatch(cli: Cli) -> u8 {
             failure_mode,
         }) => run_review(&args, last, reason, failure_mode, &env),
         Some(Command::Mcp) => crate::mcp::serve(env).await,
+        Some(Command::Config(args)) => show_config(args, &env).await,
+        Some(Command::Check(args)) => run_check(args, &env).await,
     }
+}
+
+/// A single task: `execute-local-task SPEC`.
+async fn run_single(run: &RunArgs, env: &Env) -> u8 {
+    let Some(spec) = run.specs.first().cloned() else {
+        say!(
+            "error: no task spec given\n\nUsage: execute-local-task [OPTIONS] <SPEC>\n       execute-local-task demo    (see it work first)\n\nFor more information, try '--help'."
+        );
+        let document = Document::usage("no task spec given");
+        print_json(&document.json);
+        return document.exit_code;
+    };
+    let quiet = run.quiet;
+    let progress = move |line: &str| {
+        if !quiet {
+            say_line(&format!("execute-local-task: {line}"));
+        }
+    };
+    let options = RunOptions {
+        cancel: stop_on_signals(),
+        ..run.options()
+    };
+    let spec = SpecInput::File(spec);
+    let output = if options.branch {
+        crate::branch::run(&spec, &options, None, env, &progress).await
+    } else {
+        pipeline::run(&spec, &options, None, env, &progress).await
+    };
+    print(&Document::run(output))
+}
+
+/// `models`: what discovery sees, as a table or JSON.
+async fn run_models(
+    endpoint: Option<String>,
+    provider: Option<String>,
+    json: bool,
+    env: &Env,
+) -> u8 {
+    // The same resolution as a run (minus the spec), so `models` probes the server
+    // a run would use, with the key a run would send.
+    let flags = ModelChoice {
+        endpoint: endpoint.filter(|e| !e.trim().is_empty()),
+        provider,
+        ..ModelChoice::default()
+    };
+    let choice = match ModelChoice::resolve(&flags, None, &**env) {
+        Ok(choice) => choice,
+        Err(error) => return print(&Document::error(&error)),
+    };
+    let reports = discovery::survey(
+        choice.endpoint.as_deref(),
+        choice.provider.as_deref(),
+        choice.api_key,
+        &choice.ports,
+    )
+    .await;
+    let document = Document::models(&reports);
+    if json {
+        print(&document)
+    } else {
+        print_model_table(&reports);
+        print_stderr(&document)
+    }
+}
+
+/// `check`: the stages before the model read files, so they run off the async thread.
+async fn run_check(args: CheckArgs, env: &Env) -> u8 {
+    let CheckArgs {
+        path,
+        validate_only,
+        profile,
+        repo,
+    } = args;
+    let options = RunOptions {
+        repo_dir: repo,
+        profile,
+        ..RunOptions::new()
+    };
+    let env = Arc::clone(env);
+    let checked = tokio::task::spawn_blocking(move || {
+        crate::check::check(&path, &options, validate_only, &*env)
+    })
+    .await;
+    match checked {
+        Ok(Ok(report)) => print(&Document::check(&report)),
+        Ok(Err(error)) => print(&Document::error(&error)),
+        Err(error) => print(&Document::error(&crate::error::Error::Usage(format!(
+            "check stopped: {error}"
+        )))),
+    }
+}
+
+fn print_schema(which: SchemaKind) -> u8 {
+    let schema = match which {
+        SchemaKind::Spec => crate::spec::json_schema(),
+        SchemaKind::Result => serde_json::json!(schemars::schema_for!(TaskResult)),
+        SchemaKind::Stats => serde_json::json!(schemars::schema_for!(crate::stats::Stats)),
+    };
+    print_json(&schema);
+    0
 }
 
 enum Verb {
@@ -753,7 +861,7 @@ enum Verb {
     Discard,
 }
 
-async fn bring_in(verb: Verb, args: BringInArgs) -> u8 {
+async fn bring_in(verb: Verb, args: BringInArgs, env: &Env) -> u8 {
     let dir = args.repo.unwrap_or_else(|| PathBuf::from("."));
     let which = match args.run_id.as_deref() {
         Some(id) if !args.last => runs::Which::Id(id),
@@ -766,7 +874,15 @@ async fn bring_in(verb: Verb, args: BringInArgs) -> u8 {
         Verb::Discard => bring_in::discard(&dir, &which),
     };
     print(&match outcome {
-        Ok(report) => Document::bring_in(&report),
+        Ok(report) => {
+            // Recorded against the branch run; a ledger that cannot be written is a note.
+            let missing = crate::record::bring_in(&report, &**env);
+            let mut document = Document::bring_in(&report);
+            document
+                .stderr
+                .extend(missing.map(|m| format!("note: {m}")));
+            document
+        }
         Err(error) => Document::error(&error),
     })
 }
@@ -788,6 +904,25 @@ fn list_runs(json: bool, repo: Option<PathBuf>) -> u8 {
         let _ = writeln!(stdout, "{}", runs::describe(record));
     }
     0
+}
+
+/// Undoes every run of a batch, and records that against each in the ledger.
+async fn run_batch_rollback(
+    dir: &std::path::Path,
+    batch_id: &str,
+    force: bool,
+    wait: Duration,
+    env: &Env,
+) -> Document {
+    let (report, missing) = crate::record::rollback_batch(dir, batch_id, force, wait, &**env).await;
+    let mut document = match report {
+        Ok(report) => Document::batch_rollback(&report),
+        Err(error) => Document::error(&error),
+    };
+    document
+        .stderr
+        .extend(missing.into_iter().map(|m| format!("note: {m}")));
+    document
 }
 
 /// Undoes a run, and records that against it in the ledger.
@@ -959,41 +1094,47 @@ async fn run_demo(dir: Option<PathBuf>, env: &Env) -> u8 {
     code
 }
 
-/// The `models` table on stdout: a human's, not JSON, so what a server named (its
-/// version, its models, its error) is escaped as stderr is.
-/// `models`: probes the server a run would use (the same resolution, minus the spec,
-/// and the key a run would send), else the usual local ports.
-async fn run_models(
-    endpoint: Option<String>,
-    provider: Option<String>,
-    json: bool,
-    env: &Env,
-) -> u8 {
-    let flags = ModelChoice {
-        endpoint: endpoint.filter(|e| !e.trim().is_empty()),
-        provider,
-        ..ModelChoice::default()
-    };
-    let choice = match ModelChoice::resolve(&flags, None, &**env) {
-        Ok(choice) => choice,
+/// `config` and `config --check`. Outside a repository only the user's file is read.
+async fn show_config(args: ConfigArgs, env: &Env) -> u8 {
+    let ConfigArgs {
+        check,
+        json,
+        profile,
+        repo,
+    } = args;
+    let dir = repo.unwrap_or_else(|| PathBuf::from("."));
+    let root = crate::repo::Repo::discover(&dir)
+        .ok()
+        .map(|repo| repo.root().to_path_buf());
+    let config = match crate::config::Config::load(root.as_deref(), profile.as_deref(), &**env) {
+        Ok(config) => config,
         Err(error) => return print(&Document::error(&error)),
     };
-    let reports = discovery::survey(
-        choice.endpoint.as_deref(),
-        choice.provider.as_deref(),
-        choice.api_key,
-        &choice.ports,
-    )
-    .await;
-    let document = Document::models(&reports);
-    if json {
-        print(&document)
-    } else {
-        print_model_table(&reports);
-        print_stderr(&document)
+    if check {
+        let probes = crate::check::probe(&config, &**env).await;
+        let document = Document::probes(&probes);
+        if json {
+            return print(&document);
+        }
+        let mut stdout = std::io::stdout().lock();
+        for line in crate::config::probe_table(&probes) {
+            let _ = writeln!(stdout, "{line}");
+        }
+        return print_stderr(&document);
     }
+    let document = Document::config(&config);
+    if json {
+        return print(&document);
+    }
+    let mut stdout = std::io::stdout().lock();
+    for line in config.table() {
+        let _ = writeln!(stdout, "{line}");
+    }
+    print_stderr(&document)
 }
 
+/// The `models` table on stdout: a human's, not JSON, so what a server named (its
+/// version, its models, its error) is escaped as stderr is.
 fn print_model_table(reports: &[discovery::ServerReport]) {
     let mut lines = Vec::new();
     for report in reports {

@@ -76,3 +76,45 @@ pub const TARGET_DELEGATION_RATE: f64 = 0.7;
 pub const TARGET_FIRST_PASS_RATE: f64 = 0.8;
 /// …and of the gross supervisor tokens saved that remain after the overhead (net / gross).
 pub const TARGET_SAVED_SHARE: f64 = 0.6;
+
+/// Triage: lines of output an atomic task stays under.
+pub const TRIAGE_MAX_LINES: u32 = 50;
+/// Triage: imports an atomic task's target has at most.
+pub const TRIAGE_MAX_IMPORTS: u32 = 2;
+/// Triage: output files an atomic task writes.
+pub const TRIAGE_MAX_FILES: u32 = 1;
+/// Triage: the share of the context window a prompt and its reply fill comfortably.
+pub const TRIAGE_WINDOW_SHARE: f64 = 0.75;
+/// Triage: a score at or above this is `delegate`.
+pub const TRIAGE_DELEGATE_AT: u32 = 7;
+/// Triage: a score at or above this (below `delegate`) is `delegate_with_care`.
+pub const TRIAGE_CARE_AT: u32 = 4;
+/// Triage: the context window assumed for a profile that does not give one (Ollama's
+/// default is smaller, most coding models' larger); a task that cannot fit it is only
+/// flagged, not refused, since the real window is unknown.
+pub const ASSUMED_CONTEXT_WINDOW: u32 = 8192;
+/// Triage: words in a description that mark design work rather than an atomic task.
+pub const TRIAGE_DESIGN_WORDS: &[&str] = &[
+    "architecture",
+    "architect",
+    "design",
+    "migrate",
+    "migration",
+    "refactor across",
+    "across the codebase",
+    "security",
+    "authentication",
+    "authorization",
+    "concurrency",
+    "protocol",
+];
+/// Triage: words that mark a task that is not stateless.
+pub const TRIAGE_STATE_WORDS: &[&str] = &[
+    "global state",
+    "singleton",
+    "database",
+    "session",
+    "cache",
+    "mutable state",
+    "thread",
+];

@@ -9,6 +9,8 @@ use serde_json::Value;
 
 use crate::batch::{BatchStatus, BatchSummary};
 use crate::bring_in::BringInReport;
+use crate::check::{CheckReport, ProfileProbe};
+use crate::config::Config;
 use crate::discovery::ServerReport;
 use crate::error::Error;
 use crate::ledger::LoggedRun;
@@ -46,6 +48,9 @@ pub enum Body {
     Stats(Stats),
     Batch(BatchSummary),
     BatchRollback(BatchRollbackReport),
+    Check(CheckReport),
+    Config(Box<Config>),
+    Probes(Vec<ProfileProbe>),
     /// A dry run's request, or an error before any run began.
     Value(Value),
 }
@@ -228,5 +233,59 @@ impl Document {
             report.runs.len()
         );
         Self::new(Body::BatchRollback(report.clone()), 0, vec![line])
+    }
+
+    /// `check`'s report: exit 0 when every spec can run, else 2, naming the specs that
+    /// cannot.
+    pub fn check(report: &CheckReport) -> Self {
+        let stderr: Vec<String> = report
+            .failing()
+            .map(|spec| {
+                let why = spec.error.as_ref().map_or_else(
+                    || "does not fit its profile's context window".to_owned(),
+                    |error| error.message.clone(),
+                );
+                // A spec error names its file already.
+                let path = spec.spec.display().to_string();
+                if why.starts_with(&path) {
+                    format!("error: {why}")
+                } else {
+                    format!("error: {path}: {why}")
+                }
+            })
+            .collect();
+        let code = if stderr.is_empty() { 0 } else { 2 };
+        Self::new(Body::Check(report.clone()), code, stderr)
+    }
+
+    /// The effective configuration with each value's source.
+    pub fn config(config: &Config) -> Self {
+        Self::new(Body::Config(Box::new(config.clone())), 0, Vec::new())
+    }
+
+    /// `config --check`: exit 3 when a profile's server or model could not be found.
+    pub fn probes(probes: &[ProfileProbe]) -> Self {
+        let stderr: Vec<String> = probes
+            .iter()
+            .filter(|p| !p.ok())
+            .map(|p| {
+                format!(
+                    "error: profile `{}`: {}",
+                    p.profile,
+                    if p.reachable {
+                        format!(
+                            "the server does not list model `{}`",
+                            p.model.as_deref().unwrap_or("")
+                        )
+                    } else {
+                        p.error
+                            .clone()
+                            .unwrap_or_else(|| "no server answered".to_owned())
+                    }
+                )
+            })
+            .collect();
+        let code = if stderr.is_empty() { 0 } else { 3 };
+        Self::new(Body::Probes(probes.to_vec()), code, stderr)
     }
 }

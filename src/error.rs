@@ -107,6 +107,16 @@ pub enum Error {
     #[error("no run `{run_id}` in the ledger {}", ledger.display())]
     UnknownRun { run_id: String, ledger: PathBuf },
 
+    /// A configuration file cannot be read, parsed or validated, or names a profile that
+    /// does not exist; `line` and `key` locate the mistake when the file has one.
+    #[error("{}{}: {}{message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default(), key.as_deref().map(|k| format!("key `{k}`: ")).unwrap_or_default())]
+    Config {
+        path: PathBuf,
+        line: Option<usize>,
+        key: Option<String>,
+        message: String,
+    },
+
     /// A signal (Ctrl-C, a caller's timeout) stopped the run: its test was stopped and its
     /// writes undone.
     #[error("interrupted by {}", .0.as_str())]
@@ -165,6 +175,7 @@ impl Error {
             Self::Git { .. } => "git",
             Self::BranchExists { .. } => "branch_exists",
             Self::BringIn { .. } => "refused",
+            Self::Config { .. } => "config",
         }
     }
 

@@ -195,6 +195,7 @@ pub struct AttemptRecord {
     pub model: Option<String>,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    pub model_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -479,6 +480,8 @@ pub struct StatRow {
     pub status: String,
     pub attempts: u32,
     pub test_ms: Option<u64>,
+    /// The run's model time: its attempts' model calls summed; null when none was timed.
+    pub model_ms: Option<u64>,
     pub local_tokens: u64,
     pub saved_gross: Option<u64>,
     pub saved_net: Option<i64>,
@@ -497,7 +500,9 @@ impl Ledger {
                 "SELECT coalesce(kind, ''), coalesce(model, ''), status, attempts, test_ms,
                     prompt_tokens + completion_tokens, saved_gross, saved_net,
                     current_reviews.verdict, current_reviews.failure_mode,
-                    substr(runs.started_at, 1, 10)
+                    substr(runs.started_at, 1, 10),
+                    (SELECT sum(attempts.model_ms) FROM attempts
+                     WHERE attempts.run_id = runs.run_id)
                  FROM runs LEFT JOIN current_reviews ON current_reviews.run_id = runs.run_id
                  WHERE (?1 IS NULL OR runs.started_at >= ?1)
                    AND (?2 IS NULL OR runs.kind = ?2)
@@ -521,6 +526,7 @@ impl Ledger {
                             verdict: row.get(8)?,
                             failure_mode: row.get(9)?,
                             day: row.get(10)?,
+                            model_ms: row.get(11)?,
                         })
                     },
                 )?
@@ -644,7 +650,7 @@ fn insert_run(tx: &Transaction<'_>, run: &RunRecord) -> rusqlite::Result<()> {
     for attempt in &run.attempts {
         tx.execute(
             "INSERT INTO attempts (run_id, n, outcome, error, profile, model, prompt_tokens,
-                completion_tokens, model_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL)",
+                completion_tokens, model_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 run.run_id,
                 attempt.n,
@@ -654,6 +660,7 @@ fn insert_run(tx: &Transaction<'_>, run: &RunRecord) -> rusqlite::Result<()> {
                 attempt.model,
                 attempt.prompt_tokens,
                 attempt.completion_tokens,
+                attempt.model_ms,
             ],
         )?;
     }

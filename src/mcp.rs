@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::document::Document;
 use crate::mcp_tools::{
-    self, BringInArgs, GetRunArgs, ModelsArgs, ReviewArgs, RollbackArgs, StatsArgs, Verb,
+    self, BringInArgs, CheckArgs, GetRunArgs, ModelsArgs, ReviewArgs, RollbackArgs, StatsArgs, Verb,
 };
 use crate::pipeline::{self, Env, RunOptions};
 use crate::run_registry::{Registry, Run, Waited};
@@ -154,6 +154,11 @@ fn tools() -> Vec<Tool> {
             schema_of::<ModelsArgs>(),
         ),
         tool(
+            "check",
+            "Triage task specs without calling a model: a score 0-10 with reasons, a verdict (delegate, delegate_with_care, keep) and the profile routing would pick. A spec that cannot run makes it a tool error.",
+            schema_of::<CheckArgs>(),
+        ),
+        tool(
             "review",
             "Record your verdict on a run (good, acceptable, poor) in the run ledger; a later verdict replaces the earlier one.",
             schema_of::<ReviewArgs>(),
@@ -197,10 +202,11 @@ impl ServerHandler for Server {
             "run_batch" => self.run_batch(&arguments, &context).await,
             "get_run" => self.get_run(&arguments, &context).await,
             "rollback" => mcp_tools::rollback(&arguments, &self.env).await,
-            "apply" => mcp_tools::bring_in(Verb::Apply, &arguments).await,
-            "merge" => mcp_tools::bring_in(Verb::Merge, &arguments).await,
-            "discard" => mcp_tools::bring_in(Verb::Discard, &arguments).await,
+            "apply" => mcp_tools::bring_in(Verb::Apply, &arguments, &self.env).await,
+            "merge" => mcp_tools::bring_in(Verb::Merge, &arguments, &self.env).await,
+            "discard" => mcp_tools::bring_in(Verb::Discard, &arguments, &self.env).await,
             "models" => mcp_tools::models(&arguments, &self.env).await,
+            "check" => mcp_tools::check(&arguments, &self.env).await,
             "review" => mcp_tools::review(&arguments, &self.env),
             "stats" => mcp_tools::stats(&arguments, &self.env),
             other => {

@@ -343,45 +343,95 @@ pub async fn rollback(arguments: &Map<String, Value>, env: &Env) -> Document {
         Err(message) => return bad_input(&message),
     };
     let dir = args.repo.unwrap_or_else(|| PathBuf::from("."));
-    // As on the command line: a batch's id undoes the batch; a run's undoing is recorded.
-    if let Some(batch_id) = args
-        .run_id
-        .as_deref()
-        .filter(|id| batch::valid_batch_id(id))
-    {
-        return match rollback::rollback_batch(&dir, batch_id, args.force, wait).await {
-            Ok(report) => Document::batch_rollback(&report),
-            Err(error) => Document::error(&error),
-        };
-    }
     if args.run_id.is_none() && !args.last {
         return bad_input(&usage("rollback", "give `run_id` or `last: true`"));
     }
     let (env, force) = (Arc::clone(env), args.force);
-    // The ledger's rollback holds the environment (not `Sync`) across its waits, so it
-    // runs to its end on a thread of its own rather than among the server's tasks.
+    // The ledger's rollbacks hold the environment (not `Sync`) across their waits, so
+    // they run to their end on a thread of their own rather than among the server's tasks.
     let undone = tokio::task::spawn_blocking(move || {
-        let which = match args.run_id.as_deref() {
-            Some(id) if !args.last => rollback::Which::Id(id),
-            _ => rollback::Which::Last,
-        };
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|error| Error::io("start a runtime for", &dir, error))?;
-        runtime.block_on(crate::record::rollback(&dir, which, force, wait, &*env))
+        {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                return Document::error(&Error::io("start a runtime for", &dir, error));
+            }
+        };
+        runtime.block_on(async {
+            // As on the command line: a batch's id undoes the batch; both are recorded.
+            if let Some(batch_id) = args
+                .run_id
+                .as_deref()
+                .filter(|id| batch::valid_batch_id(id))
+            {
+                let (report, missing) =
+                    crate::record::rollback_batch(&dir, batch_id, force, wait, &*env).await;
+                let mut document = match report {
+                    Ok(report) => Document::batch_rollback(&report),
+                    Err(error) => Document::error(&error),
+                };
+                document
+                    .stderr
+                    .extend(missing.into_iter().map(|m| format!("note: {m}")));
+                return document;
+            }
+            let which = match args.run_id.as_deref() {
+                Some(id) if !args.last => rollback::Which::Id(id),
+                _ => rollback::Which::Last,
+            };
+            match crate::record::rollback(&dir, which, force, wait, &*env).await {
+                Ok((report, missing)) => {
+                    let mut document = Document::rollback(&report);
+                    document
+                        .stderr
+                        .extend(missing.map(|m| format!("note: {m}")));
+                    document
+                }
+                Err(error) => Document::error(&error),
+            }
+        })
     })
     .await;
-    match undone {
-        Ok(Ok((report, missing))) => {
-            let mut document = Document::rollback(&report);
-            document
-                .stderr
-                .extend(missing.map(|m| format!("note: {m}")));
-            document
-        }
+    undone.unwrap_or_else(|error| bad_input(&format!("rollback: {error}")))
+}
+
+/// `check`'s arguments, those of `execute-local-task check`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckArgs {
+    /// A spec, or a directory of specs (`*.json`, searched recursively).
+    pub path: PathBuf,
+    /// Only parse and validate the specs: no repository, context or triage.
+    #[serde(default)]
+    pub validate_only: bool,
+    /// The profile to triage for (over the spec's and `LOCAL_TASK_PROFILE`).
+    pub profile: Option<String>,
+    /// The repository (default: the one containing the server's current directory).
+    pub repo: Option<PathBuf>,
+}
+
+/// `check`: triage without a model, on a thread of its own (it reads files).
+pub async fn check(arguments: &Map<String, Value>, env: &Env) -> Document {
+    let args: CheckArgs = match decode("check", arguments) {
+        Ok(args) => args,
+        Err(message) => return bad_input(&message),
+    };
+    let options = RunOptions {
+        repo_dir: args.repo,
+        profile: args.profile,
+        ..RunOptions::new()
+    };
+    let env = Arc::clone(env);
+    let checked = tokio::task::spawn_blocking(move || {
+        crate::check::check(&args.path, &options, args.validate_only, &*env)
+    })
+    .await;
+    match checked {
+        Ok(Ok(report)) => Document::check(&report),
         Ok(Err(error)) => Document::error(&error),
-        Err(error) => bad_input(&format!("rollback: {error}")),
+        Err(error) => bad_input(&format!("check stopped: {error}")),
     }
 }
 
@@ -481,7 +531,7 @@ pub fn stats(arguments: &Map<String, Value>, env: &Env) -> Document {
     }
 }
 
-pub async fn bring_in(verb: Verb, arguments: &Map<String, Value>) -> Document {
+pub async fn bring_in(verb: Verb, arguments: &Map<String, Value>, env: &Env) -> Document {
     let tool = match verb {
         Verb::Apply => "apply",
         Verb::Merge => "merge",
@@ -507,7 +557,15 @@ pub async fn bring_in(verb: Verb, arguments: &Map<String, Value>) -> Document {
         Verb::Discard => bring_in::discard(&dir, &which),
     };
     match outcome {
-        Ok(report) => Document::bring_in(&report),
+        Ok(report) => {
+            // Recorded against the branch run, as on the command line.
+            let missing = crate::record::bring_in(&report, &**env);
+            let mut document = Document::bring_in(&report);
+            document
+                .stderr
+                .extend(missing.map(|m| format!("note: {m}")));
+            document
+        }
         Err(error) => Document::error(&error),
     }
 }

@@ -49,6 +49,8 @@ pub struct RunOptions {
     /// model is asked): a caller that hands the id out while the run goes on, such as
     /// the MCP server, gives out the id that `rollback` and the result will use.
     pub run_id_sink: Option<Arc<watch::Sender<Option<String>>>>,
+    /// The profile `--profile` picked (over `LOCAL_TASK_PROFILE` and the config).
+    pub profile: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -79,6 +81,7 @@ impl RunOptions {
             branch: false,
             links: Vec::new(),
             run_id_sink: None,
+            profile: None,
         }
     }
 }

@@ -64,6 +64,7 @@ pub async fn run(
         attempts: Vec::new(),
         unrestored: None,
         facts: None,
+        triage: None,
     };
     let opened = {
         let (spec, options) = (spec.clone(), options.clone());
@@ -107,6 +108,7 @@ struct RunState {
     unrestored: Option<u32>,
     /// What the run's ledger record needs, once it has started (dry runs never do).
     facts: Option<crate::record::Facts>,
+    triage: Option<crate::triage::Triage>,
 }
 
 impl RunState {
@@ -187,6 +189,7 @@ impl RunState {
             model: self.model.clone(),
             usage,
             git: self.git.clone(),
+            triage: self.triage.clone(),
             duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             ..result
         }
@@ -234,6 +237,7 @@ async fn run_opened(
         }
     };
     state.git = Some(prepared.git.clone());
+    state.triage = Some(prepared.triage.clone());
     let Some(journal) = journal else {
         return Ok(Finished::DryRun(prepared.dry_run(options)));
     };
@@ -374,12 +378,13 @@ impl Attempts<'_> {
     /// Model → extract → guard → write → test, for attempt `n`.
     async fn attempt(&mut self, n: u32) -> Result<Next> {
         let request = self.request(n)?;
-        let reply = self.ask(n, &request).await?;
+        let (reply, model_ms) = self.ask(n, &request).await?;
         let mut attempt = Attempt {
             n,
             outcome: Outcome::Ok,
             error: None,
             usage: reply.usage_for(&request),
+            model_ms: Some(model_ms),
             // How the model was chosen is said once, with the first attempt.
             notes: if n == 1 {
                 self.server.notes.clone()
@@ -558,14 +563,17 @@ impl Attempts<'_> {
         })
     }
 
-    /// The model's reply; a call that failed is an attempt of its own.
-    async fn ask(&mut self, n: u32, request: &ChatRequest) -> Result<ChatReply> {
+    /// The model's reply and the wall time of the call in milliseconds (its retries
+    /// included); a call that failed is an attempt of its own.
+    async fn ask(&mut self, n: u32, request: &ChatRequest) -> Result<(ChatReply, u64)> {
+        let started = std::time::Instant::now();
         let reply = self
             .options
             .cancel
             .or_cancel(self.server.client.chat(request))
             .await
             .and_then(|reply| reply.map_err(Error::from));
+        let model_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         if let Err(error) = &reply {
             let outcome = if matches!(error, Error::Model(_)) {
                 Outcome::ModelError
@@ -577,11 +585,12 @@ impl Attempts<'_> {
                 outcome,
                 error: None,
                 usage: Usage::default(),
+                model_ms: Some(model_ms),
                 notes: Vec::new(),
             };
             self.state.settle(attempt, outcome, Some(error.to_string()));
         }
-        reply
+        reply.map(|reply| (reply, model_ms))
     }
 
     /// Ends a failed attempt: its turn and failure go back to the model next.

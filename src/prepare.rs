@@ -1,12 +1,14 @@
 //! The stages before the model, which run alone too (a dry run, a spec check): the spec,
-//! the repository, the targets, the context, the prompt, the model choice and the checks
-//! that refuse a run before any model call.
+//! the repository, the targets, the context, the prompt, the model choice, the
+//! configuration and the task's triage ([`crate::triage`]), and the checks that refuse a
+//! run before any model call.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::json;
 
+use crate::config::Config;
 use crate::context;
 use crate::error::{Error, Result};
 use crate::language;
@@ -18,6 +20,7 @@ use crate::result::GitInfo;
 use crate::server::{self, ModelChoice};
 use crate::spec::{self, TaskSpec};
 use crate::targets::{self, Target};
+use crate::triage::{self, Triage};
 
 /// Where a run's spec comes from. Errors about it name its file, or its label.
 #[derive(Debug, Clone)]
@@ -78,6 +81,10 @@ pub struct Prepared {
     pub max_attempts: u32,
     /// The server, protocol and model asked for, before anything is probed.
     pub choice: ModelChoice,
+    /// The configuration files, merged and validated.
+    pub config: Config,
+    /// How well the task suits a local model; advice, never a refusal.
+    pub triage: Triage,
 }
 
 /// A run that could not be prepared, with what was learnt before the error, for its result.
@@ -133,10 +140,16 @@ impl Opened {
     ) -> std::result::Result<Prepared, Box<Unprepared>> {
         let Self { spec, repo } = self;
         let git = repo.info();
-        let (targets, templates, language, first_messages, choice) =
-            stages(&spec, &repo, options, env).map_err(|error| {
-                unprepared(error, Some(spec.task_id.clone()), Some(git.clone()))
-            })?;
+        let Stages {
+            targets,
+            templates,
+            language,
+            first_messages,
+            choice,
+            config,
+            triage,
+        } = stages(&spec, &repo, options, env)
+            .map_err(|error| unprepared(error, Some(spec.task_id.clone()), Some(git.clone())))?;
         let max_attempts = options
             .max_attempts
             .or(spec.max_attempts)
@@ -152,11 +165,21 @@ impl Opened {
             first_messages,
             max_attempts,
             choice,
+            config,
+            triage,
         })
     }
 }
 
-type Stages = (Vec<Target>, Templates, String, Vec<Message>, ModelChoice);
+struct Stages {
+    targets: Vec<Target>,
+    templates: Templates,
+    language: String,
+    first_messages: Vec<Message>,
+    choice: ModelChoice,
+    config: Config,
+    triage: Triage,
+}
 
 fn stages(
     spec: &TaskSpec,
@@ -180,6 +203,27 @@ fn stages(
     let first_messages =
         templates.task_messages(spec, &targets::output_views(&targets, &language), &context)?;
     let choice = ModelChoice::resolve(&options.model_flags, spec.model.as_deref(), env)?;
+    let config = Config::load(Some(repo.root()), options.profile.as_deref(), env)?;
+    if let Some(name) = &spec.profile
+        && config.profile(name).is_none()
+    {
+        return Err(Error::spec(
+            &spec.source,
+            Some("profile"),
+            format!(
+                "unknown profile `{name}`; `execute-local-task config` lists the configured ones"
+            ),
+        ));
+    }
+    let triage = triage::assess(
+        &triage::Inputs {
+            spec,
+            targets: &targets,
+            context: &context,
+            prompt_chars: first_messages.iter().map(|m| m.content.len()).sum(),
+        },
+        &config,
+    );
     // Before the dry run too: it should refuse what the real run would refuse.
     if !options.force {
         targets::check_clean_targets(repo, &targets)?;
@@ -192,18 +236,33 @@ fn stages(
         repo.root(),
         &spec.outputs,
     )?;
-    Ok((targets, templates, language, first_messages, choice))
+    Ok(Stages {
+        targets,
+        templates,
+        language,
+        first_messages,
+        choice,
+        config,
+        triage,
+    })
 }
 
 impl Prepared {
-    /// What `--dry-run` prints: the exact request a run would send first.
+    /// What `--dry-run` prints: the exact request a run would send first, and the
+    /// task's triage.
     pub fn dry_run(&self, options: &RunOptions) -> serde_json::Value {
-        dry_run_request(
+        let mut printed = dry_run_request(
             &self.spec,
             &self.choice,
             options,
             self.first_messages.clone(),
-        )
+        );
+        if let (Some(printed), Ok(triage)) =
+            (printed.as_object_mut(), serde_json::to_value(&self.triage))
+        {
+            printed.insert("triage".to_owned(), triage);
+        }
+        printed
     }
 }
 

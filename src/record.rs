@@ -183,6 +183,7 @@ fn run_record(result: &TaskResult, facts: &Facts) -> RunRecord {
                 model: model.map(|m| m.name.clone()),
                 prompt_tokens: attempt.usage.prompt_tokens,
                 completion_tokens: attempt.usage.completion_tokens,
+                model_ms: attempt.model_ms,
             })
             .collect(),
         files: result
@@ -331,6 +332,40 @@ pub async fn rollback(
         None
     };
     Ok((report, missing))
+}
+
+/// Undoes every run of batch `batch_id` ([`crate::rollback::rollback_batch`]) and records
+/// each run's rollback against it, with the batch's id; the notes say which records are
+/// missing (the rollback is done either way, and so are the records of runs undone before
+/// a stop).
+pub async fn rollback_batch(
+    dir: &Path,
+    batch_id: &str,
+    force: bool,
+    lock_timeout: std::time::Duration,
+    env: &(dyn Fn(&str) -> Option<String> + Sync),
+) -> (Result<crate::rollback::BatchRollbackReport>, Vec<String>) {
+    let mut missing = Vec::new();
+    let report = crate::rollback::rollback_batch(dir, batch_id, force, lock_timeout, &mut |run| {
+        let detail = format!("batch {batch_id}: {}", run.describe());
+        missing.extend(event(&run.run_id, "rollback", Some(&detail), env));
+    })
+    .await;
+    (report, missing)
+}
+
+/// Records an `apply`, `merge` or `discard` of a branch run against that run; what went
+/// wrong otherwise, for a note (the action is done either way).
+pub fn bring_in(
+    report: &crate::bring_in::BringInReport,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<String> {
+    let kind = match report.status.as_str() {
+        "applied" => "apply",
+        "merged" => "merge",
+        _ => "discard",
+    };
+    event(&report.run_id, kind, Some(&report.summary), env)
 }
 
 /// Records `kind` (e.g. `rollback`) against run `run_id`; what went wrong otherwise, for

@@ -59,6 +59,11 @@ pub struct TaskResult {
     /// there are none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// How well the task suits a local model (score, verdict, reasons, the profile
+    /// routing would pick), read before any model call; null when the run stopped before
+    /// its spec and context were read. A `keep` verdict does not stop the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triage: Option<crate::triage::Triage>,
 }
 
 /// The commands a supervisor runs next on a branch run's result.
@@ -102,6 +107,7 @@ impl TaskResult {
             review: None,
             savings: None,
             notes: Vec::new(),
+            triage: None,
         }
     }
 
@@ -194,6 +200,10 @@ pub struct Attempt {
     pub outcome: Outcome,
     pub error: Option<String>,
     pub usage: Usage,
+    /// Wall time of this attempt's model call in milliseconds, its retries included; absent
+    /// when the attempt never reached the model.
+    #[serde(default)]
+    pub model_ms: Option<u64>,
     /// Things worth knowing that did not stop the attempt (e.g. a block for a file not asked for).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,

@@ -222,11 +222,14 @@ pub struct BatchRollbackReport {
 /// Undoes every in-place write of a batch, the newest run first, so each run finds its
 /// files as it left them. Stops at the first run that cannot be undone (a file changed
 /// since, without `force`): the runs already undone stay undone and the error names it.
+/// `undone` hears of each run as soon as it is undone (to record it), the runs undone
+/// before a stop included.
 pub async fn rollback_batch(
     repo_dir: &Path,
     batch_id: &str,
     force: bool,
     lock_timeout: Duration,
+    undone: &mut (dyn FnMut(&RollbackReport) + Send),
 ) -> Result<BatchRollbackReport> {
     let repo = Repo::discover(repo_dir)?;
     let record = crate::batch::BatchRecord::load(&repo, batch_id)?;
@@ -247,7 +250,10 @@ pub async fn rollback_batch(
             continue;
         }
         match rollback(repo_dir, Which::Id(run_id), force, lock_timeout).await {
-            Ok(undone) => report.runs.push(undone),
+            Ok(run) => {
+                undone(&run);
+                report.runs.push(run);
+            }
             Err(error) => {
                 let undone: Vec<&str> = report.runs.iter().map(|r| r.run_id.as_str()).collect();
                 return Err(Error::Rollback {

@@ -38,7 +38,7 @@ pub struct Figures {
     pub poor: u64,
     /// The pair's trust phase (null in the total).
     pub phase: Option<Phase>,
-    /// Null: per-attempt model time is not measured yet.
+    /// A run's model time is its attempts' `model_ms` summed; null when no run has one.
     pub median_model_ms: Option<u64>,
     /// Null when no test ran.
     pub median_test_ms: Option<u64>,
@@ -230,7 +230,7 @@ fn figures(kind: String, model: String, rows: &[&StatRow]) -> Figures {
         acceptable: verdict("acceptable"),
         poor: verdict("poor"),
         phase: None,
-        median_model_ms: None,
+        median_model_ms: median(rows.iter().filter_map(|row| row.model_ms).collect()),
         median_test_ms: median(rows.iter().filter_map(|row| row.test_ms).collect()),
         local_tokens: rows.iter().map(|row| row.local_tokens).sum(),
         saved_gross: rows.iter().filter_map(|row| row.saved_gross).sum(),
@@ -290,9 +290,12 @@ pub fn table(stats: &Stats) -> String {
     let total = &stats.total;
     let _ = writeln!(
         out,
-        "local tokens {}; gross supervisor tokens saved {}; median test {}",
+        "local tokens {}; gross saved {}; median model {}, test {}",
         total.local_tokens,
         total.saved_gross,
+        total
+            .median_model_ms
+            .map_or_else(|| "-".to_owned(), |ms| format!("{ms} ms")),
         total
             .median_test_ms
             .map_or_else(|| "-".to_owned(), |ms| format!("{ms} ms"))
@@ -352,6 +355,7 @@ mod tests {
             status: status.to_owned(),
             attempts,
             test_ms: Some(u64::from(attempts) * 100),
+            model_ms: Some(u64::from(attempts) * 300),
             local_tokens: 1000,
             saved_gross: Some(if status == "success" { 500 } else { 0 }),
             saved_net: Some(if status == "success" { 200 } else { -300 }),
@@ -382,6 +386,9 @@ mod tests {
         assert_eq!((code.good, code.acceptable, code.poor), (1, 0, 1));
         // Test times 100, 100, 200, 200: the lower middle.
         assert_eq!(code.median_test_ms, Some(100));
+        // Model times 300, 300, 600, 600; with the errored run's 300: 300 overall.
+        assert_eq!(code.median_model_ms, Some(300));
+        assert_eq!(stats.total.median_model_ms, Some(300));
         assert_eq!((code.saved_gross, code.saved_net), (1500, 300));
         let total = &stats.total;
         assert_eq!(total.runs, 5);

@@ -58,7 +58,7 @@ fn figures_table(out: &mut String, stats: &Stats) {
         "<h2>Per task kind and model</h2>\n<table id=\"figures\">\n<tr><th>kind</th><th>model</th>\
          <th>runs</th><th>delegation</th><th>first pass</th><th>after repair</th>\
          <th>escalations</th><th>good/acceptable/poor</th><th>phase</th>\
-         <th>median test ms</th><th>local tokens</th><th>saved gross</th><th>saved net</th></tr>\n",
+         <th>median model ms</th><th>median test ms</th><th>local tokens</th><th>saved gross</th><th>saved net</th></tr>\n",
     );
     for pair in stats.pairs.iter().chain(std::iter::once(&stats.total)) {
         row(out, pair);
@@ -85,6 +85,11 @@ fn row(out: &mut String, pair: &Figures) {
             "phase",
             pair.phase
                 .map_or_else(String::new, |p| p.as_str().to_owned()),
+        ),
+        (
+            "median_model_ms",
+            pair.median_model_ms
+                .map_or_else(|| "-".to_owned(), |ms| ms.to_string()),
         ),
         (
             "median_test_ms",

@@ -314,4 +314,101 @@ mod tests {
         let calibrating = standing(&[], &t);
         assert!(advise(&calibrating, &run(true, true, 1), &t, "code by m", "").required);
     }
+
+    /// A ledger holding, for the pair (code, m), the verdicts `here` in repository `here`
+    /// and `elsewhere` in repository `there`, one letter a run (g good, p poor), in order.
+    fn ledger_with(dir: &std::path::Path, here: &str, elsewhere: &str) -> Ledger {
+        let mut ledger = Ledger::open(&dir.join("ledger.db")).expect("a ledger");
+        let runs = elsewhere
+            .chars()
+            .map(|v| ("there", v))
+            .chain(here.chars().map(|v| ("here", v)));
+        for (n, (repo, verdict)) in runs.enumerate() {
+            let run_id = format!("run-{n:03}");
+            let record = crate::ledger::RunRecord {
+                run_id: run_id.clone(),
+                repo_root: format!("/{repo}"),
+                repo_id: repo.to_owned(),
+                kind: Some("code".to_owned()),
+                model: Some("m".to_owned()),
+                status: "success".to_owned(),
+                started_at: format!("2026-01-01T00:00:{n:02}.000Z"),
+                ended_at: format!("2026-01-01T00:00:{n:02}.000Z"),
+                ..crate::ledger::RunRecord::default()
+            };
+            ledger.record(&record).expect("a run recorded");
+            let entry = crate::ledger::ReviewEntry {
+                verdict: if verdict == 'g' { "good" } else { "poor" }.to_owned(),
+                reason: None,
+                failure_mode: None,
+                at: crate::ledger::now(),
+            };
+            ledger
+                .add_review(&run_id, &entry)
+                .expect("a verdict recorded");
+        }
+        ledger
+    }
+
+    /// Which record a pair goes by: this repository's once it has 5 reviewed runs of the
+    /// pair, all repositories' before (and says so), so a well-tried pair is not sent back
+    /// to calibrate in a new repository, nor one that failed elsewhere trusted here.
+    #[test]
+    fn a_repository_with_few_reviews_goes_by_every_repositorys_record() {
+        use Phase::{Calibrate, Establish, Trust};
+        let twenty = "g".repeat(20);
+        let rows: Vec<(&str, &str, Phase, &str)> = vec![
+            // Nothing anywhere: calibrate, by the (empty) record of all repositories.
+            (
+                "",
+                "",
+                Calibrate,
+                "across all repositories as this one has 0",
+            ),
+            // Trusted elsewhere, new here: trusted through the others' record.
+            (
+                "",
+                &twenty,
+                Trust,
+                "across all repositories as this one has 0",
+            ),
+            (
+                "gggg",
+                &twenty,
+                Trust,
+                "across all repositories as this one has 4",
+            ),
+            // Five here: this repository's own record, calibrate over.
+            ("ggggg", &twenty, Establish, "in this repository"),
+            // Relapsed elsewhere (two poor among the last ten): calibrate here too.
+            ("gg", "ggggggggggggggggggggpgp", Calibrate, "this one has 2"),
+            // Its own five good verdicts outweigh another repository's relapse.
+            (
+                "ggggg",
+                "ggggggggggggggggggggpgp",
+                Establish,
+                "in this repository",
+            ),
+        ];
+        for (here, elsewhere, phase, scope) in rows {
+            let dir = tempfile::tempdir().expect("a temporary directory");
+            let mut ledger = ledger_with(dir.path(), here, elsewhere);
+            let (standing, said) = pair_standing(
+                &mut ledger,
+                "code",
+                "m",
+                Some("here"),
+                &Thresholds::default(),
+            )
+            .expect("the pair's standing");
+            assert_eq!(
+                standing.phase, phase,
+                "here `{here}`, elsewhere `{elsewhere}`"
+            );
+            assert!(
+                said.contains(scope),
+                "here `{here}`, elsewhere `{elsewhere}`: {said}"
+            );
+        }
+    }
 }

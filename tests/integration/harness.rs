@@ -749,6 +749,8 @@ pub struct Test {
     gate: usize,
     /// See [`ModelServer::slots`].
     slots: Option<(usize, std::time::Duration)>,
+    /// Files written below the run's `HOME` (a user config, say).
+    home_files: Vec<(String, Vec<u8>)>,
 }
 
 /// How the test repository's working tree and git directory are laid out. In every
@@ -826,6 +828,7 @@ impl Test {
             routes: Vec::new(),
             gate: 0,
             slots: None,
+            home_files: Vec::new(),
         }
     }
 
@@ -894,6 +897,13 @@ impl Test {
     }
 
     /// A file written after the commit: an uncommitted change.
+    /// A file below the run's `HOME`, e.g. `.config/execute-local-task/config.toml`.
+    pub fn home_file(mut self, path: &str, content: impl AsRef<[u8]>) -> Self {
+        self.home_files
+            .push((path.to_owned(), content.as_ref().to_vec()));
+        self
+    }
+
     pub fn uncommitted(mut self, path: &str, content: impl AsRef<[u8]>) -> Self {
         self.uncommitted
             .push((path.to_owned(), content.as_ref().to_vec()));
@@ -1022,6 +1032,9 @@ impl Test {
         }
         let home = self.dir.path().join("home");
         std::fs::create_dir_all(&home).unwrap();
+        for (path, bytes) in &self.home_files {
+            write_file(&home.join(path), bytes);
+        }
 
         let server = ModelServer::start_speaking(self.protocol, self.script, self.models);
         let endpoint = self

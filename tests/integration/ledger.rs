@@ -740,3 +740,171 @@ fn export_writes_good_runs_as_chat_lines_that_round_trip() {
     );
     assert!(later.is_empty(), "{later}");
 }
+
+/// Each attempt's model call is timed, its wait for the first token included: a reply the
+/// server holds back takes at least that long (a lower bound only), in the result and in
+/// the ledger, and `stats` reports the median.
+#[test]
+fn each_attempts_model_time_is_reported_and_recorded() {
+    let hold = 300;
+    let Script::Chat(chat) = Script::code("out.txt", "one\n") else {
+        unreachable!("a code reply is a chat");
+    };
+    let run = Test::new()
+        .spec(spec("out.txt", &json!({})))
+        .script(Script::Prefill {
+            wait_ms: hold,
+            chat,
+        })
+        .run();
+    run.assert_code(0);
+    let result = run.result();
+    let model_ms = result.attempts[0]
+        .model_ms
+        .expect("the attempt's model time");
+    assert!(model_ms >= hold, "{model_ms} ms < the {hold} ms hold");
+    let recorded = column(
+        &run.ledger_path(),
+        "SELECT CAST(model_ms AS TEXT) FROM attempts WHERE run_id = ?1 AND n = 1",
+        &result.run_id,
+    );
+    assert_eq!(recorded, Some(model_ms.to_string()));
+    let (code, stdout, stderr) = stats_in(&run.repo, &run.ledger_path(), &["--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let stats: execute_local_task::stats::Stats =
+        serde_json::from_str(&stdout).expect("stats as JSON");
+    assert_eq!(stats.total.median_model_ms, Some(model_ms));
+}
+
+fn events_of(ledger: &Path, run_id: &str) -> Option<String> {
+    column(
+        ledger,
+        "SELECT group_concat(kind, ',') FROM (SELECT kind FROM events WHERE run_id = ?1 ORDER BY id)",
+        run_id,
+    )
+}
+
+fn branch_success() -> crate::harness::Run {
+    let run = Test::new()
+        .file("out.txt", "old\n")
+        .spec(spec(
+            "out.txt",
+            &json!({"test_command": "grep -q new out.txt"}),
+        ))
+        .script(Script::code("out.txt", "new\n"))
+        .arg("--branch")
+        .run();
+    run.assert_code(0);
+    run
+}
+
+/// `apply`, `merge` and `discard` of a branch run are recorded against that run, in order.
+#[test]
+fn apply_merge_and_discard_are_recorded_against_their_branch_run() {
+    let run = branch_success();
+    let run_id = run.result().run_id;
+    let (code, stdout, stderr) = run.again(&["apply", &run_id]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert_eq!(
+        events_of(&run.ledger_path(), &run_id).as_deref(),
+        Some("apply")
+    );
+
+    let run = branch_success();
+    let run_id = run.result().run_id;
+    for verb in ["merge", "discard"] {
+        let (code, stdout, stderr) = run.again(&[verb, &run_id]);
+        assert_eq!(code, 0, "{verb}: {stdout}\n{stderr}");
+        assert!(!stderr.contains("note:"), "{stderr}");
+    }
+    assert_eq!(
+        events_of(&run.ledger_path(), &run_id).as_deref(),
+        Some("merge,discard")
+    );
+    let detail = column(
+        &run.ledger_path(),
+        "SELECT detail FROM events WHERE run_id = ?1 AND kind = 'merge'",
+        &run_id,
+    );
+    assert!(detail.is_some_and(|d| !d.is_empty()));
+}
+
+/// A ledger that cannot be written never fails `discard`: it is done, and a note says its
+/// record is missing.
+#[test]
+fn a_ledger_that_cannot_be_written_never_fails_a_verb() {
+    let run = branch_success();
+    let run_id = run.result().run_id;
+    let scratch = tempfile::tempdir().unwrap();
+    let ledger = scratch.path().to_str().unwrap();
+    let (code, stdout, stderr) =
+        run.again_with(&["discard", &run_id], &[("LOCAL_TASK_LEDGER", ledger)]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let report: execute_local_task::bring_in::BringInReport =
+        serde_json::from_str(&stdout).expect("a discard report");
+    assert_eq!(report.status, "discarded");
+    assert!(
+        stderr.contains(&format!(
+            "note: the discard of {run_id} is not recorded in the run ledger"
+        )),
+        "{stderr}"
+    );
+}
+
+/// A batch through the real binary: every task has a row with the batch's id, and
+/// `rollback <BATCH_ID>` records a rollback against each of its runs.
+#[test]
+fn a_batchs_runs_are_recorded_with_its_id_and_its_rollback_against_each() {
+    let run = Test::new()
+        .route("<<B1>>", vec![Script::code("b1.txt", "one\n")])
+        .route("<<B2>>", vec![Script::code("b2.txt", "two\n")])
+        .run_with(|spec_path| {
+            let dir = spec_path.parent().unwrap().join("specs");
+            std::fs::create_dir_all(&dir).unwrap();
+            for (id, output) in [("B1", "b1.txt"), ("B2", "b2.txt")] {
+                let spec = json!({
+                    "task_id": id,
+                    "description": format!("Task <<{id}>>: write the file."),
+                    "output_file": output,
+                });
+                std::fs::write(dir.join(format!("{id}.json")), spec.to_string()).unwrap();
+            }
+            vec![dir.display().to_string()]
+        });
+    run.assert_code(0);
+    let summary: execute_local_task::batch::BatchSummary =
+        serde_json::from_str(run.stdout.lines().last().expect("a summary line"))
+            .expect("the batch summary");
+    let logged = run.ledger_runs();
+    assert_eq!(logged.len(), 2, "{logged:?}");
+    let mut tasks: Vec<&str> = logged
+        .iter()
+        .map(|r| {
+            assert_eq!(r.batch_id.as_deref(), Some(summary.batch_id.as_str()));
+            assert_eq!(r.status, "success");
+            r.task_id.as_deref().unwrap_or_default()
+        })
+        .collect();
+    tasks.sort_unstable();
+    assert_eq!(tasks, ["B1", "B2"]);
+
+    let (code, stdout, stderr) = run.again(&["rollback", &summary.batch_id]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(!stderr.contains("note:"), "{stderr}");
+    for logged in &logged {
+        assert_eq!(
+            events_of(&run.ledger_path(), &logged.run_id).as_deref(),
+            Some("rollback"),
+            "{}",
+            logged.run_id
+        );
+        let detail = column(
+            &run.ledger_path(),
+            "SELECT detail FROM events WHERE run_id = ?1",
+            &logged.run_id,
+        )
+        .unwrap_or_default();
+        assert!(detail.contains(&summary.batch_id), "{detail}");
+    }
+    run.assert_unchanged();
+}

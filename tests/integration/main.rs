@@ -6,6 +6,7 @@ mod harness;
 
 mod batch;
 mod branches;
+mod config;
 mod conformance;
 mod core;
 mod extraction;

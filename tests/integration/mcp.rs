@@ -284,6 +284,7 @@ fn mcp_lists_its_tools_with_the_command_lines_options_as_schemas() {
             "merge",
             "discard",
             "models",
+            "check",
             "review",
             "stats"
         ]
@@ -555,6 +556,34 @@ fn mcp_records_a_review_and_reports_stats_from_the_ledger() {
     assert_eq!(stats.total.runs, 1, "{stats:?}");
     assert!(bad.is_error);
     assert_eq!(bad.structured_content["error"]["kind"], "usage");
+}
+
+#[test]
+fn mcp_checks_specs_like_the_command_line() {
+    let test = Test::new()
+        .file(
+            "specs/good.json",
+            spec("a.txt", &json!({"task_id": "good"})).to_string(),
+        )
+        .file("specs/bad.json", r#"{"task_id": "bad"}"#);
+    let (run, (good, all)) = session(test, |client| {
+        let good = client.call_and_wait(
+            "check",
+            json!({"path": "specs/good.json", "validate_only": true}),
+        );
+        let all = client.call_and_wait("check", json!({"path": "specs", "validate_only": true}));
+        (good, all)
+    });
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!good.is_error, "{:?}", good.structured_content);
+    let good: execute_local_task::check::CheckReport =
+        serde_json::from_value(good.structured_content).unwrap();
+    assert_eq!(good.status, "ok");
+    assert!(all.is_error, "a spec that cannot run is a tool error");
+    let all: execute_local_task::check::CheckReport =
+        serde_json::from_value(all.structured_content).unwrap();
+    assert_eq!(all.status, "error");
+    assert_eq!(all.specs.len(), 2);
 }
 
 /// What `mcp_sdk_client.py` prints.

@@ -98,6 +98,7 @@ fn normalised_result() {
         ".run_id" => "[run_id]",
         ".duration_ms" => "[ms]",
         ".test.duration_ms" => "[ms]",
+        ".attempts[].model_ms" => "[ms]",
         ".git.root" => "[root]",
         ".git.head" => "[sha]",
         ".git.branch" => "[branch]",

@@ -1,0 +1,851 @@
+//! The configuration files: the repository's `.execute-local-task/config.toml` and the
+//! user's `$XDG_CONFIG_HOME/execute-local-task/config.toml`, read bounded, parsed with
+//! spans, merged per key (the repository's wins), and validated (references, cycles),
+//! with every value keeping where it came from.
+//!
+//! A mistake is an [`Error::Config`] naming the file, the line and the key, with the
+//! nearest known key for a typo. What is not checked here: that servers answer (that is
+//! `config --check`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::defaults;
+use crate::error::{Error, Result};
+use crate::input_file;
+use crate::profile::{self, Origin, Profile, Role, Setting};
+use crate::spec::{Kind, TaskSpec};
+
+/// The largest config file read: a config is a few kilobytes; a megabyte is a mistake.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// The repository's config, relative to its root.
+pub const REPO_CONFIG: &str = ".execute-local-task/config.toml";
+/// The variable that picks a profile.
+pub const PROFILE_VARIABLE: &str = "LOCAL_TASK_PROFILE";
+
+/// The effective configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    /// The files looked for, in precedence order (the repository's first).
+    pub files: Vec<ConfigFile>,
+    /// The profile `--profile` or `LOCAL_TASK_PROFILE` picked.
+    pub selected: Option<Setting<String>>,
+    pub default_profile: Option<Setting<String>>,
+    pub profiles: BTreeMap<String, Profile>,
+    pub triage: Thresholds,
+}
+
+/// A config file looked for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConfigFile {
+    pub source: Origin,
+    pub path: PathBuf,
+    pub found: bool,
+}
+
+/// The triage thresholds; their defaults are the atomic-task criteria.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Thresholds {
+    /// Lines of output a task is expected to stay under.
+    pub max_lines: Setting<u32>,
+    /// Imports the target may have.
+    pub max_imports: Setting<u32>,
+    /// Output files a task may write.
+    pub max_files: Setting<u32>,
+    /// The share of the context window the prompt and the reply may fill comfortably.
+    pub window_share: Setting<f64>,
+    /// A score at or above this is `delegate`.
+    pub delegate_at: Setting<u32>,
+    /// A score at or above this (and below `delegate_at`) is `delegate_with_care`.
+    pub care_at: Setting<u32>,
+    /// Words in the description that mark design work.
+    pub design_words: Setting<Vec<String>>,
+    /// Words that mark a task that is not stateless.
+    pub state_words: Setting<Vec<String>>,
+}
+
+/// One file as written: every key optional, unknown keys refused.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    default_profile: Option<Spanned<String>>,
+    #[serde(default)]
+    profiles: BTreeMap<String, Spanned<RawProfile>>,
+    #[serde(default)]
+    triage: RawTriage,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    provider: Option<Spanned<String>>,
+    endpoint: Option<Spanned<String>>,
+    endpoints: Option<Spanned<Vec<String>>>,
+    model: Option<Spanned<String>>,
+    context_window: Option<Spanned<u32>>,
+    temperature: Option<Spanned<f64>>,
+    max_tokens: Option<Spanned<u32>>,
+    cost: Option<Spanned<f64>>,
+    kinds: Option<Spanned<Vec<Kind>>>,
+    fallback: Option<Spanned<Vec<String>>>,
+    escalate_to: Option<Spanned<String>>,
+    role: Option<Spanned<Role>>,
+    api_key_env: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTriage {
+    max_lines: Option<Spanned<u32>>,
+    max_imports: Option<Spanned<u32>>,
+    max_files: Option<Spanned<u32>>,
+    window_share: Option<Spanned<f64>>,
+    delegate_at: Option<Spanned<u32>>,
+    care_at: Option<Spanned<u32>>,
+    design_words: Option<Spanned<Vec<String>>>,
+    state_words: Option<Spanned<Vec<String>>>,
+}
+
+/// A file that was found: its text and what it holds.
+struct Parsed {
+    origin: Origin,
+    path: PathBuf,
+    text: String,
+    raw: RawFile,
+}
+
+impl Parsed {
+    fn setting<T: Clone>(&self, spanned: &Spanned<T>) -> Setting<T> {
+        Setting {
+            value: spanned.get_ref().clone(),
+            source: self.origin,
+            file: Some(self.path.clone()),
+            line: Some(line_of(&self.text, spanned.span().start)),
+        }
+    }
+}
+
+/// Where the two files live for the repository at `root` (none outside a repository).
+pub fn locations(root: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Vec<ConfigFile> {
+    let mut files = Vec::new();
+    if let Some(root) = root {
+        files.push(ConfigFile {
+            source: Origin::Repository,
+            path: root.join(REPO_CONFIG),
+            found: false,
+        });
+    }
+    let base = env("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .filter(|path| path.is_absolute())
+        .or_else(|| env("HOME").map(|home| Path::new(&home).join(".config")));
+    if let Some(base) = base {
+        files.push(ConfigFile {
+            source: Origin::User,
+            path: base.join("execute-local-task").join("config.toml"),
+            found: false,
+        });
+    }
+    files
+}
+
+impl Config {
+    /// Reads, merges and validates the configuration for the repository at `root`;
+    /// `profile_flag` is `--profile`. No file at all is an empty configuration.
+    pub fn load(
+        root: Option<&Path>,
+        profile_flag: Option<&str>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self> {
+        let mut files = locations(root, env);
+        let mut parsed = Vec::new();
+        for file in &mut files {
+            if file.source == Origin::Repository
+                && let Some(root) = root
+            {
+                check_inside(root, &file.path)?;
+            }
+            if let Some(found) = read(file.source, &file.path)? {
+                file.found = true;
+                parsed.push(found);
+            }
+        }
+        let repo = parsed.iter().find(|p| p.origin == Origin::Repository);
+        let user = parsed.iter().find(|p| p.origin == Origin::User);
+        let selected = match profile_flag.filter(|p| !p.trim().is_empty()) {
+            Some(name) => Some(Setting::named(name.to_owned(), Origin::Flag, "--profile")),
+            None => env(PROFILE_VARIABLE)
+                .filter(|p| !p.trim().is_empty())
+                .map(|name| Setting::named(name, Origin::Environment, PROFILE_VARIABLE)),
+        };
+        let user_named = user_endpoints(user, env);
+        let names: BTreeSet<&String> = parsed.iter().flat_map(|p| p.raw.profiles.keys()).collect();
+        let mut profiles = BTreeMap::new();
+        for name in names {
+            let profile = merge_profile(name, repo, user, &user_named)?;
+            profiles.insert(name.clone(), profile);
+        }
+        let default_profile = pick(repo, user, |raw| raw.default_profile.as_ref());
+        let config = Self {
+            files,
+            selected,
+            default_profile,
+            profiles,
+            triage: thresholds(repo, user),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The profile `name`, when configured.
+    pub fn profile(&self, name: &str) -> Option<&Profile> {
+        self.profiles.get(name)
+    }
+
+    /// The profile a task would run with, and why: `--profile` or `LOCAL_TASK_PROFILE`,
+    /// else the spec's `profile`, else the default profile when it serves the task's
+    /// kind, else the cheapest writer that does, else the default profile. This is the
+    /// first round of routing: kinds and `default_profile` only (no score, no ledger).
+    pub fn route(&self, spec: &TaskSpec) -> Option<(String, String)> {
+        if let Some(selected) = &self.selected {
+            return Some((
+                selected.value.clone(),
+                format!("picked by {}", selected.describe_source()),
+            ));
+        }
+        if let Some(name) = &spec.profile {
+            return Some((name.clone(), "named by the spec".to_owned()));
+        }
+        let kind = spec.kind;
+        let default = self
+            .default_profile
+            .as_ref()
+            .and_then(|d| self.profiles.get(&d.value));
+        if let Some(profile) = default.filter(|p| p.serves(kind)) {
+            return Some((
+                profile.name.clone(),
+                format!("default_profile, serves kind `{}`", kind.as_str()),
+            ));
+        }
+        let cheapest = self
+            .profiles
+            .values()
+            .filter(|p| p.is_writer() && p.serves(kind))
+            .min_by(|a, b| cost(a).total_cmp(&cost(b)));
+        if let Some(profile) = cheapest {
+            return Some((
+                profile.name.clone(),
+                format!("the cheapest writer for kind `{}`", kind.as_str()),
+            ));
+        }
+        default.map(|p| {
+            (
+                p.name.clone(),
+                format!(
+                    "default_profile (no profile lists kind `{}`)",
+                    kind.as_str()
+                ),
+            )
+        })
+    }
+
+    /// References, cycles and ranges: every mistake names its file, line and key.
+    fn validate(&self) -> Result<()> {
+        let known = |name: &str| self.profiles.contains_key(name);
+        if let Some(default) = &self.default_profile
+            && !known(&default.value)
+        {
+            return Err(self.unknown(default, "default_profile", &default.value));
+        }
+        if let Some(selected) = &self.selected
+            && !known(&selected.value)
+        {
+            let names: Vec<&str> = self.profiles.keys().map(String::as_str).collect();
+            return Err(Error::Usage(format!(
+                "{}: unknown profile `{}`; configured profiles: {}",
+                selected.describe_source(),
+                selected.value,
+                if names.is_empty() {
+                    "none (see `execute-local-task config`)".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            )));
+        }
+        for profile in self.profiles.values() {
+            let key = |field: &str| format!("profiles.{}.{field}", profile.name);
+            if let Some(fallback) = &profile.fallback {
+                for name in &fallback.value {
+                    if !known(name) || *name == profile.name {
+                        return Err(self.unknown(fallback, &key("fallback"), name));
+                    }
+                }
+            }
+            if let Some(escalate) = &profile.escalate_to
+                && !known(&escalate.value)
+            {
+                return Err(self.unknown(escalate, &key("escalate_to"), &escalate.value));
+            }
+            check_ranges(profile)?;
+        }
+        self.check_ladders()
+    }
+
+    /// A profile whose `escalate_to` ladder comes back to itself would climb for ever.
+    fn check_ladders(&self) -> Result<()> {
+        for start in self.profiles.values() {
+            let mut seen = vec![start.name.as_str()];
+            let mut current = start;
+            while let Some(next) = &current.escalate_to {
+                if next.value == start.name {
+                    seen.push(&next.value);
+                    return Err(config_error(
+                        next,
+                        &format!("profiles.{}.escalate_to", current.name),
+                        format!("escalation cycle: {}", seen.join(" -> ")),
+                    ));
+                }
+                let Some(profile) = self.profiles.get(&next.value) else {
+                    break;
+                };
+                if seen.contains(&profile.name.as_str()) {
+                    // A cycle not through `start`: reported when it is the start.
+                    break;
+                }
+                seen.push(&profile.name);
+                current = profile;
+            }
+        }
+        Ok(())
+    }
+
+    fn unknown<T>(&self, at: &Setting<T>, key: &str, name: &str) -> Error {
+        let names: Vec<&str> = self.profiles.keys().map(String::as_str).collect();
+        let advice = nearest(name, &names).map_or_else(
+            || format!("configured profiles: {}", names.join(", ")),
+            |near| format!("did you mean `{near}`?"),
+        );
+        config_error(at, key, format!("unknown profile `{name}`; {advice}"))
+    }
+}
+
+impl Config {
+    /// The effective configuration as aligned lines: key, value, where it came from.
+    pub fn table(&self) -> Vec<String> {
+        let mut rows: Vec<[String; 3]> = Vec::new();
+        for file in &self.files {
+            let state = if file.found { "read" } else { "not found" };
+            rows.push([
+                format!("file ({})", describe_origin(file.source)),
+                file.path.display().to_string(),
+                state.to_owned(),
+            ]);
+        }
+        let mut row = |key: String, value: String, source: String| {
+            rows.push([key, value, source]);
+        };
+        if let Some(selected) = &self.selected {
+            let (value, source) = show(selected);
+            row("profile".to_owned(), value, source);
+        }
+        if let Some(default) = &self.default_profile {
+            let (value, source) = show(default);
+            row("default_profile".to_owned(), value, source);
+        }
+        for profile in self.profiles.values() {
+            for (field, value, source) in profile_rows(profile) {
+                row(format!("profiles.{}.{field}", profile.name), value, source);
+            }
+        }
+        for (field, value, source) in threshold_rows(&self.triage) {
+            row(format!("triage.{field}"), value, source);
+        }
+        align(&rows)
+    }
+}
+
+type Row = (&'static str, String, String);
+
+/// A value as JSON writes it (`"writer"`, `["code", "test"]`), as the config spells it.
+fn show<T: Serialize>(setting: &Setting<T>) -> (String, String) {
+    let value = serde_json::to_string(&setting.value).unwrap_or_default();
+    (value.replace("\",\"", "\", \""), setting.describe_source())
+}
+
+fn profile_rows(profile: &Profile) -> Vec<Row> {
+    let mut rows = Vec::new();
+    macro_rules! add {
+        ($($field:ident),*) => {$(
+            if let Some(setting) = &profile.$field {
+                let (value, source) = show(setting);
+                rows.push((stringify!($field), value, source));
+            }
+        )*};
+    }
+    add!(
+        provider,
+        endpoints,
+        model,
+        context_window,
+        temperature,
+        max_tokens,
+        cost,
+        kinds,
+        fallback,
+        escalate_to
+    );
+    let (value, source) = show(&profile.role);
+    rows.push(("role", value, source));
+    add!(api_key_env);
+    rows.push((
+        "key_allowed",
+        profile.key.allowed.to_string(),
+        profile.key.reason.clone(),
+    ));
+    rows
+}
+
+fn threshold_rows(t: &Thresholds) -> Vec<Row> {
+    let mut rows = Vec::new();
+    macro_rules! add {
+        ($($field:ident),*) => {$(
+            let (value, source) = show(&t.$field);
+            rows.push((stringify!($field), value, source));
+        )*};
+    }
+    add!(
+        max_lines,
+        max_imports,
+        max_files,
+        window_share,
+        delegate_at,
+        care_at,
+        design_words,
+        state_words
+    );
+    rows
+}
+
+fn describe_origin(origin: Origin) -> String {
+    Setting {
+        value: (),
+        source: origin,
+        file: None,
+        line: None,
+    }
+    .describe_source()
+}
+
+/// Columns padded to their widest cell, the middle one to at most 40 characters so one
+/// long list does not push every source off the screen.
+fn align(rows: &[[String; 3]]) -> Vec<String> {
+    let width = |i: usize| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0);
+    let (first, second) = (width(0), width(1).min(40));
+    rows.iter()
+        .map(|[a, b, c]| {
+            format!("{a:first$}  {b:second$}  {c}")
+                .trim_end()
+                .to_owned()
+        })
+        .collect()
+}
+
+/// `config --check`'s probes as aligned lines.
+pub fn probe_table(probes: &[crate::check::ProfileProbe]) -> Vec<String> {
+    let mut rows = vec![[
+        "profile".to_owned(),
+        "endpoint / model".to_owned(),
+        "state".to_owned(),
+    ]];
+    for probe in probes {
+        let state = if !probe.reachable {
+            format!(
+                "not reachable ({})",
+                probe.error.as_deref().unwrap_or("no answer")
+            )
+        } else if probe.model_present == Some(false) {
+            "reachable, model not listed".to_owned()
+        } else {
+            let window = probe.context_window.map_or_else(
+                || "context window unknown".to_owned(),
+                |w| format!("context window {w}"),
+            );
+            format!("ok, {window}")
+        };
+        rows.push([
+            probe.profile.clone(),
+            format!(
+                "{} {}",
+                probe.endpoint.as_deref().unwrap_or("(none)"),
+                probe
+                    .model
+                    .as_deref()
+                    .unwrap_or("(the server's only model)")
+            ),
+            state,
+        ]);
+    }
+    align(&rows)
+}
+
+fn cost(profile: &Profile) -> f64 {
+    profile.cost.as_ref().map_or(1.0, |c| c.value)
+}
+
+fn check_ranges(profile: &Profile) -> Result<()> {
+    let key = |field: &str| format!("profiles.{}.{field}", profile.name);
+    if let Some(provider) = &profile.provider
+        && !crate::server::PROVIDERS.contains(&provider.value.as_str())
+    {
+        return Err(config_error(
+            provider,
+            &key("provider"),
+            format!(
+                "`{}` is not one of {}",
+                provider.value,
+                crate::server::PROVIDERS.join(", ")
+            ),
+        ));
+    }
+    if let Some(endpoints) = &profile.endpoints {
+        if endpoints.value.is_empty() {
+            return Err(config_error(
+                endpoints,
+                &key("endpoints"),
+                "lists no endpoint".to_owned(),
+            ));
+        }
+        for endpoint in &endpoints.value {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return Err(config_error(
+                    endpoints,
+                    &key("endpoint"),
+                    format!("`{endpoint}` is not an http:// or https:// URL"),
+                ));
+            }
+        }
+    }
+    if let Some(t) = &profile.temperature
+        && !(0.0..=2.0).contains(&t.value)
+    {
+        return Err(config_error(
+            t,
+            &key("temperature"),
+            "must be between 0 and 2".to_owned(),
+        ));
+    }
+    if let Some(c) = &profile.cost
+        && !(c.value >= 0.0 && c.value.is_finite())
+    {
+        return Err(config_error(
+            c,
+            &key("cost"),
+            "must be 0 or more".to_owned(),
+        ));
+    }
+    if let Some(w) = &profile.context_window
+        && w.value == 0
+    {
+        return Err(config_error(
+            w,
+            &key("context_window"),
+            "must be more than 0".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+fn config_error<T>(at: &Setting<T>, key: &str, message: String) -> Error {
+    Error::Config {
+        path: at.file.clone().unwrap_or_default(),
+        line: at.line,
+        key: Some(key.to_owned()),
+        message,
+    }
+}
+
+/// The repository's value of a key, else the user's.
+fn pick<T: Clone>(
+    repo: Option<&Parsed>,
+    user: Option<&Parsed>,
+    get: impl Fn(&RawFile) -> Option<&Spanned<T>>,
+) -> Option<Setting<T>> {
+    [repo, user]
+        .into_iter()
+        .flatten()
+        .find_map(|file| get(&file.raw).map(|spanned| file.setting(spanned)))
+}
+
+/// Endpoints the user named: in their own config, or in the environment.
+fn user_endpoints(user: Option<&Parsed>, env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+    let mut named: Vec<String> = ["LOCAL_TASK_ENDPOINT", "OPENAI_BASE_URL"]
+        .iter()
+        .filter_map(|name| env(name))
+        .collect();
+    if let Some(user) = user {
+        for profile in user.raw.profiles.values() {
+            let profile = profile.get_ref();
+            named.extend(profile.endpoint.iter().map(|e| e.get_ref().clone()));
+            named.extend(profile.endpoints.iter().flat_map(|e| e.get_ref().clone()));
+        }
+    }
+    named
+}
+
+fn profile_in<'a>(
+    file: Option<&'a Parsed>,
+    name: &str,
+) -> Option<(&'a Parsed, &'a Spanned<RawProfile>)> {
+    file.and_then(|f| f.raw.profiles.get(name).map(|p| (f, p)))
+}
+
+fn merge_profile(
+    name: &str,
+    repo: Option<&Parsed>,
+    user: Option<&Parsed>,
+    user_named: &[String],
+) -> Result<Profile> {
+    let (repo_profile, user_profile) = (profile_in(repo, name), profile_in(user, name));
+    for (file, profile) in [repo_profile, user_profile].into_iter().flatten() {
+        let raw = profile.get_ref();
+        let key = |field: &str| format!("profiles.{name}.{field}");
+        if let (Some(_), Some(both)) = (&raw.endpoint, &raw.endpoints) {
+            return Err(config_error(
+                &file.setting(both),
+                &key("endpoints"),
+                "give `endpoint` or `endpoints`, not both".to_owned(),
+            ));
+        }
+        if file.origin == Origin::Repository
+            && let Some(variable) = &raw.api_key_env
+        {
+            return Err(config_error(
+                &file.setting(variable),
+                &key("api_key_env"),
+                "only your own config may name the variable holding an API key: a repository must not choose which secret is sent where".to_owned(),
+            ));
+        }
+    }
+    // Per key, the repository's value first.
+    let files: Vec<(&Parsed, &RawProfile)> = [repo_profile, user_profile]
+        .into_iter()
+        .flatten()
+        .map(|(file, profile)| (file, profile.get_ref()))
+        .collect();
+    macro_rules! pick_field {
+        ($field:ident) => {
+            files
+                .iter()
+                .find_map(|(file, raw)| raw.$field.as_ref().map(|s| file.setting(s)))
+        };
+    }
+    let endpoints = files.iter().find_map(|(file, raw)| {
+        raw.endpoint
+            .as_ref()
+            .map(|one| {
+                let setting = file.setting(one);
+                Setting {
+                    value: vec![setting.value],
+                    source: setting.source,
+                    file: setting.file,
+                    line: setting.line,
+                }
+            })
+            .or_else(|| raw.endpoints.as_ref().map(|many| file.setting(many)))
+    });
+    let key = profile::key_rule(endpoints.as_ref(), user_named);
+    Ok(Profile {
+        name: name.to_owned(),
+        provider: pick_field!(provider),
+        endpoints,
+        model: pick_field!(model),
+        context_window: pick_field!(context_window),
+        temperature: pick_field!(temperature),
+        max_tokens: pick_field!(max_tokens),
+        cost: pick_field!(cost),
+        kinds: pick_field!(kinds),
+        fallback: pick_field!(fallback),
+        escalate_to: pick_field!(escalate_to),
+        role: pick_field!(role).unwrap_or_else(|| Setting::default(Role::Writer)),
+        api_key_env: pick_field!(api_key_env),
+        key,
+    })
+}
+
+fn thresholds(repo: Option<&Parsed>, user: Option<&Parsed>) -> Thresholds {
+    let words = |list: &[&str]| list.iter().map(|w| (*w).to_owned()).collect::<Vec<_>>();
+    Thresholds {
+        max_lines: pick(repo, user, |r| r.triage.max_lines.as_ref())
+            .unwrap_or_else(|| Setting::default(defaults::TRIAGE_MAX_LINES)),
+        max_imports: pick(repo, user, |r| r.triage.max_imports.as_ref())
+            .unwrap_or_else(|| Setting::default(defaults::TRIAGE_MAX_IMPORTS)),
+        max_files: pick(repo, user, |r| r.triage.max_files.as_ref())
+            .unwrap_or_else(|| Setting::default(defaults::TRIAGE_MAX_FILES)),
+        window_share: pick(repo, user, |r| r.triage.window_share.as_ref())
+            .unwrap_or_else(|| Setting::default(defaults::TRIAGE_WINDOW_SHARE)),
+        delegate_at: pick(repo, user, |r| r.triage.delegate_at.as_ref())
+            .unwrap_or_else(|| Setting::default(defaults::TRIAGE_DELEGATE_AT)),
+        care_at: pick(repo, user, |r| r.triage.care_at.as_ref())
+            .unwrap_or_else(|| Setting::default(defaults::TRIAGE_CARE_AT)),
+        design_words: pick(repo, user, |r| r.triage.design_words.as_ref())
+            .unwrap_or_else(|| Setting::default(words(defaults::TRIAGE_DESIGN_WORDS))),
+        state_words: pick(repo, user, |r| r.triage.state_words.as_ref())
+            .unwrap_or_else(|| Setting::default(words(defaults::TRIAGE_STATE_WORDS))),
+    }
+}
+
+/// Refuses a repository config that is a symlink (or below a symlinked directory) that
+/// leads outside the repository: a cloned repository must not make the tool read, and
+/// print parts of, a file of the user's elsewhere. The files a repository holds are
+/// static, so resolving the path and then opening it leaves no race an attacker controls.
+fn check_inside(root: &Path, path: &Path) -> Result<()> {
+    // Nothing there (or a dangling link): reading finds nothing or fails alike.
+    let Ok(real) = std::fs::canonicalize(path) else {
+        return Ok(());
+    };
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    if real.starts_with(&root) && !real.starts_with(root.join(".git")) {
+        return Ok(());
+    }
+    Err(Error::Config {
+        path: path.to_path_buf(),
+        line: None,
+        key: None,
+        message: format!(
+            "is a symlink that leads outside the repository (to {}); a repository's config must be a file in it",
+            real.display()
+        ),
+    })
+}
+
+/// The file at `path` parsed, or `None` when there is none.
+fn read(origin: Origin, path: &Path) -> Result<Option<Parsed>> {
+    let text = match input_file::read_text(path, MAX_CONFIG_BYTES) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => {
+            return Err(Error::Config {
+                path: path.to_path_buf(),
+                line: None,
+                key: None,
+                message: format!("cannot read it: {error}"),
+            });
+        }
+    };
+    let raw = parse(path, &text)?;
+    Ok(Some(Parsed {
+        origin,
+        path: path.to_path_buf(),
+        text,
+        raw,
+    }))
+}
+
+/// Parses one file; a mistake names its line, its key, and for a typo the nearest key.
+fn parse(path: &Path, text: &str) -> Result<RawFile> {
+    toml::from_str::<RawFile>(text).map_err(|error| {
+        let offset = error.span().map(|span| span.start);
+        let message = error.message().trim().to_owned();
+        let message = match unknown_field(&message) {
+            Some((field, expected)) => {
+                let known: Vec<&str> = expected.iter().map(String::as_str).collect();
+                match nearest(&field, &known) {
+                    Some(near) => format!("unknown key `{field}`; did you mean `{near}`?"),
+                    None => format!("unknown key `{field}`; known keys: {}", known.join(", ")),
+                }
+            }
+            None => message,
+        };
+        Error::Config {
+            path: path.to_path_buf(),
+            line: offset.map(|offset| line_of(text, offset)),
+            key: offset.and_then(|offset| key_at(text, offset)),
+            message,
+        }
+    })
+}
+
+/// serde's "unknown field `x`, expected one of `a`, `b`" as `x` and its known fields.
+fn unknown_field(message: &str) -> Option<(String, Vec<String>)> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (field, rest) = rest.split_once('`')?;
+    let expected = rest
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect();
+    Some((field.to_owned(), expected))
+}
+
+/// The known name closest to `name`, when one is close enough to be the likely fix.
+fn nearest<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (strsim::jaro_winkler(name, k), *k))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .filter(|(score, _)| *score > 0.8)
+        .map(|(_, k)| k)
+}
+
+/// The 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset).unwrap_or(text).matches('\n').count() + 1
+}
+
+/// The dotted key written at `offset`: the table header above it joined with the key
+/// before `=` on its line (or the header itself, on a header's line).
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let before = text.get(..offset)?;
+    let start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next().unwrap_or("").trim();
+    let header = |line: &str| {
+        let line = line.trim();
+        line.starts_with('[').then(|| {
+            line.trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        })
+    };
+    if let Some(own) = header(line) {
+        return Some(own);
+    }
+    let key = line.split('=').next()?.trim().trim_matches('"').to_owned();
+    let table = text[..start].lines().rev().find_map(header);
+    Some(match table {
+        Some(table) if !table.is_empty() => format!("{table}.{key}"),
+        _ => key,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mistake_names_its_line_and_key() {
+        let text =
+            "default_profile = \"a\"\n\n[profiles.a]\nmodel = \"m\"\ntemperature = \"hot\"\n";
+        let error = parse(Path::new("c.toml"), text).unwrap_err().to_string();
+        assert!(
+            error.starts_with("c.toml:5: key `profiles.a.temperature`: "),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_typo_gets_the_nearest_key() {
+        let text = "[profiles.a]\nmodle = \"m\"\n";
+        let error = parse(Path::new("c.toml"), text).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "c.toml:2: key `profiles.a.modle`: unknown key `modle`; did you mean `model`?"
+        );
+    }
+}
