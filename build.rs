@@ -1,4 +1,5 @@
-//! Decides at build time whether the integration tests' conformance tier runs.
+//! Decides at build time whether the integration tests' conformance tier, and the MCP
+//! server's test with the official Python SDK, run.
 //!
 //! Rust's test harness cannot mark a test ignored while it runs, so a tier that needs a
 //! llama.cpp server nobody installed used to return early and count as passed. This
@@ -10,6 +11,11 @@ use std::path::PathBuf;
 
 /// Names the server's Python when it is not in the default venv.
 const PYTHON_ENV: &str = "LOCAL_TASK_CONFORMANCE_PYTHON";
+
+/// Names a Python with the official MCP SDK (`pip install mcp`) when it is not in the
+/// default venv `.venv-mcp/`; with one (or under CI) `cfg(mcp_sdk_tier)` is set and the
+/// MCP server's test with that client runs.
+const MCP_PYTHON_ENV: &str = "LOCAL_TASK_MCP_PYTHON";
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(conformance_tier)");
@@ -29,6 +35,7 @@ fn main() {
         println!("cargo::rustc-cfg=conformance_tier");
     }
     integration_clients();
+    mcp_sdk();
 }
 
 /// The same for the integration tests with the real clients (the Claude Code CLI and the
@@ -40,6 +47,23 @@ fn integration_clients() {
     }
     if marker.exists() || under_ci() {
         println!("cargo::rustc-cfg=integration_clients");
+    }
+}
+
+/// The same for the MCP server's test with the official MCP Python SDK, which `.ci/run`
+/// installs into `.venv-mcp/`.
+fn mcp_sdk() {
+    println!("cargo::rustc-check-cfg=cfg(mcp_sdk_tier)");
+    println!("cargo::rerun-if-env-changed={MCP_PYTHON_ENV}");
+    let mcp_python = match std::env::var_os(MCP_PYTHON_ENV) {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => PathBuf::from(".venv-mcp/bin/python"),
+    };
+    if mcp_python.exists() {
+        println!("cargo::rerun-if-changed={}", mcp_python.display());
+    }
+    if mcp_python.exists() || under_ci() {
+        println!("cargo::rustc-cfg=mcp_sdk_tier");
     }
 }
 

@@ -287,6 +287,11 @@ pub async fn run(
     };
     let overwrite = overwrites_own_writes(&plan, &repo, options.force);
     let batch_id = new_batch_id();
+    // A caller that gives out the id while the batch runs (the MCP server) learns it now;
+    // the tasks' own run ids are not the batch's.
+    if let Some(sink) = &options.run_id_sink {
+        sink.send_replace(Some(batch_id.clone()));
+    }
     let started = Instant::now();
     let absolute = plan
         .tasks
@@ -299,6 +304,7 @@ pub async fn run(
         plan,
         options: RunOptions {
             batch_id: Some(batch_id.clone()),
+            run_id_sink: None,
             ..options.clone()
         },
         batch,

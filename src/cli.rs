@@ -312,6 +312,10 @@ enum Command {
         #[arg(value_enum)]
         which: SchemaKind,
     },
+    /// Serve the Model Context Protocol on stdin and stdout: the tools `run_task`,
+    /// `run_batch`, `get_run`, `rollback`, `apply`, `merge`, `discard`, `models`, `check`,
+    /// `review` and `stats`, whose results are the JSON these commands print.
+    Mcp,
     /// Print the effective configuration (repository and user `config.toml`, environment,
     /// flags, defaults) with where each value came from.
     #[command(
@@ -393,8 +397,10 @@ enum SchemaKind {
     Stats,
 }
 
-#[derive(Args, Debug)]
-struct RunArgs {
+/// The run options; the MCP server's `run_task` takes the same (its input schema is
+/// this type's, its values go through these parsers).
+#[derive(Args, Debug, schemars::JsonSchema)]
+pub(crate) struct RunArgs {
     /// The task spec (JSON) to run; a directory, or several specs, runs a batch: every
     /// `*.json` below it, ordered by `depends_on`.
     #[arg(value_name = "SPEC|DIR")]
@@ -454,16 +460,20 @@ struct RunArgs {
     max_tokens: Option<u32>,
     /// Seconds to wait for the connection to the model server (fractions allowed).
     #[arg(long, value_name = "SECS", default_value_t = Secs(defaults::CONNECT_TIMEOUT), value_parser = arguments::timeout, allow_negative_numbers = true)]
+    #[schemars(with = "f64")]
     connect_timeout: Secs,
     /// Seconds from sending a request until the model's first generated text (a model may
     /// be loading, or reading a long prompt).
     #[arg(long, value_name = "SECS", default_value_t = Secs(defaults::FIRST_BYTE_TIMEOUT), value_parser = arguments::timeout, allow_negative_numbers = true)]
+    #[schemars(with = "f64")]
     first_byte_timeout: Secs,
     /// Seconds a reply stream may stall between two chunks, once the model is generating.
     #[arg(long, value_name = "SECS", default_value_t = Secs(defaults::IDLE_TIMEOUT), value_parser = arguments::timeout, allow_negative_numbers = true)]
+    #[schemars(with = "f64")]
     idle_timeout: Secs,
     /// Seconds one model call may take in all, its retries and their waits included.
     #[arg(long, value_name = "SECS", default_value_t = Secs(defaults::TOTAL_TIMEOUT), value_parser = arguments::timeout, allow_negative_numbers = true)]
+    #[schemars(with = "f64")]
     total_timeout: Secs,
     /// A reply longer than this many bytes is cut off and reported (`reply_too_large`).
     #[arg(long, value_name = "BYTES", default_value_t = defaults::MAX_REPLY_BYTES, value_parser = arguments::bytes, allow_negative_numbers = true)]
@@ -476,6 +486,7 @@ struct RunArgs {
     retry_base_ms: u64,
     /// The longest wait before a retry, also capping a server's Retry-After.
     #[arg(long, value_name = "SECS", default_value_t = Secs(defaults::RETRY_MAX_WAIT), value_parser = arguments::retry_wait, allow_negative_numbers = true)]
+    #[schemars(with = "f64")]
     retry_max_wait: Secs,
     /// Save every model request and reply of this run to a cassette file.
     #[arg(long, value_name = "FILE", conflicts_with = "replay")]
@@ -512,6 +523,32 @@ struct RunArgs {
 }
 
 impl RunArgs {
+    /// The run options of a command line given as its words after the program's name
+    /// (`--model=NAME`, `--no-test`, …), checked as the command line checks them; the
+    /// error is clap's message.
+    pub(crate) fn parse_options(words: &[String]) -> Result<RunOptions, String> {
+        let argv = std::iter::once("execute-local-task".to_owned()).chain(words.iter().cloned());
+        match Cli::try_parse_from(argv) {
+            Ok(Cli { command: None, run }) => Ok(run.options()),
+            Ok(_) => Err("a subcommand is not a run option".to_owned()),
+            Err(error) => Err(error
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ")
+                .to_owned()),
+        }
+    }
+
+    /// True when `name` is a run option's long name that takes a value.
+    pub(crate) fn takes_value(name: &str) -> Option<bool> {
+        Cli::command()
+            .get_arguments()
+            .find(|arg| arg.get_long() == Some(name))
+            .map(|arg| arg.get_action().takes_values())
+    }
+
     fn options(&self) -> RunOptions {
         RunOptions {
             repo_dir: self.repo.clone(),
@@ -812,6 +849,7 @@ async fn dispatch(cli: Cli) -> u8 {
             reason,
             failure_mode,
         }) => run_review(&args, last, reason, failure_mode, &env),
+        Some(Command::Mcp) => crate::mcp::serve(env).await,
         Some(Command::Config(args)) => show_config(args, &env).await,
         Some(Command::Check(args)) => run_check(args, &env).await,
         Some(Command::Integration(command)) => integration(command, &env).await,

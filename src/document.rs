@@ -115,6 +115,12 @@ impl Document {
         Self::new(Body::Result(result), error.exit_code(), Vec::new())
     }
 
+    /// A run the MCP server still carries on, by the id `get_run` and `rollback` take.
+    pub fn running(run_id: &str) -> Self {
+        let json = serde_json::json!({"status": "running", "run_id": run_id});
+        Self::new(Body::Value(json), 0, Vec::new())
+    }
+
     /// What `rollback` undid.
     pub fn rollback(report: &RollbackReport) -> Self {
         let line = format!("execute-local-task: {}", report.describe());

@@ -2,7 +2,10 @@
 //! the flags of the command line, with the defaults of [`crate::defaults`].
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::watch;
 
 use crate::cancel::Cancel;
 use crate::defaults;
@@ -42,6 +45,10 @@ pub struct RunOptions {
     /// Ignored directories of the main tree to link into a task worktree (with
     /// `LOCAL_TASK_LINK`'s, colon-separated).
     pub links: Vec<PathBuf>,
+    /// Told the run's id as soon as the run has one (its journal exists, before the
+    /// model is asked): a caller that hands the id out while the run goes on, such as
+    /// the MCP server, gives out the id that `rollback` and the result will use.
+    pub run_id_sink: Option<Arc<watch::Sender<Option<String>>>>,
     /// The profile `--profile` picked (over `LOCAL_TASK_PROFILE` and the config).
     pub profile: Option<String>,
 }
@@ -73,6 +80,7 @@ impl RunOptions {
             cancel: Cancel::never(),
             branch: false,
             links: Vec::new(),
+            run_id_sink: None,
             profile: None,
         }
     }

@@ -220,6 +220,9 @@ async fn run_opened(
     } else {
         let journal = Journal::begin(&opened.repo, &opened.spec.task_id)?;
         journal.run_id().clone_into(&mut state.run_id);
+        if let Some(sink) = &options.run_id_sink {
+            sink.send_replace(Some(state.run_id.clone()));
+        }
         Some(journal)
     };
     let prepared = {

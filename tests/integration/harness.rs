@@ -88,6 +88,13 @@ pub enum Script {
     Drip { piece: String, every_ms: u64 },
     /// Answers 200 with the protocol's streaming headers and exactly this body, then closes.
     Body(String),
+    /// Creates the file `arrived` when the request comes, then holds the reply until the
+    /// file `release` exists (a test's go-ahead), then streams `chat`.
+    Held {
+        arrived: PathBuf,
+        release: PathBuf,
+        chat: Chat,
+    },
     /// Sends the streaming headers at once, waits `wait_ms` (a model reading a long
     /// prompt before its first token), then streams the reply.
     Prefill { wait_ms: u64, chat: Chat },
@@ -396,12 +403,28 @@ fn serve(mut stream: TcpStream, state: &Mutex<ServerState>, arrived: &std::sync:
     if slotted {
         std::thread::sleep(latency);
     }
-    play(stream, script, native);
+    play(stream, released(script), native);
     let mut guard = state.lock().unwrap();
     guard.in_flight -= 1;
     if slotted {
         guard.busy -= 1;
         arrived.notify_all();
+    }
+}
+
+/// A [`Script::Held`] once its test lets it go: its chat.
+fn released(script: Option<Script>) -> Option<Script> {
+    match script {
+        Some(Script::Held {
+            arrived,
+            release,
+            chat,
+        }) => {
+            std::fs::write(&arrived, b"").unwrap();
+            wait_for_file(&release);
+            Some(Script::Chat(chat))
+        }
+        other => other,
     }
 }
 
@@ -455,6 +478,7 @@ fn play(mut stream: TcpStream, script: Option<Script>, native: bool) {
             play(stream, Some(*script), native);
         }
         Some(Script::Hang) => hold(&mut stream),
+        Some(Script::Held { .. }) => unreachable!("played as its chat above"),
         Some(Script::Reset) => {
             let _ = stream.shutdown(Shutdown::Both);
         }
@@ -502,6 +526,13 @@ fn play(mut stream: TcpStream, script: Option<Script>, native: bool) {
                 std::thread::sleep(std::time::Duration::from_millis(every_ms));
             }
         }
+    }
+}
+
+/// Returns once `path` exists: a marker another party creates.
+pub fn wait_for_file(path: &Path) {
+    while !path.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 
@@ -704,6 +735,8 @@ pub struct Test {
     during: Option<Act>,
     /// The binary's stderr is a pipe whose reading end is closed at once.
     closed_stderr: bool,
+    /// The binary's stdin is a pipe [`Running`] hands to the act.
+    interactive: bool,
     /// Where the git directory lives relative to the working tree.
     layout: Layout,
     /// Acts on the repository once it is built, before the binary runs.
@@ -746,6 +779,9 @@ type Act = Box<dyn FnOnce(&Running)>;
 /// The binary while it runs, for [`Test::during`].
 pub struct Running<'a> {
     pub pid: u32,
+    /// With [`Test::interactive`]: the binary's stdin and stdout, for the act to take.
+    pub stdin: std::sync::Mutex<Option<std::process::ChildStdin>>,
+    pub stdout: std::sync::Mutex<Option<std::process::ChildStdout>>,
     server: &'a ModelServer,
 }
 
@@ -785,6 +821,7 @@ impl Test {
             url_variable: "LOCAL_TASK_ENDPOINT".to_owned(),
             during: None,
             closed_stderr: false,
+            interactive: false,
             layout: Layout::Plain,
             before: None,
             wrapper: Vec::new(),
@@ -816,6 +853,12 @@ impl Test {
 
     /// Calls `act` once the binary has started, then waits for it to end.
     /// Runs the binary with a stderr nobody reads: every write to it fails.
+    /// Gives [`Test::during`]'s act the binary's stdin and stdout (a protocol client).
+    pub fn interactive(mut self) -> Self {
+        self.interactive = true;
+        self
+    }
+
     pub fn closed_stderr(mut self) -> Self {
         self.closed_stderr = true;
         self
@@ -1051,7 +1094,8 @@ impl Test {
             command.env(name, value);
         }
         let started = std::time::Instant::now();
-        let output = launch(&mut command, self.during, self.closed_stderr, &server);
+        let flags = (self.closed_stderr, self.interactive);
+        let output = launch(&mut command, self.during, flags, &server);
         let elapsed = started.elapsed();
         Run {
             elapsed,
@@ -1073,7 +1117,7 @@ impl Test {
 fn launch(
     command: &mut Command,
     during: Option<Act>,
-    closed_stderr: bool,
+    (closed_stderr, interactive): (bool, bool),
     server: &ModelServer,
 ) -> std::process::Output {
     match during {
@@ -1088,6 +1132,9 @@ fn launch(
         }
         None => output(command),
         Some(act) => {
+            if interactive {
+                command.stdin(Stdio::piped());
+            }
             let child = command
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -1096,6 +1143,13 @@ fn launch(
             let mut child = child;
             let running = Running {
                 pid: child.id(),
+                stdin: std::sync::Mutex::new(child.stdin.take()),
+                // Otherwise stdout stays the child's, for the result.
+                stdout: std::sync::Mutex::new(if interactive {
+                    child.stdout.take()
+                } else {
+                    None
+                }),
                 server,
             };
             // A failed check must not leave the binary running behind the test.

@@ -16,6 +16,7 @@ mod hardening_tree;
 mod integrations;
 mod ledger;
 mod ledger_config;
+mod mcp;
 mod providers;
 mod repair;
 mod review_fixes;

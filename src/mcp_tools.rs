@@ -1,0 +1,619 @@
+//! The MCP tools' arguments, their input schemas, and the library calls behind them: each
+//! answers with the [`Document`] the matching command prints.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::cli::RunArgs;
+use crate::document::Document;
+use crate::error::Error;
+use crate::pipeline::{Env, RunOptions, SpecInput};
+use crate::server::{self, ModelChoice};
+use crate::{arguments, batch, bring_in, defaults, discovery, rollback, runs};
+
+/// How long a call waits for a run when it does not say.
+pub const WAIT_SECONDS: u64 = 20;
+/// The longest a call waits: well under the minute after which some clients give up on a
+/// tool call.
+pub const MAX_WAIT_SECONDS: u64 = 50;
+
+/// The command line's run options that only a batch uses.
+const BATCH_ONLY: &[&str] = &["jobs", "fail_fast", "summary_only", "glob", "only_failed"];
+
+/// `run_task`'s own arguments; the rest are [`RunArgs`], the command line's run options.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunTaskExtra {
+    /// The task spec: the spec itself as a JSON object, or the path of a spec file.
+    pub spec: SpecArg,
+    /// Seconds to wait for the run to end before answering `{"status": "running",
+    /// "run_id": …}` (then `get_run` waits again); 0 to 50, default 20.
+    pub wait_seconds: Option<u64>,
+}
+
+/// A spec given inline or by path.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum SpecArg {
+    Path(PathBuf),
+    Inline(Map<String, Value>),
+}
+
+/// `run_batch`'s own arguments; the rest are the run options, as for `run_task`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunBatchExtra {
+    /// A directory of specs (every `*.json` below it), or a list of spec files and
+    /// directories; the tasks run in `depends_on` order.
+    pub specs: SpecsArg,
+    /// Only the specs whose path below the directory matches this glob.
+    pub glob: Option<String>,
+    /// Tasks at once, 1 to 256 (default 1): their model calls overlap; writes and tests
+    /// take turns.
+    pub jobs: Option<u16>,
+    /// Start no task after the first that did not succeed.
+    #[serde(default)]
+    pub fail_fast: bool,
+    /// Seconds to wait for the batch to end before answering `{"status": "running",
+    /// "run_id": BATCH_ID}`; 0 to 50, default 20.
+    pub wait_seconds: Option<u64>,
+}
+
+/// One spec path or directory, or several.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum SpecsArg {
+    One(PathBuf),
+    Several(Vec<PathBuf>),
+}
+
+/// What `run_batch` runs, checked by the command line's parsers.
+pub struct BatchInput {
+    pub paths: Vec<PathBuf>,
+    pub glob: Option<String>,
+    pub options: RunOptions,
+    pub how: batch::BatchOptions,
+    pub wait: Duration,
+}
+
+/// `get_run`'s arguments.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GetRunArgs {
+    /// The `run_id` that `run_task` answered.
+    pub run_id: String,
+    /// Seconds to wait for the run to end; 0 to 50, default 20.
+    pub wait_seconds: Option<u64>,
+}
+
+/// `rollback`'s arguments, those of `execute-local-task rollback`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackArgs {
+    /// The `run_id` from the run's result JSON.
+    pub run_id: Option<String>,
+    /// Undo the newest run (if it left nothing to undo, say so and change nothing).
+    #[serde(default)]
+    pub last: bool,
+    /// Restore even files that changed since the run wrote them.
+    #[serde(default)]
+    pub force: bool,
+    /// The repository (default: the one containing the server's current directory).
+    pub repo: Option<PathBuf>,
+    /// Seconds to wait for a run that is writing the same repository.
+    pub lock_timeout: Option<u64>,
+}
+
+/// The arguments of `apply`, `merge` and `discard`, as on the command line.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BringInArgs {
+    /// The `run_id` from the branch run's result JSON.
+    pub run_id: Option<String>,
+    /// The newest branch run.
+    #[serde(default)]
+    pub last: bool,
+    /// The repository (default: the one containing the server's current directory).
+    pub repo: Option<PathBuf>,
+    /// Seconds to wait for a run that is writing the same repository.
+    pub lock_timeout: Option<u64>,
+}
+
+/// `models`' arguments, as on the command line.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsArgs {
+    /// Probe only this server (default: the one a run would use, else every usual port).
+    pub endpoint: Option<String>,
+    /// Protocol to probe for (default: `LOCAL_TASK_PROVIDER`, else both).
+    pub provider: Option<String>,
+}
+
+/// What one of the verbs on branch runs does.
+#[derive(Debug, Clone, Copy)]
+pub enum Verb {
+    Apply,
+    Merge,
+    Discard,
+}
+
+/// Input schema of a tool whose arguments are `T`.
+pub fn schema_of<T: JsonSchema>() -> Map<String, Value> {
+    let schema = serde_json::to_value(schemars::schema_for!(T)).unwrap_or_default();
+    match schema {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+/// `run_task`'s input schema: the command line's run options (less the positional spec
+/// and `--quiet`), with `spec` and `wait_seconds`.
+pub fn run_task_schema() -> Map<String, Value> {
+    let mut schema = schema_of::<RunArgs>();
+    let extra = schema_of::<RunTaskExtra>();
+    if let Some(Value::Object(properties)) = schema.get_mut("properties") {
+        properties.remove("quiet");
+        properties.remove("spec");
+        properties.remove("specs");
+        // A batch's own options: `run_task` runs one spec.
+        for batch_only in BATCH_ONLY {
+            properties.remove(*batch_only);
+        }
+        if let Some(Value::Object(more)) = extra.get("properties") {
+            properties.extend(more.clone());
+        }
+    }
+    // Clap's defaults fill what is not given, so nothing but the spec is required.
+    schema.insert("required".to_owned(), Value::from(vec!["spec"]));
+    if let Some(Value::Object(definitions)) = extra.get("definitions") {
+        schema.insert("definitions".to_owned(), Value::Object(definitions.clone()));
+    }
+    schema.insert("title".to_owned(), Value::from("run_task"));
+    schema
+}
+
+/// A bad argument: the message of the usage document the command line prints for one.
+fn usage(tool: &str, message: &str) -> String {
+    format!("{tool}: {message}")
+}
+
+/// The usage document for a message from [`decode`], [`wait_of`] or [`run_task_input`].
+pub fn bad_input(message: &str) -> Document {
+    Document::usage(message)
+}
+
+/// Decodes a tool's arguments, or the usage document naming what was wrong.
+pub fn decode<T: serde::de::DeserializeOwned>(
+    tool: &str,
+    arguments: &Map<String, Value>,
+) -> Result<T, String> {
+    serde_path_to_error::deserialize(Value::Object(arguments.clone())).map_err(|error| {
+        let path = error.path().to_string();
+        let at = if path == "." {
+            String::new()
+        } else {
+            format!(" at `{path}`")
+        };
+        usage(tool, &format!("bad arguments{at}: {}", error.inner()))
+    })
+}
+
+/// The wait a call asked for, checked like a command-line value.
+pub fn wait_of(tool: &str, seconds: Option<u64>) -> Result<Duration, String> {
+    match seconds.unwrap_or(WAIT_SECONDS) {
+        seconds @ 0..=MAX_WAIT_SECONDS => Ok(Duration::from_secs(seconds)),
+        seconds => Err(usage(
+            tool,
+            &format!("wait_seconds must be 0 to {MAX_WAIT_SECONDS}, not {seconds}"),
+        )),
+    }
+}
+
+/// `run_task`'s spec and run options, checked by the command line's own parsers.
+pub fn run_task_input(
+    arguments: &Map<String, Value>,
+) -> Result<(SpecInput, RunOptions, Duration), String> {
+    let (own, words) = split("run_task", arguments, &["spec", "wait_seconds"])?;
+    let extra: RunTaskExtra = decode("run_task", &own)?;
+    let wait = wait_of("run_task", extra.wait_seconds)?;
+    let options = RunArgs::parse_options(&words).map_err(|message| usage("run_task", &message))?;
+    let spec = match extra.spec {
+        SpecArg::Path(path) => SpecInput::File(path),
+        SpecArg::Inline(spec) => SpecInput::Text {
+            label: "<mcp>".to_owned(),
+            text: Value::Object(spec).to_string(),
+        },
+    };
+    Ok((spec, options, wait))
+}
+
+/// `run_batch`'s specs, batch options and run options.
+pub fn run_batch_input(arguments: &Map<String, Value>) -> Result<BatchInput, String> {
+    let own_names = ["specs", "glob", "jobs", "fail_fast", "wait_seconds"];
+    let (own, mut words) = split("run_batch", arguments, &own_names)?;
+    let extra: RunBatchExtra = decode("run_batch", &own)?;
+    let wait = wait_of("run_batch", extra.wait_seconds)?;
+    let jobs = extra.jobs.unwrap_or(1);
+    // The command line's range check for `--jobs`.
+    words.push(format!("--jobs={jobs}"));
+    let options = RunArgs::parse_options(&words).map_err(|message| usage("run_batch", &message))?;
+    if options.branch {
+        return Err(usage(
+            "run_batch",
+            "a batch runs in place: `branch` is not supported",
+        ));
+    }
+    Ok(BatchInput {
+        paths: match extra.specs {
+            SpecsArg::One(path) => vec![path],
+            SpecsArg::Several(paths) => paths,
+        },
+        glob: extra.glob,
+        options,
+        how: batch::BatchOptions {
+            jobs: usize::from(jobs),
+            fail_fast: extra.fail_fast,
+        },
+        wait,
+    })
+}
+
+/// `run_batch`'s input schema: `run_task`'s run options with the batch's own.
+pub fn run_batch_schema() -> Map<String, Value> {
+    let mut schema = run_task_schema();
+    let extra = schema_of::<RunBatchExtra>();
+    if let Some(Value::Object(properties)) = schema.get_mut("properties") {
+        properties.remove("spec");
+        if let Some(Value::Object(more)) = extra.get("properties") {
+            properties.extend(more.clone());
+        }
+    }
+    schema.insert("required".to_owned(), Value::from(vec!["specs"]));
+    if let Some(Value::Object(definitions)) = extra.get("definitions") {
+        schema.insert("definitions".to_owned(), Value::Object(definitions.clone()));
+    }
+    schema.insert("title".to_owned(), Value::from("run_batch"));
+    schema
+}
+
+/// A tool's arguments split into its own (`own_names`) and the run options, as
+/// command-line words checked against the command line's options.
+fn split(
+    tool: &str,
+    arguments: &Map<String, Value>,
+    own_names: &[&str],
+) -> Result<(Map<String, Value>, Vec<String>), String> {
+    let mut own = Map::new();
+    let mut words = Vec::new();
+    for (name, value) in arguments {
+        if own_names.contains(&name.as_str()) {
+            own.insert(name.clone(), value.clone());
+            continue;
+        }
+        let flag = name.replace('_', "-");
+        // `quiet` is the command line's own: the server sends no progress to stdout anyway.
+        let takes_value = RunArgs::takes_value(&flag)
+            .filter(|_| name != "quiet" && !BATCH_ONLY.contains(&name.as_str()));
+        match (takes_value, value) {
+            (None, _) => return Err(usage(tool, &format!("unknown argument `{name}`"))),
+            (Some(false), Value::Bool(true)) => words.push(format!("--{flag}")),
+            (Some(false), Value::Bool(false)) | (Some(true), Value::Null) => {}
+            (Some(false), _) => {
+                return Err(usage(tool, &format!("`{name}` must be true or false")));
+            }
+            (Some(true), Value::Array(items)) => {
+                for item in items {
+                    words.push(format!("--{flag}={}", scalar(item)));
+                }
+            }
+            (Some(true), value) => words.push(format!("--{flag}={}", scalar(value))),
+        }
+    }
+    Ok((own, words))
+}
+
+/// A JSON value as the command line would have written it.
+fn scalar(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A lock timeout checked by the command line's parser.
+fn lock_timeout(tool: &str, seconds: Option<u64>) -> Result<Duration, String> {
+    let seconds = seconds.unwrap_or(defaults::LOCK_TIMEOUT.as_secs());
+    arguments::lock_timeout(&seconds.to_string())
+        .map(Duration::from_secs)
+        .map_err(|message| usage(tool, &format!("lock_timeout: {message}")))
+}
+
+pub async fn rollback(arguments: &Map<String, Value>, env: &Env) -> Document {
+    let args: RollbackArgs = match decode("rollback", arguments) {
+        Ok(args) => args,
+        Err(message) => return bad_input(&message),
+    };
+    let wait = match lock_timeout("rollback", args.lock_timeout) {
+        Ok(wait) => wait,
+        Err(message) => return bad_input(&message),
+    };
+    let dir = args.repo.unwrap_or_else(|| PathBuf::from("."));
+    if args.run_id.is_none() && !args.last {
+        return bad_input(&usage("rollback", "give `run_id` or `last: true`"));
+    }
+    let (env, force) = (Arc::clone(env), args.force);
+    // The ledger's rollbacks hold the environment (not `Sync`) across their waits, so
+    // they run to their end on a thread of their own rather than among the server's tasks.
+    let undone = tokio::task::spawn_blocking(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                return Document::error(&Error::io("start a runtime for", &dir, error));
+            }
+        };
+        runtime.block_on(async {
+            // As on the command line: a batch's id undoes the batch; both are recorded.
+            if let Some(batch_id) = args
+                .run_id
+                .as_deref()
+                .filter(|id| batch::valid_batch_id(id))
+            {
+                let (report, missing) =
+                    crate::record::rollback_batch(&dir, batch_id, force, wait, &*env).await;
+                let mut document = match report {
+                    Ok(report) => Document::batch_rollback(&report),
+                    Err(error) => Document::error(&error),
+                };
+                document
+                    .stderr
+                    .extend(missing.into_iter().map(|m| format!("note: {m}")));
+                return document;
+            }
+            let which = match args.run_id.as_deref() {
+                Some(id) if !args.last => rollback::Which::Id(id),
+                _ => rollback::Which::Last,
+            };
+            match crate::record::rollback(&dir, which, force, wait, &*env).await {
+                Ok((report, missing)) => {
+                    let mut document = Document::rollback(&report);
+                    document
+                        .stderr
+                        .extend(missing.map(|m| format!("note: {m}")));
+                    document
+                }
+                Err(error) => Document::error(&error),
+            }
+        })
+    })
+    .await;
+    undone.unwrap_or_else(|error| bad_input(&format!("rollback: {error}")))
+}
+
+/// `check`'s arguments, those of `execute-local-task check`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckArgs {
+    /// A spec, or a directory of specs (`*.json`, searched recursively).
+    pub path: PathBuf,
+    /// Only parse and validate the specs: no repository, context or triage.
+    #[serde(default)]
+    pub validate_only: bool,
+    /// The profile to triage for (over the spec's and `LOCAL_TASK_PROFILE`).
+    pub profile: Option<String>,
+    /// The repository (default: the one containing the server's current directory).
+    pub repo: Option<PathBuf>,
+}
+
+/// `check`: triage without a model, on a thread of its own (it reads files).
+pub async fn check(arguments: &Map<String, Value>, env: &Env) -> Document {
+    let args: CheckArgs = match decode("check", arguments) {
+        Ok(args) => args,
+        Err(message) => return bad_input(&message),
+    };
+    let options = RunOptions {
+        repo_dir: args.repo,
+        profile: args.profile,
+        ..RunOptions::new()
+    };
+    let env = Arc::clone(env);
+    let checked = tokio::task::spawn_blocking(move || {
+        crate::check::check(
+            std::slice::from_ref(&args.path),
+            &options,
+            args.validate_only,
+            &*env,
+        )
+    })
+    .await;
+    match checked {
+        Ok(Ok(report)) => Document::check(&report),
+        Ok(Err(error)) => Document::error(&error),
+        Err(error) => bad_input(&format!("check stopped: {error}")),
+    }
+}
+
+/// `review`'s arguments, those of `execute-local-task review`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewArgs {
+    /// The run's id (from its result); or `last: true`.
+    pub run_id: Option<String>,
+    /// Review the newest recorded run.
+    #[serde(default)]
+    pub last: bool,
+    /// The verdict: `good`, `acceptable` or `poor`.
+    pub verdict: String,
+    /// Why, in a sentence.
+    pub reason: Option<String>,
+    /// What went wrong: `hallucination`, `incomplete`, `wrong-format`, `off-topic`,
+    /// `broke-tests` or `other`.
+    pub failure_mode: Option<String>,
+}
+
+/// `stats`' arguments, those of `execute-local-task stats --json`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatsArgs {
+    /// Only runs started on or after this date (2026-12-01) or RFC 3339 time.
+    pub since: Option<String>,
+    /// Only this task kind.
+    pub kind: Option<String>,
+    /// Only this model.
+    pub model: Option<String>,
+    /// Count every repository's runs, not only this one's.
+    #[serde(default)]
+    pub all_repos: bool,
+    /// The repository (default: the one containing the server's current directory).
+    pub repo: Option<PathBuf>,
+}
+
+pub fn review(arguments: &Map<String, Value>, env: &Env) -> Document {
+    use crate::review::{FailureMode, Verdict, Which};
+    use clap::ValueEnum as _;
+    let args: ReviewArgs = match decode("review", arguments) {
+        Ok(args) => args,
+        Err(message) => return bad_input(&message),
+    };
+    let which = match args.run_id.as_deref() {
+        Some(id) if !args.last => Which::Id(id),
+        None if !args.last => {
+            return bad_input(&usage("review", "give `run_id` or `last: true`"));
+        }
+        _ => Which::Last,
+    };
+    let Ok(verdict) = Verdict::from_str(&args.verdict, true) else {
+        return bad_input(&usage(
+            "review",
+            &format!(
+                "`{}` is not a verdict: use good, acceptable or poor",
+                args.verdict
+            ),
+        ));
+    };
+    let failure_mode = match args.failure_mode.as_deref() {
+        None => None,
+        Some(mode) => match FailureMode::from_str(mode, true) {
+            Ok(mode) => Some(mode),
+            Err(_) => {
+                return bad_input(&usage(
+                    "review",
+                    "failure_mode must be hallucination, incomplete, wrong-format, off-topic, broke-tests or other",
+                ));
+            }
+        },
+    };
+    match crate::review::review(&**env, which, verdict, args.reason, failure_mode) {
+        Ok(report) => Document::review(&report),
+        Err(error) => Document::error(&error),
+    }
+}
+
+pub fn stats(arguments: &Map<String, Value>, env: &Env) -> Document {
+    let args: StatsArgs = match decode("stats", arguments) {
+        Ok(args) => args,
+        Err(message) => return bad_input(&message),
+    };
+    if args.all_repos && args.repo.is_some() {
+        return bad_input(&usage("stats", "give `repo` or `all_repos`, not both"));
+    }
+    let request = crate::stats::Request {
+        since: args.since,
+        kind: args.kind,
+        model: args.model,
+        repo_dir: (!args.all_repos).then(|| args.repo.unwrap_or_else(|| PathBuf::from("."))),
+    };
+    match crate::stats::stats(&**env, &request) {
+        Ok(stats) => Document::stats(stats),
+        Err(error) => Document::error(&error),
+    }
+}
+
+pub async fn bring_in(verb: Verb, arguments: &Map<String, Value>, env: &Env) -> Document {
+    let tool = match verb {
+        Verb::Apply => "apply",
+        Verb::Merge => "merge",
+        Verb::Discard => "discard",
+    };
+    let args: BringInArgs = match decode(tool, arguments) {
+        Ok(args) => args,
+        Err(message) => return bad_input(&message),
+    };
+    let wait = match lock_timeout(tool, args.lock_timeout) {
+        Ok(wait) => wait,
+        Err(message) => return bad_input(&message),
+    };
+    let which = match args.run_id.as_deref() {
+        Some(id) if !args.last => runs::Which::Id(id),
+        None if !args.last => return bad_input(&usage(tool, "give `run_id` or `last: true`")),
+        _ => runs::Which::Last,
+    };
+    let dir = args.repo.unwrap_or_else(|| PathBuf::from("."));
+    let outcome = match verb {
+        Verb::Apply => bring_in::apply(&dir, which, wait).await,
+        Verb::Merge => bring_in::merge(&dir, which, wait).await,
+        Verb::Discard => bring_in::discard(&dir, &which),
+    };
+    match outcome {
+        Ok(report) => {
+            // Recorded against the branch run, as on the command line.
+            let missing = crate::record::bring_in(&report, &**env);
+            let mut document = Document::bring_in(&report);
+            document
+                .stderr
+                .extend(missing.map(|m| format!("note: {m}")));
+            document
+        }
+        Err(error) => Document::error(&error),
+    }
+}
+
+pub async fn models(arguments: &Map<String, Value>, env: &Env) -> Document {
+    let args: ModelsArgs = match decode("models", arguments) {
+        Ok(args) => args,
+        Err(message) => return bad_input(&message),
+    };
+    if let Some(provider) = &args.provider
+        && !server::PROVIDERS.contains(&provider.as_str())
+    {
+        return bad_input(&usage(
+            "models",
+            &format!(
+                "provider `{provider}` is not one of {}",
+                server::PROVIDERS.join(", ")
+            ),
+        ));
+    }
+    // The same resolution as the command line's `models`: the server a run would use.
+    let flags = ModelChoice {
+        endpoint: args.endpoint.filter(|e| !e.trim().is_empty()),
+        provider: args.provider,
+        ..ModelChoice::default()
+    };
+    let choice = match ModelChoice::resolve(&flags, None, &**env) {
+        Ok(choice) => choice,
+        Err(error) => return Document::error(&error),
+    };
+    let reports = discovery::survey(
+        choice.endpoint.as_deref(),
+        choice.provider.as_deref(),
+        choice.api_key,
+        &choice.ports,
+    )
+    .await;
+    Document::models(&reports)
+}
+
+/// The document for a `get_run` of an id this server did not start.
+pub fn unknown_run(id: &str) -> Document {
+    Document::error(&Error::Usage(format!(
+        "get_run: no run `{id}` was started by this server (a finished run's result is in its `run_id`'s journal; `rollback` takes any run's id)"
+    )))
+}
