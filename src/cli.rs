@@ -460,7 +460,11 @@ async fn run_batch(args: &RunArgs, env: &Env) -> u8 {
         jobs: usize::from(args.jobs),
         fail_fast: args.fail_fast,
     };
-    let runner = batch::in_place(Arc::clone(env));
+    let runner = if options.branch {
+        batch::on_branches(Arc::clone(env))
+    } else {
+        batch::in_place(Arc::clone(env))
+    };
     let outcome = batch::run(plan, &options, how, runner, observe).await;
     display.close();
     match outcome {
@@ -623,37 +627,40 @@ fn usage_code(message: &str) -> u8 {
     document.exit_code
 }
 
+/// One spec: its result, in place or on its branch.
+async fn run_one(args: &RunArgs, env: &Env) -> u8 {
+    let Some(spec) = args.specs.first().cloned() else {
+        say!(
+            "error: no task spec given\n\nUsage: execute-local-task [OPTIONS] <SPEC>\n       execute-local-task demo    (see it work first)\n\nFor more information, try '--help'."
+        );
+        let document = Document::usage("no task spec given");
+        print_json(&document.json);
+        return document.exit_code;
+    };
+    let quiet = args.quiet;
+    let progress = move |line: &str| {
+        if !quiet {
+            say_line(&format!("execute-local-task: {line}"));
+        }
+    };
+    let options = RunOptions {
+        cancel: stop_on_signals(),
+        ..args.options()
+    };
+    let spec = SpecInput::File(spec);
+    let output = if options.branch {
+        crate::branch::run(&spec, &options, None, env, &progress).await
+    } else {
+        pipeline::run(&spec, &options, None, env, &progress).await
+    };
+    print(&Document::run(output))
+}
+
 async fn dispatch(cli: Cli) -> u8 {
     let env: Env = Arc::new(|name: &str| std::env::var(name).ok());
     match cli.command {
         None if cli.run.is_batch() => run_batch(&cli.run, &env).await,
-        None => {
-            let Some(spec) = cli.run.specs.first().cloned() else {
-                say!(
-                    "error: no task spec given\n\nUsage: execute-local-task [OPTIONS] <SPEC>\n       execute-local-task demo    (see it work first)\n\nFor more information, try '--help'."
-                );
-                let document = Document::usage("no task spec given");
-                print_json(&document.json);
-                return document.exit_code;
-            };
-            let quiet = cli.run.quiet;
-            let progress = move |line: &str| {
-                if !quiet {
-                    say_line(&format!("execute-local-task: {line}"));
-                }
-            };
-            let options = RunOptions {
-                cancel: stop_on_signals(),
-                ..cli.run.options()
-            };
-            let spec = SpecInput::File(spec);
-            let output = if options.branch {
-                crate::branch::run(&spec, &options, None, &env, &progress).await
-            } else {
-                pipeline::run(&spec, &options, None, &env, &progress).await
-            };
-            print(&Document::run(output))
-        }
+        None => run_one(&cli.run, &env).await,
         Some(Command::Rollback {
             run_id,
             last,

@@ -10,6 +10,7 @@ use execute_local_task::result::{ErrorInfo, Status, TaskResult};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
+use crate::branches::{git_out, git_state};
 use crate::harness::{MODEL, ModelServer, Run, Script, Test, snapshot};
 
 /// A spec whose description carries `<<id>>`, the needle its replies are routed by.
@@ -563,4 +564,102 @@ fn several_spec_files_run_as_one_batch() {
         .filter_map(|r| r.task_id.as_deref())
         .collect();
     assert_eq!(ids, ["X", "Y"]);
+}
+
+/// `--branch` on a batch: the chain and the diamond of the fixture, one commit each on
+/// `local-task/<id>`, every dependent's commit descending from its dependencies' (D4's
+/// test needs both D2's and D3's files: it runs on a merge of the two).
+#[test]
+fn a_batch_on_branches_commits_each_task_on_its_branch_from_its_dependencies() {
+    let specs: Vec<_> = fixture().into_iter().take(7).collect();
+    let test = with_replies(Test::new());
+    let state = std::rc::Rc::new(std::cell::RefCell::new(None));
+    let seen = std::rc::Rc::clone(&state);
+    let test = test.before(move |repo| {
+        git_out(repo, &["status"]);
+        *seen.borrow_mut() = Some(git_state(repo));
+    });
+    let run = batch(test, &specs, &["--branch", "--jobs", "4"]);
+    run.assert_code(0);
+    let (results, summary) = lines(&run);
+    assert_eq!(summary.counts.success, 7, "{}", run.stdout);
+    let commit = |id: &str| {
+        let result = status_of(&results, id);
+        let branch = format!("local-task/{id}");
+        assert_eq!(result.branch.as_deref(), Some(branch.as_str()));
+        let commit = result.commit.clone().expect("a commit");
+        assert_eq!(git_out(&run.repo, &["rev-parse", &branch]), commit);
+        commit
+    };
+    for (older, newer) in [
+        ("A1", "A2"),
+        ("A2", "A3"),
+        ("D1", "D2"),
+        ("D1", "D3"),
+        ("D2", "D4"),
+        ("D3", "D4"),
+    ] {
+        git_out(
+            &run.repo,
+            &[
+                "merge-base",
+                "--is-ancestor",
+                &commit(older),
+                &commit(newer),
+            ],
+        );
+    }
+    let before = state.borrow_mut().take().expect("the state before the run");
+    assert_eq!(git_state(&run.repo), before, "the user's side is untouched");
+    assert_eq!(run.read("out/a1.txt"), None, "nothing is written in place");
+    assert_eq!(
+        git_out(&run.repo, &["worktree", "list", "--porcelain"])
+            .matches("worktree ")
+            .count(),
+        1,
+        "every task worktree is removed"
+    );
+}
+
+/// Two dependencies whose commits change one file differently: their dependent is
+/// skipped, naming the file, and nothing else changes.
+#[test]
+fn a_dependent_whose_dependencies_conflict_is_skipped_on_branches() {
+    let specs = vec![
+        ("b1.json", task("B1", "same.txt", &json!({}))),
+        ("b2.json", task("B2", "same.txt", &json!({}))),
+        (
+            "b3.json",
+            task("B3", "out/b3.txt", &json!({"depends_on": ["B1", "B2"]})),
+        ),
+    ];
+    let test = Test::new()
+        .route("<<B1>>", vec![Script::code("same.txt", "one\n")])
+        .route("<<B2>>", vec![Script::code("same.txt", "two\n")])
+        .route("<<B3>>", vec![Script::code("out/b3.txt", "B3\n")]);
+    let run = batch(test, &specs, &["--branch", "--jobs", "2"]);
+    run.assert_code(1);
+    let (results, summary) = lines(&run);
+    assert_eq!(
+        (summary.counts.success, summary.counts.skipped),
+        (2, 1),
+        "{}",
+        run.stdout
+    );
+    let skipped = status_of(&results, "B3");
+    assert_eq!(skipped.status, Status::Skipped);
+    assert!(
+        skipped.summary.contains("conflict") && skipped.summary.contains("same.txt"),
+        "{}",
+        skipped.summary
+    );
+    assert!(!resolves(&run.repo, "local-task/B3"));
+}
+
+fn resolves(dir: &Path, rev: &str) -> bool {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--verify", "--quiet", rev])
+        .current_dir(dir)
+        .output()
+        .is_ok_and(|output| output.status.success())
 }
