@@ -102,7 +102,8 @@ struct PruneArgs {
 
 #[derive(Args, Debug)]
 struct BringInArgs {
-    /// The `run_id` from the branch run's result JSON.
+    /// The `run_id` from the branch run's result JSON, or a batch's `batch_id` (every
+    /// successful task of the batch, in dependency order; `discard`: every run of it).
     #[arg(required_unless_present = "last")]
     run_id: Option<String>,
     /// The newest branch run.
@@ -755,6 +756,21 @@ async fn bring_in(verb: Verb, args: BringInArgs) -> u8 {
         _ => runs::Which::Last,
     };
     let wait = Duration::from_secs(args.lock_timeout);
+    if let Some(batch_id) = args
+        .run_id
+        .as_deref()
+        .filter(|id| !args.last && batch::valid_batch_id(id))
+    {
+        let outcome = match verb {
+            Verb::Apply => bring_in::apply_batch(&dir, batch_id, wait).await,
+            Verb::Merge => bring_in::merge_batch(&dir, batch_id, wait).await,
+            Verb::Discard => bring_in::discard_batch(&dir, batch_id),
+        };
+        return print(&match outcome {
+            Ok(report) => Document::batch_bring_in(&report),
+            Err(error) => Document::error(&error),
+        });
+    }
     let outcome = match verb {
         Verb::Apply => bring_in::apply(&dir, which, wait).await,
         Verb::Merge => bring_in::merge(&dir, which, wait).await,

@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use execute_local_task::batch::{BatchStatus, BatchSummary};
+use execute_local_task::bring_in::BatchBringInReport;
 use execute_local_task::result::{ErrorInfo, Status, TaskResult};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
@@ -662,4 +663,115 @@ fn resolves(dir: &Path, rev: &str) -> bool {
         .current_dir(dir)
         .output()
         .is_ok_and(|output| output.status.success())
+}
+
+fn bring_in(run: &Run, args: &[&str]) -> (i32, BatchBringInReport, String) {
+    let (code, stdout, stderr) = run.again(args);
+    let report = if code == 0 {
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|error| panic!("not a batch report ({error}):\n{stdout}\n{stderr}"))
+    } else {
+        BatchBringInReport {
+            status: String::new(),
+            batch_id: String::new(),
+            runs: Vec::new(),
+            files: Vec::new(),
+            rollback: None,
+            summary: stdout.clone(),
+        }
+    };
+    (code, report, stderr)
+}
+
+/// `apply <BATCH_ID>` puts every success of a chain and a diamond into the tree,
+/// uncommitted, in dependency order; one `rollback` undoes it; `discard` then deletes
+/// every branch.
+#[test]
+fn apply_brings_a_batch_in_uncommitted_and_rollback_and_discard_undo_it() {
+    let specs: Vec<_> = fixture().into_iter().take(7).collect();
+    let run = batch(
+        with_replies(Test::new()),
+        &specs,
+        &["--branch", "--jobs", "3"],
+    );
+    run.assert_code(0);
+    let (_, summary) = lines(&run);
+    let head = git_out(&run.repo, &["rev-parse", "HEAD"]);
+    let (code, report, stderr) = bring_in(&run, &["apply", &summary.batch_id]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(report.status, "applied");
+    assert_eq!(report.runs.len(), 7);
+    let order: Vec<&str> = report.runs.iter().map(|r| r.task_id.as_str()).collect();
+    let at = |id: &str| order.iter().position(|t| *t == id).unwrap();
+    assert!(at("A1") < at("A2") && at("A2") < at("A3") && at("D3") < at("D4"));
+    for id in ["a1", "a2", "a3", "d1", "d2", "d3", "d4"] {
+        let expected = format!("{}\n", id.to_uppercase());
+        assert_eq!(run.read(&format!("out/{id}.txt")), Some(expected));
+    }
+    assert_eq!(
+        git_out(&run.repo, &["rev-parse", "HEAD"]),
+        head,
+        "nothing committed"
+    );
+    let rollback = report.rollback.expect("a rollback id");
+    let (code, _, stderr) = run.again(&["rollback", &rollback]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(run.read("out/a1.txt"), None);
+    assert_eq!(git_out(&run.repo, &["status", "--porcelain"]), "");
+    let (code, report, stderr) = bring_in(&run, &["discard", &summary.batch_id]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(report.runs.len(), 7);
+    assert_eq!(
+        git_out(&run.repo, &["branch", "--list", "local-task/*"]),
+        ""
+    );
+}
+
+/// Two tasks of one batch adding one file differently: `apply` and `merge` of the batch
+/// refuse, naming the file, with nothing changed; `merge` of a clean batch keeps the
+/// commits.
+#[test]
+fn apply_and_merge_of_a_batch_refuse_a_conflict_with_nothing_changed() {
+    let specs = vec![
+        ("b1.json", task("B1", "same.txt", &json!({}))),
+        ("b2.json", task("B2", "same.txt", &json!({}))),
+    ];
+    let test = Test::new()
+        .route("<<B1>>", vec![Script::code("same.txt", "one\n")])
+        .route("<<B2>>", vec![Script::code("same.txt", "two\n")]);
+    let run = batch(test, &specs, &["--branch", "--jobs", "2"]);
+    run.assert_code(0);
+    let (_, summary) = lines(&run);
+    let before = tree(&run.repo);
+    let head = git_out(&run.repo, &["rev-parse", "HEAD"]);
+    for verb in ["apply", "merge"] {
+        let (code, report, stderr) = bring_in(&run, &[verb, &summary.batch_id]);
+        assert_eq!(code, 2, "{verb}: {stderr}");
+        let printed: Value = serde_json::from_str(&report.summary).unwrap();
+        assert_eq!(printed["error"]["kind"], "refused", "{verb}");
+        assert!(
+            report.summary.contains("same.txt"),
+            "{verb}: {}",
+            report.summary
+        );
+        assert_eq!(tree(&run.repo), before, "{verb} changed nothing");
+        assert_eq!(git_out(&run.repo, &["rev-parse", "HEAD"]), head);
+    }
+}
+
+#[test]
+fn merge_of_a_batch_keeps_every_tasks_commit() {
+    let specs: Vec<_> = fixture().into_iter().take(3).collect();
+    let run = batch(with_replies(Test::new()), &specs, &["--branch"]);
+    run.assert_code(0);
+    let (results, summary) = lines(&run);
+    let (code, report, stderr) = bring_in(&run, &["merge", &summary.batch_id]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(report.status, "merged");
+    for result in &results {
+        let commit = result.commit.clone().expect("a commit");
+        git_out(&run.repo, &["merge-base", "--is-ancestor", &commit, "HEAD"]);
+    }
+    assert_eq!(run.read("out/a3.txt").as_deref(), Some("A3\n"));
+    assert_eq!(git_out(&run.repo, &["status", "--porcelain"]), "");
 }

@@ -765,3 +765,24 @@ fn a_test_program_missing_from_the_worktree_names_the_ignored_directory() {
         result.notes
     );
 }
+
+/// A run that adds a file HEAD has since got with other bytes: `apply` refuses, naming
+/// it, instead of replacing the committed file with the task's.
+#[test]
+fn apply_refuses_a_new_file_that_head_has_since_added() {
+    let run = Test::new()
+        .spec(spec("new.txt", &json!({})))
+        .script(Script::code("new.txt", "task\n"))
+        .arg("--branch")
+        .run();
+    run.assert_code(0);
+    let result = run.result();
+    std::fs::write(run.repo.join("new.txt"), "ours\n").unwrap();
+    git(&run.repo, &["add", "new.txt"]);
+    git(&run.repo, &["commit", "-q", "-m", "our own new.txt"]);
+    let (code, stdout, _) = run.again(&["apply", &result.run_id]);
+    assert_eq!(code, 2, "{stdout}");
+    assert!(stdout.contains("`new.txt`"), "{stdout}");
+    assert_eq!(run.read("new.txt").as_deref(), Some("ours\n"));
+    assert_eq!(git_out(&run.repo, &["status", "--porcelain"]), "");
+}
