@@ -27,6 +27,7 @@ use crate::pipeline::{self, Env, RunOutput, SpecInput};
 use crate::plan::{Plan, Task};
 use crate::repo::{Repo, TargetStatus};
 use crate::result::{ErrorInfo, Status, TaskResult, Usage};
+use crate::server::Connected;
 
 /// Progress lines of one task, shared with its run.
 pub type TaskProgress = Arc<dyn Fn(&str) + Send + Sync>;
@@ -52,8 +53,17 @@ pub fn in_place(env: Env) -> Runner {
 /// dependencies' commits (merged into a commit on no branch when there are several). When
 /// they do not merge the task is `skipped`, saying which files conflict.
 pub fn on_branches(env: Env) -> Runner {
+    on_branches_with(env, Arc::new(|_| None))
+}
+
+/// Gives the server a task's run uses; `None`: the one its options and environment name.
+pub type ServerFor = Arc<dyn Fn(&SpecInput) -> Option<Connected> + Send + Sync>;
+
+/// [`on_branches`] with each task's server chosen by `server` (the demo's recorded replies).
+pub fn on_branches_with(env: Env, server: ServerFor) -> Runner {
     Arc::new(move |spec, options, needs, progress| {
         let env = Arc::clone(&env);
+        let connected = server(&spec);
         Box::pin(async move {
             let dir = options
                 .repo_dir
@@ -78,7 +88,7 @@ pub fn on_branches(env: Env) -> Runner {
                         };
                     }
                 };
-            crate::branch::run_from(base, &spec, &options, None, &env, &*progress).await
+            crate::branch::run_from(base, &spec, &options, connected, &env, &*progress).await
         })
     })
 }

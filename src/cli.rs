@@ -961,13 +961,85 @@ async fn run_demo(dir: Option<PathBuf>, env: &Env) -> u8 {
     )
     .await;
     let code = print(&Document::run(output));
+    let batch_code = demo_batch(&base, &setup.repo_dir, env).await;
     say!(
         "\nThat was the whole pipeline on recorded replies. To run it on your own model:\n  \
          Ollama:    ollama pull qwen2.5-coder:7b && execute-local-task SPEC.json --endpoint http://127.0.0.1:11434 --model qwen2.5-coder:7b\n  \
          LM Studio: start its server (port 1234) and run: execute-local-task SPEC.json --endpoint http://127.0.0.1:1234/v1\n\
          (`execute-local-task models` lists what it can reach; --dir DIR keeps the demo repository.)"
     );
-    code
+    code.max(batch_code)
+}
+
+/// The demo's batch: a directory of two specs, one depending on the other, run on
+/// branches on recorded replies, then applied. Shown on stderr: stdout keeps the one
+/// result document of the demo's run.
+async fn demo_batch(base: &Path, repo: &Path, env: &Env) -> u8 {
+    let fail = |error: &crate::error::Error| {
+        say!("error: {error}");
+        Document::error(error).exit_code
+    };
+    let specs = match demo::prepare_batch(base) {
+        Ok(specs) => specs,
+        Err(error) => return fail(&error),
+    };
+    say!(
+        "\nNow a batch: the specs in {} (demo-shout depends on demo-greet), each on its own task branch, then applied:\n  execute-local-task {} --branch --repo {} && execute-local-task apply <BATCH_ID>",
+        specs.display(),
+        specs.display(),
+        repo.display()
+    );
+    let plan = match plan::find_specs(&[specs], None)
+        .and_then(|paths| plan::plan(&paths, &std::collections::BTreeSet::new()))
+    {
+        Ok(plan) => plan,
+        Err(error) => return fail(&error),
+    };
+    let observe: batch::Observer = Arc::new(|event| match event {
+        batch::Event::Started { .. } => {}
+        batch::Event::Line { line, .. } | batch::Event::Note(line) => {
+            say_line(&format!("execute-local-task: {line}"));
+        }
+        batch::Event::Finished { outcome } => say_line(&format!(
+            "execute-local-task: [{}] {}",
+            outcome.result.task_id.as_deref().unwrap_or("?"),
+            outcome.result.summary
+        )),
+    });
+    let options = RunOptions {
+        repo_dir: Some(repo.to_path_buf()),
+        branch: true,
+        cancel: stop_on_signals(),
+        ..RunOptions::new()
+    };
+    let how = batch::BatchOptions {
+        jobs: 2,
+        fail_fast: false,
+    };
+    let runner = batch::on_branches_with(Arc::clone(env), Arc::new(demo::batch_server));
+    let outcome = match batch::run(plan, &options, how, runner, observe).await {
+        Ok(outcome) => outcome,
+        Err(error) => return fail(&error),
+    };
+    let summary = Document::batch(&outcome.summary());
+    // Its hints speak of undoing in-place writes; the batch wrote only on branches.
+    for line in summary
+        .stderr
+        .iter()
+        .filter(|line| !line.starts_with("hint:"))
+    {
+        say_line(line);
+    }
+    if summary.exit_code != 0 {
+        return summary.exit_code;
+    }
+    match bring_in::apply_batch(repo, &outcome.batch_id, defaults::LOCK_TIMEOUT).await {
+        Ok(report) => {
+            say_line(&format!("execute-local-task: {}", report.summary));
+            0
+        }
+        Err(error) => fail(&error),
+    }
 }
 
 /// The `models` table on stdout: a human's, not JSON, so what a server named (its

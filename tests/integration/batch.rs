@@ -775,3 +775,22 @@ fn merge_of_a_batch_keeps_every_tasks_commit() {
     assert_eq!(run.read("out/a3.txt").as_deref(), Some("A3\n"));
     assert_eq!(git_out(&run.repo, &["status", "--porcelain"]), "");
 }
+
+/// `demo` still prints its run's result, and then shows a batch with a dependency run on
+/// branches on recorded replies and applied.
+#[test]
+fn demo_shows_a_batch_on_branches_then_applied() {
+    let run = Test::new().run_with(|_| vec!["demo".to_owned()]);
+    run.assert_code(0);
+    assert_eq!(run.result().status, Status::Success);
+    for said in [
+        "committed on local-task/demo-greet",
+        "committed on local-task/demo-shout",
+        "2 task(s): 2 success",
+        "applied batch batch-",
+    ] {
+        assert!(run.stderr.contains(said), "{said}:\n{}", run.stderr);
+    }
+    let greet = run.stderr.find("demo-greet]").unwrap();
+    assert!(greet < run.stderr.find("demo-shout]").unwrap());
+}
