@@ -794,3 +794,27 @@ fn demo_shows_a_batch_on_branches_then_applied() {
     let greet = run.stderr.find("demo-greet]").unwrap();
     assert!(greet < run.stderr.find("demo-shout]").unwrap());
 }
+
+/// Forty independent tasks on branches, four at a time: each one's worktree is made,
+/// pruned around and removed while others are (git's worktree commands are not safe to
+/// run at once; every task used to risk `could not open .git/worktrees/…`).
+#[test]
+fn many_tasks_on_branches_at_once_all_get_their_worktree() {
+    let mut test = Test::new();
+    let mut specs = Vec::new();
+    let names: Vec<String> = (0..40).map(|i| format!("t{i}.json")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let (id, path) = (format!("T{i}"), format!("out/t{i}.txt"));
+        test = test.route(&format!("<<{id}>>"), vec![Script::code(&path, "x\n")]);
+        specs.push((name.as_str(), task(&id, &path, &json!({}))));
+    }
+    let run = batch(test, &specs, &["--branch", "--jobs", "4"]);
+    let (results, summary) = lines(&run);
+    let bad: Vec<&str> = results
+        .iter()
+        .filter(|result| result.status != Status::Success)
+        .map(|result| result.summary.as_str())
+        .collect();
+    assert!(bad.is_empty(), "{bad:#?}");
+    assert_eq!(summary.counts.success, 40);
+}
