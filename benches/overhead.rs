@@ -19,6 +19,9 @@ fn main() {
     if std::env::var_os("BENCH_BATCH_ONLY").is_some() {
         batch_in_place(100, 4, Duration::ZERO, 3);
         batch_in_place(100, 4, Duration::from_millis(100), 3);
+        batch_on_branches(100, 4, Duration::from_millis(100), 3);
+        worktree_cost(10, 20);
+        worktree_cost(20_000, 5);
         return;
     }
     whole_run("whole run, 1 new file, no test", &json!({}), 0, 30);
@@ -35,6 +38,9 @@ fn main() {
     context_gathering();
     batch_in_place(100, 4, Duration::ZERO, 3);
     batch_in_place(100, 4, Duration::from_millis(100), 3);
+    batch_on_branches(100, 4, Duration::from_millis(100), 3);
+    worktree_cost(10, 20);
+    worktree_cost(20_000, 5);
 }
 
 /// Wall time of `execute-local-task spec.json` as a supervisor runs it: process start,
@@ -65,6 +71,15 @@ fn whole_run(name: &str, extra: &serde_json::Value, context_files: usize, runs: 
 /// `slots` replies at once, each taking `latency`: how close the batch comes to the ideal
 /// `tasks × latency / slots`, the model's time alone.
 fn batch_in_place(tasks: usize, slots: usize, latency: Duration, runs: usize) {
+    batch(tasks, slots, latency, runs, false);
+}
+
+/// The same batch with `--branch`: every task in a worktree of its own.
+fn batch_on_branches(tasks: usize, slots: usize, latency: Duration, runs: usize) {
+    batch(tasks, slots, latency, runs, true);
+}
+
+fn batch(tasks: usize, slots: usize, latency: Duration, runs: usize, branch: bool) {
     let mut samples = Vec::with_capacity(runs);
     for _ in 0..runs {
         let mut test = Test::new().slots(slots, latency);
@@ -89,13 +104,17 @@ fn batch_in_place(tasks: usize, slots: usize, latency: Duration, runs: usize) {
             for (name, text) in &specs {
                 std::fs::write(dir.join(name), text).expect("a spec");
             }
-            vec![
+            let mut args = vec![
                 dir.display().to_string(),
                 "--jobs".to_owned(),
                 jobs,
                 "--summary-only".to_owned(),
                 "-q".to_owned(),
-            ]
+            ];
+            if branch {
+                args.push("--branch".to_owned());
+            }
+            args
         });
         assert_eq!(run.code, 0, "{}", run.stderr);
         samples.push(run.elapsed);
@@ -103,7 +122,8 @@ fn batch_in_place(tasks: usize, slots: usize, latency: Duration, runs: usize) {
     let ideal =
         latency * u32::try_from(tasks).unwrap_or(u32::MAX) / u32::try_from(slots).unwrap_or(1);
     let name = format!(
-        "batch, {tasks} independent specs, --jobs {slots}, {slots} slots of {} ms",
+        "batch{}, {tasks} independent specs, --jobs {slots}, {slots} slots of {} ms",
+        if branch { " on branches" } else { " in place" },
         latency.as_millis()
     );
     report(&name, &mut samples);
@@ -217,5 +237,62 @@ fn report(name: &str, samples: &mut [Duration]) {
         ms(samples[0]),
         ms(p90),
         samples.len()
+    );
+}
+
+/// What a task worktree costs on a repository of `files` tracked files: `git worktree add
+/// --detach` and `git worktree remove`, as a branch run makes and removes one.
+fn worktree_cost(files: usize, runs: usize) {
+    let Ok(dir) = tempfile::tempdir() else {
+        println!("worktree cost: no temporary directory");
+        return;
+    };
+    let repo = dir.path().join("repo");
+    let git = |cwd: &std::path::Path, args: &[&str]| {
+        std::process::Command::new("git")
+            .args(["-c", "user.name=bench", "-c", "user.email=bench@localhost"])
+            .args(args)
+            .current_dir(cwd)
+            .output()
+            .is_ok_and(|output| output.status.success())
+    };
+    let made = std::fs::create_dir_all(repo.join("src")).is_ok()
+        && (0..files).all(|i| {
+            let sub = repo.join("src").join(format!("d{}", i / 500));
+            std::fs::create_dir_all(&sub).is_ok()
+                && std::fs::write(sub.join(format!("f{i}.txt")), format!("{i}\n")).is_ok()
+        })
+        && git(&repo, &["init", "-q"])
+        && git(&repo, &["add", "-A"])
+        && git(&repo, &["commit", "-qm", "files"]);
+    if !made {
+        println!("worktree cost: the repository of {files} files could not be made");
+        return;
+    }
+    let (mut create, mut remove) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    for run in 0..runs {
+        let path = dir.path().join(format!("wt{run}"));
+        let path_text = path.display().to_string();
+        let started = Instant::now();
+        let added = git(
+            &repo,
+            &["worktree", "add", "--detach", "-q", &path_text, "HEAD"],
+        );
+        create.push(started.elapsed());
+        let started = Instant::now();
+        let removed = git(&repo, &["worktree", "remove", "--force", &path_text]);
+        remove.push(started.elapsed());
+        if !(added && removed) {
+            println!("worktree cost: git worktree add/remove failed");
+            return;
+        }
+    }
+    report(
+        &format!("task worktree, {files} tracked files: create"),
+        &mut create,
+    );
+    report(
+        &format!("task worktree, {files} tracked files: remove"),
+        &mut remove,
     );
 }

@@ -2,10 +2,12 @@
 //! when the tasks it depends on have succeeded; its record in the git directory, and the
 //! summary the command line prints after every task's result.
 //!
-//! Each task is one call of a [`Runner`]. In place (the only runner today) every task's
-//! model calls overlap with the others', while its write, test and restore run under the
-//! repository lock (`transaction.rs`), one task at a time; tasks that share a file keep the
-//! plan's order, so the tree ends as a serial run leaves it. A task whose dependency did
+//! Each task is one call of a [`Runner`]. In place every task's model calls overlap with
+//! the others', while its write, test and restore run under the repository lock
+//! (`transaction.rs`), one task at a time; tasks that share a file keep the plan's order,
+//! so the tree ends as a serial run leaves it. On branches ([`on_branches`]) every task
+//! runs in its own worktree, tests included, and starts from the commits of the tasks it
+//! depends on (merged when there are several; a conflict skips it). A task whose dependency did
 //! not succeed is `skipped`; `--fail-fast` and a signal stop new tasks from starting, and
 //! a signal stops the running ones (their attempts undone). Every task gets a result.
 
@@ -25,20 +27,69 @@ use crate::pipeline::{self, Env, RunOutput, SpecInput};
 use crate::plan::{Plan, Task};
 use crate::repo::{Repo, TargetStatus};
 use crate::result::{ErrorInfo, Status, TaskResult, Usage};
+use crate::server::Connected;
 
 /// Progress lines of one task, shared with its run.
 pub type TaskProgress = Arc<dyn Fn(&str) + Send + Sync>;
 
-/// Runs one task of a batch and gives its output: the seam where a branch run can take the
-/// in-place run's place.
-pub type Runner =
-    Arc<dyn Fn(SpecInput, RunOptions, TaskProgress) -> BoxFuture<'static, RunOutput> + Send + Sync>;
+/// Runs one task of a batch and gives its output: the seam where a branch run takes the
+/// in-place run's place. The strings are the commits of the task's dependencies (those
+/// that made one: runs on branches).
+pub type Runner = Arc<
+    dyn Fn(SpecInput, RunOptions, Vec<String>, TaskProgress) -> BoxFuture<'static, RunOutput>
+        + Send
+        + Sync,
+>;
 
 /// The in-place runner: the library's run, in the working tree.
 pub fn in_place(env: Env) -> Runner {
-    Arc::new(move |spec, options, progress| {
+    Arc::new(move |spec, options, _, progress| {
         let env = Arc::clone(&env);
         Box::pin(async move { pipeline::run(&spec, &options, None, &env, &*progress).await })
+    })
+}
+
+/// The branch runner: each task a branch run in its own worktree, from HEAD, or from its
+/// dependencies' commits (merged into a commit on no branch when there are several). When
+/// they do not merge the task is `skipped`, saying which files conflict.
+pub fn on_branches(env: Env) -> Runner {
+    on_branches_with(env, Arc::new(|_| None))
+}
+
+/// Gives the server a task's run uses; `None`: the one its options and environment name.
+pub type ServerFor = Arc<dyn Fn(&SpecInput) -> Option<Connected> + Send + Sync>;
+
+/// [`on_branches`] with each task's server chosen by `server` (the demo's recorded replies).
+pub fn on_branches_with(env: Env, server: ServerFor) -> Runner {
+    Arc::new(move |spec, options, needs, progress| {
+        let env = Arc::clone(&env);
+        let connected = server(&spec);
+        Box::pin(async move {
+            let dir = options
+                .repo_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("."));
+            let base =
+                match crate::blocking::off_thread(move || crate::branch::base_of(&dir, &needs))
+                    .await
+                {
+                    Ok(base) => base,
+                    Err(conflict) => {
+                        let result = TaskResult::new(
+                            crate::write::new_run_id(),
+                            spec.peek_task_id(),
+                            Status::Skipped,
+                            format!("skipped: {}", conflict.message),
+                        );
+                        return RunOutput::Result {
+                            result,
+                            exit_code: 1,
+                            hint: None,
+                        };
+                    }
+                };
+            crate::branch::run_from(base, &spec, &options, connected, &env, &*progress).await
+        })
     })
 }
 
@@ -285,7 +336,13 @@ pub async fn run(
                 .map_err(|error| Error::io("read current directory", ".", error))?,
         )?,
     };
-    let overwrite = overwrites_own_writes(&plan, &repo, options.force);
+    // On branches every task writes a fresh worktree: `--force` keeps its one meaning there
+    // (replace an existing task branch), never given to a task by the plan.
+    let overwrite = if options.branch {
+        vec![options.force; plan.tasks.len()]
+    } else {
+        overwrites_own_writes(&plan, &repo, options.force)
+    };
     let batch_id = new_batch_id();
     // A caller that gives out the id while the batch runs (the MCP server) learns it now;
     // the tasks' own run ids are not the batch's.
@@ -300,6 +357,7 @@ pub async fn run(
         .collect();
     let mut scheduler = Scheduler {
         waiting: vec![State::Waiting; plan.tasks.len()],
+        commits: vec![None; plan.tasks.len()],
         absolute,
         plan,
         options: RunOptions {
@@ -373,6 +431,8 @@ struct Scheduler {
     /// Each spec's absolute path, for the record.
     absolute: Vec<PathBuf>,
     waiting: Vec<State>,
+    /// The commit each task that succeeded on its branch made.
+    commits: Vec<Option<String>>,
     outcomes: Vec<TaskOutcome>,
     /// Plan indices in the order their tasks finished.
     finished: Vec<usize>,
@@ -481,8 +541,13 @@ impl Scheduler {
         let progress: TaskProgress = Arc::new(move |line: &str| {
             observe(Event::Line { task_id: &id, line });
         });
+        let needs = task
+            .needs
+            .iter()
+            .filter_map(|&need| self.commits[need].clone())
+            .collect();
         (self.observe)(Event::Started { task_id: &task_id });
-        let run = (self.runner)(spec, options, progress);
+        let run = (self.runner)(spec, options, needs, progress);
         let handle = self.running.spawn(async move { (index, run.await) });
         self.running_ids.insert(handle.id(), index);
         self.waiting[index] = State::Running;
@@ -541,6 +606,7 @@ impl Scheduler {
             hint,
         };
         self.waiting[index] = State::Done(status);
+        self.commits[index].clone_from(&outcome.result.commit);
         self.finished.push(index);
         (self.observe)(Event::Finished { outcome: &outcome });
         self.outcomes.push(outcome);

@@ -471,3 +471,93 @@ fn commands(base: &str, branch: &str, run_id: &str) -> BranchCommands {
 pub fn short(commit: &str) -> &str {
     &commit[..commit.len().min(12)]
 }
+
+/// Why a dependent task cannot start: the commits of its dependencies do not merge.
+#[derive(Debug)]
+pub struct BaseConflict {
+    pub message: String,
+}
+
+/// The commit a batch task with dependencies starts from: none (HEAD) for no dependency,
+/// the dependency's commit for one, and for several a merge of them written with
+/// `git merge-tree --write-tree` into commits on no branch (the user's tree, index and
+/// refs are not touched; the commits stay reachable from the task's own commit).
+pub fn base_of(
+    dir: &Path,
+    commits: &[String],
+) -> std::result::Result<Option<String>, BaseConflict> {
+    let fail = |error: Error| BaseConflict {
+        message: format!("the base of its dependencies could not be made: {error}"),
+    };
+    let Some((first, rest)) = commits.split_first() else {
+        return Ok(None);
+    };
+    let main = MainRepo::discover(dir).map_err(fail)?;
+    let ancestor = |older: &str, newer: &str| {
+        git_cli::try_git(&main.root, &["merge-base", "--is-ancestor", older, newer])
+            .is_ok_and(|output| output.ok)
+    };
+    let mut base = first.clone();
+    for next in rest {
+        if ancestor(next, &base) {
+            continue;
+        }
+        if ancestor(&base, next) {
+            base.clone_from(next);
+            continue;
+        }
+        let merged = git_cli::try_git(
+            &main.root,
+            &["merge-tree", "--write-tree", "--name-only", &base, next],
+        )
+        .map_err(fail)?;
+        let mut lines = merged.stdout.lines();
+        let tree = lines.next().unwrap_or_default().trim().to_owned();
+        if !merged.ok && tree.is_empty() {
+            return Err(fail(git_cli::failed(
+                &main.root,
+                &["merge-tree", "--write-tree", &base, next],
+                &merged.stderr,
+            )));
+        }
+        if !merged.ok {
+            let files: Vec<&str> = lines
+                .take_while(|line| !line.is_empty())
+                .map(str::trim)
+                .collect();
+            return Err(BaseConflict {
+                message: format!(
+                    "the commits of its dependencies conflict ({} and {} both change {})",
+                    short(&base),
+                    short(next),
+                    if files.is_empty() {
+                        "the same lines".to_owned()
+                    } else {
+                        files.join(", ")
+                    }
+                ),
+            });
+        }
+        let mut args = git_cli::identity_args(&main.root);
+        let subject = format!(
+            "execute-local-task: base merging {} and {}",
+            short(&base),
+            short(next)
+        );
+        args.extend([
+            "commit-tree",
+            &tree,
+            "-p",
+            &base,
+            "-p",
+            next,
+            "-m",
+            &subject,
+        ]);
+        git(&main.root, &args)
+            .map_err(fail)?
+            .trim()
+            .clone_into(&mut base);
+    }
+    Ok(Some(base))
+}

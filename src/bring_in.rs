@@ -177,6 +177,13 @@ fn read_existing(path: &Path) -> Result<Option<Vec<u8>>> {
 /// applied to HEAD. A file whose part of the change does not apply to HEAD is refused,
 /// and so is a deletion (a task only writes files; `merge` brings in anything else).
 fn new_contents(main: &MainRepo, base: &str, tip: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    changes_onto(main, &[(base.to_owned(), tip.to_owned())])
+}
+
+/// Like [`new_contents`] for several changes applied one after the other, each onto HEAD
+/// with the earlier ones applied (a batch's tasks in dependency order): every file any of
+/// them touches, with its final bytes.
+fn changes_onto(main: &MainRepo, changes: &[(String, String)]) -> Result<Vec<(String, Vec<u8>)>> {
     let failed = |message: String| Error::Repo {
         path: main.root.clone(),
         message,
@@ -184,17 +191,69 @@ fn new_contents(main: &MainRepo, base: &str, tip: &str) -> Result<Vec<(String, V
     let git = git2::Repository::open(&main.root)
         .or_else(|_| git2::Repository::discover(&main.root))
         .map_err(|error| failed(format!("cannot open the repository: {}", error.message())))?;
+    let head = git
+        .revparse_single("HEAD")
+        .and_then(|object| object.peel_to_tree())
+        .map_err(|error| failed(format!("cannot read `HEAD`: {}", error.message())))?;
+    let mut onto = head.id();
+    let mut all: Vec<String> = Vec::new();
+    for (base, tip) in changes {
+        let tree = git
+            .find_tree(onto)
+            .map_err(|error| failed(format!("cannot read a tree: {}", error.message())))?;
+        let (paths, mut index) = apply_change(main, &git, base, tip, &tree)?;
+        onto = index
+            .write_tree_to(&git)
+            .map_err(|error| failed(format!("cannot write a tree: {}", error.message())))?;
+        for path in paths {
+            if !all.contains(&path) {
+                all.push(path);
+            }
+        }
+    }
+    let tree = git
+        .find_tree(onto)
+        .map_err(|error| failed(format!("cannot read a tree: {}", error.message())))?;
+    all.into_iter()
+        .map(|path| {
+            let entry = tree
+                .get_path(Path::new(&path))
+                .map_err(|_| failed(format!("`{path}` is missing from the applied change")))?;
+            let blob = git
+                .find_blob(entry.id())
+                .map_err(|error| failed(format!("cannot read `{path}`: {}", error.message())))?;
+            Ok((path, blob.content().to_vec()))
+        })
+        .collect()
+}
+
+/// The change from `base` to `tip` applied to `onto`: the paths it writes, and the index
+/// it gives. Refuses a deletion, and a file whose part does not apply, naming the files.
+fn apply_change(
+    main: &MainRepo,
+    git: &git2::Repository,
+    base: &str,
+    tip: &str,
+    onto: &git2::Tree<'_>,
+) -> Result<(Vec<String>, git2::Index)> {
+    let failed = |message: String| Error::Repo {
+        path: main.root.clone(),
+        message,
+    };
     let tree = |rev: &str| {
         git.revparse_single(rev)
             .and_then(|object| object.peel_to_tree())
             .map_err(|error| failed(format!("cannot read `{rev}`: {}", error.message())))
     };
-    let (base_tree, tip_tree, head_tree) = (tree(base)?, tree(tip)?, tree("HEAD")?);
+    let (base_tree, tip_tree, head_tree) = (tree(base)?, tree(tip)?, onto);
     let diff = git
         .diff_tree_to_tree(Some(&base_tree), Some(&tip_tree), None)
         .map_err(|error| failed(format!("cannot diff the task branch: {}", error.message())))?;
     let mut paths = Vec::new();
     let mut deleted = Vec::new();
+    // A file the change adds that is already there with other bytes: applying the patch
+    // would silently replace them (git2 applies an addition over an existing file).
+    let mut clashing = Vec::new();
     for delta in diff.deltas() {
         let path = delta
             .new_file()
@@ -205,6 +264,13 @@ fn new_contents(main: &MainRepo, base: &str, tip: &str) -> Result<Vec<(String, V
         if delta.status() == git2::Delta::Deleted {
             deleted.push(path);
         } else {
+            if delta.status() == git2::Delta::Added
+                && head_tree
+                    .get_path(Path::new(&path))
+                    .is_ok_and(|entry| entry.id() != delta.new_file().id())
+            {
+                clashing.push(path.clone());
+            }
             paths.push(path);
         }
     }
@@ -220,13 +286,16 @@ fn new_contents(main: &MainRepo, base: &str, tip: &str) -> Result<Vec<(String, V
     let conflicted: Vec<String> = paths
         .iter()
         .filter(|path| {
+            if clashing.contains(path) {
+                return true;
+            }
             let mut options = git2::ApplyOptions::new();
             options.delta_callback(|delta| {
                 delta
                     .and_then(|delta| delta.new_file().path().map(Path::to_path_buf))
                     .is_some_and(|candidate| candidate == Path::new(path.as_str()))
             });
-            git.apply_to_tree(&head_tree, &diff, Some(&mut options))
+            git.apply_to_tree(head_tree, &diff, Some(&mut options))
                 .is_err()
         })
         .cloned()
@@ -241,20 +310,9 @@ fn new_contents(main: &MainRepo, base: &str, tip: &str) -> Result<Vec<(String, V
         });
     }
     let index = git
-        .apply_to_tree(&head_tree, &diff, None)
+        .apply_to_tree(head_tree, &diff, None)
         .map_err(|error| failed(format!("cannot apply the task branch: {}", error.message())))?;
-    paths
-        .into_iter()
-        .map(|path| {
-            let entry = index
-                .get_path(Path::new(&path), 0)
-                .ok_or_else(|| failed(format!("`{path}` is missing from the applied change")))?;
-            let blob = git
-                .find_blob(entry.id)
-                .map_err(|error| failed(format!("cannot read `{path}`: {}", error.message())))?;
-            Ok((path, blob.content().to_vec()))
-        })
-        .collect()
+    Ok((paths, index))
 }
 
 /// `merge`: the run's commit into the current branch, fast-forward when possible.
@@ -425,4 +483,185 @@ pub fn discard(dir: &Path, which: &Which<'_>) -> Result<BringInReport> {
         done.join("; ")
     };
     Ok(BringInReport::new("discarded", &record, summary))
+}
+
+/// What `apply`, `merge` or `discard <BATCH_ID>` did: each run's report, in dependency
+/// order.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchBringInReport {
+    /// `applied`, `merged` or `discarded`.
+    pub status: String,
+    pub batch_id: String,
+    pub runs: Vec<BringInReport>,
+    /// Every file the working tree got (apply, merge).
+    pub files: Vec<String>,
+    /// For `apply`: the one run id `execute-local-task rollback` undoes the whole of it with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<String>,
+    /// One line for a person.
+    pub summary: String,
+}
+
+/// The branch runs of batch `batch_id`, in the order they finished (a task finishes after
+/// the tasks it depends on, so this is a dependency order); with `successes`, only those
+/// that succeeded.
+fn batch_runs(main: &MainRepo, batch_id: &str, successes: bool) -> Result<Vec<BranchRecord>> {
+    let repo = Repo::discover(&main.root)?;
+    let record = crate::batch::BatchRecord::load(&repo, batch_id)?;
+    let records: Vec<BranchRecord> = record
+        .tasks
+        .iter()
+        .filter(|task| !successes || task.status == Some(crate::result::Status::Success))
+        .filter_map(|task| task.run_id.as_deref())
+        .filter_map(|run_id| runs::load(main, &Which::Id(run_id)).ok())
+        .collect();
+    if records.is_empty() {
+        return Err(Error::Usage(format!(
+            "batch {batch_id} has no {}branch run to bring in (was it run with --branch?)",
+            if successes { "successful " } else { "" }
+        )));
+    }
+    Ok(records)
+}
+
+/// `apply <BATCH_ID>`: every successful task's change, in dependency order, into the
+/// working tree as uncommitted changes, as one write `rollback` undoes. Checked whole
+/// first: when any change does not go in cleanly nothing is written.
+pub async fn apply_batch(
+    dir: &Path,
+    batch_id: &str,
+    lock_timeout: Duration,
+) -> Result<BatchBringInReport> {
+    let main = MainRepo::discover(dir)?;
+    let mut records = batch_runs(&main, batch_id, true)?;
+    let mut steps = Vec::new();
+    for record in &records {
+        steps.push((record.base.clone(), change_tip(&main, record, "apply")?));
+    }
+    let repo = Repo::discover(&main.root)?;
+    let _lock = lock::acquire(&repo, lock_timeout).await?;
+    let files = changes_onto(&main, &steps)?;
+    let paths: Vec<String> = files.iter().map(|(path, _)| path.clone()).collect();
+    let changed = dirty(&main.root, &paths)?;
+    if !changed.is_empty() {
+        return Err(refuse_dirty(changed));
+    }
+    let mut journal = Journal::begin(&repo, batch_id)?;
+    for (path, bytes) in &files {
+        let current = read_existing(&main.root.join(path))?;
+        if let Err(error) = journal.write(path, bytes, current.as_deref()) {
+            let _ = journal.restore();
+            return Err(error);
+        }
+    }
+    let rollback = journal.run_id().to_owned();
+    let mut reports = Vec::new();
+    for record in &mut records {
+        record.state = Some(State::Applied);
+        record.applied_as = Some(rollback.clone());
+        runs::save(&main, record)?;
+        reports.push(BringInReport::new(
+            "applied",
+            record,
+            format!("applied {} ({})", record.run_id, record.branch),
+        ));
+    }
+    Ok(BatchBringInReport {
+        status: "applied".to_owned(),
+        batch_id: batch_id.to_owned(),
+        summary: format!(
+            "applied batch {batch_id} to the working tree: {} task(s), {} file(s), uncommitted; `execute-local-task rollback {rollback}` undoes it",
+            reports.len(),
+            paths.len()
+        ),
+        runs: reports,
+        files: paths,
+        rollback: Some(rollback),
+    })
+}
+
+/// `merge <BATCH_ID>`: every successful task's commit into the current branch, in
+/// dependency order, keeping the commits. Checked whole first (`git merge-tree`, touching
+/// nothing): when the tasks' commits would conflict with HEAD or each other, nothing is
+/// merged.
+pub async fn merge_batch(
+    dir: &Path,
+    batch_id: &str,
+    lock_timeout: Duration,
+) -> Result<BatchBringInReport> {
+    let main = MainRepo::discover(dir)?;
+    let records = batch_runs(&main, batch_id, true)?;
+    let mut commits = vec![git(&main.root, &["rev-parse", "HEAD"])?.trim().to_owned()];
+    for record in &records {
+        commits.push(change_tip(&main, record, "merge")?);
+    }
+    crate::branch::base_of(&main.root, &commits).map_err(|conflict| Error::BringIn {
+        files: Vec::new(),
+        message: format!(
+            "merging batch {batch_id} would conflict: {}; nothing was changed",
+            conflict
+                .message
+                .replace("its dependencies", "the batch's tasks and HEAD")
+        ),
+    })?;
+    let mut reports = Vec::new();
+    let mut files: Vec<String> = Vec::new();
+    for record in &records {
+        let report = merge(dir, Which::Id(&record.run_id), lock_timeout).await?;
+        for file in &report.files {
+            if !files.contains(file) {
+                files.push(file.clone());
+            }
+        }
+        reports.push(report);
+    }
+    Ok(BatchBringInReport {
+        status: "merged".to_owned(),
+        batch_id: batch_id.to_owned(),
+        summary: format!(
+            "merged batch {batch_id} into HEAD: {} task branch(es), {} file(s)",
+            reports.len(),
+            files.len()
+        ),
+        runs: reports,
+        files,
+        rollback: None,
+    })
+}
+
+/// `discard <BATCH_ID>`: every branch and worktree the batch's runs left. A run whose
+/// branch moved on is kept and named; the others are still discarded.
+pub fn discard_batch(dir: &Path, batch_id: &str) -> Result<BatchBringInReport> {
+    let main = MainRepo::discover(dir)?;
+    let records = batch_runs(&main, batch_id, false)?;
+    let mut reports = Vec::new();
+    let mut kept = Vec::new();
+    for record in &records {
+        match discard(dir, &Which::Id(&record.run_id)) {
+            Ok(report) => reports.push(report),
+            Err(error) => kept.push(format!("{}: {error}", record.run_id)),
+        }
+    }
+    if !kept.is_empty() {
+        return Err(Error::BringIn {
+            files: Vec::new(),
+            message: format!(
+                "discarded {} run(s) of batch {batch_id}, but not {}",
+                reports.len(),
+                kept.join("; ")
+            ),
+        });
+    }
+    Ok(BatchBringInReport {
+        status: "discarded".to_owned(),
+        batch_id: batch_id.to_owned(),
+        summary: format!(
+            "discarded batch {batch_id}: {} run(s)' branches and worktrees deleted",
+            reports.len()
+        ),
+        runs: reports,
+        files: Vec::new(),
+        rollback: None,
+    })
 }

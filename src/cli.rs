@@ -107,7 +107,8 @@ struct PruneArgs {
 
 #[derive(Args, Debug)]
 struct BringInArgs {
-    /// The `run_id` from the branch run's result JSON.
+    /// The `run_id` from the branch run's result JSON, or a batch's `batch_id` (every
+    /// successful task of the batch, in dependency order; `discard`: every run of it).
     #[arg(required_unless_present = "last")]
     run_id: Option<String>,
     /// The newest branch run.
@@ -642,7 +643,11 @@ async fn run_batch(args: &RunArgs, env: &Env) -> u8 {
         jobs: usize::from(args.jobs),
         fail_fast: args.fail_fast,
     };
-    let runner = batch::in_place(Arc::clone(env));
+    let runner = if options.branch {
+        batch::on_branches(Arc::clone(env))
+    } else {
+        batch::in_place(Arc::clone(env))
+    };
     let outcome = batch::run(plan, &options, how, runner, observe).await;
     display.close();
     match outcome {
@@ -805,11 +810,40 @@ fn usage_code(message: &str) -> u8 {
     document.exit_code
 }
 
+/// One spec: its result, in place or on its branch.
+async fn run_one(args: &RunArgs, env: &Env) -> u8 {
+    let Some(spec) = args.specs.first().cloned() else {
+        say!(
+            "error: no task spec given\n\nUsage: execute-local-task [OPTIONS] <SPEC>\n       execute-local-task demo    (see it work first)\n\nFor more information, try '--help'."
+        );
+        let document = Document::usage("no task spec given");
+        print_json(&document.json);
+        return document.exit_code;
+    };
+    let quiet = args.quiet;
+    let progress = move |line: &str| {
+        if !quiet {
+            say_line(&format!("execute-local-task: {line}"));
+        }
+    };
+    let options = RunOptions {
+        cancel: stop_on_signals(),
+        ..args.options()
+    };
+    let spec = SpecInput::File(spec);
+    let output = if options.branch {
+        crate::branch::run(&spec, &options, None, env, &progress).await
+    } else {
+        pipeline::run(&spec, &options, None, env, &progress).await
+    };
+    print(&Document::run(output))
+}
+
 async fn dispatch(cli: Cli) -> u8 {
     let env: Env = Arc::new(|name: &str| std::env::var(name).ok());
     match cli.command {
         None if cli.run.is_batch() => run_batch(&cli.run, &env).await,
-        None => run_single(&cli.run, &env).await,
+        None => run_one(&cli.run, &env).await,
         Some(Command::Rollback {
             run_id,
             last,
@@ -893,35 +927,6 @@ async fn integration(command: Integration, env: &Env) -> u8 {
             0
         }
     }
-}
-
-/// A single task: `execute-local-task SPEC`.
-async fn run_single(run: &RunArgs, env: &Env) -> u8 {
-    let Some(spec) = run.specs.first().cloned() else {
-        say!(
-            "error: no task spec given\n\nUsage: execute-local-task [OPTIONS] <SPEC>\n       execute-local-task demo    (see it work first)\n\nFor more information, try '--help'."
-        );
-        let document = Document::usage("no task spec given");
-        print_json(&document.json);
-        return document.exit_code;
-    };
-    let quiet = run.quiet;
-    let progress = move |line: &str| {
-        if !quiet {
-            say_line(&format!("execute-local-task: {line}"));
-        }
-    };
-    let options = RunOptions {
-        cancel: stop_on_signals(),
-        ..run.options()
-    };
-    let spec = SpecInput::File(spec);
-    let output = if options.branch {
-        crate::branch::run(&spec, &options, None, env, &progress).await
-    } else {
-        pipeline::run(&spec, &options, None, env, &progress).await
-    };
-    print(&Document::run(output))
 }
 
 /// `models`: what discovery sees, as a table or JSON.
@@ -1008,6 +1013,21 @@ async fn bring_in(verb: Verb, args: BringInArgs, env: &Env) -> u8 {
         _ => runs::Which::Last,
     };
     let wait = Duration::from_secs(args.lock_timeout);
+    if let Some(batch_id) = args
+        .run_id
+        .as_deref()
+        .filter(|id| !args.last && batch::valid_batch_id(id))
+    {
+        let outcome = match verb {
+            Verb::Apply => bring_in::apply_batch(&dir, batch_id, wait).await,
+            Verb::Merge => bring_in::merge_batch(&dir, batch_id, wait).await,
+            Verb::Discard => bring_in::discard_batch(&dir, batch_id),
+        };
+        return print(&match outcome {
+            Ok(report) => Document::batch_bring_in(&report),
+            Err(error) => Document::error(&error),
+        });
+    }
     let outcome = match verb {
         Verb::Apply => bring_in::apply(&dir, which, wait).await,
         Verb::Merge => bring_in::merge(&dir, which, wait).await,
@@ -1225,13 +1245,85 @@ async fn run_demo(dir: Option<PathBuf>, env: &Env) -> u8 {
     )
     .await;
     let code = print(&Document::run(output));
+    let batch_code = demo_batch(&base, &setup.repo_dir, env).await;
     say!(
         "\nThat was the whole pipeline on recorded replies. To run it on your own model:\n  \
          Ollama:    ollama pull qwen2.5-coder:7b && execute-local-task SPEC.json --endpoint http://127.0.0.1:11434 --model qwen2.5-coder:7b\n  \
          LM Studio: start its server (port 1234) and run: execute-local-task SPEC.json --endpoint http://127.0.0.1:1234/v1\n\
          (`execute-local-task models` lists what it can reach; --dir DIR keeps the demo repository.)"
     );
-    code
+    code.max(batch_code)
+}
+
+/// The demo's batch: a directory of two specs, one depending on the other, run on
+/// branches on recorded replies, then applied. Shown on stderr: stdout keeps the one
+/// result document of the demo's run.
+async fn demo_batch(base: &Path, repo: &Path, env: &Env) -> u8 {
+    let fail = |error: &crate::error::Error| {
+        say!("error: {error}");
+        Document::error(error).exit_code
+    };
+    let specs = match demo::prepare_batch(base) {
+        Ok(specs) => specs,
+        Err(error) => return fail(&error),
+    };
+    say!(
+        "\nNow a batch: the specs in {} (demo-shout depends on demo-greet), each on its own task branch, then applied:\n  execute-local-task {} --branch --repo {} && execute-local-task apply <BATCH_ID>",
+        specs.display(),
+        specs.display(),
+        repo.display()
+    );
+    let plan = match plan::find_specs(&[specs], None)
+        .and_then(|paths| plan::plan(&paths, &std::collections::BTreeSet::new()))
+    {
+        Ok(plan) => plan,
+        Err(error) => return fail(&error),
+    };
+    let observe: batch::Observer = Arc::new(|event| match event {
+        batch::Event::Started { .. } => {}
+        batch::Event::Line { line, .. } | batch::Event::Note(line) => {
+            say_line(&format!("execute-local-task: {line}"));
+        }
+        batch::Event::Finished { outcome } => say_line(&format!(
+            "execute-local-task: [{}] {}",
+            outcome.result.task_id.as_deref().unwrap_or("?"),
+            outcome.result.summary
+        )),
+    });
+    let options = RunOptions {
+        repo_dir: Some(repo.to_path_buf()),
+        branch: true,
+        cancel: stop_on_signals(),
+        ..RunOptions::new()
+    };
+    let how = batch::BatchOptions {
+        jobs: 2,
+        fail_fast: false,
+    };
+    let runner = batch::on_branches_with(Arc::clone(env), Arc::new(demo::batch_server));
+    let outcome = match batch::run(plan, &options, how, runner, observe).await {
+        Ok(outcome) => outcome,
+        Err(error) => return fail(&error),
+    };
+    let summary = Document::batch(&outcome.summary());
+    // Its hints speak of undoing in-place writes; the batch wrote only on branches.
+    for line in summary
+        .stderr
+        .iter()
+        .filter(|line| !line.starts_with("hint:"))
+    {
+        say_line(line);
+    }
+    if summary.exit_code != 0 {
+        return summary.exit_code;
+    }
+    match bring_in::apply_batch(repo, &outcome.batch_id, defaults::LOCK_TIMEOUT).await {
+        Ok(report) => {
+            say_line(&format!("execute-local-task: {}", report.summary));
+            0
+        }
+        Err(error) => fail(&error),
+    }
 }
 
 /// `config` and `config --check`. Outside a repository only the user's file is read.

@@ -128,3 +128,61 @@ pub fn recorded_server() -> Connected {
         notes: Vec::new(),
     }
 }
+
+/// The demo's batch: two specs, the second depending on the first, each with its one
+/// recorded reply.
+const BATCH: &[(&str, &str, &str)] = &[
+    (
+        "greet.json",
+        include_str!("../fixtures/demo/batch/greet.json"),
+        include_str!("../fixtures/demo/batch/reply-greet.md"),
+    ),
+    (
+        "shout.json",
+        include_str!("../fixtures/demo/batch/shout.json"),
+        include_str!("../fixtures/demo/batch/reply-shout.md"),
+    ),
+];
+
+/// Writes the batch's specs into `dir/demo-batch/` (which must not exist yet) and gives
+/// that directory.
+pub fn prepare_batch(dir: &Path) -> Result<PathBuf> {
+    let specs = dir.join("demo-batch");
+    std::fs::create_dir(&specs).map_err(|error| {
+        if error.kind() == std::io::ErrorKind::AlreadyExists {
+            Error::Usage(format!(
+                "demo: {} already exists; the demo never overwrites anything",
+                specs.display()
+            ))
+        } else {
+            Error::io("create directory", &specs, error)
+        }
+    })?;
+    for (name, text, _) in BATCH {
+        let path = specs.join(name);
+        std::fs::write(&path, text).map_err(|error| Error::io("write", &path, error))?;
+    }
+    Ok(specs)
+}
+
+/// The recorded server of the batch task `spec` names: its own reply, served in order.
+pub fn batch_server(spec: &crate::pipeline::SpecInput) -> Option<Connected> {
+    let task_id = spec.peek_task_id()?;
+    let (_, _, reply) = BATCH
+        .iter()
+        .find(|(_, text, _)| text.contains(&format!("\"task_id\": \"{task_id}\"")))?;
+    let reply = ChatReply {
+        content: (*reply).to_owned(),
+        finish: Finish::Stop,
+        usage: None,
+        notes: Vec::new(),
+    };
+    Some(Connected {
+        client: Client::new(Backend::Recorded(Replayer::sequential(
+            "recorded demo replies (no model server used)",
+            vec![reply],
+        ))),
+        model: "recorded-demo".to_owned(),
+        notes: Vec::new(),
+    })
+}

@@ -44,6 +44,7 @@ pub enum Body {
     Prune(PruneReport),
     Models(Vec<ServerReport>),
     BringIn(BringInReport),
+    BatchBringIn(crate::bring_in::BatchBringInReport),
     Runs(Vec<BranchRecord>),
     Log(Vec<LoggedRun>),
     Review(ReviewReport),
@@ -136,6 +137,12 @@ impl Document {
     pub fn bring_in(report: &BringInReport) -> Self {
         let line = format!("execute-local-task: {}", report.summary);
         Self::new(Body::BringIn(report.clone()), 0, vec![line])
+    }
+
+    /// What `apply`, `merge` or `discard <BATCH_ID>` did.
+    pub fn batch_bring_in(report: &crate::bring_in::BatchBringInReport) -> Self {
+        let line = format!("execute-local-task: {}", report.summary);
+        Self::new(Body::BatchBringIn(report.clone()), 0, vec![line])
     }
 
     /// The branch runs `runs` lists, newest first.

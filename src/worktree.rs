@@ -119,6 +119,18 @@ fn canonical(path: &Path) -> Result<PathBuf> {
     fs::canonicalize(path).map_err(|error| Error::io("resolve", path, error))
 }
 
+/// Held around every `git worktree` command of this process: git does not make adding,
+/// removing and pruning worktrees safe to run at once (a `prune` drops the registration
+/// of a worktree another `add` is still making), and a batch on branches runs them from
+/// several tasks at once.
+static ADMIN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn admin() -> std::sync::MutexGuard<'static, ()> {
+    ADMIN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A worktree made for one run, detached at its base commit; removed by [`Self::remove`].
 pub struct TaskWorktree {
     pub path: PathBuf,
@@ -142,10 +154,14 @@ impl TaskWorktree {
         })?;
         let path = dir.join(id);
         let path_text = path.to_string_lossy().into_owned();
-        if let Err(error) = git(
-            &main.root,
-            &["worktree", "add", "--quiet", "--detach", &path_text, base],
-        ) {
+        let added = {
+            let _admin = admin();
+            git(
+                &main.root,
+                &["worktree", "add", "--quiet", "--detach", &path_text, base],
+            )
+        };
+        if let Err(error) = added {
             let _ = fs::remove_file(&lock_path);
             return Err(error);
         }
@@ -359,6 +375,7 @@ fn sibling(worktree: &Path, extension: &str) -> PathBuf {
 /// Removes a worktree's directory and registration. git removes symlinks without
 /// following them; the directory is removed by hand when git no longer knows it.
 fn remove_worktree(main: &MainRepo, path: &Path) -> Result<()> {
+    let _admin = admin();
     let text = path.to_string_lossy().into_owned();
     let removed = git_cli::try_git(
         &main.root,
@@ -417,6 +434,7 @@ pub fn prune_stale(main: &MainRepo, dir: &Path) -> Vec<PathBuf> {
             Err(TryLockError::WouldBlock | TryLockError::Error(_)) => {}
         }
     }
+    let _admin = admin();
     let _ = git_cli::try_git(&main.root, &["worktree", "prune"]);
     removed
 }

@@ -6,10 +6,12 @@
 use std::path::Path;
 
 use execute_local_task::batch::{BatchStatus, BatchSummary};
+use execute_local_task::bring_in::BatchBringInReport;
 use execute_local_task::result::{ErrorInfo, Status, TaskResult};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
+use crate::branches::{git_out, git_state};
 use crate::harness::{MODEL, ModelServer, Run, Script, Test, snapshot};
 
 /// A spec whose description carries `<<id>>`, the needle its replies are routed by.
@@ -563,4 +565,256 @@ fn several_spec_files_run_as_one_batch() {
         .filter_map(|r| r.task_id.as_deref())
         .collect();
     assert_eq!(ids, ["X", "Y"]);
+}
+
+/// `--branch` on a batch: the chain and the diamond of the fixture, one commit each on
+/// `local-task/<id>`, every dependent's commit descending from its dependencies' (D4's
+/// test needs both D2's and D3's files: it runs on a merge of the two).
+#[test]
+fn a_batch_on_branches_commits_each_task_on_its_branch_from_its_dependencies() {
+    let specs: Vec<_> = fixture().into_iter().take(7).collect();
+    let test = with_replies(Test::new());
+    let state = std::rc::Rc::new(std::cell::RefCell::new(None));
+    let seen = std::rc::Rc::clone(&state);
+    let test = test.before(move |repo| {
+        git_out(repo, &["status"]);
+        *seen.borrow_mut() = Some(git_state(repo));
+    });
+    let run = batch(test, &specs, &["--branch", "--jobs", "4"]);
+    run.assert_code(0);
+    let (results, summary) = lines(&run);
+    assert_eq!(summary.counts.success, 7, "{}", run.stdout);
+    let commit = |id: &str| {
+        let result = status_of(&results, id);
+        let branch = format!("local-task/{id}");
+        assert_eq!(result.branch.as_deref(), Some(branch.as_str()));
+        let commit = result.commit.clone().expect("a commit");
+        assert_eq!(git_out(&run.repo, &["rev-parse", &branch]), commit);
+        commit
+    };
+    for (older, newer) in [
+        ("A1", "A2"),
+        ("A2", "A3"),
+        ("D1", "D2"),
+        ("D1", "D3"),
+        ("D2", "D4"),
+        ("D3", "D4"),
+    ] {
+        git_out(
+            &run.repo,
+            &[
+                "merge-base",
+                "--is-ancestor",
+                &commit(older),
+                &commit(newer),
+            ],
+        );
+    }
+    let before = state.borrow_mut().take().expect("the state before the run");
+    assert_eq!(git_state(&run.repo), before, "the user's side is untouched");
+    assert_eq!(run.read("out/a1.txt"), None, "nothing is written in place");
+    assert_eq!(
+        git_out(&run.repo, &["worktree", "list", "--porcelain"])
+            .matches("worktree ")
+            .count(),
+        1,
+        "every task worktree is removed"
+    );
+}
+
+/// Two dependencies whose commits change one file differently: their dependent is
+/// skipped, naming the file, and nothing else changes.
+#[test]
+fn a_dependent_whose_dependencies_conflict_is_skipped_on_branches() {
+    let specs = vec![
+        ("b1.json", task("B1", "same.txt", &json!({}))),
+        ("b2.json", task("B2", "same.txt", &json!({}))),
+        (
+            "b3.json",
+            task("B3", "out/b3.txt", &json!({"depends_on": ["B1", "B2"]})),
+        ),
+    ];
+    let test = Test::new()
+        .route("<<B1>>", vec![Script::code("same.txt", "one\n")])
+        .route("<<B2>>", vec![Script::code("same.txt", "two\n")])
+        .route("<<B3>>", vec![Script::code("out/b3.txt", "B3\n")]);
+    let run = batch(test, &specs, &["--branch", "--jobs", "2"]);
+    run.assert_code(1);
+    let (results, summary) = lines(&run);
+    assert_eq!(
+        (summary.counts.success, summary.counts.skipped),
+        (2, 1),
+        "{}",
+        run.stdout
+    );
+    let skipped = status_of(&results, "B3");
+    assert_eq!(skipped.status, Status::Skipped);
+    assert!(
+        skipped.summary.contains("conflict") && skipped.summary.contains("same.txt"),
+        "{}",
+        skipped.summary
+    );
+    assert!(!resolves(&run.repo, "local-task/B3"));
+}
+
+fn resolves(dir: &Path, rev: &str) -> bool {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--verify", "--quiet", rev])
+        .current_dir(dir)
+        .output()
+        .is_ok_and(|output| output.status.success())
+}
+
+fn bring_in(run: &Run, args: &[&str]) -> (i32, BatchBringInReport, String) {
+    let (code, stdout, stderr) = run.again(args);
+    let report = if code == 0 {
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|error| panic!("not a batch report ({error}):\n{stdout}\n{stderr}"))
+    } else {
+        BatchBringInReport {
+            status: String::new(),
+            batch_id: String::new(),
+            runs: Vec::new(),
+            files: Vec::new(),
+            rollback: None,
+            summary: stdout.clone(),
+        }
+    };
+    (code, report, stderr)
+}
+
+/// `apply <BATCH_ID>` puts every success of a chain and a diamond into the tree,
+/// uncommitted, in dependency order; one `rollback` undoes it; `discard` then deletes
+/// every branch.
+#[test]
+fn apply_brings_a_batch_in_uncommitted_and_rollback_and_discard_undo_it() {
+    let specs: Vec<_> = fixture().into_iter().take(7).collect();
+    let run = batch(
+        with_replies(Test::new()),
+        &specs,
+        &["--branch", "--jobs", "3"],
+    );
+    run.assert_code(0);
+    let (_, summary) = lines(&run);
+    let head = git_out(&run.repo, &["rev-parse", "HEAD"]);
+    let (code, report, stderr) = bring_in(&run, &["apply", &summary.batch_id]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(report.status, "applied");
+    assert_eq!(report.runs.len(), 7);
+    let order: Vec<&str> = report.runs.iter().map(|r| r.task_id.as_str()).collect();
+    let at = |id: &str| order.iter().position(|t| *t == id).unwrap();
+    assert!(at("A1") < at("A2") && at("A2") < at("A3") && at("D3") < at("D4"));
+    for id in ["a1", "a2", "a3", "d1", "d2", "d3", "d4"] {
+        let expected = format!("{}\n", id.to_uppercase());
+        assert_eq!(run.read(&format!("out/{id}.txt")), Some(expected));
+    }
+    assert_eq!(
+        git_out(&run.repo, &["rev-parse", "HEAD"]),
+        head,
+        "nothing committed"
+    );
+    let rollback = report.rollback.expect("a rollback id");
+    let (code, _, stderr) = run.again(&["rollback", &rollback]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(run.read("out/a1.txt"), None);
+    assert_eq!(git_out(&run.repo, &["status", "--porcelain"]), "");
+    let (code, report, stderr) = bring_in(&run, &["discard", &summary.batch_id]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(report.runs.len(), 7);
+    assert_eq!(
+        git_out(&run.repo, &["branch", "--list", "local-task/*"]),
+        ""
+    );
+}
+
+/// Two tasks of one batch adding one file differently: `apply` and `merge` of the batch
+/// refuse, naming the file, with nothing changed; `merge` of a clean batch keeps the
+/// commits.
+#[test]
+fn apply_and_merge_of_a_batch_refuse_a_conflict_with_nothing_changed() {
+    let specs = vec![
+        ("b1.json", task("B1", "same.txt", &json!({}))),
+        ("b2.json", task("B2", "same.txt", &json!({}))),
+    ];
+    let test = Test::new()
+        .route("<<B1>>", vec![Script::code("same.txt", "one\n")])
+        .route("<<B2>>", vec![Script::code("same.txt", "two\n")]);
+    let run = batch(test, &specs, &["--branch", "--jobs", "2"]);
+    run.assert_code(0);
+    let (_, summary) = lines(&run);
+    let before = tree(&run.repo);
+    let head = git_out(&run.repo, &["rev-parse", "HEAD"]);
+    for verb in ["apply", "merge"] {
+        let (code, report, stderr) = bring_in(&run, &[verb, &summary.batch_id]);
+        assert_eq!(code, 2, "{verb}: {stderr}");
+        let printed: Value = serde_json::from_str(&report.summary).unwrap();
+        assert_eq!(printed["error"]["kind"], "refused", "{verb}");
+        assert!(
+            report.summary.contains("same.txt"),
+            "{verb}: {}",
+            report.summary
+        );
+        assert_eq!(tree(&run.repo), before, "{verb} changed nothing");
+        assert_eq!(git_out(&run.repo, &["rev-parse", "HEAD"]), head);
+    }
+}
+
+#[test]
+fn merge_of_a_batch_keeps_every_tasks_commit() {
+    let specs: Vec<_> = fixture().into_iter().take(3).collect();
+    let run = batch(with_replies(Test::new()), &specs, &["--branch"]);
+    run.assert_code(0);
+    let (results, summary) = lines(&run);
+    let (code, report, stderr) = bring_in(&run, &["merge", &summary.batch_id]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(report.status, "merged");
+    for result in &results {
+        let commit = result.commit.clone().expect("a commit");
+        git_out(&run.repo, &["merge-base", "--is-ancestor", &commit, "HEAD"]);
+    }
+    assert_eq!(run.read("out/a3.txt").as_deref(), Some("A3\n"));
+    assert_eq!(git_out(&run.repo, &["status", "--porcelain"]), "");
+}
+
+/// `demo` still prints its run's result, and then shows a batch with a dependency run on
+/// branches on recorded replies and applied.
+#[test]
+fn demo_shows_a_batch_on_branches_then_applied() {
+    let run = Test::new().run_with(|_| vec!["demo".to_owned()]);
+    run.assert_code(0);
+    assert_eq!(run.result().status, Status::Success);
+    for said in [
+        "committed on local-task/demo-greet",
+        "committed on local-task/demo-shout",
+        "2 task(s): 2 success",
+        "applied batch batch-",
+    ] {
+        assert!(run.stderr.contains(said), "{said}:\n{}", run.stderr);
+    }
+    let greet = run.stderr.find("demo-greet]").unwrap();
+    assert!(greet < run.stderr.find("demo-shout]").unwrap());
+}
+
+/// Forty independent tasks on branches, four at a time: each one's worktree is made,
+/// pruned around and removed while others are (git's worktree commands are not safe to
+/// run at once; every task used to risk `could not open .git/worktrees/…`).
+#[test]
+fn many_tasks_on_branches_at_once_all_get_their_worktree() {
+    let mut test = Test::new();
+    let mut specs = Vec::new();
+    let names: Vec<String> = (0..40).map(|i| format!("t{i}.json")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let (id, path) = (format!("T{i}"), format!("out/t{i}.txt"));
+        test = test.route(&format!("<<{id}>>"), vec![Script::code(&path, "x\n")]);
+        specs.push((name.as_str(), task(&id, &path, &json!({}))));
+    }
+    let run = batch(test, &specs, &["--branch", "--jobs", "4"]);
+    let (results, summary) = lines(&run);
+    let bad: Vec<&str> = results
+        .iter()
+        .filter(|result| result.status != Status::Success)
+        .map(|result| result.summary.as_str())
+        .collect();
+    assert!(bad.is_empty(), "{bad:#?}");
+    assert_eq!(summary.counts.success, 40);
 }

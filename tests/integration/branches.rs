@@ -17,7 +17,7 @@ use crate::harness::{Layout, MODEL, ModelServer, Run, Script, Test, git, spec};
 const BRANCH: &str = "local-task/T-001";
 
 /// What git says in `dir`, trimmed; panics when git fails.
-fn git_out(dir: &Path, args: &[&str]) -> String {
+pub fn git_out(dir: &Path, args: &[&str]) -> String {
     let output = Command::new("git")
         .args(args)
         .current_dir(dir)
@@ -46,13 +46,13 @@ fn resolves(dir: &Path, rev: &str) -> bool {
 /// The user's side of the repository, byte for byte: `.git/index`, `.git/HEAD`, and
 /// `git status --porcelain=v2` (read after the bytes, as it may refresh the index).
 #[derive(Debug, PartialEq, Eq)]
-struct GitState {
+pub struct GitState {
     index: Vec<u8>,
     head: Vec<u8>,
     status: String,
 }
 
-fn git_state(repo: &Path) -> GitState {
+pub fn git_state(repo: &Path) -> GitState {
     // Wherever the layout keeps them (a linked worktree's are its own).
     let file = |name: &str| {
         let path = git_out(
@@ -98,7 +98,7 @@ fn worktrees_left(home: &Path) -> Vec<PathBuf> {
 }
 
 /// Runs `test`, with the git state taken just before the binary starts.
-fn run_keeping_state(test: Test) -> (Run, GitState) {
+pub fn run_keeping_state(test: Test) -> (Run, GitState) {
     let state = std::rc::Rc::new(std::cell::RefCell::new(None));
     let seen = std::rc::Rc::clone(&state);
     let run = test
@@ -764,4 +764,25 @@ fn a_test_program_missing_from_the_worktree_names_the_ignored_directory() {
         result.summary,
         result.notes
     );
+}
+
+/// A run that adds a file HEAD has since got with other bytes: `apply` refuses, naming
+/// it, instead of replacing the committed file with the task's.
+#[test]
+fn apply_refuses_a_new_file_that_head_has_since_added() {
+    let run = Test::new()
+        .spec(spec("new.txt", &json!({})))
+        .script(Script::code("new.txt", "task\n"))
+        .arg("--branch")
+        .run();
+    run.assert_code(0);
+    let result = run.result();
+    std::fs::write(run.repo.join("new.txt"), "ours\n").unwrap();
+    git(&run.repo, &["add", "new.txt"]);
+    git(&run.repo, &["commit", "-q", "-m", "our own new.txt"]);
+    let (code, stdout, _) = run.again(&["apply", &result.run_id]);
+    assert_eq!(code, 2, "{stdout}");
+    assert!(stdout.contains("`new.txt`"), "{stdout}");
+    assert_eq!(run.read("new.txt").as_deref(), Some("ours\n"));
+    assert_eq!(git_out(&run.repo, &["status", "--porcelain"]), "");
 }
