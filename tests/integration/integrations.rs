@@ -400,11 +400,9 @@ fn every_subcommand_help_has_an_example() {
 }
 
 /// The `execute-local-task …` commands the skill and the slash commands tell the
-/// supervisor to run: each must be a command this build has. The ones the ledger and
-/// batch work will add are named here and must stay marked in the text as conditional.
+/// supervisor to run: each must be a command this build has.
 #[test]
 fn every_command_named_in_the_skill_and_slash_commands_exists() {
-    const NOT_YET: &[&str] = &["review", "log"];
     let mut texts = vec![
         std::fs::read_to_string(Path::new(SOURCE).join("skills/delegate-local-task/SKILL.md"))
             .unwrap(),
@@ -427,9 +425,6 @@ fn every_command_named_in_the_skill_and_slash_commands_exists() {
         }
     }
     for word in &seen {
-        if NOT_YET.contains(&word.as_str()) {
-            continue;
-        }
         let out = bin(repo.path(), &[word, "--help"]);
         assert_eq!(
             out.status.code(),
