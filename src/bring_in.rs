@@ -665,3 +665,54 @@ pub fn discard_batch(dir: &Path, batch_id: &str) -> Result<BatchBringInReport> {
         rollback: None,
     })
 }
+
+/// The verb a supervisor brings a branch run (or a batch's runs) in with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Apply,
+    Merge,
+    Discard,
+}
+
+/// `apply`, `merge` or `discard` of a run id, a batch id (told apart by its shape) or,
+/// with no id, the newest branch run — as the one document the command line prints and
+/// the MCP server answers, so the two cannot drift apart. A verb on a run is recorded
+/// against it in the run ledger; a ledger that cannot be written is a note, never a
+/// failure of the verb.
+pub async fn perform(
+    verb: Verb,
+    dir: &Path,
+    id: Option<&str>,
+    lock_timeout: Duration,
+    env: &(dyn Fn(&str) -> Option<String> + Send + Sync),
+) -> crate::document::Document {
+    use crate::document::Document;
+    if let Some(batch_id) = id.filter(|id| crate::batch::valid_batch_id(id)) {
+        let outcome = match verb {
+            Verb::Apply => apply_batch(dir, batch_id, lock_timeout).await,
+            Verb::Merge => merge_batch(dir, batch_id, lock_timeout).await,
+            Verb::Discard => discard_batch(dir, batch_id),
+        };
+        return match outcome {
+            Ok(report) => Document::batch_bring_in(&report),
+            Err(error) => Document::error(&error),
+        };
+    }
+    let which = id.map_or(Which::Last, Which::Id);
+    let outcome = match verb {
+        Verb::Apply => apply(dir, which, lock_timeout).await,
+        Verb::Merge => merge(dir, which, lock_timeout).await,
+        Verb::Discard => discard(dir, &which),
+    };
+    match outcome {
+        Ok(report) => {
+            let missing = crate::record::bring_in(&report, env);
+            let mut document = Document::bring_in(&report);
+            document
+                .stderr
+                .extend(missing.map(|m| format!("note: {m}")));
+            document
+        }
+        Err(error) => Document::error(&error),
+    }
+}

@@ -12,6 +12,7 @@ use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 use crate::arguments::{self, Secs};
 use crate::batch;
+use crate::bring_in::{self, Verb};
 use crate::defaults;
 use crate::demo;
 use crate::discovery;
@@ -25,8 +26,8 @@ use crate::progress;
 use crate::prune;
 use crate::result::{Status, TaskResult};
 use crate::rollback::Which;
+use crate::runs;
 use crate::server::{self, Connection, ModelChoice};
-use crate::{bring_in, runs};
 
 /// Writes a text the command line composed to stderr, its line breaks kept (see
 /// [`write_stderr`]).
@@ -1000,51 +1001,11 @@ fn print_schema(which: SchemaKind) -> u8 {
     0
 }
 
-enum Verb {
-    Apply,
-    Merge,
-    Discard,
-}
-
 async fn bring_in(verb: Verb, args: BringInArgs, env: &Env) -> u8 {
     let dir = args.repo.unwrap_or_else(|| PathBuf::from("."));
-    let which = match args.run_id.as_deref() {
-        Some(id) if !args.last => runs::Which::Id(id),
-        _ => runs::Which::Last,
-    };
+    let id = args.run_id.as_deref().filter(|_| !args.last);
     let wait = Duration::from_secs(args.lock_timeout);
-    if let Some(batch_id) = args
-        .run_id
-        .as_deref()
-        .filter(|id| !args.last && batch::valid_batch_id(id))
-    {
-        let outcome = match verb {
-            Verb::Apply => bring_in::apply_batch(&dir, batch_id, wait).await,
-            Verb::Merge => bring_in::merge_batch(&dir, batch_id, wait).await,
-            Verb::Discard => bring_in::discard_batch(&dir, batch_id),
-        };
-        return print(&match outcome {
-            Ok(report) => Document::batch_bring_in(&report),
-            Err(error) => Document::error(&error),
-        });
-    }
-    let outcome = match verb {
-        Verb::Apply => bring_in::apply(&dir, which, wait).await,
-        Verb::Merge => bring_in::merge(&dir, which, wait).await,
-        Verb::Discard => bring_in::discard(&dir, &which),
-    };
-    print(&match outcome {
-        Ok(report) => {
-            // Recorded against the branch run; a ledger that cannot be written is a note.
-            let missing = crate::record::bring_in(&report, &**env);
-            let mut document = Document::bring_in(&report);
-            document
-                .stderr
-                .extend(missing.map(|m| format!("note: {m}")));
-            document
-        }
-        Err(error) => Document::error(&error),
-    })
+    print(&bring_in::perform(verb, &dir, id, wait, &**env).await)
 }
 
 fn list_runs(json: bool, repo: Option<PathBuf>) -> u8 {

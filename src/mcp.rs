@@ -17,9 +17,10 @@ use rmcp::{ErrorData as McpError, ServerHandler, ServiceExt as _};
 use serde_json::{Map, Value};
 use tokio::io::{AsyncRead, ReadBuf};
 
+use crate::bring_in::Verb;
 use crate::document::Document;
 use crate::mcp_tools::{
-    self, BringInArgs, CheckArgs, GetRunArgs, ModelsArgs, ReviewArgs, RollbackArgs, StatsArgs, Verb,
+    self, BringInArgs, CheckArgs, GetRunArgs, ModelsArgs, ReviewArgs, RollbackArgs, StatsArgs,
 };
 use crate::pipeline::{self, Env, RunOptions};
 use crate::run_registry::{Registry, Run, Waited};

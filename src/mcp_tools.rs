@@ -9,12 +9,13 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::bring_in::{self, Verb};
 use crate::cli::RunArgs;
 use crate::document::Document;
 use crate::error::Error;
 use crate::pipeline::{Env, RunOptions, SpecInput};
 use crate::server::{self, ModelChoice};
-use crate::{arguments, batch, bring_in, defaults, discovery, rollback, runs};
+use crate::{arguments, batch, defaults, discovery, rollback};
 
 /// How long a call waits for a run when it does not say.
 pub const WAIT_SECONDS: u64 = 20;
@@ -132,14 +133,6 @@ pub struct ModelsArgs {
     pub endpoint: Option<String>,
     /// Protocol to probe for (default: `LOCAL_TASK_PROVIDER`, else both).
     pub provider: Option<String>,
-}
-
-/// What one of the verbs on branch runs does.
-#[derive(Debug, Clone, Copy)]
-pub enum Verb {
-    Apply,
-    Merge,
-    Discard,
 }
 
 /// Input schema of a tool whose arguments are `T`.
@@ -550,29 +543,13 @@ pub async fn bring_in(verb: Verb, arguments: &Map<String, Value>, env: &Env) -> 
         Ok(wait) => wait,
         Err(message) => return bad_input(&message),
     };
-    let which = match args.run_id.as_deref() {
-        Some(id) if !args.last => runs::Which::Id(id),
+    let id = match args.run_id.as_deref() {
+        Some(id) if !args.last => Some(id),
         None if !args.last => return bad_input(&usage(tool, "give `run_id` or `last: true`")),
-        _ => runs::Which::Last,
+        _ => None,
     };
     let dir = args.repo.unwrap_or_else(|| PathBuf::from("."));
-    let outcome = match verb {
-        Verb::Apply => bring_in::apply(&dir, which, wait).await,
-        Verb::Merge => bring_in::merge(&dir, which, wait).await,
-        Verb::Discard => bring_in::discard(&dir, &which),
-    };
-    match outcome {
-        Ok(report) => {
-            // Recorded against the branch run, as on the command line.
-            let missing = crate::record::bring_in(&report, &**env);
-            let mut document = Document::bring_in(&report);
-            document
-                .stderr
-                .extend(missing.map(|m| format!("note: {m}")));
-            document
-        }
-        Err(error) => Document::error(&error),
-    }
+    bring_in::perform(verb, &dir, id, wait, &**env).await
 }
 
 pub async fn models(arguments: &Map<String, Value>, env: &Env) -> Document {
