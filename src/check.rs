@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::discovery;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::options::RunOptions;
 use crate::prepare::{SpecInput, prepare};
 use crate::result::ErrorInfo;
@@ -106,39 +106,14 @@ pub fn check(
     })
 }
 
+/// The specs `path` names: itself when it is not a directory (a missing one is checked as
+/// a spec, so loading it says what is wrong, naming the file), else the ones a batch over
+/// it would run.
 fn spec_files(path: &Path) -> Result<Vec<PathBuf>> {
-    // A path that is not a directory (or is missing) is checked as a spec: loading it
-    // reports what is wrong with it, naming the file.
     if !std::fs::metadata(path).is_ok_and(|metadata| metadata.is_dir()) {
         return Ok(vec![path.to_path_buf()]);
     }
-    let mut files = Vec::new();
-    let mut pending = vec![path.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("read directory", &dir, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::io("read directory", &dir, e))?;
-            let path = entry.path();
-            let hidden = entry.file_name().to_string_lossy().starts_with('.');
-            let kind = entry
-                .file_type()
-                .map_err(|e| Error::io("read directory", &dir, e))?;
-            if kind.is_dir() && !hidden {
-                pending.push(path);
-            } else if !kind.is_dir() && path.extension().is_some_and(|ext| ext == "json") {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    if files.is_empty() {
-        return Err(Error::spec(
-            path,
-            None,
-            "no task spec (*.json) in this directory",
-        ));
-    }
-    Ok(files)
+    crate::plan::find_specs(&[path.to_path_buf()], None)
 }
 
 /// `config --check`: one profile's server and model as probed.

@@ -167,7 +167,7 @@ struct ConfigArgs {
 
 #[derive(Args, Debug)]
 struct CheckArgs {
-    /// Specs, or directories of specs (`*.json`, searched recursively).
+    /// Specs, or directories of specs (every `*.json` below, hidden and git-ignored files skipped, as a batch finds them).
     #[arg(value_name = "SPEC|DIR", required = true)]
     paths: Vec<PathBuf>,
     /// Only parse and validate the specs (for hooks): no repository, context or triage.
@@ -228,19 +228,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Put a branch run's change into the working tree as uncommitted changes (undone by
-    /// `rollback`); refuses, changing nothing, when the tree has changes to the same files.
+    /// Put a branch run's change (or every success of a batch, by its batch id) into the
+    /// working tree as uncommitted changes (undone by `rollback`); refuses, changing
+    /// nothing, when the tree has changes to the same files.
     #[command(
         after_help = "Examples:\n  execute-local-task apply 20261201T232209700Z-5d12f18f\n  execute-local-task apply --last"
     )]
     Apply(BringInArgs),
-    /// Merge a branch run's commit into the current branch (fast-forward when possible);
-    /// refuses on conflict with nothing changed.
+    /// Merge a branch run's commit (or a batch's, by its batch id) into the current branch
+    /// (fast-forward when possible); refuses on conflict with nothing changed.
     #[command(
         after_help = "Examples:\n  execute-local-task merge 20261201T232209700Z-5d12f18f\n  execute-local-task merge --last"
     )]
     Merge(BringInArgs),
-    /// Delete a branch run's branch and any worktree it left.
+    /// Delete a branch run's branch and any worktree it left (or a whole batch's).
     #[command(
         after_help = "Examples:\n  execute-local-task discard 20261201T232209700Z-5d12f18f\n  execute-local-task discard --last"
     )]

@@ -899,15 +899,21 @@ fn block(info: &str, label_before: Option<String>, mut body: Vec<&str>, closed: 
     }
 }
 
-/// The last non-blank line before a fence (one blank line may separate them) introduces a
-/// usage example: "You can use this function like this:", "Example usage:".
-fn introduces_usage(lines: &[&str]) -> bool {
-    let Some(line) = lines
+/// The line that introduces the block after `lines`: the last non-blank one, with at
+/// most one blank line between it and the fence.
+fn introducing_line<'a>(lines: &[&'a str]) -> Option<&'a str> {
+    lines
         .iter()
         .rev()
         .take(2)
         .find(|line| !line.trim().is_empty())
-    else {
+        .copied()
+}
+
+/// The last non-blank line before a fence (one blank line may separate them) introduces a
+/// usage example: "You can use this function like this:", "Example usage:".
+fn introduces_usage(lines: &[&str]) -> bool {
+    let Some(line) = introducing_line(lines) else {
         return false;
     };
     let line = line.to_lowercase();
@@ -933,12 +939,7 @@ fn introduces_usage(lines: &[&str]) -> bool {
 /// that also speaks of the change ("the updated version of your current code:") introduces
 /// the update.
 fn introduces_original(lines: &[&str]) -> bool {
-    let Some(line) = lines
-        .iter()
-        .rev()
-        .take(2)
-        .find(|line| !line.trim().is_empty())
-    else {
+    let Some(line) = introducing_line(lines) else {
         return false;
     };
     let line = format!(" {} ", line.to_lowercase().replace(['*', '_', '`'], ""));

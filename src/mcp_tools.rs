@@ -394,7 +394,7 @@ pub async fn rollback(arguments: &Map<String, Value>, env: &Env) -> Document {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckArgs {
-    /// A spec, or a directory of specs (`*.json`, searched recursively).
+    /// A spec, or a directory of specs (every `*.json` below, hidden and git-ignored files skipped, as a batch finds them).
     pub path: PathBuf,
     /// Only parse and validate the specs: no repository, context or triage.
     #[serde(default)]
