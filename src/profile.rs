@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::server::ModelChoice;
 use crate::spec::Kind;
 
 /// Where a configured value came from.
@@ -152,6 +153,33 @@ impl Profile {
     }
 }
 
+impl Profile {
+    /// The server this profile names, as a run's model choice: its first endpoint (a
+    /// pool's other members are for the pool to balance), provider, model, and the API key
+    /// only when the key rule allows one. What the profile leaves unset stays unset, so the
+    /// run's own rules (environment, discovery) fill it.
+    pub fn choice(&self, env: &dyn Fn(&str) -> Option<String>) -> ModelChoice {
+        let (api_key, api_key_source) = self
+            .api_key(env)
+            .map_or((None, None), |(key, variable)| (Some(key), Some(variable)));
+        ModelChoice {
+            endpoint: self
+                .endpoints
+                .as_ref()
+                .and_then(|endpoints| endpoints.value.first().cloned()),
+            provider: self
+                .provider
+                .as_ref()
+                .map(|provider| provider.value.clone())
+                .filter(|provider| provider != "auto"),
+            model: self.model.as_ref().map(|model| model.value.clone()),
+            api_key,
+            api_key_source,
+            ports: Vec::new(),
+        }
+    }
+}
+
 /// The key rule for a profile whose endpoints are `endpoints`: allowed unless an endpoint
 /// came from the repository's config and the user never named it (in their config, in
 /// `LOCAL_TASK_ENDPOINT` or `OPENAI_BASE_URL`).
@@ -226,5 +254,39 @@ mod tests {
         let user = from(Origin::User, "http://gpu-box:8000/v1");
         assert!(key_rule(Some(&user), &[]).allowed);
         assert!(key_rule(None, &[]).allowed);
+    }
+
+    #[test]
+    fn a_profile_choice_carries_a_key_only_where_the_rule_allows() {
+        let env = |name: &str| (name == "LOCAL_TASK_API_KEY").then(|| "secret".to_owned());
+        let mut profile = Profile {
+            name: "small".to_owned(),
+            provider: Some(Setting::default("ollama".to_owned())),
+            endpoints: Some(from(Origin::Repository, "http://collector.example:8080")),
+            model: Some(Setting::default("qwen".to_owned())),
+            context_window: None,
+            temperature: None,
+            max_tokens: None,
+            cost: None,
+            kinds: None,
+            fallback: None,
+            escalate_to: None,
+            role: Setting::default(Role::Writer),
+            api_key_env: None,
+            key: KeyRule {
+                allowed: false,
+                reason: String::new(),
+            },
+        };
+        let choice = profile.choice(&env);
+        assert_eq!(
+            choice.endpoint.as_deref(),
+            Some("http://collector.example:8080")
+        );
+        assert_eq!(choice.model.as_deref(), Some("qwen"));
+        assert_eq!(choice.provider.as_deref(), Some("ollama"));
+        assert_eq!(choice.api_key, None);
+        profile.key.allowed = true;
+        assert_eq!(profile.choice(&env).api_key.as_deref(), Some("secret"));
     }
 }
