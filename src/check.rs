@@ -120,25 +120,81 @@ fn spec_files(path: &Path) -> Result<Vec<PathBuf>> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProfileProbe {
     pub profile: String,
-    /// The endpoint probed (a pool's first member); null when discovery found none.
+    /// The endpoint that answered (a pool's first member that did), else the first
+    /// probed; null when discovery found none.
     pub endpoint: Option<String>,
+    /// Some member answered.
     pub reachable: bool,
     pub model: Option<String>,
     /// Whether the server lists the model; null when the server was not reached or the
     /// profile names no model.
     pub model_present: Option<bool>,
-    /// The configured window; probing the server for it (Ollama's `/api/show`) is not
-    /// built yet.
+    /// The window a run must fit: the smaller of what the server reports for the model
+    /// (Ollama's `/api/show`, vLLM's `max_model_len`, llama.cpp's `/props`) and the
+    /// profile's `context_window`.
     pub context_window: Option<u32>,
     pub context_window_known: bool,
+    /// Where `context_window` came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_window_source: Option<String>,
+    /// A pool's members, each probed: empty for a single endpoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberProbe>,
     /// Whether an API key was sent with the probe (the key rule).
     pub key_sent: bool,
     pub error: Option<String>,
 }
 
+/// One pool member as `config --check` probed it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberProbe {
+    pub endpoint: String,
+    pub reachable: bool,
+    /// Whether this member lists the profile's model; null as in [`ProfileProbe`].
+    pub model_present: Option<bool>,
+    pub error: Option<String>,
+}
+
 impl ProfileProbe {
+    /// Reachable with its model, and every pool member too: a dead member is worth
+    /// fixing even while the others serve.
     pub fn ok(&self) -> bool {
-        self.reachable && self.model_present != Some(false)
+        self.problem().is_none()
+    }
+
+    /// What is wrong, in a sentence: the server, the model, or the pool members that
+    /// failed.
+    pub fn problem(&self) -> Option<String> {
+        let model = self.model.as_deref().unwrap_or("");
+        if !self.reachable {
+            return Some(
+                self.error
+                    .clone()
+                    .unwrap_or_else(|| "no server answered".to_owned()),
+            );
+        }
+        if self.model_present == Some(false) {
+            return Some(format!("the server does not list model `{model}`"));
+        }
+        let failing: Vec<String> = self
+            .members
+            .iter()
+            .filter_map(|member| {
+                let fault = if member.reachable {
+                    (member.model_present == Some(false))
+                        .then(|| format!("does not list model `{model}`"))
+                } else {
+                    Some(
+                        member
+                            .error
+                            .clone()
+                            .unwrap_or_else(|| "no answer".to_owned()),
+                    )
+                }?;
+                Some(format!("pool member {}: {fault}", member.endpoint))
+            })
+            .collect();
+        (!failing.is_empty()).then(|| failing.join("; "))
     }
 }
 
@@ -148,40 +204,106 @@ pub async fn probe(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> Vec
     let usual = ModelChoice::resolve(&ModelChoice::default(), None, env).unwrap_or_default();
     let mut probes = Vec::new();
     for profile in config.profiles.values() {
-        let endpoint = profile
-            .endpoints
-            .as_ref()
-            .and_then(|e| e.value.first().cloned())
-            .or_else(|| usual.endpoint.clone());
-        let provider = profile.provider.as_ref().map(|p| p.value.as_str());
-        let key = profile.api_key(env);
-        let key_sent = key.is_some();
-        let reports = discovery::survey(
-            endpoint.as_deref(),
-            provider,
-            key.map(|(k, _)| k),
-            &usual.ports,
-        )
-        .await;
-        let found = reports.iter().find(|r| r.reachable);
-        let model = profile.model.as_ref().map(|m| m.value.clone());
-        probes.push(ProfileProbe {
-            profile: profile.name.clone(),
-            endpoint: found.map_or(endpoint, |r| Some(r.endpoint.clone())),
-            reachable: found.is_some(),
-            model_present: found
-                .zip(model.as_ref())
-                .map(|(r, m)| r.models.iter().any(|listed| listed == m)),
-            model,
-            context_window: profile.context_window.as_ref().map(|w| w.value),
-            context_window_known: profile.context_window.is_some(),
-            key_sent,
-            error: if found.is_some() {
-                None
-            } else {
-                reports.iter().find_map(|r| r.error.clone())
-            },
-        });
+        probes.push(probe_profile(profile, &usual, env).await);
     }
     probes
+}
+
+/// One profile: every endpoint of its pool (or the run's own endpoint, or discovery),
+/// then the model's context window from the first member that answered.
+async fn probe_profile(
+    profile: &crate::profile::Profile,
+    usual: &ModelChoice,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> ProfileProbe {
+    let endpoints: Vec<Option<String>> = match &profile.endpoints {
+        Some(endpoints) if !endpoints.value.is_empty() => {
+            endpoints.value.iter().cloned().map(Some).collect()
+        }
+        _ => vec![usual.endpoint.clone()],
+    };
+    let provider = profile.provider.as_ref().map(|p| p.value.as_str());
+    let key = profile.api_key(env).map(|(key, _)| key);
+    let model = profile.model.as_ref().map(|m| m.value.clone());
+    let lists = |report: &discovery::ServerReport| {
+        model
+            .as_ref()
+            .map(|m| report.models.iter().any(|listed| listed == m))
+    };
+    let mut members = Vec::new();
+    let mut found = None;
+    let mut first_error = None;
+    for endpoint in &endpoints {
+        let reports =
+            discovery::survey(endpoint.as_deref(), provider, key.clone(), &usual.ports).await;
+        let reached = reports.iter().find(|r| r.reachable).cloned();
+        let error = reports.iter().find_map(|r| r.error.clone());
+        members.push(MemberProbe {
+            endpoint: reached.as_ref().map_or_else(
+                || {
+                    endpoint
+                        .as_deref()
+                        .map(crate::endpoint::redact)
+                        .unwrap_or_default()
+                },
+                |r| r.endpoint.clone(),
+            ),
+            reachable: reached.is_some(),
+            model_present: reached.as_ref().and_then(lists),
+            error: if reached.is_some() {
+                None
+            } else {
+                error.clone()
+            },
+        });
+        if found.is_none() {
+            found = reached.map(|report| (endpoint.clone(), report));
+        }
+        if first_error.is_none() {
+            first_error = error;
+        }
+    }
+    let reported = match (&found, &model) {
+        (Some((endpoint, report)), Some(model)) => {
+            let target = endpoint.clone().unwrap_or_else(|| report.endpoint.clone());
+            crate::server::reported_window(
+                report.provider.as_deref().unwrap_or("openai"),
+                &target,
+                key.clone(),
+                model,
+            )
+            .await
+        }
+        _ => None,
+    };
+    let configured = profile
+        .context_window
+        .as_ref()
+        .map(|w| crate::model::window::Window {
+            tokens: u64::from(w.value),
+            source: format!("profile context_window, {}", w.describe_source()),
+        });
+    let window = crate::model::window::Window::smaller(reported, configured);
+    ProfileProbe {
+        profile: profile.name.clone(),
+        endpoint: found
+            .as_ref()
+            .map(|(_, r)| r.endpoint.clone())
+            .or_else(|| endpoints[0].as_deref().map(crate::endpoint::redact)),
+        reachable: found.is_some(),
+        model_present: found.as_ref().and_then(|(_, r)| lists(r)),
+        model,
+        context_window: window
+            .as_ref()
+            .map(|w| u32::try_from(w.tokens).unwrap_or(u32::MAX)),
+        context_window_known: window.is_some(),
+        context_window_source: window.map(|w| w.source),
+        members: if endpoints.len() > 1 {
+            members
+        } else {
+            Vec::new()
+        },
+        key_sent: key.is_some(),
+        error: if found.is_some() { None } else { first_error },
+    }
 }

@@ -708,6 +708,11 @@ pub fn probe_table(probes: &[crate::check::ProfileProbe]) -> Vec<String> {
         "state".to_owned(),
     ]];
     for probe in probes {
+        let failing = probe
+            .members
+            .iter()
+            .filter(|m| !m.reachable || m.model_present == Some(false))
+            .count();
         let state = if !probe.reachable {
             format!(
                 "not reachable ({})",
@@ -715,6 +720,8 @@ pub fn probe_table(probes: &[crate::check::ProfileProbe]) -> Vec<String> {
             )
         } else if probe.model_present == Some(false) {
             "reachable, model not listed".to_owned()
+        } else if failing > 0 {
+            format!("{failing} of {} pool members failing", probe.members.len())
         } else {
             let window = probe.context_window.map_or_else(
                 || "context window unknown".to_owned(),

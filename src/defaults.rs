@@ -33,6 +33,8 @@ pub const RETRIES: u32 = 2;
 pub const RETRY_BASE_MS: u64 = 1000;
 /// The longest wait before a retry.
 pub const RETRY_MAX_WAIT: Duration = Duration::from_secs(30);
+/// How long a pool member that failed is tried only after the others (in this process).
+pub const POOL_SET_ASIDE: Duration = Duration::from_secs(30);
 
 /// How long a run or a rollback waits for the repository's lock.
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(600);

@@ -117,6 +117,7 @@ pub fn recorded_server() -> Connected {
             finish: Finish::Stop,
             usage: None,
             notes: Vec::new(),
+            served_by: None,
         })
         .collect();
     Connected {
@@ -176,6 +177,7 @@ pub fn batch_server(spec: &crate::pipeline::SpecInput) -> Option<Connected> {
         finish: Finish::Stop,
         usage: None,
         notes: Vec::new(),
+        served_by: None,
     };
     Some(Connected {
         client: Client::new(Backend::Recorded(Replayer::sequential(

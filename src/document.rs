@@ -278,23 +278,7 @@ impl Document {
     pub fn probes(probes: &[ProfileProbe]) -> Self {
         let stderr: Vec<String> = probes
             .iter()
-            .filter(|p| !p.ok())
-            .map(|p| {
-                format!(
-                    "error: profile `{}`: {}",
-                    p.profile,
-                    if p.reachable {
-                        format!(
-                            "the server does not list model `{}`",
-                            p.model.as_deref().unwrap_or("")
-                        )
-                    } else {
-                        p.error
-                            .clone()
-                            .unwrap_or_else(|| "no server answered".to_owned())
-                    }
-                )
-            })
+            .filter_map(|p| Some(format!("error: profile `{}`: {}", p.profile, p.problem()?)))
             .collect();
         let code = if stderr.is_empty() { 0 } else { 3 };
         Self::new(Body::Probes(probes.to_vec()), code, stderr)

@@ -187,8 +187,12 @@ impl Error {
     /// The documented exit code: 2 for bad input of any kind, 3 when the model server
     /// could not be used, and for a signal the shell's own 128 + its number (130 SIGINT,
     /// 143 SIGTERM, 129 SIGHUP), so a caller sees the run ended as a killed one would.
+    /// A prompt too large for the model's window is bad input although the model layer
+    /// finds it: the server is fine, and the same task fails the same way until it is cut
+    /// smaller or given a larger model.
     pub fn exit_code(&self) -> u8 {
         match self {
+            Self::Model(error) if error.kind == crate::model::ModelErrorKind::PromptTooLarge => 2,
             Self::Model(_) => 3,
             Self::Interrupted(signal) => u8::try_from(128 + *signal as i32).unwrap_or(u8::MAX),
             _ => 2,

@@ -574,6 +574,15 @@ impl Attempts<'_> {
             .await
             .and_then(|reply| reply.map_err(Error::from));
         let model_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        // A pool's reply names the member that answered: the result names it too.
+        if let Ok(ChatReply {
+            served_by: Some(member),
+            ..
+        }) = &reply
+            && let Some(model) = &mut self.state.model
+        {
+            model.endpoint.clone_from(member);
+        }
         if let Err(error) = &reply {
             let outcome = if matches!(error, Error::Model(_)) {
                 Outcome::ModelError

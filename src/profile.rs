@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::window::Window;
 use crate::server::ModelChoice;
 use crate::spec::Kind;
 
@@ -95,10 +96,11 @@ pub struct Profile {
     pub name: String,
     /// `ollama`, `openai` or `auto`; unset means the run's own choice.
     pub provider: Option<Setting<String>>,
-    /// One endpoint, or several serving the same model (a pool, balanced later).
+    /// One endpoint, or several serving the same model: a pool ([`crate::model::pool`]).
     pub endpoints: Option<Setting<Vec<String>>>,
     pub model: Option<Setting<String>>,
-    /// Tokens the model can take in, prompt and reply together.
+    /// Tokens the model can take in, prompt and reply together; a run uses the smaller of
+    /// this and what the server reports ([`crate::model::window`]).
     pub context_window: Option<Setting<u32>>,
     pub temperature: Option<Setting<f64>>,
     pub max_tokens: Option<Setting<u32>>,
@@ -154,10 +156,11 @@ impl Profile {
 }
 
 impl Profile {
-    /// The server this profile names, as a run's model choice: its first endpoint (a
-    /// pool's other members are for the pool to balance), provider, model, and the API key
-    /// only when the key rule allows one. What the profile leaves unset stays unset, so the
-    /// run's own rules (environment, discovery) fill it.
+    /// The server this profile names, as a run's model choice: its endpoints (the first,
+    /// and a pool's other members for the pool to balance), provider, model, context
+    /// window, and the API key only when the key rule allows one — one rule for every
+    /// member, as the rule looks at them all. What the profile leaves unset stays unset,
+    /// so the run's own rules (environment, discovery) fill it.
     pub fn choice(&self, env: &dyn Fn(&str) -> Option<String>) -> ModelChoice {
         let (api_key, api_key_source) = self
             .api_key(env)
@@ -176,6 +179,19 @@ impl Profile {
             api_key,
             api_key_source,
             ports: Vec::new(),
+            pool: self
+                .endpoints
+                .as_ref()
+                .map(|endpoints| endpoints.value.iter().skip(1).cloned().collect())
+                .unwrap_or_default(),
+            context_window: self.context_window.as_ref().map(|window| Window {
+                tokens: u64::from(window.value),
+                source: format!(
+                    "profile `{}` context_window, {}",
+                    self.name,
+                    window.describe_source()
+                ),
+            }),
         }
     }
 }
@@ -286,7 +302,21 @@ mod tests {
         assert_eq!(choice.model.as_deref(), Some("qwen"));
         assert_eq!(choice.provider.as_deref(), Some("ollama"));
         assert_eq!(choice.api_key, None);
+        assert!(choice.pool.is_empty() && choice.context_window.is_none());
         profile.key.allowed = true;
         assert_eq!(profile.choice(&env).api_key.as_deref(), Some("secret"));
+
+        // A pool: the first endpoint, the others as its pool; the window with its source.
+        profile.endpoints = Some(Setting {
+            value: vec!["http://a:11434".to_owned(), "http://b:11434".to_owned()],
+            ..from(Origin::User, "")
+        });
+        profile.context_window = Some(Setting::default(16384));
+        let choice = profile.choice(&env);
+        assert_eq!(choice.endpoint.as_deref(), Some("http://a:11434"));
+        assert_eq!(choice.pool, ["http://b:11434"]);
+        let window = choice.context_window.unwrap();
+        assert_eq!(window.tokens, 16384);
+        assert_eq!(window.source, "profile `small` context_window, default");
     }
 }

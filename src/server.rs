@@ -5,6 +5,12 @@
 //! (`OLLAMA_HOST`, `OPENAI_BASE_URL` + `OPENAI_API_KEY`) > discovery of the usual local
 //! ports. With `--provider auto`, a server that answers `/api/version` is Ollama and gets
 //! its native API; anything answering `/v1/models` is OpenAI-compatible.
+//!
+//! Several endpoints serving one model (a profile's `endpoints`, or a comma-separated
+//! `--endpoint` / `LOCAL_TASK_ENDPOINT`) connect as one pool client
+//! ([`crate::model::pool`]). Once the model is settled, the server is asked for the
+//! model's context window once (Ollama's `/api/show`, vLLM's `max_model_len`,
+//! llama.cpp's `/props`); with a profile's `context_window`, the smaller wins.
 
 use std::path::PathBuf;
 
@@ -13,8 +19,10 @@ use crate::endpoint;
 use crate::error::Error;
 use crate::model::ollama::Ollama;
 use crate::model::openai::OpenAi;
+use crate::model::pool::Pool;
 use crate::model::recorded::{Cassette, Matching, Recorder, Replayer};
 use crate::model::retry::RetryPolicy;
+use crate::model::window::Window;
 use crate::model::{
     Backend, ChatRequest, Client, Limits, ModelError, ModelErrorKind, Provider, request_body,
 };
@@ -37,6 +45,10 @@ pub struct ModelChoice {
     /// The ports discovery probes, with what usually listens there; empty means
     /// [`crate::discovery::LOCAL_PORTS`].
     pub ports: Vec<(u16, String)>,
+    /// More endpoints serving the same model as `endpoint`: with them, a pool.
+    pub pool: Vec<String>,
+    /// A configured context window (a profile's), capping what the server reports.
+    pub context_window: Option<Window>,
 }
 
 impl ModelChoice {
@@ -62,14 +74,18 @@ impl ModelChoice {
         let given = given_endpoint(flags.endpoint.as_deref(), provider.as_deref(), &env);
         // Checked once, here, for runs and `models` alike: a URL the tool cannot speak to
         // is bad input (exit 2), not a server fault found later.
+        let mut pool = given.as_ref().map_or_else(Vec::new, split_pool);
         if let Some(given) = &given {
-            endpoint::check(&given.url, &given.text, given.source)?;
+            for url in &pool {
+                let text = if pool.len() > 1 { url } else { &given.text };
+                endpoint::check(url, text, given.source)?;
+            }
         }
         // Whether the endpoint is `OPENAI_BASE_URL`'s: its key goes only there.
         let from_openai_base_url = given
             .as_ref()
             .is_some_and(|given| given.source == "OPENAI_BASE_URL");
-        let endpoint = given.map(|given| given.url);
+        let endpoint = (!pool.is_empty()).then(|| pool.remove(0));
         // `LOCAL_TASK_API_KEY` is meant for whatever server this tool talks to;
         // `OPENAI_API_KEY` belongs to the `OPENAI_BASE_URL` server (often a hosted one) and
         // must not leak to a local port or an `OLLAMA_HOST`.
@@ -101,7 +117,14 @@ impl ModelChoice {
             } else {
                 flags.ports.clone()
             },
+            pool,
+            context_window: flags.context_window.clone(),
         })
+    }
+
+    /// Every endpoint: the first, then the rest of the pool.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.endpoint.iter().chain(&self.pool).cloned().collect()
     }
 
     fn ports(&self) -> Vec<(u16, String)> {
@@ -120,6 +143,33 @@ struct GivenEndpoint {
     text: String,
     /// `--endpoint` or the variable's name.
     source: &'static str,
+}
+
+/// The endpoints in what the user wrote: a comma before `http://` or `https://` in
+/// `--endpoint` or `LOCAL_TASK_ENDPOINT` starts another pool member (a comma anywhere else,
+/// in a password say, stays where it is).
+fn split_pool(given: &GivenEndpoint) -> Vec<String> {
+    if !matches!(given.source, "--endpoint" | "LOCAL_TASK_ENDPOINT") {
+        return vec![given.url.clone()];
+    }
+    let mut members: Vec<String> = Vec::new();
+    for piece in given.url.split(',') {
+        let starts_member = {
+            let piece = piece.trim_start().to_ascii_lowercase();
+            piece.starts_with("http://") || piece.starts_with("https://")
+        };
+        match members.last_mut() {
+            Some(last) if !starts_member => {
+                last.push(',');
+                last.push_str(piece);
+            }
+            _ => members.push(piece.trim().to_owned()),
+        }
+    }
+    if members.len() == 1 {
+        return vec![given.url.clone()];
+    }
+    members
 }
 
 /// The flag and `LOCAL_TASK_ENDPOINT` first; the ecosystem's variables after, in the order
@@ -312,22 +362,40 @@ pub async fn connect(
             notes: Vec::new(),
         });
     }
-    let (backend, models) = open_backend(choice, limits).await?;
+    let (backend, models) = if choice.pool.is_empty() {
+        open_backend(choice, limits).await?
+    } else {
+        open_pool(choice, limits).await?
+    };
     let client = Client::new(backend).with_retry(connection.retry);
-    let (model, notes) = if let Some(named) = &choice.model {
+    // A pool member set aside while connecting is news for the first attempt's notes.
+    let mut pool_notes = Vec::new();
+    // Whether the server answered its model list: one that did not will not answer
+    // the window's question either, and is not asked to wait out another timeout.
+    let mut answered = true;
+    let (model, mut notes) = if let Some(named) = &choice.model {
         // A server that cannot list its models is taken at its word.
         let listed = match models {
             Some(models) => models.ok(),
-            None => list_models(&client).await.ok(),
+            None => list_models(&client, &mut pool_notes).await.ok(),
         };
+        answered = listed.is_some();
         settle_named(&client.endpoint(), client.provider(), named, listed)?
     } else {
         let models = match models {
             Some(models) => models?,
-            None => list_models(&client).await?,
+            None => list_models(&client, &mut pool_notes).await?,
         };
         (only_model(&client.endpoint(), models)?, Vec::new())
     };
+    let reported = if answered {
+        server_window(&client, &model, &mut pool_notes).await
+    } else {
+        None
+    };
+    let window = Window::smaller(reported, choice.context_window.clone());
+    notes.append(&mut pool_notes);
+    let client = client.with_window(window);
     let client = match &connection.record {
         Some(path) => {
             let recorder = Recorder::create(path, client.provider().as_str(), &client.endpoint())?;
@@ -384,11 +452,132 @@ fn settle_named(
     })
 }
 
-async fn list_models(client: &Client) -> Result<Vec<String>, ModelError> {
+async fn list_models(client: &Client, notes: &mut Vec<String>) -> Result<Vec<String>, ModelError> {
     match client.backend() {
+        Backend::Pool(pool) => {
+            let (models, _, mut set_aside) = pool.each(list_member).await?;
+            notes.append(&mut set_aside);
+            Ok(models)
+        }
+        backend => list_member(backend).await,
+    }
+}
+
+async fn list_member(backend: &Backend) -> Result<Vec<String>, ModelError> {
+    match backend {
         Backend::OpenAi(openai) => openai.list_models().await,
         Backend::Ollama(ollama) => ollama.list_models().await,
-        Backend::Recorded(_) => Ok(Vec::new()),
+        Backend::Recorded(_) | Backend::Pool(_) => Ok(Vec::new()),
+    }
+}
+
+/// The context window the server reports for `model`, asked once per connection; `None`
+/// when it does not say or cannot be asked (the call itself will say why).
+async fn server_window(client: &Client, model: &str, notes: &mut Vec<String>) -> Option<Window> {
+    let found = match client.backend() {
+        Backend::Pool(pool) => pool.each(|member| member_window(member, model)).await.map(
+            |(window, _, mut set_aside)| {
+                notes.append(&mut set_aside);
+                window
+            },
+        ),
+        backend => member_window(backend, model).await,
+    };
+    found.ok().flatten()
+}
+
+async fn member_window(backend: &Backend, model: &str) -> Result<Option<Window>, ModelError> {
+    match backend {
+        Backend::Ollama(ollama) => ollama.context_window(model).await,
+        Backend::OpenAi(openai) => Ok(openai.context_window(model).await),
+        Backend::Recorded(_) | Backend::Pool(_) => Ok(None),
+    }
+}
+
+/// The context window the server of `provider` (`ollama` or `openai`) at `endpoint`
+/// reports for `model`, asked with probing's short limits: for `config --check`.
+pub async fn reported_window(
+    provider: &str,
+    endpoint: &str,
+    api_key: Option<String>,
+    model: &str,
+) -> Option<Window> {
+    let choice = ModelChoice {
+        endpoint: Some(endpoint.to_owned()),
+        provider: Some(provider.to_owned()),
+        api_key,
+        ..ModelChoice::default()
+    };
+    let (backend, _) = open_backend(&choice, probe_limits(Limits::default()))
+        .await
+        .ok()?;
+    member_window(&backend, model).await.ok().flatten()
+}
+
+/// A pool's backend: each member opened as [`open_backend`] opens one endpoint. With the
+/// provider to find (`auto`), the first member that answers the probe decides it for all;
+/// a member that did not answer is set aside, not dropped (it may come back), and the
+/// pool fails only when none answers.
+async fn open_pool(
+    choice: &ModelChoice,
+    limits: Limits,
+) -> Result<(Backend, Option<Result<Vec<String>, ModelError>>), ModelError> {
+    let mut provider = choice.provider.clone();
+    let mut models = None;
+    let mut opened = Vec::new();
+    let mut first_error = None;
+    for endpoint in choice.endpoints() {
+        let member = ModelChoice {
+            endpoint: Some(endpoint.clone()),
+            provider: provider.clone(),
+            pool: Vec::new(),
+            ..choice.clone()
+        };
+        match open_backend(&member, limits).await {
+            Ok((backend, listed)) => {
+                provider.get_or_insert_with(|| pool_provider(&backend).to_owned());
+                if models.is_none() {
+                    models = listed;
+                }
+                opened.push((endpoint, Some(backend)));
+            }
+            Err(error) => {
+                first_error.get_or_insert(error);
+                opened.push((endpoint, None));
+            }
+        }
+    }
+    let Some(provider) = provider else {
+        return Err(first_error.unwrap_or_else(|| {
+            ModelError::new(ModelErrorKind::NoServer, "the pool has no endpoints")
+        }));
+    };
+    let mut members = Vec::new();
+    for (endpoint, backend) in opened {
+        let backend = if let Some(backend) = backend {
+            backend
+        } else {
+            let member = ModelChoice {
+                endpoint: Some(endpoint),
+                provider: Some(provider.clone()),
+                pool: Vec::new(),
+                ..choice.clone()
+            };
+            let (backend, _) = open_backend(&member, limits).await?;
+            Pool::set_aside(&backend);
+            backend
+        };
+        members.push(backend);
+    }
+    let pool = Pool::new(members)
+        .ok_or_else(|| ModelError::new(ModelErrorKind::NoServer, "the pool has no endpoints"))?;
+    Ok((Backend::Pool(pool), models))
+}
+
+fn pool_provider(backend: &Backend) -> &'static str {
+    match backend {
+        Backend::Ollama(_) => "ollama",
+        _ => "openai",
     }
 }
 
@@ -558,6 +747,14 @@ pub fn dry_run(choice: &ModelChoice, request: &ChatRequest) -> serde_json::Value
             },
         })
     };
+    if !choice.pool.is_empty() {
+        // The request above goes to whichever member has the fewest calls in flight.
+        printed["pool"] = choice
+            .endpoints()
+            .iter()
+            .map(|member| endpoint::redact(member))
+            .collect();
+    }
     if choice.endpoint.is_none() {
         let mut note = discovery_note();
         if choice.provider.is_none() {

@@ -5,8 +5,10 @@ mod body;
 mod http;
 pub mod ollama;
 pub mod openai;
+pub mod pool;
 pub mod recorded;
 pub mod retry;
+pub mod window;
 
 use std::fmt;
 use std::time::Duration;
@@ -90,6 +92,9 @@ pub struct ChatReply {
     /// Things worth knowing about the call that did not stop it (e.g. a retried fault).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// The pool member that answered, when the client is a pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_by: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,6 +231,9 @@ pub enum ModelErrorKind {
     /// The server runs but has no model loaded (LM Studio before `lms load`).
     ModelNotLoaded,
     ContextTooLong,
+    /// Caught before the call: the prompt and the reply's budget cannot fit the model's
+    /// known context window.
+    PromptTooLarge,
     RateLimited,
     Unavailable,
     HttpClientError,
@@ -264,6 +272,9 @@ impl ModelErrorKind {
             Self::ContextTooLong => {
                 "the prompt does not fit the model's context: name fewer context files or load the model with a larger context"
             }
+            Self::PromptTooLarge => {
+                "cut the task smaller: name fewer or shorter context files, lower --max-tokens, or use a model (profile) with a larger context window"
+            }
             _ => return None,
         })
     }
@@ -282,6 +293,7 @@ impl ModelErrorKind {
             Self::ModelNotFound => "model_not_found",
             Self::ModelNotLoaded => "model_not_loaded",
             Self::ContextTooLong => "context_too_long",
+            Self::PromptTooLarge => "prompt_too_large",
             Self::RateLimited => "rate_limited",
             Self::Unavailable => "unavailable",
             Self::HttpClientError => "http_client_error",
@@ -309,19 +321,22 @@ impl ModelErrorKind {
     }
 }
 
-/// One protocol to one server (or the recorded replies standing in for it).
+/// One protocol to one server (or the recorded replies standing in for it), or a pool of
+/// servers serving the same model.
 pub enum Backend {
     OpenAi(openai::OpenAi),
     Ollama(ollama::Ollama),
     Recorded(recorded::Replayer),
+    Pool(pool::Pool),
 }
 
 /// A configured connection to one model: the backend, how transient faults are retried,
-/// and where exchanges are recorded.
+/// where exchanges are recorded, and the context window every call must fit.
 pub struct Client {
     backend: Backend,
     retry: retry::RetryPolicy,
     recorder: Option<recorded::Recorder>,
+    window: Option<window::Window>,
 }
 
 impl Client {
@@ -330,7 +345,19 @@ impl Client {
             backend,
             retry: retry::RetryPolicy::default(),
             recorder: None,
+            window: None,
         }
+    }
+
+    /// Every call must fit `window`, and Ollama's `num_ctx` is capped at it.
+    #[must_use]
+    pub fn with_window(mut self, window: Option<window::Window>) -> Self {
+        self.window = window;
+        self
+    }
+
+    pub fn window(&self) -> Option<&window::Window> {
+        self.window.as_ref()
     }
 
     #[must_use]
@@ -350,20 +377,13 @@ impl Client {
     }
 
     pub fn provider(&self) -> Provider {
-        match &self.backend {
-            Backend::OpenAi(_) => Provider::OpenAi,
-            Backend::Ollama(_) => Provider::Ollama,
-            Backend::Recorded(_) => Provider::Recorded,
-        }
+        provider_of(&self.backend)
     }
 
     /// The endpoint as shown and stored (result, progress, cassettes): credentials masked.
+    /// A pool's first member until a reply says which member answered.
     pub fn endpoint(&self) -> String {
-        match &self.backend {
-            Backend::OpenAi(client) => client.endpoint().to_owned(),
-            Backend::Ollama(client) => client.endpoint().to_owned(),
-            Backend::Recorded(replayer) => replayer.source().to_owned(),
-        }
+        pool::member_endpoint(&self.backend).to_owned()
     }
 
     /// The exact JSON body this client would send, for `--dry-run`.
@@ -379,11 +399,10 @@ impl Client {
             // retrying it here would consume the next exchange.
             return replayer.next_reply(request);
         }
-        let total = match &self.backend {
-            Backend::OpenAi(client) => client.limits().total,
-            Backend::Ollama(client) => client.limits().total,
-            Backend::Recorded(_) => defaults::TOTAL_TIMEOUT,
-        };
+        if let Some(window) = &self.window {
+            window.check(request)?;
+        }
+        let total = total_limit(&self.backend);
         let deadline = retry::Deadline::after(total, self.endpoint());
         let outcome = self.retry.run(&deadline, || self.chat_once(request)).await;
         if let Some(recorder) = &self.recorder {
@@ -393,11 +412,47 @@ impl Client {
     }
 
     async fn chat_once(&self, request: &ChatRequest) -> Result<ChatReply, ModelError> {
+        let window = self.window.as_ref().map(|window| window.tokens);
         match &self.backend {
-            Backend::OpenAi(client) => client.chat(request).await,
-            Backend::Ollama(client) => client.chat(request).await,
-            Backend::Recorded(replayer) => replayer.next_reply(request),
+            Backend::Pool(pool) => pool.chat(|member| chat_one(member, request, window)).await,
+            backend => chat_one(backend, request, window).await,
         }
+    }
+}
+
+/// One call to one server.
+async fn chat_one(
+    backend: &Backend,
+    request: &ChatRequest,
+    window: Option<u64>,
+) -> Result<ChatReply, ModelError> {
+    match backend {
+        Backend::OpenAi(client) => client.chat(request).await,
+        Backend::Ollama(client) => client.chat(request, window).await,
+        Backend::Recorded(replayer) => replayer.next_reply(request),
+        Backend::Pool(_) => Err(ModelError::new(
+            ModelErrorKind::NoServer,
+            "a pool cannot be a member of a pool",
+        )),
+    }
+}
+
+fn provider_of(backend: &Backend) -> Provider {
+    match backend {
+        Backend::OpenAi(_) => Provider::OpenAi,
+        Backend::Ollama(_) => Provider::Ollama,
+        Backend::Recorded(_) => Provider::Recorded,
+        Backend::Pool(pool) => provider_of(pool.first()),
+    }
+}
+
+/// One model call's whole time limit, retries included.
+fn total_limit(backend: &Backend) -> std::time::Duration {
+    match backend {
+        Backend::OpenAi(client) => client.limits().total,
+        Backend::Ollama(client) => client.limits().total,
+        Backend::Recorded(_) => defaults::TOTAL_TIMEOUT,
+        Backend::Pool(pool) => total_limit(pool.first()),
     }
 }
 

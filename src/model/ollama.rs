@@ -1,5 +1,6 @@
 //! Ollama's native API: `/api/chat` streaming newline-delimited JSON, `/api/tags` for the
-//! model list, `/api/version` to recognise the server.
+//! model list, `/api/version` to recognise the server, `/api/show` for the model's
+//! context length.
 //!
 //! Spoken instead of Ollama's `/v1` because only here can the context window be set per
 //! request: Ollama otherwise cuts a long prompt to its small default window without an
@@ -9,10 +10,8 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use super::http::{Pace, check_status, http_client, send, transport_error};
+use super::window::{DEFAULT_REPLY_TOKENS, Window, prompt_tokens};
 use super::{ChatReply, ChatRequest, Finish, Limits, ModelError, ModelErrorKind, TokenUsage, body};
-
-/// Tokens reserved for the reply when no `--max-tokens` is given: room for a whole file.
-pub const DEFAULT_REPLY_TOKENS: u64 = 4096;
 /// The window is rounded up to this, so similar prompts reuse one loaded model instance.
 const WINDOW_STEP: u64 = 2048;
 
@@ -71,22 +70,50 @@ impl Ollama {
             .unwrap_or_default())
     }
 
+    /// The context window `model` supports, from `POST /api/show`'s `model_info`; `None`
+    /// when the server does not say (an older Ollama, a proxy answering only `/api/chat`).
+    pub async fn context_window(&self, model: &str) -> Result<Option<Window>, ModelError> {
+        let url = format!("{}/api/show", self.shown);
+        let request = self
+            .http
+            .post(format!("{}/api/show", self.base_url))
+            .json(&json!({"model": model}));
+        let body = self.read_json(&url, request).await?;
+        Ok(context_length(&body).map(|(tokens, key)| Window {
+            tokens,
+            source: format!("`{key}` in {url}"),
+        }))
+    }
+
     async fn get_json(&self, path: &str) -> Result<Value, ModelError> {
         let url = format!("{}{path}", self.shown);
-        let response = self
-            .http
-            .get(format!("{}{path}", self.base_url))
+        let request = self.http.get(format!("{}{path}", self.base_url));
+        self.read_json(&url, request).await
+    }
+
+    async fn read_json(
+        &self,
+        url: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Value, ModelError> {
+        let response = request
             .timeout(self.limits.first_byte)
             .send()
             .await
-            .map_err(|e| transport_error(&url, &e))?;
-        let response = check_status(&url, response, &self.limits)
+            .map_err(|e| transport_error(url, &e))?;
+        let response = check_status(url, response, &self.limits)
             .await
             .map_err(not_ollama)?;
-        body::read_json(&url, response, &self.limits, "the answer").await
+        body::read_json(url, response, &self.limits, "the answer").await
     }
 
-    pub async fn chat(&self, request: &ChatRequest) -> Result<ChatReply, ModelError> {
+    /// One `/api/chat` call; `window` is the model's context window when known, the cap
+    /// on `num_ctx`.
+    pub async fn chat(
+        &self,
+        request: &ChatRequest,
+        window: Option<u64>,
+    ) -> Result<ChatReply, ModelError> {
         let url = format!("{}/api/chat", self.shown);
         let target = format!("{}/api/chat", self.base_url);
         let mut pace = Pace::start(&self.limits);
@@ -94,7 +121,9 @@ impl Ollama {
             &self.limits,
             &pace,
             &url,
-            self.http.post(target).json(&request_body(request)),
+            self.http
+                .post(target)
+                .json(&request_body_within(request, window)),
         )
         .await
         .map_err(not_ollama)?;
@@ -158,15 +187,24 @@ impl Ollama {
     }
 }
 
+/// The JSON body of a streaming `/api/chat` request, before the model's window is known
+/// (what `--dry-run` shows).
+pub fn request_body(request: &ChatRequest) -> Value {
+    request_body_within(request, None)
+}
+
 /// The JSON body of a streaming `/api/chat` request.
 ///
 /// `num_ctx` is always sent, sized to the prompt plus the expected reply: without it Ollama
-/// uses its small default window and silently drops the start of a longer prompt. The
-/// temperature is explicit because Ollama's default differs from model to model.
-pub fn request_body(request: &ChatRequest) -> Value {
+/// uses its small default window and silently drops the start of a longer prompt. It is
+/// capped at `window`, the model's own limit, when known: asking for more makes Ollama
+/// allocate a window the model was never trained for. The temperature is explicit
+/// because Ollama's default differs from model to model.
+pub fn request_body_within(request: &ChatRequest, window: Option<u64>) -> Value {
+    let wanted = context_window(request);
     let mut options = json!({
         "temperature": request.temperature,
-        "num_ctx": context_window(request),
+        "num_ctx": window.map_or(wanted, |window| wanted.min(window)),
     });
     if let Some(max_tokens) = request.max_tokens {
         options["num_predict"] = json!(max_tokens);
@@ -182,8 +220,7 @@ pub fn request_body(request: &ChatRequest) -> Value {
 /// The context window for `request`: its prompt, estimated generously (three bytes a token,
 /// as code tokenizes densely), plus the reply's budget, rounded up.
 pub fn context_window(request: &ChatRequest) -> u64 {
-    let prompt_bytes: usize = request.messages.iter().map(|m| m.content.len() + 16).sum();
-    let prompt = (prompt_bytes as u64).div_ceil(3);
+    let prompt = prompt_tokens(request);
     let reply = request.max_tokens.map_or(DEFAULT_REPLY_TOKENS, u64::from);
     (prompt + reply).div_ceil(WINDOW_STEP) * WINDOW_STEP
 }
@@ -252,8 +289,29 @@ impl Streamed {
             finish: self.finish.unwrap_or(Finish::Stop),
             usage: self.usage,
             notes: Vec::new(),
+            served_by: None,
         }
     }
+}
+
+/// The context length in an `/api/show` answer, with the key it was read from:
+/// `model_info["<general.architecture>.context_length"]`, else the one key ending in
+/// `.context_length` (an architecture name the answer spells differently).
+pub fn context_length(show: &Value) -> Option<(u64, String)> {
+    let info = show.get("model_info")?.as_object()?;
+    let by_architecture = info
+        .get("general.architecture")
+        .and_then(Value::as_str)
+        .map(|architecture| format!("{architecture}.context_length"))
+        .and_then(|key| Some((info.get(&key)?.as_u64()?, key)));
+    by_architecture.or_else(|| {
+        let mut found = info
+            .iter()
+            .filter(|(key, _)| key.ends_with(".context_length"))
+            .filter_map(|(key, value)| Some((value.as_u64()?, key.clone())));
+        let only = found.next()?;
+        found.next().is_none().then_some(only)
+    })
 }
 
 /// A plain 404 from an `/api/*` path means the server is not Ollama: say which flag fits.
@@ -286,5 +344,42 @@ mod tests {
         let body = request_body(&request);
         assert_eq!(body["options"]["num_ctx"], window);
         assert!((body["options"]["temperature"].as_f64().unwrap() - 0.2).abs() < 1e-6);
+        let capped = request_body_within(&request, Some(8192));
+        assert_eq!(capped["options"]["num_ctx"], 8192);
+        let small = request_body_within(&request, Some(1 << 20));
+        assert_eq!(small["options"]["num_ctx"], window);
+    }
+
+    #[test]
+    fn the_context_length_is_read_by_the_architecture_in_api_show() {
+        let show = json!({
+            "details": {"family": "qwen2"},
+            "model_info": {
+                "general.architecture": "qwen2",
+                "general.parameter_count": 7_615_616_512_u64,
+                "qwen2.context_length": 32768,
+                "qwen2.embedding_length": 3584,
+            },
+        });
+        assert_eq!(
+            context_length(&show),
+            Some((32768, "qwen2.context_length".to_owned()))
+        );
+        // No architecture named: the one `.context_length` key.
+        let bare = json!({"model_info": {"llama.context_length": 131_072}});
+        assert_eq!(
+            context_length(&bare),
+            Some((131_072, "llama.context_length".to_owned()))
+        );
+        // Two candidates and no architecture to choose: unknown, not a guess.
+        let two = json!({"model_info": {"a.context_length": 1, "b.context_length": 2}});
+        assert_eq!(context_length(&two), None);
+        for unknown in [
+            json!({}),
+            json!({"model_info": null}),
+            json!({"model_info": {"general.architecture": "qwen2", "qwen2.context_length": "big"}}),
+        ] {
+            assert_eq!(context_length(&unknown), None, "{unknown}");
+        }
     }
 }

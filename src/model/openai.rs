@@ -9,7 +9,26 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use super::http::{Pace, check_status, clip, error_text, http_client, send, transport_error};
+use super::window::Window;
 use super::{ChatReply, ChatRequest, Finish, Limits, ModelError, ModelErrorKind, TokenUsage, body};
+
+/// vLLM's context window for `model`: its entry's `max_model_len` in `GET /models`.
+pub fn max_model_len(models: &Value, model: &str) -> Option<u64> {
+    models["data"]
+        .as_array()?
+        .iter()
+        .find(|entry| entry["id"].as_str() == Some(model))?["max_model_len"]
+        .as_u64()
+}
+
+/// llama.cpp's context window from `GET /props`: a slot's `n_ctx` (what one request can
+/// use when the server runs several slots), else the server's.
+pub fn props_n_ctx(props: &Value) -> Option<u64> {
+    props["default_generation_settings"]["n_ctx"]
+        .as_u64()
+        .or_else(|| props["n_ctx"].as_u64())
+        .filter(|n| *n > 0)
+}
 
 pub struct OpenAi {
     http: reqwest::Client,
@@ -58,16 +77,7 @@ impl OpenAi {
     /// Lists the model ids the server offers (`GET /models`).
     pub async fn list_models(&self) -> Result<Vec<String>, ModelError> {
         let (target, url) = self.target("/models");
-        let mut request = self.http.get(&target).timeout(self.limits.first_byte);
-        if let Some(key) = &self.api_key {
-            request = request.bearer_auth(key);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| transport_error(&url, &e))?;
-        let response = check_status(&url, response, &self.limits).await?;
-        let body = body::read_json(&url, response, &self.limits, "the model list").await?;
+        let body = self.get_json(&target, &url, "the model list").await?;
         Ok(body["data"]
             .as_array()
             .map(|models| {
@@ -77,6 +87,43 @@ impl OpenAi {
                     .collect()
             })
             .unwrap_or_default())
+    }
+
+    /// The context window the server reports for `model`: vLLM's `max_model_len` in the
+    /// model list, else llama.cpp's `n_ctx` from `/props` at the server's root. `None`
+    /// when neither says (LM Studio, a proxy): then only a profile's `context_window`
+    /// is known. Best effort: a failure here is no reason to stop a run.
+    pub async fn context_window(&self, model: &str) -> Option<Window> {
+        let (target, url) = self.target("/models");
+        if let Ok(models) = self.get_json(&target, &url, "the model list").await
+            && let Some(tokens) = max_model_len(&models, model)
+        {
+            return Some(Window {
+                tokens,
+                source: format!("`max_model_len` in {url}"),
+            });
+        }
+        let root = self.base_url.trim_end_matches("/v1");
+        let shown = self.shown.trim_end_matches("/v1");
+        let url = format!("{shown}/props");
+        let props = self
+            .get_json(&format!("{root}/props"), &url, "the properties")
+            .await
+            .ok()?;
+        props_n_ctx(&props).map(|tokens| Window {
+            tokens,
+            source: format!("`n_ctx` in {url}"),
+        })
+    }
+
+    async fn get_json(&self, target: &str, url: &str, what: &str) -> Result<Value, ModelError> {
+        let mut request = self.http.get(target).timeout(self.limits.first_byte);
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.map_err(|e| transport_error(url, &e))?;
+        let response = check_status(url, response, &self.limits).await?;
+        body::read_json(url, response, &self.limits, what).await
     }
 
     pub async fn chat(&self, request: &ChatRequest) -> Result<ChatReply, ModelError> {
@@ -217,6 +264,7 @@ impl OpenAi {
                 .map_or(Finish::Stop, Finish::from_reason),
             usage: parse_usage(&body["usage"]),
             notes: Vec::new(),
+            served_by: None,
         })
     }
 }
@@ -360,6 +408,7 @@ impl StreamedReply {
                 finish,
                 usage: self.usage,
                 notes: Vec::new(),
+                served_by: None,
             }),
             // Every server we know ends a complete reply with a finish reason. `[DONE]`
             // without one is what llama-cpp-python sends when it interrupts a stream for
@@ -388,4 +437,28 @@ fn parse_usage(usage: &Value) -> Option<TokenUsage> {
         prompt_tokens: usage.get("prompt_tokens")?.as_u64()?,
         completion_tokens: usage.get("completion_tokens")?.as_u64()?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_servers_context_window_is_read_from_vllm_or_llama_cpp() {
+        let models = json!({"object": "list", "data": [
+            {"id": "other", "max_model_len": 4096},
+            {"id": "Qwen/Qwen2.5-Coder-7B-Instruct", "max_model_len": 32768},
+        ]});
+        assert_eq!(
+            max_model_len(&models, "Qwen/Qwen2.5-Coder-7B-Instruct"),
+            Some(32768)
+        );
+        assert_eq!(max_model_len(&models, "absent"), None);
+        assert_eq!(max_model_len(&json!({"data": [{"id": "m"}]}), "m"), None);
+        let props = json!({"default_generation_settings": {"n_ctx": 8192}, "total_slots": 4});
+        assert_eq!(props_n_ctx(&props), Some(8192));
+        assert_eq!(props_n_ctx(&json!({"n_ctx": 4096})), Some(4096));
+        assert_eq!(props_n_ctx(&json!({"n_ctx": 0})), None);
+        assert_eq!(props_n_ctx(&json!({"model_path": "m.gguf"})), None);
+    }
 }

@@ -169,7 +169,12 @@ impl Replayer {
         }
         *next += 1;
         match (&exchange.reply, &exchange.error) {
-            (Some(reply), _) => Ok(reply.clone()),
+            // A replayed reply comes from the cassette, not from the pool member that
+            // once answered it: the result names the cassette as its endpoint.
+            (Some(reply), _) => Ok(ChatReply {
+                served_by: None,
+                ..reply.clone()
+            }),
             (None, Some(error)) => Err(ModelError::new(
                 kind_named(&error.kind),
                 format!("{} (recorded)", error.message),
@@ -474,6 +479,7 @@ mod tests {
                 finish: Finish::Stop,
                 usage: None,
                 notes: Vec::new(),
+                served_by: None,
             }),
             error: None,
         });

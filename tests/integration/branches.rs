@@ -662,6 +662,7 @@ fn a_library_caller_starts_a_task_branch_from_a_given_commit() {
                 finish: Finish::Stop,
                 usage: None,
                 notes: Vec::new(),
+                served_by: None,
             }],
         ))),
         model: MODEL.to_owned(),

@@ -234,8 +234,12 @@ struct ServerState {
     slots: usize,
     busy: usize,
     latency: std::time::Duration,
+    /// The model's context window the server reports: Ollama's `/api/show`, llama.cpp's
+    /// `/props`. Unset: both are 404, as from a server that does not say.
+    context_length: Option<u64>,
 }
 
+#[derive(Clone)]
 pub struct ModelServer {
     pub url: String,
     state: Arc<Mutex<ServerState>>,
@@ -294,6 +298,11 @@ impl ModelServer {
         state.latency = latency;
     }
 
+    /// Reports this context window for the model (`/api/show` or `/props`).
+    pub fn context_length(&self, tokens: u64) {
+        self.state.lock().unwrap().context_length = Some(tokens);
+    }
+
     /// The most chat requests that were being answered at once.
     pub fn max_in_flight(&self) -> usize {
         self.state.lock().unwrap().max_in_flight
@@ -313,48 +322,10 @@ fn serve(mut stream: TcpStream, state: &Mutex<ServerState>, arrived: &std::sync:
     let Some(request) = read_request(&stream) else {
         return;
     };
-    let protocol = state.lock().unwrap().protocol;
-    if protocol == Protocol::Ollama && request.method == "GET" {
-        let body = match request.path.as_str() {
-            "/api/version" => Some(json!({"version": "0.6.0"})),
-            "/api/tags" => {
-                let models = state.lock().unwrap().models.clone();
-                let models: Vec<Value> = models
-                    .iter()
-                    .map(|name| json!({"name": name, "model": name, "size": 1}))
-                    .collect();
-                Some(json!({"models": models}))
-            }
-            _ => None,
-        };
-        if let Some(body) = body {
-            respond(
-                &mut stream,
-                200,
-                "application/json",
-                &[],
-                body.to_string().as_bytes(),
-            );
-            return;
-        }
-    }
-    if request.method == "GET" && request.path.ends_with("/models") {
-        let models = state.lock().unwrap().models.clone();
-        let data: Vec<Value> = models
-            .iter()
-            .map(|id| json!({"id": id, "object": "model", "owned_by": "test"}))
-            .collect();
-        respond(
-            &mut stream,
-            200,
-            "application/json",
-            &[],
-            json!({"object": "list", "data": data})
-                .to_string()
-                .as_bytes(),
-        );
+    if answered_question(&mut stream, state, &request) {
         return;
     }
+    let protocol = state.lock().unwrap().protocol;
     let native = protocol == Protocol::Ollama && request.path == "/api/chat";
     if !native && !request.path.ends_with("/chat/completions") {
         respond(
@@ -410,6 +381,89 @@ fn serve(mut stream: TcpStream, state: &Mutex<ServerState>, arrived: &std::sync:
         guard.busy -= 1;
         arrived.notify_all();
     }
+}
+
+/// Answers what is not a chat request: the model list (Ollama's `/api/tags` and
+/// `/api/version`, or `/models`) and the context window; false for anything else.
+fn answered_question(
+    stream: &mut TcpStream,
+    state: &Mutex<ServerState>,
+    request: &Request,
+) -> bool {
+    if answered_window(stream, state, request) {
+        return true;
+    }
+    let protocol = state.lock().unwrap().protocol;
+    if protocol == Protocol::Ollama && request.method == "GET" {
+        let body = match request.path.as_str() {
+            "/api/version" => Some(json!({"version": "0.6.0"})),
+            "/api/tags" => {
+                let models = state.lock().unwrap().models.clone();
+                let models: Vec<Value> = models
+                    .iter()
+                    .map(|name| json!({"name": name, "model": name, "size": 1}))
+                    .collect();
+                Some(json!({"models": models}))
+            }
+            _ => None,
+        };
+        if let Some(body) = body {
+            respond(
+                stream,
+                200,
+                "application/json",
+                &[],
+                body.to_string().as_bytes(),
+            );
+            return true;
+        }
+    }
+    if request.method == "GET" && request.path.ends_with("/models") {
+        let models = state.lock().unwrap().models.clone();
+        let data: Vec<Value> = models
+            .iter()
+            .map(|id| json!({"id": id, "object": "model", "owned_by": "test"}))
+            .collect();
+        respond(
+            stream,
+            200,
+            "application/json",
+            &[],
+            json!({"object": "list", "data": data})
+                .to_string()
+                .as_bytes(),
+        );
+        return true;
+    }
+    false
+}
+
+/// Answers a question about the model's context window (Ollama's `/api/show`,
+/// llama.cpp's `/props`) when the server was given one to report.
+fn answered_window(stream: &mut TcpStream, state: &Mutex<ServerState>, request: &Request) -> bool {
+    let (protocol, context_length) = {
+        let state = state.lock().unwrap();
+        (state.protocol, state.context_length)
+    };
+    let window = match (protocol, request.method.as_str(), request.path.as_str()) {
+        (Protocol::Ollama, "POST", "/api/show") => context_length.map(|n| {
+            json!({"details": {"family": "qwen2"}, "model_info": {
+                "general.architecture": "qwen2", "qwen2.context_length": n,
+                "qwen2.embedding_length": 3584}})
+        }),
+        (Protocol::OpenAi, "GET", "/props") => context_length
+            .map(|n| json!({"default_generation_settings": {"n_ctx": n}, "total_slots": 1})),
+        _ => None,
+    };
+    let Some(body) = window else { return false };
+    respond(
+        stream,
+        200,
+        "application/json",
+        &[],
+        body.to_string().as_bytes(),
+    );
+    true
 }
 
 /// A [`Script::Held`] once its test lets it go: its chat.
@@ -751,6 +805,8 @@ pub struct Test {
     slots: Option<(usize, std::time::Duration)>,
     /// Files written below the run's `HOME` (a user config, say).
     home_files: Vec<(String, Vec<u8>)>,
+    /// See [`ModelServer::context_length`].
+    context_length: Option<u64>,
 }
 
 /// How the test repository's working tree and git directory are laid out. In every
@@ -829,6 +885,7 @@ impl Test {
             gate: 0,
             slots: None,
             home_files: Vec::new(),
+            context_length: None,
         }
     }
 
@@ -942,6 +999,12 @@ impl Test {
         self
     }
 
+    /// The server reports this context window for the model.
+    pub fn context_length(mut self, tokens: u64) -> Self {
+        self.context_length = Some(tokens);
+        self
+    }
+
     /// The server holds the first `n` chat requests until `n` are in flight at once.
     pub fn gate(mut self, n: usize) -> Self {
         self.gate = n;
@@ -1009,8 +1072,22 @@ impl Test {
         })
     }
 
+    /// The scripted server's routes, gate, slots and window, as the test asked.
+    fn configure(&mut self, server: &ModelServer) {
+        for (needle, script) in std::mem::take(&mut self.routes) {
+            server.route(&needle, script);
+        }
+        server.gate(self.gate);
+        if let Some(tokens) = self.context_length {
+            server.context_length(tokens);
+        }
+        if let Some((slots, latency)) = self.slots {
+            server.slots(slots, latency);
+        }
+    }
+
     /// Like [`Test::run`], with the arguments given exactly (a subcommand, say).
-    pub fn run_with(self, args: impl FnOnce(&Path) -> Vec<String>) -> Run {
+    pub fn run_with(mut self, args: impl FnOnce(&Path) -> Vec<String>) -> Run {
         let repo = self.repo_path();
         if self.git {
             lay_out(self.layout, self.dir.path(), &self.committed);
@@ -1023,7 +1100,7 @@ impl Test {
         for (path, bytes) in &self.uncommitted {
             write_file(&repo.join(path), bytes);
         }
-        if let Some(before) = self.before {
+        if let Some(before) = self.before.take() {
             before(&repo);
         }
         let spec_path = self.dir.path().join("spec.json");
@@ -1036,18 +1113,16 @@ impl Test {
             write_file(&home.join(path), bytes);
         }
 
-        let server = ModelServer::start_speaking(self.protocol, self.script, self.models);
+        let server = ModelServer::start_speaking(
+            self.protocol,
+            std::mem::take(&mut self.script),
+            std::mem::take(&mut self.models),
+        );
         let endpoint = self
             .endpoint
             .clone()
             .or_else(|| self.endpoint_from.map(|shape| shape(&server.url)));
-        for (needle, script) in self.routes {
-            server.route(&needle, script);
-        }
-        server.gate(self.gate);
-        if let Some((slots, latency)) = self.slots {
-            server.slots(slots, latency);
-        }
+        self.configure(&server);
         let before = snapshot(&repo);
         let mut command = match self.wrapper.split_first() {
             Some((program, rest)) => {

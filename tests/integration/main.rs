@@ -17,6 +17,7 @@ mod integrations;
 mod ledger;
 mod ledger_config;
 mod mcp;
+mod pools;
 mod providers;
 mod repair;
 mod review_fixes;
