@@ -949,13 +949,24 @@ async fn run_models(
         Ok(choice) => choice,
         Err(error) => return print(&Document::error(&error)),
     };
-    let reports = discovery::survey(
-        choice.endpoint.as_deref(),
-        choice.provider.as_deref(),
-        choice.api_key,
-        &choice.ports,
-    )
-    .await;
+    // A pool's members are each probed, in order.
+    let mut reports = Vec::new();
+    let endpoints = if choice.pool.is_empty() {
+        vec![choice.endpoint.clone()]
+    } else {
+        choice.endpoints().into_iter().map(Some).collect()
+    };
+    for endpoint in endpoints {
+        reports.extend(
+            discovery::survey(
+                endpoint.as_deref(),
+                choice.provider.as_deref(),
+                choice.api_key.clone(),
+                &choice.ports,
+            )
+            .await,
+        );
+    }
     let document = Document::models(&reports);
     if json {
         print(&document)

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use execute_local_task::batch::BatchSummary;
 use execute_local_task::check::ProfileProbe;
+use execute_local_task::discovery::ServerReport;
 use execute_local_task::result::{Status, TaskResult};
 use serde_json::json;
 
@@ -307,4 +308,23 @@ fn a_dry_run_names_every_pool_member_with_its_secrets_masked() {
         json!(["http://127.0.0.1:1/v1", "http://me:***@127.0.0.1:2/v1"])
     );
     assert!(!run.stdout.contains("secret"));
+}
+
+#[test]
+fn models_probes_every_pool_member() {
+    let dead = closed_port_url();
+    let live = ModelServer::start(Vec::new(), vec![MODEL.to_owned()]);
+    let pool = format!("{},{dead}", live.url);
+    let run = Test::new().run_with(move |_| {
+        ["models", "--endpoint", pool.as_str(), "--json"]
+            .map(str::to_owned)
+            .to_vec()
+    });
+    run.assert_code(0);
+    let reports: Vec<ServerReport> = serde_json::from_str(&run.stdout).unwrap();
+    let seen: Vec<(bool, &[String])> = reports
+        .iter()
+        .map(|r| (r.reachable, r.models.as_slice()))
+        .collect();
+    assert_eq!(seen, [(true, &[MODEL.to_owned()][..]), (false, &[][..])]);
 }
