@@ -237,6 +237,8 @@ struct ServerState {
     /// The model's context window the server reports: Ollama's `/api/show`, llama.cpp's
     /// `/props`. Unset: both are 404, as from a server that does not say.
     context_length: Option<u64>,
+    /// vLLM's way to say it: `max_model_len` on each model in `/models`.
+    max_model_len: Option<u64>,
 }
 
 #[derive(Clone)]
@@ -301,6 +303,11 @@ impl ModelServer {
     /// Reports this context window for the model (`/api/show` or `/props`).
     pub fn context_length(&self, tokens: u64) {
         self.state.lock().unwrap().context_length = Some(tokens);
+    }
+
+    /// Reports this context window as vLLM does: `max_model_len` in `/models`.
+    pub fn max_model_len(&self, tokens: u64) {
+        self.state.lock().unwrap().max_model_len = Some(tokens);
     }
 
     /// The most chat requests that were being answered at once.
@@ -419,10 +426,19 @@ fn answered_question(
         }
     }
     if request.method == "GET" && request.path.ends_with("/models") {
-        let models = state.lock().unwrap().models.clone();
+        let (models, max_model_len) = {
+            let state = state.lock().unwrap();
+            (state.models.clone(), state.max_model_len)
+        };
         let data: Vec<Value> = models
             .iter()
-            .map(|id| json!({"id": id, "object": "model", "owned_by": "test"}))
+            .map(|id| {
+                let mut model = json!({"id": id, "object": "model", "owned_by": "test"});
+                if let Some(tokens) = max_model_len {
+                    model["max_model_len"] = json!(tokens);
+                }
+                model
+            })
             .collect();
         respond(
             stream,

@@ -203,7 +203,6 @@ fn too_large(test: Test) -> Test {
     test.file("big.txt", "word ".repeat(4000))
         .spec(spec("out.txt", &json!({"context_files": ["big.txt"]})))
         .script(Script::code("out.txt", "never\n"))
-        .context_length(2048)
 }
 
 fn assert_refused_before_the_call(run: &crate::harness::Run, source: &str) {
@@ -228,16 +227,29 @@ fn assert_refused_before_the_call(run: &crate::harness::Run, source: &str) {
 
 #[test]
 fn a_prompt_that_cannot_fit_ollamas_window_is_refused_before_any_chat_request() {
-    let run = too_large(Test::new().ollama()).run();
+    let run = too_large(Test::new().ollama().context_length(2048)).run();
     assert_refused_before_the_call(&run, "`qwen2.context_length` in http://127.0.0.1:");
     assert!(run.result().error.unwrap().message.contains("/api/show"));
 }
 
 #[test]
 fn a_prompt_that_cannot_fit_a_llama_cpp_window_is_refused_too() {
-    let run = too_large(Test::new()).run();
+    let run = too_large(Test::new().context_length(2048)).run();
     assert_refused_before_the_call(&run, "`n_ctx` in http://127.0.0.1:");
     assert!(run.result().error.unwrap().message.contains("/props"));
+}
+
+#[test]
+fn a_prompt_that_cannot_fit_a_vllm_window_is_refused_too() {
+    let server = ModelServer::start(
+        vec![Script::code("out.txt", "never\n")],
+        vec![MODEL.to_owned()],
+    );
+    server.max_model_len(2048);
+    let run = too_large(Test::new()).endpoint(&server.url).run();
+    assert_refused_before_the_call(&run, "`max_model_len` in http://127.0.0.1:");
+    assert!(server.requests().is_empty());
+    assert!(run.result().error.unwrap().message.contains("/v1/models"));
 }
 
 #[test]
