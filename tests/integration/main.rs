@@ -25,3 +25,4 @@ mod runs;
 mod safety;
 mod signals;
 mod snapshots;
+mod validator;
