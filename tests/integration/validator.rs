@@ -290,7 +290,7 @@ fn validate_names_a_profile_on_its_own_server_and_never_runs_under_the_lock() {
 }
 
 #[test]
-fn validate_refuses_a_profile_that_is_not_a_validator() {
+fn validate_refuses_what_cannot_review() {
     let run = task(&config("")).args(&["--validate", "writer"]).run();
     let error = run.assert_error(2, "usage");
     assert!(
@@ -310,6 +310,16 @@ fn validate_refuses_a_profile_that_is_not_a_validator() {
         error
             .message
             .contains("`nobody` is not a configured profile"),
+        "{}",
+        error.message
+    );
+    // A cassette holds the writer's exchanges only: no review to replay.
+    let run = task(&config(""))
+        .args(&["--validate", "reviewer", "--replay", "cassette.json"])
+        .run();
+    let error = run.assert_error(2, "usage");
+    assert!(
+        error.message.contains("--record or --replay"),
         "{}",
         error.message
     );
@@ -343,4 +353,64 @@ fn a_profile_validator_must_name_a_validator_profile() {
         let message = run.json()["error"]["message"].as_str().unwrap().to_owned();
         assert!(message.contains(expected), "{expected}\nnot in: {message}");
     }
+}
+
+/// A batch gives `--validate` to every task: each task's code is reviewed.
+#[test]
+fn a_batch_has_every_task_reviewed() {
+    let config = format!("[profiles.reviewer]\nrole = \"validator\"\nmodel = \"{REVIEWER}\"\n");
+    // The reviewer's route first: its requests carry the tasks' words too.
+    let run = Test::new()
+        .file(CONFIG, config)
+        .models(&[MODEL, REVIEWER])
+        .route(
+            REVIEWER,
+            vec![verdict(true, &[], 0.9), verdict(true, &[], 0.9)],
+        )
+        .route("<<A>>", vec![Script::code("a.txt", "a\n")])
+        .route("<<B>>", vec![Script::code("b.txt", "b\n")])
+        .run_with(|spec_path| {
+            let dir = spec_path.parent().unwrap().join("specs");
+            std::fs::create_dir_all(&dir).unwrap();
+            for (id, output) in [("A", "a.txt"), ("B", "b.txt")] {
+                let spec = json!({"task_id": id, "description": format!("Task <<{id}>>."), "output_file": output});
+                std::fs::write(dir.join(format!("{id}.json")), spec.to_string()).unwrap();
+            }
+            ["--validate", "reviewer", "--jobs", "2"]
+                .into_iter()
+                .map(str::to_owned)
+                .chain([dir.display().to_string()])
+                .collect()
+        });
+    run.assert_code(0);
+    let mut lines: Vec<&str> = run.stdout.lines().collect();
+    lines.pop(); // the summary
+    assert_eq!(lines.len(), 2, "{}", run.stdout);
+    for line in lines {
+        let result: execute_local_task::result::TaskResult = serde_json::from_str(line).unwrap();
+        assert_eq!(result.status, Status::Success, "{}", result.summary);
+        let report = result.attempts[0].validator.as_ref().expect("a review");
+        assert_eq!(report.pass, Some(true));
+    }
+    assert_eq!(requests_for(&run, REVIEWER).len(), 2);
+    assert_eq!(run.read("a.txt").as_deref(), Some("a\n"));
+}
+
+/// A reviewer whose server cannot be used stops the run as the writer's would: nothing
+/// is written, exit 3.
+#[test]
+fn an_unreachable_validator_stops_the_run_before_anything_is_written() {
+    let config = format!(
+        "[profiles.reviewer]\nrole = \"validator\"\nprovider = \"openai\"\nendpoint = \"{}\"\nmodel = \"{REVIEWER}\"\n",
+        crate::harness::closed_port_url()
+    );
+    let run = task(&config)
+        .script(Script::code("greeting.txt", "hello\n"))
+        .args(&["--validate", "reviewer"])
+        .run();
+    run.assert_error(3, "connection_refused");
+    let result = run.result();
+    assert_eq!(result.attempts.len(), 1);
+    assert_eq!(result.attempts[0].outcome, Outcome::Error);
+    assert_eq!(run.read("greeting.txt"), None);
 }
