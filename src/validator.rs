@@ -433,6 +433,42 @@ mod tests {
         assert!(parse_verdict(&cut).is_err());
     }
 
+    /// The schema goes in each protocol's own structured-output field, and nowhere else.
+    #[test]
+    fn each_protocol_carries_the_schema_in_its_own_field() {
+        use crate::model::{Provider, request_body};
+        let request = ChatRequest {
+            model: "m".to_owned(),
+            messages: vec![Message::user("review")],
+            temperature: 0.0,
+            max_tokens: None,
+            schema: Some(verdict_schema()),
+        };
+        let ollama = request_body(Provider::Ollama, &request);
+        assert_eq!(ollama["format"], verdict_schema().schema);
+        assert!(ollama.get("response_format").is_none());
+        let openai = request_body(Provider::OpenAi, &request);
+        assert_eq!(
+            openai["response_format"],
+            json!({"type": "json_schema", "json_schema": {"name": "verdict", "strict": true, "schema": verdict_schema().schema}})
+        );
+        assert!(openai.get("format").is_none());
+        let plain = ChatRequest {
+            schema: None,
+            ..request
+        };
+        assert!(
+            request_body(Provider::Ollama, &plain)
+                .get("format")
+                .is_none()
+        );
+        assert!(
+            request_body(Provider::OpenAi, &plain)
+                .get("response_format")
+                .is_none()
+        );
+    }
+
     #[test]
     fn a_verdict_fails_the_attempt_when_it_rejects_or_doubts() {
         let verdict = |pass, confidence| Verdict {
