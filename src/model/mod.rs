@@ -59,6 +59,18 @@ pub struct ChatRequest {
     pub messages: Vec<Message>,
     pub temperature: f64,
     pub max_tokens: Option<u32>,
+    /// A JSON Schema the reply must follow, sent in the server's structured-output field
+    /// (Ollama's `format`, the `OpenAI` API's `response_format`); absent for a code reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<ReplySchema>,
+}
+
+/// A named JSON Schema for a structured reply: the server constrains its sampling to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplySchema {
+    /// The `OpenAI` API's `json_schema.name`: letters, digits, `_` and `-`.
+    pub name: String,
+    pub schema: serde_json::Value,
 }
 
 /// Why the model stopped.
@@ -414,7 +426,11 @@ impl Client {
     async fn chat_once(&self, request: &ChatRequest) -> Result<ChatReply, ModelError> {
         let window = self.window.as_ref().map(|window| window.tokens);
         match &self.backend {
-            Backend::Pool(pool) => pool.chat(|member| chat_one(member, request, window)).await,
+            // Boxed: a member's call nested in the pool's would double the size of every
+            // call's future, single servers' too.
+            Backend::Pool(pool) => {
+                Box::pin(pool.chat(|member| chat_one(member, request, window))).await
+            }
             backend => chat_one(backend, request, window).await,
         }
     }

@@ -85,6 +85,7 @@ mod tests {
             messages: vec![Message::user("x".repeat(bytes))],
             temperature: 0.2,
             max_tokens,
+            schema: None,
         }
     }
 

@@ -26,3 +26,4 @@ mod runs;
 mod safety;
 mod signals;
 mod snapshots;
+mod validator;
