@@ -465,8 +465,13 @@ impl Attempts<'_> {
                     Ok(changes) => changes,
                     Err(error) => return Err(self.interrupted(attempt, error)),
                 };
-                let summary =
-                    success_summary(&changes, test.as_ref(), n, self.prepared.max_attempts);
+                // A climbed ladder makes more calls than one rung's `max_attempts`.
+                let summary = success_summary(
+                    &changes,
+                    test.as_ref(),
+                    n,
+                    self.prepared.max_attempts.max(n),
+                );
                 self.state.settle(attempt, Outcome::Ok, None);
                 Ok(Next::Done(self.state.finish(
                     Status::Success,

@@ -321,3 +321,64 @@ impl Route {
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::{KeyRule, Origin, Role, Setting};
+
+    fn profile(allowed: bool) -> Profile {
+        Profile {
+            name: "p".to_owned(),
+            provider: Some(Setting::default("openai".to_owned())),
+            endpoints: Some(Setting {
+                value: vec!["http://team-proxy:4000/v1".to_owned()],
+                source: Origin::Repository,
+                file: None,
+                line: None,
+            }),
+            model: Some(Setting::default("profile-model".to_owned())),
+            context_window: None,
+            temperature: None,
+            max_tokens: None,
+            cost: None,
+            kinds: None,
+            min_score: None,
+            max_score: None,
+            fallback: None,
+            escalate_to: None,
+            role: Setting::default(Role::Writer),
+            api_key_env: None,
+            key: KeyRule {
+                allowed,
+                reason: String::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn no_key_of_any_source_goes_to_an_endpoint_the_key_rule_forbids() {
+        let env = |name: &str| (name == "LOCAL_TASK_API_KEY").then(|| "env-key".to_owned());
+        let flags = ModelChoice {
+            api_key: Some("flag-key".to_owned()),
+            ..ModelChoice::default()
+        };
+        let base = ModelChoice {
+            endpoint: Some("http://mine:1".to_owned()),
+            model: Some("env-model".to_owned()),
+            api_key: Some("env-key".to_owned()),
+            ..ModelChoice::default()
+        };
+        let forbidden = choice(&profile(false), &flags, &base, &env);
+        assert_eq!(
+            forbidden.endpoint.as_deref(),
+            Some("http://team-proxy:4000/v1")
+        );
+        assert_eq!(forbidden.model.as_deref(), Some("profile-model"));
+        assert_eq!(forbidden.api_key, None);
+        let allowed = choice(&profile(true), &flags, &base, &env);
+        assert_eq!(allowed.api_key.as_deref(), Some("flag-key"));
+        let no_flag = choice(&profile(true), &ModelChoice::default(), &base, &env);
+        assert_eq!(no_flag.api_key.as_deref(), Some("env-key"));
+    }
+}

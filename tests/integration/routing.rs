@@ -125,6 +125,19 @@ fn a_profile_gives_the_server_model_and_sampling_and_the_command_line_beats_it()
     assert_eq!(result.attempts[0].profile.as_deref(), Some("small"));
     assert_eq!(result.attempts[0].model.as_deref(), Some("profile-model"));
 
+    // The dry run shows the same route and the request the profile makes.
+    let run = Test::new()
+        .file(REPO_CONFIG, &config)
+        .spec(spec("out.py", &json!({})))
+        .arg("--dry-run")
+        .run();
+    run.assert_code(0);
+    let printed = run.json();
+    assert_eq!(printed["route"]["profile"], "small");
+    assert_eq!(printed["route"]["model"], "profile-model");
+    assert_eq!(printed["request"]["temperature"], 0.7);
+    assert_eq!(chosen.requests().len(), 1, "a dry run calls no model");
+
     // --temperature beats the profile's; --model pins the run: no profile at all.
     let run = Test::new()
         .file(REPO_CONFIG, &config)
