@@ -281,23 +281,16 @@ impl Profiles {
     async fn connect_from(&mut self, name: &str, progress: Progress<'_>) -> Result<Rung, Error> {
         let mut current = name.to_owned();
         let mut last: Option<Error> = None;
+        let mut cooled = Vec::new();
         loop {
             self.tried.push(current.clone());
             let Some(profile) = self.config.profile(&current).cloned() else {
                 break;
             };
             if let Some(why) = route::cooling(&profile, &self.cooldowns) {
-                self.notes
-                    .push(format!("profile `{current}` passed over: {why}"));
-                last.get_or_insert_with(|| {
-                    Error::Model(
-                        ModelError::new(
-                            ModelErrorKind::NoServer,
-                            format!("profile `{current}`: {why}"),
-                        )
-                        .with_hint("the cool-down ends by itself; `routing.cooldown_secs = 0` in the config turns it off"),
-                    )
-                });
+                let passed = format!("profile `{current}` passed over: {why}");
+                self.notes.push(passed.clone());
+                cooled.push(passed);
             } else {
                 let choice = route::choice(&profile, &self.flags, &self.base, &*self.env);
                 progress(&format!(
@@ -344,10 +337,17 @@ impl Profiles {
             }
         }
         Err(last.unwrap_or_else(|| {
-            Error::Model(ModelError::new(
-                ModelErrorKind::NoServer,
-                format!("no server for profile `{name}`"),
-            ))
+            Error::Model(
+                ModelError::new(
+                    ModelErrorKind::NoServer,
+                    if cooled.is_empty() {
+                        format!("profile `{name}` is not configured")
+                    } else {
+                        format!("no server to ask: {}", cooled.join("; "))
+                    },
+                )
+                .with_hint("the cool-down ends by itself; `routing.cooldown_secs = 0` in the config turns it off"),
+            )
         }))
     }
 }

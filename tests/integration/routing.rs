@@ -398,3 +398,108 @@ fn an_api_key_goes_only_to_an_endpoint_the_user_named() {
     assert_eq!(asked.len(), 1);
     assert_eq!(asked[0].headers["authorization"], "Bearer s3cret-key");
 }
+
+#[test]
+fn a_batch_pays_for_a_dead_server_once() {
+    let backup = server(
+        "backup-model",
+        vec![
+            Script::code("a.py", "a = 1\n"),
+            Script::code("b.py", "b = 1\n"),
+        ],
+    );
+    let specs = [
+        (
+            "a.json",
+            json!({"task_id": "A", "description": "Write a.", "output_file": "a.py"}),
+        ),
+        (
+            "b.json",
+            json!({"task_id": "B", "description": "Write b.", "output_file": "b.py", "depends_on": ["A"]}),
+        ),
+    ];
+    let run = Test::new()
+        .file(REPO_CONFIG, fallback_config(&backup))
+        .run_with(move |spec_path| {
+            let dir = spec_path.parent().unwrap().join("specs");
+            std::fs::create_dir_all(&dir).unwrap();
+            for (name, spec) in &specs {
+                std::fs::write(dir.join(name), spec.to_string()).unwrap();
+            }
+            vec![
+                dir.display().to_string(),
+                "--jobs".into(),
+                "1".into(),
+                "--retries".into(),
+                "0".into(),
+            ]
+        });
+    run.assert_code(0);
+    // JSON Lines: every task's result, then the batch's summary.
+    let mut lines: Vec<&str> = run.stdout.lines().collect();
+    lines.pop();
+    let results: Vec<TaskResult> = lines.into_iter().map(result_of).collect();
+    let of = |id: &str| {
+        results
+            .iter()
+            .find(|r| r.task_id.as_deref() == Some(id))
+            .unwrap_or_else(|| panic!("no result for {id}:\n{}", run.stdout))
+    };
+    let (a, b) = (of("A"), of("B"));
+    assert_eq!(a.attempts.len(), 2, "A met the dead server and fell back");
+    assert_eq!(a.attempts[0].outcome, Outcome::ModelError);
+    assert_eq!(b.attempts.len(), 1, "B did not try it");
+    let route = b.route.as_ref().unwrap();
+    assert_eq!(route.profile.as_deref(), Some("backup"));
+    assert!(route.candidates[0].why_not.contains("cools down"));
+}
+
+#[test]
+fn a_profile_whose_record_for_the_kind_is_poor_is_passed_over() {
+    let small = server("small-model", vec![Script::code("out.txt", "bad\n")]);
+    let large = server(
+        "large-model",
+        vec![
+            Script::code("out.txt", "good\n"),
+            Script::code("out.txt", "good\n"),
+        ],
+    );
+    let config = format!(
+        r#"default_profile = "small"
+[routing]
+min_runs = 1
+min_success_rate = 0.5
+[profiles.small]
+provider = "openai"
+endpoint = "{}/v1"
+model = "small-model"
+[profiles.large]
+provider = "openai"
+endpoint = "{}/v1"
+model = "large-model"
+cost = 4
+"#,
+        small.url, large.url
+    );
+    let run = Test::new()
+        .file(REPO_CONFIG, config)
+        .spec(ladder_spec())
+        .run();
+    run.assert_code(1);
+    assert_eq!(
+        run.result().route.unwrap().profile.as_deref(),
+        Some("small")
+    );
+
+    // The ledger now holds small's failed `code` run: the next route passes it over.
+    let spec_path = run.spec_path.display().to_string();
+    let (code, stdout, stderr) = run.again(&[&spec_path]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let route = result_of(&stdout).route.unwrap();
+    assert_eq!(route.profile.as_deref(), Some("large"));
+    assert_eq!(
+        route.candidates[0].why_not,
+        "succeeded in 0 of its 1 `code` runs (0%), below routing.min_success_rate 50%"
+    );
+    assert_eq!(small.requests().len(), 1);
+}
