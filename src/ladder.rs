@@ -30,6 +30,8 @@ pub struct Ladder {
     profiles: Box<Profiles>,
     calls: u32,
     max_calls: u32,
+    /// The profile the task climbed from, once it has.
+    climbed_from: Option<String>,
 }
 
 /// What connecting a profile needs, and what it leaves for the next attempt to say.
@@ -140,6 +142,7 @@ impl Ladder {
             profiles: Box::new(profiles),
             calls: 0,
             max_calls: prepared.config.routing.max_calls.value,
+            climbed_from: None,
         })
     }
 
@@ -217,11 +220,29 @@ impl Ladder {
         }
     }
 
+    /// After a failed call that [`Ladder::fall_back`] could not hand on: on a rung the task
+    /// climbed to, a server fault ends the ladder rather than the run (the task goes back
+    /// to the supervisor as `escalate`, as its lower rung's attempts failed), and why.
+    pub fn ends_climb(&self, error: &Error) -> Option<String> {
+        let from = self.climbed_from.as_deref()?;
+        let Error::Model(model_error) = error else {
+            return None;
+        };
+        (fault(model_error.kind) != Fault::Other).then(|| {
+            format!(
+                "could not escalate from profile `{from}` to profile `{}`: {}",
+                self.rung.profile.as_deref().unwrap_or_default(),
+                one_line(&model_error.message)
+            )
+        })
+    }
+
     /// After the current profile's attempts all failed: climbs to its `escalate_to` (or
-    /// that one's fallbacks) and says so; `false` when the ladder ends here.
-    pub async fn climb(&mut self, failed: u32, progress: Progress<'_>) -> bool {
+    /// that one's fallbacks) and says so; `Ok(false)` when the ladder ends here, and why
+    /// when its next rung cannot be reached.
+    pub async fn climb(&mut self, failed: u32, progress: Progress<'_>) -> Result<bool, String> {
         let Some(from) = self.rung.profile.clone() else {
-            return false;
+            return Ok(false);
         };
         let escalate_to = self
             .profiles
@@ -229,7 +250,7 @@ impl Ladder {
             .profile(&from)
             .and_then(|p| p.escalate_to.as_ref());
         let Some(next) = escalate_to.map(|e| e.value.clone()) else {
-            return false;
+            return Ok(false);
         };
         let model = self.rung.server.model.clone();
         match self.profiles.connect_from(&next, progress).await {
@@ -242,11 +263,16 @@ impl Ladder {
                 progress(&note);
                 self.profiles.notes.insert(0, note);
                 self.rung = rung;
-                true
+                self.climbed_from = Some(from);
+                Ok(true)
             }
             Err(error) => {
-                progress(&format!("cannot escalate to profile `{next}`: {error}"));
-                false
+                let why = format!(
+                    "could not escalate from profile `{from}` to profile `{next}`: {}",
+                    one_line(&error.to_string())
+                );
+                progress(&why);
+                Err(why)
             }
         }
     }

@@ -369,8 +369,16 @@ impl Attempts<'_> {
         let (mut n, mut on_rung) = (0, 0);
         loop {
             if on_rung >= self.prepared.max_attempts {
-                if self.cannot_start.is_some() || !self.ladder.climb(on_rung, self.progress).await {
+                if self.cannot_start.is_some() {
                     break;
+                }
+                match self.ladder.climb(on_rung, self.progress).await {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(why) => {
+                        self.state.notes.push(why);
+                        break;
+                    }
                 }
                 self.state.model = Some(self.ladder.model_info());
                 on_rung = 0;
@@ -386,10 +394,16 @@ impl Attempts<'_> {
                 Ok(Next::Stop) => break,
                 Ok(Next::Repair) => on_rung += 1,
                 Err(error) => {
-                    if !self.ladder.fall_back(&error, self.progress).await {
-                        return Err(error);
+                    if self.ladder.fall_back(&error, self.progress).await {
+                        self.state.model = Some(self.ladder.model_info());
+                        continue;
                     }
-                    self.state.model = Some(self.ladder.model_info());
+                    let Some(why) = self.ladder.ends_climb(&error) else {
+                        return Err(error);
+                    };
+                    (self.progress)(&why);
+                    self.state.notes.push(why);
+                    break;
                 }
             }
         }

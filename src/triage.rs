@@ -27,7 +27,7 @@ pub struct Triage {
     pub verdict: Verdict,
     /// Each departure from the atomic-task criteria and the points it cost.
     pub reasons: Vec<Reason>,
-    /// The profile routing would pick (kinds and `default_profile` for now); null
+    /// The profile routing picks (the result's `route.profile`); null
     /// without profiles.
     pub profile: Option<String>,
     /// Why that profile.

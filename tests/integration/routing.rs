@@ -319,6 +319,33 @@ fn failed_attempts_climb_to_the_stronger_profile_with_the_failure_as_repair_inpu
             .iter()
             .any(|(role, text)| role == "assistant" && text.contains("bad"))
     );
+
+    // The ledger records the route and each attempt's own profile and model.
+    let db = rusqlite::Connection::open(run.ledger_path()).unwrap();
+    let (profile, reason): (String, String) = db
+        .query_row("SELECT profile, route_reason FROM runs", [], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(
+        (profile.as_str(), reason.as_str()),
+        ("small", "default_profile, fits kind `code` at score 10")
+    );
+    let mut attempts = db
+        .prepare("SELECT profile, model FROM attempts ORDER BY n")
+        .unwrap();
+    let attempts: Vec<(String, String)> = attempts
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        attempts,
+        [
+            ("small".to_owned(), "small-model".to_owned()),
+            ("large".to_owned(), "large-model".to_owned())
+        ]
+    );
 }
 
 #[test]
@@ -502,4 +529,43 @@ cost = 4
         "succeeded in 0 of its 1 `code` runs (0%), below routing.min_success_rate 50%"
     );
     assert_eq!(small.requests().len(), 1);
+}
+
+#[test]
+fn a_rung_that_cannot_be_reached_ends_the_ladder_with_a_note() {
+    let small = server("small-model", vec![Script::code("out.txt", "bad\n")]);
+    let config = format!(
+        "default_profile = \"small\"\n[profiles.small]\nprovider = \"openai\"\nendpoint = \"{}/v1\"\nmodel = \"small-model\"\nescalate_to = \"large\"\n[profiles.large]\nprovider = \"openai\"\nendpoint = \"{}\"\nkinds = [\"refactor\"]\n",
+        small.url,
+        closed_port_url()
+    );
+    let run = Test::new()
+        .file(REPO_CONFIG, config)
+        .spec(ladder_spec())
+        .args(&["--retries", "0"])
+        .run();
+    run.assert_code(1);
+    let result = run.result();
+    assert_eq!(result.status, Status::Escalate, "{}", result.summary);
+    let made: Vec<_> = result
+        .attempts
+        .iter()
+        .map(|a| (a.profile.as_deref(), a.outcome))
+        .collect();
+    assert_eq!(
+        made,
+        [
+            (Some("small"), Outcome::TestFailed),
+            (Some("large"), Outcome::ModelError)
+        ]
+    );
+    run.assert_unchanged();
+    assert!(
+        result
+            .notes
+            .iter()
+            .any(|n| n.starts_with("could not escalate from profile `small` to profile `large`")),
+        "{:?}",
+        result.notes
+    );
 }
