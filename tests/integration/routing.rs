@@ -252,6 +252,18 @@ fn a_dead_server_falls_back_and_a_later_run_skips_it_while_it_cools_down() {
         second.attempts[0].notes
     );
     assert_eq!(backup.requests().len(), 2);
+
+    // Picked by name, a cooling profile gives way to its fallback (a dry run: no call).
+    let (code, stdout, stderr) =
+        run.again(&[&spec_path, "--profile", "small", "--dry-run", "--force"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let printed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(printed["route"]["profile"], "backup");
+    assert_eq!(
+        printed["route"]["reason"],
+        "fallback of `small` (picked by flag --profile), whose server cools down"
+    );
+    assert_eq!(printed["route"]["candidates"][0]["profile"], "small");
 }
 
 /// Small fails its test, climbs to large: a config and spec for the ladder.
