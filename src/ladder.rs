@@ -51,6 +51,9 @@ struct Profiles {
 /// One profile's connected server and its sampling.
 struct Rung {
     profile: Option<String>,
+    /// The profile whose fallback list this rung came from (itself, mostly): a failing
+    /// server hands on to the next of that list.
+    head: Option<String>,
     server: Connected,
     temperature: f64,
     max_tokens: Option<u32>,
@@ -61,6 +64,7 @@ impl Rung {
     fn plain(server: Connected, options: &RunOptions) -> Self {
         Self {
             profile: None,
+            head: None,
             server,
             temperature: options.temperature,
             max_tokens: options.max_tokens,
@@ -200,17 +204,18 @@ impl Ladder {
             return false;
         }
         self.profiles.failed(&name, model_error);
-        let Some(next) = self.profiles.next_fallback(&name) else {
+        let head = self.rung.head.clone().unwrap_or_else(|| name.clone());
+        if self.profiles.chain(&head).is_empty() {
             return false;
-        };
-        match self.profiles.connect_from(&next, progress).await {
+        }
+        match self.profiles.connect_from(&head, progress).await {
             Ok(rung) => {
                 self.profiles.notes.insert(
                     0,
                     format!(
                         "profile `{name}` failed ({}); fell back to profile `{}`",
                         one_line(&model_error.message),
-                        rung.profile.as_deref().unwrap_or(&next)
+                        rung.profile.as_deref().unwrap_or_default()
                     ),
                 );
                 self.rung = rung;
@@ -279,14 +284,6 @@ impl Ladder {
 }
 
 impl Profiles {
-    /// The first profile of `name`'s fallback list this task has not tried.
-    fn next_fallback(&self, name: &str) -> Option<String> {
-        self.config
-            .profile(name)
-            .and_then(|p| p.fallback.as_ref())
-            .and_then(|list| list.value.iter().find(|n| !self.tried.contains(n)).cloned())
-    }
-
     /// Records that profile `name`'s server failed: on cool-down when the server is at fault.
     fn failed(&self, name: &str, error: &ModelError) {
         if fault(error.kind) != Fault::Server {
@@ -302,64 +299,56 @@ impl Profiles {
         }
     }
 
-    /// Connects profile `name`, else the untried profiles of its fallback list in order;
-    /// one whose server cools down is passed over at once. Each passing is a note.
+    /// Profile `name` and its fallback list, in order, less those this task has tried.
+    fn chain(&self, name: &str) -> Vec<String> {
+        let fallback = self.config.profile(name).and_then(|p| p.fallback.as_ref());
+        std::iter::once(name.to_owned())
+            .chain(
+                fallback
+                    .into_iter()
+                    .flat_map(|list| list.value.iter().cloned()),
+            )
+            .filter(|n| !self.tried.contains(n))
+            .collect()
+    }
+
+    /// Connects the first of [`Profiles::chain`] that can be used: profile `name`, else its
+    /// fallbacks in order; one whose server cools down is passed over at once, and one that
+    /// cannot be reached is cooled. Each passing is a note for the next attempt.
     async fn connect_from(&mut self, name: &str, progress: Progress<'_>) -> Result<Rung, Error> {
-        let mut current = name.to_owned();
         let mut last: Option<Error> = None;
         let mut cooled = Vec::new();
-        loop {
+        for current in self.chain(name) {
             self.tried.push(current.clone());
             let Some(profile) = self.config.profile(&current).cloned() else {
-                break;
+                continue;
             };
             if let Some(why) = route::cooling(&profile, &self.cooldowns) {
                 let passed = format!("profile `{current}` passed over: {why}");
                 self.notes.push(passed.clone());
                 cooled.push(passed);
-            } else {
-                let choice = route::choice(&profile, &self.flags, &self.base, &*self.env);
-                progress(&format!(
-                    "connecting to profile `{current}` at {}",
-                    choice
-                        .endpoint
-                        .as_deref()
-                        .map_or_else(|| "a discovered server".to_owned(), endpoint::redact)
-                ));
-                let connected = self
-                    .options
-                    .cancel
-                    .or_cancel(server::connect(
-                        &choice,
-                        self.options.limits,
-                        &self.options.connection,
-                    ))
-                    .await?;
-                match connected {
-                    Ok(server) => {
-                        let (temperature, max_tokens) =
-                            route::sampling(Some(&profile), &self.options);
-                        return Ok(Rung {
-                            profile: Some(current),
-                            server,
-                            temperature,
-                            max_tokens,
-                        });
-                    }
-                    Err(error) if fault(error.kind) != Fault::Other => {
-                        self.failed(&current, &error);
-                        self.notes.push(format!(
-                            "profile `{current}` could not be used ({})",
-                            one_line(&error.message)
-                        ));
-                        last = Some(Error::Model(error));
-                    }
-                    Err(error) => return Err(Error::Model(error)),
-                }
+                continue;
             }
-            match self.next_fallback(&current) {
-                Some(next) => current = next,
-                None => break,
+            match self.connect_one(&profile, progress).await? {
+                Ok(server) => {
+                    let (temperature, max_tokens) = route::sampling(Some(&profile), &self.options);
+                    return Ok(Rung {
+                        profile: Some(current),
+                        head: Some(name.to_owned()),
+                        server,
+                        temperature,
+                        max_tokens,
+                    });
+                }
+                Err(error) if fault(error.kind) != Fault::Other => {
+                    self.failed(&current, &error);
+                    self.notes.push(format!(
+                        "profile `{current}` could not be used ({})",
+                        one_line(&error.message)
+                    ));
+                    last = Some(Error::Model(error));
+                }
+                Err(error) => return Err(Error::Model(error)),
             }
         }
         Err(last.unwrap_or_else(|| {
@@ -367,7 +356,7 @@ impl Profiles {
                 ModelError::new(
                     ModelErrorKind::NoServer,
                     if cooled.is_empty() {
-                        format!("profile `{name}` is not configured")
+                        format!("no profile left to try for `{name}`")
                     } else {
                         format!("no server to ask: {}", cooled.join("; "))
                     },
@@ -375,6 +364,31 @@ impl Profiles {
                 .with_hint("the cool-down ends by itself; `routing.cooldown_secs = 0` in the config turns it off"),
             )
         }))
+    }
+
+    /// Connects `profile`'s server (an interruption is the outer error).
+    async fn connect_one(
+        &self,
+        profile: &crate::profile::Profile,
+        progress: Progress<'_>,
+    ) -> Result<Result<Connected, ModelError>, Error> {
+        let choice = route::choice(profile, &self.flags, &self.base, &*self.env);
+        progress(&format!(
+            "connecting to profile `{}` at {}",
+            profile.name,
+            choice
+                .endpoint
+                .as_deref()
+                .map_or_else(|| "a discovered server".to_owned(), endpoint::redact)
+        ));
+        self.options
+            .cancel
+            .or_cancel(server::connect(
+                &choice,
+                self.options.limits,
+                &self.options.connection,
+            ))
+            .await
     }
 }
 

@@ -581,3 +581,48 @@ fn a_rung_that_cannot_be_reached_ends_the_ladder_with_a_note() {
         result.notes
     );
 }
+
+#[test]
+fn a_failing_fallback_hands_on_to_the_next_of_the_same_list() {
+    let backup = server("backup-model", vec![Script::code("out.py", "x = 1\n")]);
+    let config = format!(
+        r#"default_profile = "small"
+[profiles.small]
+provider = "openai"
+endpoint = "{}/v1"
+model = "small-model"
+fallback = ["second", "backup"]
+[profiles.second]
+provider = "openai"
+endpoint = "{}/v1"
+model = "second-model"
+[profiles.backup]
+provider = "openai"
+endpoint = "{}/v1"
+model = "backup-model"
+"#,
+        closed_port_url(),
+        closed_port_url(),
+        backup.url
+    );
+    let run = Test::new()
+        .file(REPO_CONFIG, config)
+        .spec(spec("out.py", &json!({})))
+        .args(&["--retries", "0"])
+        .run();
+    run.assert_code(0);
+    let made: Vec<_> = run
+        .result()
+        .attempts
+        .iter()
+        .map(|a| (a.profile.clone().unwrap_or_default(), a.outcome))
+        .collect();
+    assert_eq!(
+        made,
+        [
+            ("small".to_owned(), Outcome::ModelError),
+            ("second".to_owned(), Outcome::ModelError),
+            ("backup".to_owned(), Outcome::Ok)
+        ]
+    );
+}
