@@ -249,11 +249,13 @@ impl Ladder {
         let Some(from) = self.rung.profile.clone() else {
             return Ok(false);
         };
-        let escalate_to = self
-            .profiles
-            .config
-            .profile(&from)
-            .and_then(|p| p.escalate_to.as_ref());
+        // A fallback standing in for a profile climbs where that profile would, unless it
+        // names its own `escalate_to`.
+        let config = &self.profiles.config;
+        let escalate_to = [Some(from.as_str()), self.rung.head.as_deref()]
+            .into_iter()
+            .flatten()
+            .find_map(|name| config.profile(name).and_then(|p| p.escalate_to.as_ref()));
         let Some(next) = escalate_to.map(|e| e.value.clone()) else {
             return Ok(false);
         };

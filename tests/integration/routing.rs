@@ -626,3 +626,51 @@ model = "backup-model"
         ]
     );
 }
+
+#[test]
+fn a_fallback_standing_in_climbs_where_its_profile_would() {
+    let lms = server("lms-model", vec![Script::code("out.txt", "bad\n")]);
+    let large = server("large-model", vec![Script::code("out.txt", "good\n")]);
+    let config = format!(
+        r#"default_profile = "small"
+[profiles.small]
+provider = "openai"
+endpoint = "{}/v1"
+model = "small-model"
+fallback = ["lms"]
+escalate_to = "large"
+[profiles.lms]
+provider = "openai"
+endpoint = "{}/v1"
+model = "lms-model"
+[profiles.large]
+provider = "openai"
+endpoint = "{}/v1"
+model = "large-model"
+kinds = ["refactor"]
+"#,
+        closed_port_url(),
+        lms.url,
+        large.url
+    );
+    let run = Test::new()
+        .file(REPO_CONFIG, config)
+        .spec(ladder_spec())
+        .args(&["--retries", "0"])
+        .run();
+    run.assert_code(0);
+    let made: Vec<_> = run
+        .result()
+        .attempts
+        .iter()
+        .map(|a| (a.profile.clone().unwrap_or_default(), a.outcome))
+        .collect();
+    assert_eq!(
+        made,
+        [
+            ("small".to_owned(), Outcome::ModelError),
+            ("lms".to_owned(), Outcome::TestFailed),
+            ("large".to_owned(), Outcome::Ok)
+        ]
+    );
+}
