@@ -803,6 +803,15 @@ fn check_ranges(profile: &Profile) -> Result<()> {
             ));
         }
     }
+    if let (Some(min), Some(max)) = (&profile.min_score, &profile.max_score)
+        && min.value > max.value
+    {
+        return Err(config_error(
+            max,
+            &key("max_score"),
+            format!("is below min_score ({}): no task could fit", min.value),
+        ));
+    }
     if let Some(w) = &profile.context_window
         && w.value == 0
     {

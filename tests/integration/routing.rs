@@ -674,3 +674,32 @@ kinds = ["refactor"]
         ]
     );
 }
+
+#[test]
+fn routing_settings_out_of_range_are_refused_naming_their_line() {
+    for (text, expected) in [
+        (
+            "[profiles.a]\nmin_score = 8\nmax_score = 5\n",
+            ":3: key `profiles.a.max_score`: is below min_score (8): no task could fit",
+        ),
+        (
+            "[profiles.a]\nmin_score = 11\n",
+            ":2: key `profiles.a.min_score`: must be a score from 0 to 10",
+        ),
+        (
+            "[routing]\nmax_calls = 0\n",
+            ":2: key `routing.max_calls`: must be more than 0",
+        ),
+        (
+            "[routing]\nmin_success_rate = 1.5\n",
+            ":2: key `routing.min_success_rate`: must be a share between 0 and 1 (0.6 is 60%)",
+        ),
+    ] {
+        let run = Test::new()
+            .file(REPO_CONFIG, text)
+            .run_with(|_| vec!["config".into(), "--json".into()]);
+        run.assert_code(2);
+        let message = run.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(message.ends_with(expected), "{message}");
+    }
+}
