@@ -442,8 +442,8 @@ pub(crate) struct RunArgs {
     /// Leave the last failed attempt's files in the tree for inspection.
     #[arg(long)]
     keep_failed: bool,
-    /// The configured profile to triage for (over the spec's `profile` and
-    /// `LOCAL_TASK_PROFILE`); runs do not use profiles for the server yet.
+    /// The configured profile to run with (over the spec's `profile` and
+    /// `LOCAL_TASK_PROFILE`); --endpoint or --model pin the run and no profile is used.
     #[arg(long, value_name = "NAME")]
     profile: Option<String>,
     /// Have the configured validator profile PROFILE (`role = "validator"`) review each
@@ -459,9 +459,9 @@ pub(crate) struct RunArgs {
     /// Cap on the bytes of all context files together.
     #[arg(long, value_name = "BYTES", default_value_t = defaults::CONTEXT_BUDGET_BYTES, value_parser = arguments::bytes, allow_negative_numbers = true)]
     max_context_bytes: usize,
-    /// Sampling temperature sent to the model, 0 to 2.
-    #[arg(long, default_value_t = defaults::TEMPERATURE, value_parser = arguments::temperature, allow_negative_numbers = true)]
-    temperature: f64,
+    /// Sampling temperature sent to the model, 0 to 2 (default: the profile's, else 0.2).
+    #[arg(long, value_parser = arguments::temperature, allow_negative_numbers = true)]
+    temperature: Option<f64>,
     /// Cap on the reply's tokens, at least 1 (default: the server's).
     #[arg(long, value_name = "N", value_parser = arguments::max_tokens, allow_negative_numbers = true)]
     max_tokens: Option<u32>,
@@ -574,7 +574,8 @@ impl RunArgs {
             max_attempts: self.max_attempts,
             template: self.template.clone(),
             max_context_bytes: self.max_context_bytes,
-            temperature: self.temperature,
+            temperature: self.temperature.unwrap_or(defaults::TEMPERATURE),
+            temperature_pinned: self.temperature.is_some(),
             max_tokens: self.max_tokens,
             limits: Limits {
                 connect: self.connect_timeout.0,
