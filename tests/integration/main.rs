@@ -23,5 +23,6 @@ mod review_fixes;
 mod review_guard;
 mod runs;
 mod safety;
+mod schemas;
 mod signals;
 mod snapshots;
