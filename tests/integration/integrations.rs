@@ -399,45 +399,6 @@ fn every_subcommand_help_has_an_example() {
     }
 }
 
-/// The `execute-local-task …` commands the skill and the slash commands tell the
-/// supervisor to run: each must be a command this build has.
-#[test]
-fn every_command_named_in_the_skill_and_slash_commands_exists() {
-    let mut texts = vec![
-        std::fs::read_to_string(Path::new(SOURCE).join("skills/delegate-local-task/SKILL.md"))
-            .unwrap(),
-    ];
-    for entry in std::fs::read_dir(Path::new(SOURCE).join("commands")).unwrap() {
-        texts.push(std::fs::read_to_string(entry.unwrap().path()).unwrap());
-    }
-    let repo = scratch_repo();
-    let mut seen = std::collections::BTreeSet::new();
-    for text in &texts {
-        for (index, _) in text.match_indices("execute-local-task ") {
-            let word: String = text[index + "execute-local-task ".len()..]
-                .chars()
-                .take_while(|c| c.is_ascii_lowercase() || *c == '-')
-                .collect();
-            if word.is_empty() || word.starts_with('-') {
-                continue;
-            }
-            seen.insert(word);
-        }
-    }
-    for word in &seen {
-        let out = bin(repo.path(), &[word, "--help"]);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "the skill names `execute-local-task {word}`, which does not exist"
-        );
-    }
-    assert!(
-        seen.contains("check") && seen.contains("apply") && seen.contains("rollback"),
-        "{seen:?}"
-    );
-}
-
 fn compiled(schema: &Value) -> jsonschema::Validator {
     jsonschema::validator_for(schema).expect("the schema compiles")
 }

@@ -25,4 +25,5 @@ mod runs;
 mod safety;
 mod schemas;
 mod signals;
+mod skill_commands;
 mod snapshots;

@@ -905,3 +905,41 @@ fn mcp_get_run_answers_a_run_an_earlier_server_finished() {
     assert_eq!(unknown.structured_content["error"]["kind"], "usage");
     assert_eq!(run.read("other.txt"), None);
 }
+
+/// The MCP tools the skill and the slash commands name (the code spans of their
+/// paragraphs that speak of MCP) are the server's.
+#[test]
+fn mcp_lists_every_tool_the_skill_and_slash_commands_name() {
+    let mut named = std::collections::BTreeSet::new();
+    for (_, text) in crate::skill_commands::doc_texts() {
+        for paragraph in text.split("\n\n").filter(|p| p.contains("MCP")) {
+            for (index, span) in paragraph.split('`').enumerate() {
+                if index % 2 == 1 && span.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                    named.insert(span.to_owned());
+                }
+            }
+        }
+    }
+    assert!(
+        named.contains("run_task") && named.contains("get_run"),
+        "{named:?}"
+    );
+    let (run, tools) = session(Test::new(), |client| {
+        let id = client.request("tools/list", json!({}));
+        let listed = client.response(id);
+        let tools: Vec<ListedTool> =
+            serde_json::from_value(listed["result"]["tools"].clone()).unwrap();
+        tools
+    });
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let listed: std::collections::BTreeSet<String> =
+        tools.into_iter().map(|tool| tool.name).collect();
+    let missing: Vec<&String> = named.difference(&listed).collect();
+    assert!(missing.is_empty(), "named but not served: {missing:?}");
+    // And the skill names every tool the server has.
+    let unnamed: Vec<&String> = listed.difference(&named).collect();
+    assert!(
+        unnamed.is_empty(),
+        "served but not in the skill: {unnamed:?}"
+    );
+}
