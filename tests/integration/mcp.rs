@@ -943,3 +943,46 @@ fn mcp_lists_every_tool_the_skill_and_slash_commands_name() {
         "served but not in the skill: {unnamed:?}"
     );
 }
+
+#[test]
+fn mcp_runs_a_batch_on_branches_and_applies_it_by_its_id() {
+    let test = Test::new()
+        .file(
+            "specs/a.json",
+            spec(
+                "a.txt",
+                &json!({"task_id": "a", "description": "Task <<A>>."}),
+            )
+            .to_string(),
+        )
+        .file(
+            "specs/b.json",
+            spec(
+                "b.txt",
+                &json!({"task_id": "b", "description": "Task <<B>>."}),
+            )
+            .to_string(),
+        )
+        .route("<<A>>", vec![Script::code("a.txt", "A\n")])
+        .route("<<B>>", vec![Script::code("b.txt", "B\n")]);
+    let repo = test.repo_path();
+    let (run, (summary, untouched, applied)) = session(test, move |client| {
+        let summary = client.call_and_wait(
+            "run_batch",
+            json!({"specs": "specs", "branch": true, "no_test": true, "jobs": 2, "wait_seconds": 50}),
+        );
+        let untouched = !repo.join("a.txt").exists() && !repo.join("b.txt").exists();
+        let batch_id = summary.structured_content["batch_id"].clone();
+        let applied = client.call_and_wait("apply", json!({"run_id": batch_id}));
+        (summary, untouched, applied)
+    });
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!summary.is_error, "{:?}", summary.structured_content);
+    let summary: execute_local_task::batch::BatchSummary =
+        serde_json::from_value(summary.structured_content).unwrap();
+    assert_eq!(summary.counts.success, 2, "{summary:?}");
+    assert!(untouched, "a branch batch wrote into the working tree");
+    assert!(!applied.is_error, "{:?}", applied.structured_content);
+    assert_eq!(run.read("a.txt").as_deref(), Some("A\n"));
+    assert_eq!(run.read("b.txt").as_deref(), Some("B\n"));
+}
