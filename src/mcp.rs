@@ -92,7 +92,8 @@ fn say(line: &str) {
 
 /// A document as a tool's result: its JSON as structured content and as text (as the
 /// command line prints it); a tool error when its status is `error` (bad input, the
-/// model server, interrupted), not when a task ran and failed.
+/// model server, interrupted), not when a task ran and failed. The protocol's structured
+/// content is an object: rmcp leaves an array (`models`, `log`) out, and the text stays.
 fn result(document: &Document) -> CallToolResult {
     let value = serde_json::to_value(&document.json).unwrap_or_default();
     let text = serde_json::to_string_pretty(&document.json).unwrap_or_default();

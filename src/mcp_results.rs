@@ -102,3 +102,43 @@ fn remove_oldest(dir: &Path) {
         let _ = std::fs::remove_file(dir.join(name));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oldest_beyond_the_limit_go_whatever_their_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let kept = crate::defaults::MCP_RESULTS_KEPT;
+        // Ids a millisecond apart, every other one a batch's.
+        let ids: Vec<String> = (0..kept + 3)
+            .map(|n| {
+                let id = format!("20261202T{n:09}Z-0000abcd");
+                if n % 2 == 0 {
+                    format!("batch-{id}")
+                } else {
+                    id
+                }
+            })
+            .collect();
+        for id in &ids {
+            std::fs::write(dir.path().join(format!("{id}.json")), "{}").unwrap();
+        }
+        std::fs::write(dir.path().join("notes.txt"), "").unwrap();
+        remove_oldest(dir.path());
+        for (n, id) in ids.iter().enumerate() {
+            let exists = dir.path().join(format!("{id}.json")).exists();
+            assert_eq!(exists, n >= 3, "{id}");
+        }
+        assert!(dir.path().join("notes.txt").exists());
+    }
+
+    #[test]
+    fn an_id_that_is_not_a_run_id_is_never_a_path() {
+        assert!(!valid_id("../x"));
+        assert!(!valid_id("a/b"));
+        assert!(valid_id("20261202T013336266Z-8f454fc1"));
+        assert!(valid_id("batch-20261202T013336266Z-8f454fc1"));
+    }
+}
