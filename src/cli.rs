@@ -330,6 +330,9 @@ enum Command {
     /// `run_batch`, `get_run`, `rollback`, `apply`, `merge`, `discard`, `models`, `check`,
     /// `config`, `review`, `log`, `stats` and `export`, whose results are the JSON these
     /// commands print.
+    #[command(
+        after_help = "Examples:\n  claude mcp add execute-local-task -- execute-local-task mcp\n  execute-local-task mcp    # in a repository: a client speaks JSON-RPC lines on stdin"
+    )]
     Mcp,
     /// Print the effective configuration (repository and user `config.toml`, environment,
     /// flags, defaults) with where each value came from.
