@@ -604,6 +604,9 @@ struct SdkSession {
     is_error: bool,
     result: TaskResult,
     progress: Vec<Option<String>>,
+    config_files: usize,
+    logged: Vec<String>,
+    restarted: TaskResult,
 }
 
 /// The Python with the official MCP SDK, as `build.rs` found it.
@@ -638,6 +641,10 @@ fn mcp_the_official_python_sdk_lists_the_tools_and_runs_a_task() {
     assert_eq!(session.result.status, Status::Success);
     assert!(!session.progress.is_empty(), "no progress reached the SDK");
     assert_eq!(run.read("out.txt").as_deref(), Some("new\n"));
+    assert!(session.config_files >= 1, "{session:?}");
+    assert_eq!(session.logged, std::slice::from_ref(&session.result.run_id));
+    assert_eq!(session.restarted.run_id, session.result.run_id);
+    assert_eq!(session.restarted.status, Status::Success);
 }
 
 #[test]
