@@ -43,6 +43,15 @@ pub struct Config {
     pub trust: Box<Trust>,
     pub savings: Box<SavingsRates>,
     pub targets: Box<Targets>,
+    /// The validator checkpoint's settings (`[validator]`).
+    pub validator: Box<ValidatorSettings>,
+}
+
+/// The validator checkpoint's settings (see [`crate::validator`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ValidatorSettings {
+    /// A verdict less confident than this fails the attempt.
+    pub min_confidence: Setting<f64>,
 }
 
 /// The trust lifecycle's numbers (see [`crate::trust`]).
@@ -146,6 +155,14 @@ struct RawFile {
     savings: RawSavings,
     #[serde(default)]
     targets: RawTargets,
+    #[serde(default)]
+    validator: RawValidator,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawValidator {
+    min_confidence: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -197,6 +214,7 @@ struct RawProfile {
     fallback: Option<Spanned<Vec<String>>>,
     escalate_to: Option<Spanned<String>>,
     role: Option<Spanned<Role>>,
+    validator: Option<Spanned<String>>,
     api_key_env: Option<Spanned<String>>,
 }
 
@@ -325,6 +343,10 @@ impl Config {
             trust: Box::new(trust(repo, user)),
             savings: Box::new(savings(repo, user)),
             targets: Box::new(targets(repo, user)),
+            validator: Box::new(ValidatorSettings {
+                min_confidence: pick(repo, user, |r| r.validator.min_confidence.as_ref())
+                    .unwrap_or_else(|| Setting::default(defaults::VALIDATOR_MIN_CONFIDENCE)),
+            }),
         };
         config.validate()?;
         config.check_ledger_ranges()?;
@@ -363,8 +385,9 @@ impl Config {
         }
     }
 
-    /// Ranges of `[trust]`, `[savings]` and `[targets]`: a value that would make the
-    /// lifecycle or the estimate meaningless (a percentage over 100, a ratio of 0).
+    /// Ranges of `[trust]`, `[savings]`, `[targets]` and `[validator]`: a value that would
+    /// make the lifecycle, the estimate or the checkpoint meaningless (a percentage over
+    /// 100, a ratio of 0, a share above 1).
     fn check_ledger_ranges(&self) -> Result<()> {
         let t = &self.trust;
         let percent = [
@@ -406,6 +429,7 @@ impl Config {
             (&g.delegation_rate, "targets.delegation_rate"),
             (&g.first_pass_rate, "targets.first_pass_rate"),
             (&g.saved_share, "targets.saved_share"),
+            (&self.validator.min_confidence, "validator.min_confidence"),
         ] {
             if !(0.0..=1.0).contains(&setting.value) {
                 return Err(config_error(
@@ -507,9 +531,39 @@ impl Config {
             {
                 return Err(self.unknown(escalate, &key("escalate_to"), &escalate.value));
             }
+            self.check_validator(profile)?;
             check_ranges(profile)?;
         }
         self.check_ladders()
+    }
+
+    /// A profile's `validator` names a configured profile whose role is `validator`, and
+    /// only a writer has one: a reviewer reviewing itself, or a writer's code reviewed by
+    /// another writer's prompt, is a mistake in the file, found before any run.
+    fn check_validator(&self, profile: &Profile) -> Result<()> {
+        let Some(validator) = &profile.validator else {
+            return Ok(());
+        };
+        let key = format!("profiles.{}.validator", profile.name);
+        if !profile.is_writer() {
+            return Err(config_error(
+                validator,
+                &key,
+                "a validator profile does not have a validator of its own; name it on a writer profile".to_owned(),
+            ));
+        }
+        match self.profiles.get(&validator.value) {
+            None => Err(self.unknown(validator, &key, &validator.value)),
+            Some(named) if named.is_writer() => Err(config_error(
+                validator,
+                &key,
+                format!(
+                    "profile `{}` is a writer; a validator must have `role = \"validator\"`",
+                    named.name
+                ),
+            )),
+            Some(_) => Ok(()),
+        }
     }
 
     /// A profile whose `escalate_to` ladder comes back to itself would climb for ever.
@@ -620,7 +674,7 @@ fn profile_rows(profile: &Profile) -> Vec<Row> {
     );
     let (value, source) = show(&profile.role);
     rows.push(("role", value, source));
-    add!(api_key_env);
+    add!(validator, api_key_env);
     rows.push((
         "key_allowed",
         profile.key.allowed.to_string(),
@@ -673,6 +727,7 @@ fn ledger_rows(config: &Config) -> Vec<Row> {
         relapse_window, max_changed_lines, repository_runs);
     add!(savings: cost_ratio, bytes_per_token);
     add!(targets: delegation_rate, first_pass_rate, saved_share);
+    add!(validator: min_confidence);
     rows
 }
 
@@ -917,6 +972,7 @@ fn merge_profile(
         fallback: pick_field!(fallback),
         escalate_to: pick_field!(escalate_to),
         role: pick_field!(role).unwrap_or_else(|| Setting::default(Role::Writer)),
+        validator: pick_field!(validator),
         api_key_env: pick_field!(api_key_env),
         key,
     })

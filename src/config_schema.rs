@@ -6,7 +6,8 @@
 //! them with this schema's.
 //!
 //! What the schema cannot say: cross-references (`default_profile`, `fallback` and
-//! `escalate_to` name configured profiles, no `escalate_to` cycle), `endpoint` and
+//! `escalate_to` name configured profiles, a `validator` a validator profile, no
+//! `escalate_to` cycle), `endpoint` and
 //! `endpoints` not together, and which keys only your own config may set (`api_key_env`,
 //! `[ledger] path`). `config` checks those.
 
@@ -46,6 +47,9 @@ pub struct ConfigFile {
     /// The shares `stats` marks as met or not.
     #[serde(default)]
     pub targets: TargetsTable,
+    /// The validator checkpoint.
+    #[serde(default)]
+    pub validator: ValidatorTable,
 }
 
 /// One `[profiles.NAME]` table.
@@ -81,6 +85,9 @@ pub struct ProfileTable {
     pub escalate_to: Option<String>,
     /// `writer` (default) or `validator`.
     pub role: Option<RoleName>,
+    /// On a writer: the profile (with `role = "validator"`) that reviews each attempt's
+    /// code before it is written.
+    pub validator: Option<String>,
     /// The variable holding this profile's API key (your own config only).
     pub api_key_env: Option<String>,
 }
@@ -182,6 +189,15 @@ pub struct TargetsTable {
     /// (0.6)
     #[schemars(range(min = 0, max = 1))]
     pub saved_share: Option<f64>,
+}
+
+/// `[validator]`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ValidatorTable {
+    /// A verdict less confident than this fails the attempt, 0 to 1.
+    #[schemars(range(min = 0, max = 1))]
+    pub min_confidence: Option<f64>,
 }
 
 /// The schema `schema config` prints.

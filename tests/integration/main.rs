@@ -27,3 +27,4 @@ mod schemas;
 mod signals;
 mod skill_commands;
 mod snapshots;
+mod validator;

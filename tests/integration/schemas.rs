@@ -218,6 +218,7 @@ fn the_config_schema_has_exactly_the_keys_the_config_parser_knows() {
         ("trust", Some("TrustTable")),
         ("savings", Some("SavingsTable")),
         ("targets", Some("TargetsTable")),
+        ("validator", Some("ValidatorTable")),
     ] {
         assert_eq!(
             schema_keys(&schema, definition),
