@@ -44,6 +44,9 @@ pub const KEEP_DAYS: u64 = 14;
 
 /// Runs `log` lists when not told.
 pub const LOG_LIMIT: u32 = 20;
+/// Finished results the MCP server keeps per repository for `get_run` after a restart
+/// (the newest; older ones are removed as new ones are kept).
+pub const MCP_RESULTS_KEPT: usize = 200;
 
 /// Trust lifecycle: reviewed runs of a (kind, model) pair in `calibrate`, where every run
 /// is reviewed.

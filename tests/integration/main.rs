@@ -24,6 +24,8 @@ mod review_guard;
 mod routing;
 mod runs;
 mod safety;
+mod schemas;
 mod signals;
+mod skill_commands;
 mod snapshots;
 mod validator;
