@@ -340,3 +340,40 @@ fn models_probes_every_pool_member() {
         .collect();
     assert_eq!(seen, [(true, &[MODEL.to_owned()][..]), (false, &[][..])]);
 }
+
+#[test]
+fn a_profiles_pool_serves_a_routed_run() {
+    let dead = closed_port_url();
+    let live = ModelServer::start(
+        vec![Script::code("out.txt", "served\n")],
+        vec![MODEL.to_owned()],
+    );
+    let config = format!(
+        "default_profile = \"pool\"\n[profiles.pool]\nprovider = \"openai\"\nendpoints = [\"{dead}\", \"{}\"]\nmodel = \"{MODEL}\"\n",
+        live.url
+    );
+    let run = Test::new()
+        .spec(spec("out.txt", &json!({})))
+        .home_file(USER_CONFIG, config)
+        .run();
+    run.assert_code(0);
+    assert_eq!(live.requests().len(), 1);
+    let result = run.result();
+    assert_eq!(result.model.as_ref().unwrap().endpoint, api_root(&live));
+    let notes = &result.attempts[0].notes;
+    assert!(
+        notes
+            .iter()
+            .any(|note| note.starts_with(&format!("pool member {dead}/v1 set aside"))),
+        "{notes:?}"
+    );
+}
+
+#[test]
+fn a_profiles_context_window_refuses_a_prompt_the_server_would_take() {
+    let config = "default_profile = \"small\"\n[profiles.small]\ncontext_window = 2048\n";
+    let run = too_large(Test::new().context_length(32768))
+        .home_file(USER_CONFIG, config)
+        .run();
+    assert_refused_before_the_call(&run, "profile `small` context_window, user ");
+}
