@@ -15,6 +15,7 @@ mod hardening_server;
 mod hardening_tree;
 mod integrations;
 mod ledger;
+mod ledger_columns;
 mod ledger_config;
 mod mcp;
 mod providers;
