@@ -36,6 +36,7 @@ pub mod lock;
 pub mod log;
 pub mod mcp;
 mod mcp_tools;
+pub mod merging;
 pub mod model;
 pub mod options;
 pub mod pipeline;

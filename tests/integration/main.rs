@@ -5,6 +5,7 @@
 mod harness;
 
 mod batch;
+mod batch_merge;
 mod branches;
 mod config;
 mod conformance;
