@@ -431,13 +431,16 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     force: bool,
     /// Run in a task worktree and commit a success on branch `local-task/<task_id>`; the
-    /// working tree, index and HEAD are not touched.
+    /// working tree, index and HEAD are not touched (default: the config's `[run] branch`).
     #[arg(long)]
     branch: bool,
-    /// With --branch: an ignored directory of the main tree (`node_modules`, `.venv`,
+    /// Run in place even when the config's `[run] branch` says to run on a branch.
+    #[arg(long, conflicts_with = "branch")]
+    no_branch: bool,
+    /// On a task branch: an ignored directory of the main tree (`node_modules`, `.venv`,
     /// `target`) to link into the task worktree rather than copy; repeatable (also
-    /// `LOCAL_TASK_LINK`, colon-separated).
-    #[arg(long, value_name = "DIR", requires = "branch")]
+    /// `LOCAL_TASK_LINK`, colon-separated, and the config's `[run] link`).
+    #[arg(long, value_name = "DIR", conflicts_with = "no_branch")]
     link: Vec<PathBuf>,
     /// Leave the last failed attempt's files in the tree for inspection.
     #[arg(long)]
@@ -565,6 +568,7 @@ impl RunArgs {
             no_test: self.no_test,
             force: self.force,
             branch: self.branch,
+            no_branch: self.no_branch,
             links: self.link.clone(),
             keep_failed: self.keep_failed,
             max_attempts: self.max_attempts,
@@ -637,9 +641,12 @@ async fn run_batch(args: &RunArgs, env: &Env) -> u8 {
         }
         batch::Event::Note(line) => shown.note(line),
     });
-    let options = RunOptions {
-        cancel: stop_on_signals(),
-        ..args.options()
+    let options = match crate::run_defaults::settle(args.options(), env).await {
+        Ok(options) => RunOptions {
+            cancel: stop_on_signals(),
+            ..options
+        },
+        Err(error) => return print(&Document::error(&error)),
     };
     let how = batch::BatchOptions {
         jobs: usize::from(args.jobs),
@@ -828,9 +835,12 @@ async fn run_one(args: &RunArgs, env: &Env) -> u8 {
             say_line(&format!("execute-local-task: {line}"));
         }
     };
-    let options = RunOptions {
-        cancel: stop_on_signals(),
-        ..args.options()
+    let options = match crate::run_defaults::settle(args.options(), env).await {
+        Ok(options) => RunOptions {
+            cancel: stop_on_signals(),
+            ..options
+        },
+        Err(error) => return print(&Document::error(&error)),
     };
     let spec = SpecInput::File(spec);
     let output = if options.branch {

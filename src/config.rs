@@ -43,6 +43,16 @@ pub struct Config {
     pub trust: Box<Trust>,
     pub savings: Box<SavingsRates>,
     pub targets: Box<Targets>,
+    /// `[run]`: the defaults of a run's command-line options.
+    pub run: Box<RunDefaults>,
+}
+
+/// `[run]`: whether a run goes on a task branch when neither `--branch` nor
+/// `--no-branch` is given, and the directories a task worktree links (with `--link`'s).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunDefaults {
+    pub branch: Setting<bool>,
+    pub link: Setting<Vec<PathBuf>>,
 }
 
 /// The trust lifecycle's numbers (see [`crate::trust`]).
@@ -146,6 +156,15 @@ struct RawFile {
     savings: RawSavings,
     #[serde(default)]
     targets: RawTargets,
+    #[serde(default)]
+    run: RawRun,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRun {
+    branch: Option<Spanned<bool>>,
+    link: Option<Spanned<Vec<PathBuf>>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -325,6 +344,12 @@ impl Config {
             trust: Box::new(trust(repo, user)),
             savings: Box::new(savings(repo, user)),
             targets: Box::new(targets(repo, user)),
+            run: Box::new(RunDefaults {
+                branch: pick(repo, user, |r| r.run.branch.as_ref())
+                    .unwrap_or_else(|| Setting::default(false)),
+                link: pick(repo, user, |r| r.run.link.as_ref())
+                    .unwrap_or_else(|| Setting::default(Vec::new())),
+            }),
         };
         config.validate()?;
         config.check_ledger_ranges()?;
@@ -584,6 +609,10 @@ impl Config {
         for (field, value, source) in ledger_rows(self) {
             row(field.to_owned(), value, source);
         }
+        let (value, source) = show(&self.run.branch);
+        row("run.branch".to_owned(), value, source);
+        let (value, source) = show(&self.run.link);
+        row("run.link".to_owned(), value, source);
         align(&rows)
     }
 }

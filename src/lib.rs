@@ -53,6 +53,7 @@ pub mod repo;
 pub mod result;
 pub mod review;
 pub mod rollback;
+pub mod run_defaults;
 mod run_registry;
 pub mod runs;
 pub mod savings;

@@ -229,6 +229,10 @@ impl Server {
             Err(message) => return mcp_tools::bad_input(&message),
         };
         let env = Arc::clone(&self.env);
+        let options = match crate::run_defaults::settle(options, &env).await {
+            Ok(options) => options,
+            Err(error) => return Document::error(&error),
+        };
         let run = self.registry.start(move |feed| async move {
             let options = RunOptions {
                 cancel: feed.cancel.clone(),
@@ -265,12 +269,16 @@ impl Server {
         };
         let env = Arc::clone(&self.env);
         let wait = input.wait;
+        let options = match crate::run_defaults::settle(input.options, &env).await {
+            Ok(options) => options,
+            Err(error) => return Document::error(&error),
+        };
         let run = self.registry.start(move |feed| async move {
             let feed = Arc::new(feed);
             let options = RunOptions {
                 cancel: feed.cancel.clone(),
                 run_id_sink: Some(Arc::clone(&feed.id)),
-                ..input.options
+                ..options
             };
             let lines = Arc::clone(&feed);
             let observe: batch::Observer = Arc::new(move |event| match event {
@@ -286,7 +294,11 @@ impl Server {
                 .and_then(|paths| plan::plan(&paths, &std::collections::BTreeSet::new()));
             let document = match planned {
                 Ok(planned) => {
-                    let runner = batch::in_place(Arc::clone(&env));
+                    let runner = if options.branch {
+                        batch::on_branches(Arc::clone(&env))
+                    } else {
+                        batch::in_place(Arc::clone(&env))
+                    };
                     match batch::run(planned, &options, input.how, runner, observe).await {
                         Ok(outcome) => Document::batch(&outcome.summary()),
                         Err(error) => Document::error(&error),

@@ -235,12 +235,6 @@ pub fn run_batch_input(arguments: &Map<String, Value>) -> Result<BatchInput, Str
     // The command line's range check for `--jobs`.
     words.push(format!("--jobs={jobs}"));
     let options = RunArgs::parse_options(&words).map_err(|message| usage("run_batch", &message))?;
-    if options.branch {
-        return Err(usage(
-            "run_batch",
-            "a batch runs in place: `branch` is not supported",
-        ));
-    }
     Ok(BatchInput {
         paths: match extra.specs {
             SpecsArg::One(path) => vec![path],

@@ -6,6 +6,7 @@ mod harness;
 
 mod batch;
 mod batch_merge;
+mod branch_config;
 mod branches;
 mod config;
 mod conformance;
