@@ -1289,13 +1289,19 @@ async fn demo_batch(base: &Path, repo: &Path, env: &Env) -> u8 {
     if summary.exit_code != 0 {
         return summary.exit_code;
     }
-    match bring_in::apply_batch(repo, &outcome.batch_id, defaults::LOCK_TIMEOUT).await {
-        Ok(report) => {
-            say_line(&format!("execute-local-task: {}", report.summary));
-            0
-        }
-        Err(error) => fail(&error),
+    // Through the verb's one entry, so the demo's apply is recorded like any other.
+    let applied = bring_in::perform(
+        bring_in::Verb::Apply,
+        repo,
+        Some(&outcome.batch_id),
+        defaults::LOCK_TIMEOUT,
+        &**env,
+    )
+    .await;
+    for line in &applied.stderr {
+        say_line(line);
     }
+    applied.exit_code
 }
 
 /// `config` and `config --check`. Outside a repository only the user's file is read.
