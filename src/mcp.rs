@@ -121,7 +121,7 @@ fn tools() -> Vec<Tool> {
         ),
         tool(
             "run_batch",
-            "Run a directory (or list) of task specs in depends_on order, in place, and answer with the batch summary JSON. Waits up to wait_seconds, then answers {\"status\": \"running\", \"run_id\": BATCH_ID}; call get_run with that id.",
+            "Run a directory (or list) of task specs in depends_on order (in place, or each on its task branch with branch or the config's [run] branch), and answer with the batch summary JSON. Waits up to wait_seconds, then answers {\"status\": \"running\", \"run_id\": BATCH_ID}; call get_run with that id.",
             mcp_tools::run_batch_schema(),
         ),
         tool(
