@@ -75,3 +75,33 @@ fn a_batch_merge_moves_the_current_branch_once() {
     }
     assert_eq!(git_out(&run.repo, &["status", "--porcelain"]), "");
 }
+
+/// A diamond (D1 → D2, D3 → D4): the siblings cannot both fast-forward, so the built
+/// merge has a merge commit, and still lands as one move with every task's file.
+#[test]
+fn a_batch_merge_with_a_merge_commit_lands_at_once() {
+    let specs: Vec<_> = fixture().into_iter().skip(3).take(4).collect();
+    let run = batch(with_replies(Test::new()), &specs, &["--branch"]);
+    run.assert_code(0);
+    let (results, summary) = lines(&run);
+    let reflog = reflog_len(&run);
+    let (code, stdout, stderr) = run.again(&["merge", &summary.batch_id]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let report: BatchBringInReport = serde_json::from_str(&stdout).expect("a batch report");
+    assert!(
+        report.runs.iter().any(|r| r.fast_forward == Some(false)),
+        "{stdout}"
+    );
+    assert_eq!(reflog_len(&run), reflog + 1);
+    for result in &results {
+        let commit = result.commit.clone().expect("a commit");
+        git_out(&run.repo, &["merge-base", "--is-ancestor", &commit, "HEAD"]);
+    }
+    for id in ["d1", "d2", "d3", "d4"] {
+        assert_eq!(
+            run.read(&format!("out/{id}.txt")),
+            Some(format!("{}\n", id.to_uppercase()))
+        );
+    }
+    assert_eq!(git_out(&run.repo, &["status", "--porcelain"]), "");
+}
