@@ -163,20 +163,20 @@ pub fn land(root: &Path, built: &Built, reflog: &str) -> Result<()> {
     if swapped.ok {
         return Ok(());
     }
-    // HEAD moved since the merge was built: the tree and index go back to where they were.
+    // HEAD moved since the merge was built (or git refused the move): the tree and index
+    // go back to where they were.
     let back = git_cli::try_git(root, &["read-tree", "-m", "-u", &built.new, &built.old]);
     let restored = back.as_ref().is_ok_and(|output| output.ok);
+    let said = swapped.stderr.trim();
     Err(Error::BringIn {
         files: built.files.clone(),
         message: if restored {
             format!(
-                "HEAD moved while the merge was made ({}); nothing was changed",
-                swapped.stderr.trim()
+                "the current branch could not be moved to the merge (git said: {said}); it may have moved meanwhile. Nothing was changed"
             )
         } else {
             format!(
-                "HEAD moved while the merge was made ({}), and the working tree could not be put back: `git checkout -f HEAD -- {}` restores these files",
-                swapped.stderr.trim(),
+                "the current branch could not be moved to the merge (git said: {said}), and the working tree could not be put back: `git checkout -f HEAD -- {}` restores these files",
                 built.files.join(" ")
             )
         },

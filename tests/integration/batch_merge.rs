@@ -105,3 +105,36 @@ fn a_batch_merge_with_a_merge_commit_lands_at_once() {
     }
     assert_eq!(git_out(&run.repo, &["status", "--porcelain"]), "");
 }
+
+/// When git refuses to move the current branch at the last step (here a stale lock on
+/// the branch's ref, as a branch moved meanwhile would be refused), the working tree and
+/// index, already moved, go back: nothing changed.
+#[test]
+fn a_branch_that_cannot_move_at_the_end_puts_the_tree_back() {
+    let (run, batch_id) = chain();
+    let branch = git_out(&run.repo, &["symbolic-ref", "HEAD"]);
+    let lock = run.repo.join(".git").join(format!("{branch}.lock"));
+    std::fs::write(&lock, "").unwrap();
+    let head = git_out(&run.repo, &["rev-parse", "HEAD"]);
+    let (files, reflog) = (tree(&run.repo), reflog_len(&run));
+
+    let (code, stdout, stderr) = run.again(&["merge", &batch_id]);
+    assert_eq!(code, 2, "{stdout}\n{stderr}");
+    let printed: Value = serde_json::from_str(&stdout).expect("an error document");
+    assert_eq!(printed["error"]["kind"], "refused", "{stdout}");
+    assert!(
+        printed["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("could not be moved") && m.contains("Nothing was changed")),
+        "{stdout}"
+    );
+    assert_eq!(git_out(&run.repo, &["rev-parse", "HEAD"]), head);
+    assert_eq!(tree(&run.repo), files, "the working tree is back");
+    assert_eq!(reflog_len(&run), reflog, "the branch never moved");
+    assert_eq!(
+        git_out(&run.repo, &["status", "--porcelain"]),
+        "",
+        "the index is back (its bytes are rewritten, its entries are HEAD's)"
+    );
+    assert!(lock.exists(), "another's lock is left alone");
+}
