@@ -45,8 +45,9 @@ pub struct RunOptions {
     pub branch: bool,
     /// `--no-branch`: in place, whatever the configuration's `[run] branch` says.
     pub no_branch: bool,
-    /// Ignored directories of the main tree to link into a task worktree (with
-    /// `LOCAL_TASK_LINK`'s, colon-separated).
+    /// Ignored directories of the main tree to link into a task worktree: the config's
+    /// `[run] link` then `--link`'s once [`crate::run_defaults::settle`] applied it, with
+    /// `LOCAL_TASK_LINK`'s (colon-separated) added by the branch run.
     pub links: Vec<PathBuf>,
     /// Told the run's id as soon as the run has one (its journal exists, before the
     /// model is asked): a caller that hands the id out while the run goes on, such as
