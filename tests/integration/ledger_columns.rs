@@ -169,3 +169,33 @@ fn a_batchs_apply_merge_and_discard_are_recorded_against_each_run() {
         }
     }
 }
+
+/// A ledger that cannot take the branch's commit never costs the commit: the run
+/// succeeds, its branch holds the commit, and its notes say the record is missing.
+#[test]
+fn a_ledger_that_cannot_be_written_never_costs_a_branch_runs_commit() {
+    let scratch = tempfile::tempdir().unwrap();
+    let run = Test::new()
+        .file("out.txt", "old\n")
+        .spec(spec(
+            "out.txt",
+            &json!({"test_command": "grep -q new out.txt"}),
+        ))
+        .script(Script::code("out.txt", "new\n"))
+        .env("LOCAL_TASK_LEDGER", scratch.path().to_str().unwrap())
+        .arg("--branch")
+        .run();
+    run.assert_code(0);
+    let result = run.result();
+    let commit = result.commit.clone().expect("the commit");
+    assert_eq!(
+        crate::branches::git_out(&run.repo, &["rev-parse", "local-task/T-001"]),
+        commit
+    );
+    assert!(
+        result.notes.iter().any(|note| note
+            .starts_with("the run's branch and commit are not recorded in the run ledger")),
+        "{:?}",
+        result.notes
+    );
+}
