@@ -449,6 +449,10 @@ pub(crate) struct RunArgs {
     /// `LOCAL_TASK_PROFILE`); runs do not use profiles for the server yet.
     #[arg(long, value_name = "NAME")]
     profile: Option<String>,
+    /// Have the configured validator profile PROFILE (`role = "validator"`) review each
+    /// attempt's code before it is written (over the profile's `validator`).
+    #[arg(long, value_name = "PROFILE")]
+    validate: Option<String>,
     /// Model attempts including repairs, 1 to 5 (overrides the spec; default 2).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=5), allow_negative_numbers = true)]
     max_attempts: Option<u32>,
@@ -599,6 +603,7 @@ impl RunArgs {
             },
             lock_timeout: Duration::from_secs(self.lock_timeout),
             profile: self.profile.clone(),
+            validate: self.validate.clone(),
             ..RunOptions::new()
         }
     }

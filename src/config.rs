@@ -45,6 +45,8 @@ pub struct Config {
     pub targets: Box<Targets>,
     /// `[run]`: the defaults of a run's command-line options.
     pub run: Box<RunDefaults>,
+    /// The validator checkpoint's settings (`[validator]`).
+    pub validator: Box<ValidatorSettings>,
 }
 
 /// `[run]`: whether a run goes on a task branch when neither `--branch` nor
@@ -53,6 +55,13 @@ pub struct Config {
 pub struct RunDefaults {
     pub branch: Setting<bool>,
     pub link: Setting<Vec<PathBuf>>,
+}
+
+/// The validator checkpoint's settings (see [`crate::validator`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ValidatorSettings {
+    /// A verdict less confident than this fails the attempt.
+    pub min_confidence: Setting<f64>,
 }
 
 /// The trust lifecycle's numbers (see [`crate::trust`]).
@@ -158,6 +167,8 @@ struct RawFile {
     targets: RawTargets,
     #[serde(default)]
     run: RawRun,
+    #[serde(default)]
+    validator: RawValidator,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -165,6 +176,12 @@ struct RawFile {
 struct RawRun {
     branch: Option<Spanned<bool>>,
     link: Option<Spanned<Vec<PathBuf>>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawValidator {
+    min_confidence: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -216,6 +233,7 @@ struct RawProfile {
     fallback: Option<Spanned<Vec<String>>>,
     escalate_to: Option<Spanned<String>>,
     role: Option<Spanned<Role>>,
+    validator: Option<Spanned<String>>,
     api_key_env: Option<Spanned<String>>,
 }
 
@@ -350,6 +368,10 @@ impl Config {
                 link: pick(repo, user, |r| r.run.link.as_ref())
                     .unwrap_or_else(|| Setting::default(Vec::new())),
             }),
+            validator: Box::new(ValidatorSettings {
+                min_confidence: pick(repo, user, |r| r.validator.min_confidence.as_ref())
+                    .unwrap_or_else(|| Setting::default(defaults::VALIDATOR_MIN_CONFIDENCE)),
+            }),
         };
         config.validate()?;
         config.check_ledger_ranges()?;
@@ -388,8 +410,9 @@ impl Config {
         }
     }
 
-    /// Ranges of `[trust]`, `[savings]` and `[targets]`: a value that would make the
-    /// lifecycle or the estimate meaningless (a percentage over 100, a ratio of 0).
+    /// Ranges of `[trust]`, `[savings]`, `[targets]` and `[validator]`: a value that would
+    /// make the lifecycle, the estimate or the checkpoint meaningless (a percentage over
+    /// 100, a ratio of 0, a share above 1).
     fn check_ledger_ranges(&self) -> Result<()> {
         let t = &self.trust;
         let percent = [
@@ -431,6 +454,7 @@ impl Config {
             (&g.delegation_rate, "targets.delegation_rate"),
             (&g.first_pass_rate, "targets.first_pass_rate"),
             (&g.saved_share, "targets.saved_share"),
+            (&self.validator.min_confidence, "validator.min_confidence"),
         ] {
             if !(0.0..=1.0).contains(&setting.value) {
                 return Err(config_error(
@@ -532,9 +556,39 @@ impl Config {
             {
                 return Err(self.unknown(escalate, &key("escalate_to"), &escalate.value));
             }
+            self.check_validator(profile)?;
             check_ranges(profile)?;
         }
         self.check_ladders()
+    }
+
+    /// A profile's `validator` names a configured profile whose role is `validator`, and
+    /// only a writer has one: a reviewer reviewing itself, or a writer's code reviewed by
+    /// another writer's prompt, is a mistake in the file, found before any run.
+    fn check_validator(&self, profile: &Profile) -> Result<()> {
+        let Some(validator) = &profile.validator else {
+            return Ok(());
+        };
+        let key = format!("profiles.{}.validator", profile.name);
+        if !profile.is_writer() {
+            return Err(config_error(
+                validator,
+                &key,
+                "a validator profile does not have a validator of its own; name it on a writer profile".to_owned(),
+            ));
+        }
+        match self.profiles.get(&validator.value) {
+            None => Err(self.unknown(validator, &key, &validator.value)),
+            Some(named) if named.is_writer() => Err(config_error(
+                validator,
+                &key,
+                format!(
+                    "profile `{}` is a writer; a validator must have `role = \"validator\"`",
+                    named.name
+                ),
+            )),
+            Some(_) => Ok(()),
+        }
     }
 
     /// A profile whose `escalate_to` ladder comes back to itself would climb for ever.
@@ -649,7 +703,7 @@ fn profile_rows(profile: &Profile) -> Vec<Row> {
     );
     let (value, source) = show(&profile.role);
     rows.push(("role", value, source));
-    add!(api_key_env);
+    add!(validator, api_key_env);
     rows.push((
         "key_allowed",
         profile.key.allowed.to_string(),
@@ -702,6 +756,7 @@ fn ledger_rows(config: &Config) -> Vec<Row> {
         relapse_window, max_changed_lines, repository_runs);
     add!(savings: cost_ratio, bytes_per_token);
     add!(targets: delegation_rate, first_pass_rate, saved_share);
+    add!(validator: min_confidence);
     rows
 }
 
@@ -946,6 +1001,7 @@ fn merge_profile(
         fallback: pick_field!(fallback),
         escalate_to: pick_field!(escalate_to),
         role: pick_field!(role).unwrap_or_else(|| Setting::default(Role::Writer)),
+        validator: pick_field!(validator),
         api_key_env: pick_field!(api_key_env),
         key,
     })

@@ -77,6 +77,13 @@ pub const TARGET_FIRST_PASS_RATE: f64 = 0.8;
 /// …and of the gross supervisor tokens saved that remain after the overhead (net / gross).
 pub const TARGET_SAVED_SHARE: f64 = 0.6;
 
+/// Validator checkpoint: a verdict less confident than this fails the attempt, even one
+/// that passes the code (a reviewer unsure of its own approval has not approved).
+pub const VALIDATOR_MIN_CONFIDENCE: f64 = 0.5;
+/// Validator checkpoint: the reviewer's sampling temperature when its profile gives none
+/// (a verdict should not depend on the dice).
+pub const VALIDATOR_TEMPERATURE: f64 = 0.0;
+
 /// Triage: lines of output an atomic task stays under.
 pub const TRIAGE_MAX_LINES: u32 = 50;
 /// Triage: imports an atomic task's target has at most.

@@ -68,6 +68,7 @@ pub mod test_run;
 mod transaction;
 pub mod triage;
 pub mod trust;
+pub mod validator;
 pub mod worktree;
 pub mod write;
 

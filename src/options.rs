@@ -55,6 +55,8 @@ pub struct RunOptions {
     pub run_id_sink: Option<Arc<watch::Sender<Option<String>>>>,
     /// The profile `--profile` picked (over `LOCAL_TASK_PROFILE` and the config).
     pub profile: Option<String>,
+    /// The validator profile `--validate` names (over the routed profile's `validator`).
+    pub validate: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -87,6 +89,7 @@ impl RunOptions {
             links: Vec::new(),
             run_id_sink: None,
             profile: None,
+            validate: None,
         }
     }
 }

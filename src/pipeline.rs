@@ -20,6 +20,7 @@ use crate::server::{self, Connected};
 use crate::summary::{escalate_summary, file_changes, replaced_link_notes, success_summary};
 use crate::test_run;
 use crate::transaction::{TestVerdict, Tested, leave_tree, write_and_test};
+use crate::validator::{self, Review};
 use crate::write::Journal;
 
 pub use crate::cancel::{Cancel, Canceller};
@@ -183,6 +184,10 @@ impl RunState {
         let mut usage = Usage::default();
         for attempt in &self.attempts {
             usage.add(&attempt.usage);
+            // The validator's tokens are the run's local tokens too.
+            if let Some(validator) = &attempt.validator {
+                usage.add(&validator.usage);
+            }
         }
         TaskResult {
             attempts: self.attempts.clone(),
@@ -394,18 +399,13 @@ impl Attempts<'_> {
             .into_iter()
             .chain(reply.notes.iter().cloned())
             .collect(),
+            validator: None,
         };
         let (reply, checked) = match self.check(reply).await {
             Ok(checked) => checked,
             Err(error) => return Err(self.interrupted(attempt, error)),
         };
         attempt.notes.extend(checked.1);
-        let Prepared {
-            spec,
-            targets,
-            language,
-            ..
-        } = &self.prepared;
         let files = match checked.0 {
             Ok(files) => files,
             Err(failure) => {
@@ -413,6 +413,16 @@ impl Attempts<'_> {
                 return Ok(self.repair(attempt, turn, failure));
             }
         };
+        let mut attempt = match self.validate(attempt, &files).await? {
+            Ok(attempt) => attempt,
+            Err(rejected) => return Ok(rejected),
+        };
+        let Prepared {
+            spec,
+            targets,
+            language,
+            ..
+        } = &self.prepared;
         let verdict = write_and_test(
             &self.prepared.repo,
             &mut self.journal,
@@ -468,6 +478,39 @@ impl Attempts<'_> {
                 });
                 Ok(self.repair(attempt, turn, failure))
             }
+        }
+    }
+
+    /// The validator checkpoint ([`validator`]), between the guards and the write: a second
+    /// model reviews the code before it is written, so its call never runs under the
+    /// repository lock `write_and_test` takes. The attempt to go on with (its verdict on
+    /// it), or what a rejection leads to.
+    async fn validate(
+        &mut self,
+        mut attempt: Attempt,
+        files: &[(String, String)],
+    ) -> Result<std::result::Result<Attempt, Next>> {
+        // Boxed: connecting is a large future, and callers hold many runs' at once.
+        let review = Box::pin(validator::review(
+            &self.prepared,
+            self.options,
+            self.progress,
+            files,
+        ));
+        match review.await {
+            Ok(Review::Pass(report)) => {
+                attempt.validator = report;
+                Ok(Ok(attempt))
+            }
+            Ok(Review::Reject(report, failure)) => {
+                attempt.validator = Some(*report);
+                let Prepared {
+                    targets, language, ..
+                } = &self.prepared;
+                let turn = written_turn(files, targets, language);
+                Ok(Err(self.repair(attempt, turn, failure)))
+            }
+            Err(error) => Err(self.interrupted(attempt, error)),
         }
     }
 
@@ -560,6 +603,7 @@ impl Attempts<'_> {
             messages,
             temperature: self.options.temperature,
             max_tokens: self.options.max_tokens,
+            schema: None,
         })
     }
 
@@ -587,6 +631,7 @@ impl Attempts<'_> {
                 usage: Usage::default(),
                 model_ms: Some(model_ms),
                 notes: Vec::new(),
+                validator: None,
             };
             self.state.settle(attempt, outcome, Some(error.to_string()));
         }

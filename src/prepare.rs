@@ -85,6 +85,8 @@ pub struct Prepared {
     pub config: Config,
     /// How well the task suits a local model; advice, never a refusal.
     pub triage: Triage,
+    /// The validator checkpoint's reviewer, when the run has one.
+    pub validator: Option<Box<crate::validator::Plan>>,
 }
 
 /// A run that could not be prepared, with what was learnt before the error, for its result.
@@ -148,6 +150,7 @@ impl Opened {
             choice,
             config,
             triage,
+            validator,
         } = stages(&spec, &repo, options, env)
             .map_err(|error| unprepared(error, Some(spec.task_id.clone()), Some(git.clone())))?;
         let max_attempts = options
@@ -167,6 +170,7 @@ impl Opened {
             choice,
             config,
             triage,
+            validator,
         })
     }
 }
@@ -179,6 +183,7 @@ struct Stages {
     choice: ModelChoice,
     config: Config,
     triage: Triage,
+    validator: Option<Box<crate::validator::Plan>>,
 }
 
 fn stages(
@@ -215,6 +220,7 @@ fn stages(
             ),
         ));
     }
+    let validator = crate::validator::plan(&config, spec, options, &choice, env)?.map(Box::new);
     let triage = triage::assess(
         &triage::Inputs {
             spec,
@@ -244,6 +250,7 @@ fn stages(
         choice,
         config,
         triage,
+        validator,
     })
 }
 
@@ -289,6 +296,7 @@ fn dry_run_request(
         messages,
         temperature: options.temperature,
         max_tokens: options.max_tokens,
+        schema: None,
     };
     let mut printed = json!({"status": "dry_run", "dry_run": true, "task_id": spec.task_id});
     if let (Some(printed), serde_json::Value::Object(target)) =

@@ -85,7 +85,7 @@ pub enum Role {
     /// Writes the code (the default).
     #[default]
     Writer,
-    /// Reviews another profile's code (the validator checkpoint, not built yet).
+    /// Reviews another profile's code (the validator checkpoint, [`crate::validator`]).
     Validator,
 }
 
@@ -111,6 +111,9 @@ pub struct Profile {
     /// The stronger profile to climb to when this one's attempts fail (not built yet).
     pub escalate_to: Option<Setting<String>>,
     pub role: Setting<Role>,
+    /// The validator profile that reviews this profile's code before it is written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validator: Option<Setting<String>>,
     /// The variable holding this profile's API key; only the user's config may set it.
     pub api_key_env: Option<Setting<String>>,
     /// Whether any API key may be sent to this profile's endpoints.
@@ -272,6 +275,7 @@ mod tests {
             fallback: None,
             escalate_to: None,
             role: Setting::default(Role::Writer),
+            validator: None,
             api_key_env: None,
             key: KeyRule {
                 allowed: false,

@@ -25,6 +25,7 @@ const BUILT_IN: &[(&str, &str)] = &[
     ("refactor.md", include_str!("../prompts/refactor.md")),
     ("doc.md", include_str!("../prompts/doc.md")),
     ("repair.md", include_str!("../prompts/repair.md")),
+    ("validator.md", include_str!("../prompts/validator.md")),
 ];
 
 /// Where a repository keeps its own templates.
@@ -174,6 +175,20 @@ impl Templates {
                 timed_out => repair.timed_out,
                 constraints => spec.constraints,
                 outputs => spec.outputs,
+            },
+        )?;
+        Ok(Message::user(text))
+    }
+
+    /// The validator checkpoint's request: the task, its constraints and the code to review.
+    pub fn review_message(&self, spec: &TaskSpec, files: &[OutputView]) -> Result<Message> {
+        let text = self.render(
+            "validator.md",
+            minijinja::context! {
+                task_id => spec.task_id,
+                description => spec.description.trim(),
+                constraints => spec.constraints,
+                files => files,
             },
         )?;
         Ok(Message::user(text))

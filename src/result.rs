@@ -207,6 +207,10 @@ pub struct Attempt {
     /// Things worth knowing that did not stop the attempt (e.g. a block for a file not asked for).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// The validator checkpoint's verdict on this attempt's code and what it cost; absent
+    /// when no validator ran (none configured, or the code never got that far).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validator: Option<crate::validator::ValidatorReport>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -217,6 +221,9 @@ pub enum Outcome {
     GuardRefused,
     Truncated,
     TestFailed,
+    /// The validator model rejected the code (`pass: false` or too little confidence)
+    /// before it was written; its issues went back to the writer.
+    ValidatorRejected,
     ModelError,
     /// The run stopped with status `error` during this attempt (its code could not be
     /// written or restored, or the run was interrupted); `error` says why.

@@ -735,6 +735,7 @@ mod tests {
             messages: vec![crate::model::Message::user("hi")],
             temperature: 0.2,
             max_tokens: None,
+            schema: None,
         };
         let with = |endpoint: Option<&str>, provider: Option<&str>| {
             let choice = ModelChoice {

@@ -57,6 +57,18 @@ pub struct ChatRequest {
     pub messages: Vec<Message>,
     pub temperature: f64,
     pub max_tokens: Option<u32>,
+    /// A JSON Schema the reply must follow, sent in the server's structured-output field
+    /// (Ollama's `format`, the `OpenAI` API's `response_format`); absent for a code reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<ReplySchema>,
+}
+
+/// A named JSON Schema for a structured reply: the server constrains its sampling to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplySchema {
+    /// The `OpenAI` API's `json_schema.name`: letters, digits, `_` and `-`.
+    pub name: String,
+    pub schema: serde_json::Value,
 }
 
 /// Why the model stopped.

@@ -171,12 +171,17 @@ pub fn request_body(request: &ChatRequest) -> Value {
     if let Some(max_tokens) = request.max_tokens {
         options["num_predict"] = json!(max_tokens);
     }
-    json!({
+    let mut body = json!({
         "model": request.model,
         "messages": request.messages,
         "stream": true,
         "options": options,
-    })
+    });
+    // Ollama 0.5 and later constrain the reply to a JSON Schema given as `format`.
+    if let Some(schema) = &request.schema {
+        body["format"] = schema.schema.clone();
+    }
+    body
 }
 
 /// The context window for `request`: its prompt, estimated generously (three bytes a token,
@@ -279,6 +284,7 @@ mod tests {
             messages: vec![Message::user("x".repeat(30_000))],
             temperature: 0.2,
             max_tokens: None,
+            schema: None,
         };
         let window = context_window(&request);
         assert!(window >= 10_000 + DEFAULT_REPLY_TOKENS, "{window}");

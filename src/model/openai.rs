@@ -233,6 +233,13 @@ pub fn request_body(request: &ChatRequest) -> Value {
     if let Some(max_tokens) = request.max_tokens {
         body["max_tokens"] = json!(max_tokens);
     }
+    // The shape llama.cpp's server, vLLM and LM Studio accept, as OpenAI defines it.
+    if let Some(schema) = &request.schema {
+        body["response_format"] = json!({
+            "type": "json_schema",
+            "json_schema": {"name": schema.name, "strict": true, "schema": schema.schema},
+        });
+    }
     body
 }
 

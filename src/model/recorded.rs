@@ -124,6 +124,7 @@ impl Replayer {
                     messages: Vec::new(),
                     temperature: 0.0,
                     max_tokens: None,
+                    schema: None,
                 },
                 reply: Some(reply),
                 error: None,
@@ -462,6 +463,7 @@ mod tests {
             messages: vec![Message::user(text)],
             temperature: 0.2,
             max_tokens: None,
+            schema: None,
         }
     }
 

@@ -101,6 +101,10 @@ pub enum Script {
     /// Waits until the file exists (something the test or the tool creates), then plays
     /// the script: a reply that arrives only once the tool has reached some point.
     After(PathBuf, Box<Script>),
+    /// Plays the script if no process holds the lock on the file (a repository's lock)
+    /// when the request comes; otherwise answers 409, which fails the call: a model call
+    /// that must never run under the repository lock.
+    Unlocked(PathBuf, Box<Script>),
 }
 
 /// Which API the scripted server speaks.
@@ -412,9 +416,18 @@ fn serve(mut stream: TcpStream, state: &Mutex<ServerState>, arrived: &std::sync:
     }
 }
 
-/// A [`Script::Held`] once its test lets it go: its chat.
+/// A [`Script::Held`] once its test lets it go: its chat; a [`Script::Unlocked`]: its
+/// script, or a 409 when the lock is held.
 fn released(script: Option<Script>) -> Option<Script> {
     match script {
+        Some(Script::Unlocked(lock, script)) => Some(if is_locked(&lock) {
+            Script::status(
+                409,
+                r#"{"error":{"message":"this call came while the repository lock was held"}}"#,
+            )
+        } else {
+            *script
+        }),
         Some(Script::Held {
             arrived,
             release,
@@ -478,7 +491,9 @@ fn play(mut stream: TcpStream, script: Option<Script>, native: bool) {
             play(stream, Some(*script), native);
         }
         Some(Script::Hang) => hold(&mut stream),
-        Some(Script::Held { .. }) => unreachable!("played as its chat above"),
+        Some(Script::Held { .. } | Script::Unlocked(..)) => {
+            unreachable!("played as what it became above")
+        }
         Some(Script::Reset) => {
             let _ = stream.shutdown(Shutdown::Both);
         }
@@ -527,6 +542,15 @@ fn play(mut stream: TcpStream, script: Option<Script>, native: bool) {
             }
         }
     }
+}
+
+/// Whether another process holds the lock on the file at `path` (none when it is missing).
+pub fn is_locked(path: &Path) -> bool {
+    let Ok(file) = std::fs::File::options().write(true).open(path) else {
+        return false;
+    };
+    // Taken here means free there; dropping the file lets it go again at once.
+    matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
 }
 
 /// Returns once `path` exists: a marker another party creates.
@@ -985,6 +1009,11 @@ impl Test {
     pub fn no_git(mut self) -> Self {
         self.git = false;
         self
+    }
+
+    /// The repository lock's file (in the plain layout), which runs hold while they write.
+    pub fn lock_path(&self) -> PathBuf {
+        self.repo_path().join(".git/execute-local-task/lock")
     }
 
     /// The working tree the binary runs in.

@@ -28,3 +28,4 @@ mod runs;
 mod safety;
 mod signals;
 mod snapshots;
+mod validator;

@@ -348,6 +348,35 @@ fn mcp_runs_a_task_to_the_end_with_progress_and_the_clis_result() {
     // a JSON-RPC message.
 }
 
+/// `run_task` takes `validate` as the command line takes `--validate`.
+#[test]
+fn mcp_run_task_takes_a_validator() {
+    let test = Test::new()
+        .models(&[crate::harness::MODEL, "reviewer-model"])
+        .file(
+            ".execute-local-task/config.toml",
+            "[profiles.reviewer]\nrole = \"validator\"\nmodel = \"reviewer-model\"\n",
+        )
+        .route(
+            "reviewer-model",
+            vec![Script::reply(
+                r#"{"pass": true, "issues": [], "confidence": 1}"#,
+            )],
+        )
+        .script(Script::code("out.txt", "new\n"));
+    let (run, answer) = session(test, |client| {
+        let arguments = json!({"spec": spec("out.txt", &json!({})), "validate": "reviewer", "wait_seconds": 50});
+        let id = client.call("run_task", arguments, None);
+        client.tool_result(id)
+    });
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let result = answer.task_result();
+    assert_eq!(result.status, Status::Success, "{result:?}");
+    let report = result.attempts[0].validator.as_ref().expect("a review");
+    assert_eq!(report.pass, Some(true));
+    assert_eq!(run.requests.len(), 2);
+}
+
 #[test]
 fn mcp_answers_running_and_get_run_waits_for_the_real_run_id() {
     let markers = Markers::new();
