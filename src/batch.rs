@@ -162,6 +162,23 @@ pub struct BatchSummary {
     pub tasks: Vec<TaskLine>,
 }
 
+/// The JSON Schema of one line a batch prints (`schema batch`): a task's result as it
+/// finishes, or the summary that ends the batch.
+pub fn line_schema() -> serde_json::Value {
+    let mut generator = schemars::r#gen::SchemaSettings::draft07().into_generator();
+    let result = generator.subschema_for::<TaskResult>();
+    let summary = generator.subschema_for::<BatchSummary>();
+    let mut root = schemars::schema::SchemaObject::default();
+    root.metadata().title = Some("execute-local-task batch line".to_owned());
+    root.metadata().description = Some(
+        "One line of a batch's JSON Lines output: a task's result, or the batch summary (the last line).".to_owned(),
+    );
+    root.subschemas().any_of = Some(vec![result, summary]);
+    let mut schema = generator.into_root_schema_for::<()>();
+    schema.schema = root;
+    serde_json::json!(schema)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BatchStatus {
@@ -306,6 +323,25 @@ impl BatchRecord {
         std::fs::write(&temp, text).map_err(|error| Error::io("write", &temp, error))?;
         std::fs::rename(&temp, &path).map_err(|error| Error::io("rename", &path, error))
     }
+}
+
+/// The plan of `--only-failed BATCH_ID`: the tasks of that batch (of the repository at
+/// `repo_dir`) that did not succeed; its successes count as met dependencies.
+pub fn plan_again(repo_dir: &Path, batch_id: &str) -> Result<Plan> {
+    let repo = Repo::discover(repo_dir)?;
+    let record = BatchRecord::load(&repo, batch_id)?;
+    let (done, again): (Vec<_>, Vec<_>) = record
+        .tasks
+        .into_iter()
+        .partition(|task| task.status == Some(Status::Success));
+    if again.is_empty() {
+        return Err(Error::Batch {
+            paths: Vec::new(),
+            message: format!("every task of {batch_id} succeeded: there is nothing to run again"),
+        });
+    }
+    let paths: Vec<PathBuf> = again.into_iter().map(|task| task.spec).collect();
+    crate::plan::plan(&paths, &done.into_iter().map(|task| task.task_id).collect())
 }
 
 /// A new batch id: `batch-` and a run id's form, so batches sort by start like runs.

@@ -39,6 +39,10 @@ pub struct SpecCheck {
     /// Null with `--validate-only` or an invalid spec.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub triage: Option<Triage>,
+    /// The route a run would take (the same function decides both); absent without
+    /// profiles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<crate::route::Route>,
 }
 
 impl CheckReport {
@@ -70,14 +74,21 @@ pub fn check(
         .map(|file| {
             let input = SpecInput::File(file.clone());
             let outcome = if validate_only {
-                spec::load(&file).map(|spec| (Some(spec.task_id), None))
+                spec::load(&file).map(|spec| (Some(spec.task_id), None, None))
             } else {
                 prepare(&input, &options, env)
-                    .map(|prepared| (Some(prepared.spec.task_id.clone()), Some(prepared.triage)))
+                    .map(|prepared| {
+                        (
+                            Some(prepared.spec.task_id.clone()),
+                            Some(prepared.triage),
+                            prepared.route,
+                        )
+                    })
                     .map_err(|unprepared| unprepared.error)
             };
             match outcome {
-                Ok((task_id, triage)) => SpecCheck {
+                Ok((task_id, triage, route)) => SpecCheck {
+                    route,
                     spec: file,
                     task_id,
                     valid: true,
@@ -95,6 +106,7 @@ pub fn check(
                         message: error.to_string(),
                     }),
                     triage: None,
+                    route: None,
                 },
             }
         })

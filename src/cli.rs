@@ -24,7 +24,7 @@ use crate::pipeline::{self, Cancel, Env, RunOptions, SpecInput};
 use crate::plan;
 use crate::progress;
 use crate::prune;
-use crate::result::{Status, TaskResult};
+use crate::result::TaskResult;
 use crate::rollback::Which;
 use crate::runs;
 use crate::server::{self, Connection, ModelChoice};
@@ -148,14 +148,16 @@ struct StatsArgs {
     html: Option<PathBuf>,
 }
 
-#[derive(Args, Debug)]
-struct ConfigArgs {
+/// `config`'s arguments; the MCP server's `config` tool takes the same (less `json`).
+#[derive(Args, Debug, schemars::JsonSchema)]
+pub(crate) struct ConfigArgs {
     /// Also probe each profile's server and model (reachable, model present, context
     /// window known); exit 3 when one is not usable.
     #[arg(long)]
     check: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
+    #[schemars(skip)]
     json: bool,
     /// The profile to select (over `LOCAL_TASK_PROFILE`).
     #[arg(long, value_name = "NAME")]
@@ -163,6 +165,29 @@ struct ConfigArgs {
     /// The repository (default: the one containing the current directory).
     #[arg(long, value_name = "DIR")]
     repo: Option<PathBuf>,
+}
+
+/// `log`'s arguments; the MCP server's `log` tool takes the same (less `json`).
+#[derive(Args, Debug, schemars::JsonSchema)]
+pub(crate) struct LogArgs {
+    /// How many runs to list.
+    #[arg(long, value_name = "N", default_value_t = defaults::LOG_LIMIT)]
+    pub(crate) limit: u32,
+    /// Print a JSON array instead of a table.
+    #[arg(long)]
+    #[schemars(skip)]
+    json: bool,
+}
+
+/// `export`'s arguments; the MCP server's `export` tool takes the same.
+#[derive(Args, Debug, schemars::JsonSchema)]
+pub(crate) struct ExportArgs {
+    /// The verdict of the runs to export.
+    #[arg(long, value_enum, value_name = "VERDICT")]
+    pub(crate) reviewed: crate::review::Verdict,
+    /// Only runs started on or after this date (2026-12-01) or RFC 3339 time.
+    #[arg(long, value_name = "DATE")]
+    pub(crate) since: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -262,14 +287,7 @@ enum Command {
     #[command(
         after_help = "Examples:\n  execute-local-task log\n  execute-local-task log --limit 5 --json"
     )]
-    Log {
-        /// How many runs to list.
-        #[arg(long, value_name = "N", default_value_t = defaults::LOG_LIMIT)]
-        limit: u32,
-        /// Print a JSON array instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    Log(LogArgs),
     /// Record your verdict on a run: `review RUN_ID good` or `review --last poor`. A later
     /// verdict replaces the earlier one; the history is kept.
     #[command(
@@ -299,17 +317,10 @@ enum Command {
     #[command(
         after_help = "Examples:\n  execute-local-task export --reviewed good > accepted.jsonl\n  execute-local-task export --reviewed good --since 2026-11-01"
     )]
-    Export {
-        /// The verdict of the runs to export.
-        #[arg(long, value_enum, value_name = "VERDICT")]
-        reviewed: crate::review::Verdict,
-        /// Only runs started on or after this date (2026-12-01) or RFC 3339 time.
-        #[arg(long, value_name = "DATE")]
-        since: Option<String>,
-    },
+    Export(ExportArgs),
     /// Print a JSON Schema generated from the tool's own types.
     #[command(
-        after_help = "Examples:\n  execute-local-task schema spec > task-spec.schema.json\n  execute-local-task schema result"
+        after_help = "Examples:\n  execute-local-task schema spec > task-spec.schema.json\n  execute-local-task schema result\n  execute-local-task schema config > config.schema.json"
     )]
     Schema {
         #[arg(value_enum)]
@@ -317,7 +328,11 @@ enum Command {
     },
     /// Serve the Model Context Protocol on stdin and stdout: the tools `run_task`,
     /// `run_batch`, `get_run`, `rollback`, `apply`, `merge`, `discard`, `models`, `check`,
-    /// `review` and `stats`, whose results are the JSON these commands print.
+    /// `config`, `review`, `log`, `stats` and `export`, whose results are the JSON these
+    /// commands print.
+    #[command(
+        after_help = "Examples:\n  claude mcp add execute-local-task -- execute-local-task mcp\n  execute-local-task mcp    # in a repository: a client speaks JSON-RPC lines on stdin"
+    )]
     Mcp,
     /// Print the effective configuration (repository and user `config.toml`, environment,
     /// flags, defaults) with where each value came from.
@@ -397,6 +412,10 @@ enum HookAction {
 enum SchemaKind {
     Spec,
     Result,
+    /// A line of a batch's output: a task's result or the summary.
+    Batch,
+    /// The config file (`config.toml`).
+    Config,
     Stats,
 }
 
@@ -445,8 +464,8 @@ pub(crate) struct RunArgs {
     /// Leave the last failed attempt's files in the tree for inspection.
     #[arg(long)]
     keep_failed: bool,
-    /// The configured profile to triage for (over the spec's `profile` and
-    /// `LOCAL_TASK_PROFILE`); runs do not use profiles for the server yet.
+    /// The configured profile to run with (over the spec's `profile` and
+    /// `LOCAL_TASK_PROFILE`); --endpoint or --model pin the run and no profile is used.
     #[arg(long, value_name = "NAME")]
     profile: Option<String>,
     /// Have the configured validator profile PROFILE (`role = "validator"`) review each
@@ -462,9 +481,9 @@ pub(crate) struct RunArgs {
     /// Cap on the bytes of all context files together.
     #[arg(long, value_name = "BYTES", default_value_t = defaults::CONTEXT_BUDGET_BYTES, value_parser = arguments::bytes, allow_negative_numbers = true)]
     max_context_bytes: usize,
-    /// Sampling temperature sent to the model, 0 to 2.
-    #[arg(long, default_value_t = defaults::TEMPERATURE, value_parser = arguments::temperature, allow_negative_numbers = true)]
-    temperature: f64,
+    /// Sampling temperature sent to the model, 0 to 2 (default: the profile's, else 0.2).
+    #[arg(long, value_parser = arguments::temperature, allow_negative_numbers = true)]
+    temperature: Option<f64>,
     /// Cap on the reply's tokens, at least 1 (default: the server's).
     #[arg(long, value_name = "N", value_parser = arguments::max_tokens, allow_negative_numbers = true)]
     max_tokens: Option<u32>,
@@ -578,7 +597,8 @@ impl RunArgs {
             max_attempts: self.max_attempts,
             template: self.template.clone(),
             max_context_bytes: self.max_context_bytes,
-            temperature: self.temperature,
+            temperature: self.temperature.unwrap_or(defaults::TEMPERATURE),
+            temperature_pinned: self.temperature.is_some(),
             max_tokens: self.max_tokens,
             limits: Limits {
                 connect: self.connect_timeout.0,
@@ -681,20 +701,7 @@ fn batch_plan(args: &RunArgs) -> crate::error::Result<plan::Plan> {
         let paths = plan::find_specs(&args.specs, args.glob.as_deref())?;
         return plan::plan(&paths, &std::collections::BTreeSet::new());
     };
-    let repo = crate::repo::Repo::discover(args.repo.as_deref().unwrap_or(Path::new(".")))?;
-    let record = batch::BatchRecord::load(&repo, batch_id)?;
-    let (done, again): (Vec<_>, Vec<_>) = record
-        .tasks
-        .into_iter()
-        .partition(|task| task.status == Some(Status::Success));
-    if again.is_empty() {
-        return Err(crate::error::Error::Batch {
-            paths: Vec::new(),
-            message: format!("every task of {batch_id} succeeded: there is nothing to run again"),
-        });
-    }
-    let paths: Vec<PathBuf> = again.into_iter().map(|task| task.spec).collect();
-    plan::plan(&paths, &done.into_iter().map(|task| task.task_id).collect())
+    batch::plan_again(args.repo.as_deref().unwrap_or(Path::new(".")), batch_id)
 }
 
 /// The whole program: parse, run, print, exit.
@@ -891,9 +898,9 @@ async fn dispatch(cli: Cli) -> u8 {
         }) => run_models(endpoint, provider, json, &env).await,
         Some(Command::Schema { which }) => print_schema(which),
         Some(Command::Demo { dir }) => run_demo(dir, &env).await,
-        Some(Command::Log { limit, json }) => run_log(limit, json, &env),
+        Some(Command::Log(args)) => run_log(args.limit, args.json, &env),
         Some(Command::Stats(args)) => run_stats(args, &env),
-        Some(Command::Export { reviewed, since }) => run_export(reviewed, since.as_deref(), &env),
+        Some(Command::Export(args)) => run_export(args.reviewed, args.since.as_deref(), &env),
         Some(Command::Review {
             args,
             last,
@@ -1011,6 +1018,8 @@ fn print_schema(which: SchemaKind) -> u8 {
     let schema = match which {
         SchemaKind::Spec => crate::spec::json_schema(),
         SchemaKind::Result => serde_json::json!(schemars::schema_for!(TaskResult)),
+        SchemaKind::Batch => crate::batch::line_schema(),
+        SchemaKind::Config => crate::config_schema::json_schema(),
         SchemaKind::Stats => serde_json::json!(schemars::schema_for!(crate::stats::Stats)),
     };
     print_json(&schema);
@@ -1309,6 +1318,28 @@ async fn demo_batch(base: &Path, repo: &Path, env: &Env) -> u8 {
     applied.exit_code
 }
 
+/// The configuration for the repository at `repo` (the current directory's when `None`;
+/// outside a repository only the user's file is read).
+fn load_config(
+    repo: Option<&Path>,
+    profile: Option<&str>,
+    env: &Env,
+) -> crate::error::Result<crate::config::Config> {
+    let root = crate::repo::Repo::discover(repo.unwrap_or(Path::new(".")))
+        .ok()
+        .map(|repo| repo.root().to_path_buf());
+    crate::config::Config::load(root.as_deref(), profile, &**env)
+}
+
+/// What `config` prints as JSON (with `--check`, the probes): the MCP server's `config`.
+pub(crate) async fn config_document(args: &ConfigArgs, env: &Env) -> Document {
+    match load_config(args.repo.as_deref(), args.profile.as_deref(), env) {
+        Ok(config) if args.check => Document::probes(&crate::check::probe(&config, &**env).await),
+        Ok(config) => Document::config(&config),
+        Err(error) => Document::error(&error),
+    }
+}
+
 /// `config` and `config --check`. Outside a repository only the user's file is read.
 async fn show_config(args: ConfigArgs, env: &Env) -> u8 {
     let ConfigArgs {
@@ -1317,11 +1348,7 @@ async fn show_config(args: ConfigArgs, env: &Env) -> u8 {
         profile,
         repo,
     } = args;
-    let dir = repo.unwrap_or_else(|| PathBuf::from("."));
-    let root = crate::repo::Repo::discover(&dir)
-        .ok()
-        .map(|repo| repo.root().to_path_buf());
-    let config = match crate::config::Config::load(root.as_deref(), profile.as_deref(), &**env) {
+    let config = match load_config(repo.as_deref(), profile.as_deref(), env) {
         Ok(config) => config,
         Err(error) => return print(&Document::error(&error)),
     };

@@ -17,7 +17,7 @@ use crate::defaults;
 use crate::error::{Error, Result};
 use crate::input_file;
 use crate::profile::{self, Origin, Profile, Role, Setting};
-use crate::spec::{Kind, TaskSpec};
+use crate::spec::Kind;
 
 /// The largest config file read: a config is a few kilobytes; a megabyte is a mistake.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
@@ -47,6 +47,21 @@ pub struct Config {
     pub run: Box<RunDefaults>,
     /// The validator checkpoint's settings (`[validator]`).
     pub validator: Box<ValidatorSettings>,
+    /// Routing, fallback and escalation's numbers (see [`crate::route`]).
+    pub routing: Box<Routing>,
+}
+
+/// The `[routing]` table: what moves a route, bounds a ladder and cools a failed server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Routing {
+    /// Runs of a profile for a kind the ledger must hold before its record counts.
+    pub min_runs: Setting<u32>,
+    /// The share of those runs a profile must have succeeded in to be picked by routing.
+    pub min_success_rate: Setting<f64>,
+    /// Model calls one task may make in all, across fallbacks and escalations.
+    pub max_calls: Setting<u32>,
+    /// Seconds a server that failed is passed over by every run.
+    pub cooldown_secs: Setting<u32>,
 }
 
 /// `[run]`: whether a run goes on a task branch when neither `--branch` nor
@@ -169,6 +184,8 @@ struct RawFile {
     run: RawRun,
     #[serde(default)]
     validator: RawValidator,
+    #[serde(default)]
+    routing: RawRouting,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -182,6 +199,15 @@ struct RawRun {
 #[serde(deny_unknown_fields)]
 struct RawValidator {
     min_confidence: Option<Spanned<f64>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRouting {
+    min_runs: Option<Spanned<u32>>,
+    min_success_rate: Option<Spanned<f64>>,
+    max_calls: Option<Spanned<u32>>,
+    cooldown_secs: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -230,6 +256,8 @@ struct RawProfile {
     max_tokens: Option<Spanned<u32>>,
     cost: Option<Spanned<f64>>,
     kinds: Option<Spanned<Vec<Kind>>>,
+    min_score: Option<Spanned<u32>>,
+    max_score: Option<Spanned<u32>>,
     fallback: Option<Spanned<Vec<String>>>,
     escalate_to: Option<Spanned<String>>,
     role: Option<Spanned<Role>>,
@@ -372,6 +400,7 @@ impl Config {
                 min_confidence: pick(repo, user, |r| r.validator.min_confidence.as_ref())
                     .unwrap_or_else(|| Setting::default(defaults::VALIDATOR_MIN_CONFIDENCE)),
             }),
+            routing: Box::new(routing(repo, user)),
         };
         config.validate()?;
         config.check_ledger_ranges()?;
@@ -449,6 +478,21 @@ impl Config {
                 ),
             ));
         }
+        let r = &self.routing;
+        if !(0.0..=1.0).contains(&r.min_success_rate.value) {
+            return Err(config_error(
+                &r.min_success_rate,
+                "routing.min_success_rate",
+                "must be a share between 0 and 1 (0.6 is 60%)".to_owned(),
+            ));
+        }
+        if r.max_calls.value == 0 {
+            return Err(config_error(
+                &r.max_calls,
+                "routing.max_calls",
+                "must be more than 0".to_owned(),
+            ));
+        }
         let g = &self.targets;
         for (setting, key) in [
             (&g.delegation_rate, "targets.delegation_rate"),
@@ -470,53 +514,6 @@ impl Config {
     /// The profile `name`, when configured.
     pub fn profile(&self, name: &str) -> Option<&Profile> {
         self.profiles.get(name)
-    }
-
-    /// The profile a task would run with, and why: `--profile` or `LOCAL_TASK_PROFILE`,
-    /// else the spec's `profile`, else the default profile when it serves the task's
-    /// kind, else the cheapest writer that does, else the default profile. This is the
-    /// first round of routing: kinds and `default_profile` only (no score, no ledger).
-    pub fn route(&self, spec: &TaskSpec) -> Option<(String, String)> {
-        if let Some(selected) = &self.selected {
-            return Some((
-                selected.value.clone(),
-                format!("picked by {}", selected.describe_source()),
-            ));
-        }
-        if let Some(name) = &spec.profile {
-            return Some((name.clone(), "named by the spec".to_owned()));
-        }
-        let kind = spec.kind;
-        let default = self
-            .default_profile
-            .as_ref()
-            .and_then(|d| self.profiles.get(&d.value));
-        if let Some(profile) = default.filter(|p| p.serves(kind)) {
-            return Some((
-                profile.name.clone(),
-                format!("default_profile, serves kind `{}`", kind.as_str()),
-            ));
-        }
-        let cheapest = self
-            .profiles
-            .values()
-            .filter(|p| p.is_writer() && p.serves(kind))
-            .min_by(|a, b| cost(a).total_cmp(&cost(b)));
-        if let Some(profile) = cheapest {
-            return Some((
-                profile.name.clone(),
-                format!("the cheapest writer for kind `{}`", kind.as_str()),
-            ));
-        }
-        default.map(|p| {
-            (
-                p.name.clone(),
-                format!(
-                    "default_profile (no profile lists kind `{}`)",
-                    kind.as_str()
-                ),
-            )
-        })
     }
 
     /// References, cycles and ranges: every mistake names its file, line and key.
@@ -698,6 +695,8 @@ fn profile_rows(profile: &Profile) -> Vec<Row> {
         max_tokens,
         cost,
         kinds,
+        min_score,
+        max_score,
         fallback,
         escalate_to
     );
@@ -757,6 +756,7 @@ fn ledger_rows(config: &Config) -> Vec<Row> {
     add!(savings: cost_ratio, bytes_per_token);
     add!(targets: delegation_rate, first_pass_rate, saved_share);
     add!(validator: min_confidence);
+    add!(routing: min_runs, min_success_rate, max_calls, cooldown_secs);
     rows
 }
 
@@ -822,10 +822,6 @@ pub fn probe_table(probes: &[crate::check::ProfileProbe]) -> Vec<String> {
     align(&rows)
 }
 
-fn cost(profile: &Profile) -> f64 {
-    profile.cost.as_ref().map_or(1.0, |c| c.value)
-}
-
 fn check_ranges(profile: &Profile) -> Result<()> {
     let key = |field: &str| format!("profiles.{}.{field}", profile.name);
     if let Some(provider) = &profile.provider
@@ -875,6 +871,29 @@ fn check_ranges(profile: &Profile) -> Result<()> {
             c,
             &key("cost"),
             "must be 0 or more".to_owned(),
+        ));
+    }
+    for (band, field) in [
+        (&profile.min_score, "min_score"),
+        (&profile.max_score, "max_score"),
+    ] {
+        if let Some(band) = band
+            && band.value > 10
+        {
+            return Err(config_error(
+                band,
+                &key(field),
+                "must be a score from 0 to 10".to_owned(),
+            ));
+        }
+    }
+    if let (Some(min), Some(max)) = (&profile.min_score, &profile.max_score)
+        && min.value > max.value
+    {
+        return Err(config_error(
+            max,
+            &key("max_score"),
+            format!("is below min_score ({}): no task could fit", min.value),
         ));
     }
     if let Some(w) = &profile.context_window
@@ -998,6 +1017,8 @@ fn merge_profile(
         max_tokens: pick_field!(max_tokens),
         cost: pick_field!(cost),
         kinds: pick_field!(kinds),
+        min_score: pick_field!(min_score),
+        max_score: pick_field!(max_score),
         fallback: pick_field!(fallback),
         escalate_to: pick_field!(escalate_to),
         role: pick_field!(role).unwrap_or_else(|| Setting::default(Role::Writer)),
@@ -1059,6 +1080,19 @@ fn savings(repo: Option<&Parsed>, user: Option<&Parsed>) -> SavingsRates {
             .unwrap_or_else(|| Setting::default(small(defaults::SAVINGS_COST_RATIO))),
         bytes_per_token: pick(repo, user, |r| r.savings.bytes_per_token.as_ref())
             .unwrap_or_else(|| Setting::default(small(defaults::SAVINGS_BYTES_PER_TOKEN))),
+    }
+}
+
+fn routing(repo: Option<&Parsed>, user: Option<&Parsed>) -> Routing {
+    Routing {
+        min_runs: pick(repo, user, |r| r.routing.min_runs.as_ref())
+            .unwrap_or_else(|| Setting::default(defaults::ROUTE_MIN_RUNS)),
+        min_success_rate: pick(repo, user, |r| r.routing.min_success_rate.as_ref())
+            .unwrap_or_else(|| Setting::default(defaults::ROUTE_MIN_SUCCESS_RATE)),
+        max_calls: pick(repo, user, |r| r.routing.max_calls.as_ref())
+            .unwrap_or_else(|| Setting::default(defaults::MAX_CALLS)),
+        cooldown_secs: pick(repo, user, |r| r.routing.cooldown_secs.as_ref())
+            .unwrap_or_else(|| Setting::default(defaults::COOLDOWN_SECS)),
     }
 }
 

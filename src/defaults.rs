@@ -44,6 +44,9 @@ pub const KEEP_DAYS: u64 = 14;
 
 /// Runs `log` lists when not told.
 pub const LOG_LIMIT: u32 = 20;
+/// Finished results the MCP server keeps per repository for `get_run` after a restart
+/// (the newest; older ones are removed as new ones are kept).
+pub const MCP_RESULTS_KEPT: usize = 200;
 
 /// Trust lifecycle: reviewed runs of a (kind, model) pair in `calibrate`, where every run
 /// is reviewed.
@@ -125,3 +128,15 @@ pub const TRIAGE_STATE_WORDS: &[&str] = &[
     "mutable state",
     "thread",
 ];
+
+/// Routing: runs of a profile for a task kind the ledger must hold before its success
+/// rate moves the route.
+pub const ROUTE_MIN_RUNS: u32 = 5;
+/// Routing: a profile whose record for a kind is below this share of successes is passed
+/// over for that kind.
+pub const ROUTE_MIN_SUCCESS_RATE: f64 = 0.5;
+/// Model calls one task may make in all: every rung of the escalation ladder and every
+/// fallback call together (`max_attempts` bounds each rung).
+pub const MAX_CALLS: u32 = 6;
+/// Seconds a model server that failed is passed over by every run on the machine.
+pub const COOLDOWN_SECS: u32 = 120;

@@ -174,6 +174,8 @@ pub struct RunRecord {
     pub provider: Option<String>,
     pub model: Option<String>,
     pub endpoint: Option<String>,
+    /// Why routing picked `profile`.
+    pub route_reason: Option<String>,
     pub status: String,
     pub error_kind: Option<String>,
     pub error_message: Option<String>,
@@ -207,6 +209,8 @@ pub struct AttemptRecord {
     pub n: u32,
     pub outcome: String,
     pub error: Option<String>,
+    /// The profile that made the attempt (null without profiles).
+    pub profile: Option<String>,
     pub model: Option<String>,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
@@ -468,6 +472,21 @@ impl Ledger {
         })
     }
 
+    /// The record of `profile` for tasks of `kind`: the runs it made an attempt in, and
+    /// how many of them one of its attempts passed (routing's success rate).
+    pub fn profile_record(&mut self, profile: &str, kind: &str) -> Result<(u32, u32)> {
+        self.retry(|conn| {
+            conn.query_row(
+                "SELECT count(DISTINCT a.run_id),
+                        count(DISTINCT CASE WHEN a.outcome = 'ok' THEN a.run_id END)
+                 FROM attempts AS a JOIN runs AS r ON r.run_id = a.run_id
+                 WHERE a.profile = ?1 AND r.kind = ?2",
+                [profile, kind],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+        })
+    }
+
     /// Adds a verdict to run `run_id` and gives its whole history, oldest first.
     pub fn add_review(&mut self, run_id: &str, entry: &ReviewEntry) -> Result<Vec<ReviewEntry>> {
         self.retry(|conn| {
@@ -676,10 +695,10 @@ fn insert_run(tx: &Transaction<'_>, run: &RunRecord) -> rusqlite::Result<()> {
             attempts, test_command, test_passed, test_ms, prompt_tokens, completion_tokens,
             tokens_estimated, files_changed, lines_added, lines_removed, branch,
             review_required, review_phase, started_at, ended_at, duration_ms, saved_gross,
-            saved_net, triage_score, triage_verdict)
+            saved_net, route_reason, triage_score, triage_verdict)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
             ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33,
-            ?34, ?35)",
+            ?34, ?35, ?36)",
         params![
             run.run_id,
             run.batch_id,
@@ -714,6 +733,7 @@ fn insert_run(tx: &Transaction<'_>, run: &RunRecord) -> rusqlite::Result<()> {
             run.duration_ms,
             run.saved_gross,
             run.saved_net,
+            run.route_reason,
             run.triage_score,
             run.triage_verdict,
         ],
@@ -727,7 +747,7 @@ fn insert_run(tx: &Transaction<'_>, run: &RunRecord) -> rusqlite::Result<()> {
                 attempt.n,
                 attempt.outcome,
                 attempt.error,
-                run.profile,
+                attempt.profile,
                 attempt.model,
                 attempt.prompt_tokens,
                 attempt.completion_tokens,

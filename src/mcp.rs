@@ -24,7 +24,7 @@ use crate::mcp_tools::{
 };
 use crate::pipeline::{self, Env, RunOptions};
 use crate::run_registry::{Registry, Run, Waited};
-use crate::{batch, plan};
+use crate::{batch, mcp_results, plan};
 
 /// The server's state: the runs it started.
 #[derive(Clone)]
@@ -92,7 +92,8 @@ fn say(line: &str) {
 
 /// A document as a tool's result: its JSON as structured content and as text (as the
 /// command line prints it); a tool error when its status is `error` (bad input, the
-/// model server, interrupted), not when a task ran and failed.
+/// model server, interrupted), not when a task ran and failed. The protocol's structured
+/// content is an object: rmcp leaves an array (`models`, `log`) out, and the text stays.
 fn result(document: &Document) -> CallToolResult {
     let value = serde_json::to_value(&document.json).unwrap_or_default();
     let text = serde_json::to_string_pretty(&document.json).unwrap_or_default();
@@ -105,6 +106,17 @@ fn result(document: &Document) -> CallToolResult {
     };
     result.content = vec![ContentBlock::text(text)];
     result
+}
+
+/// Lines that are not one JSON document (`export`'s JSON Lines): as text only, exactly as
+/// the command line prints them.
+fn json_lines(lines: &[String]) -> CallToolResult {
+    let text = lines.iter().fold(String::new(), |mut text, line| {
+        text.push_str(line);
+        text.push('\n');
+        text
+    });
+    CallToolResult::success(vec![ContentBlock::text(text)])
 }
 
 fn tool(name: &'static str, description: &'static str, schema: Map<String, Value>) -> Tool {
@@ -121,7 +133,7 @@ fn tools() -> Vec<Tool> {
         ),
         tool(
             "run_batch",
-            "Run a directory (or list) of task specs in depends_on order (in place, or each on its task branch with branch or the config's [run] branch), and answer with the batch summary JSON. Waits up to wait_seconds, then answers {\"status\": \"running\", \"run_id\": BATCH_ID}; call get_run with that id.",
+            "Run a directory (or list) of task specs in depends_on order (in place, or each on its own branch with branch: true or the config's [run] branch), or with only_failed the tasks of an earlier batch that did not succeed, and answer with the batch summary JSON. Waits up to wait_seconds, then answers {\"status\": \"running\", \"run_id\": BATCH_ID}; call get_run with that id.",
             mcp_tools::run_batch_schema(),
         ),
         tool(
@@ -160,14 +172,29 @@ fn tools() -> Vec<Tool> {
             schema_of::<CheckArgs>(),
         ),
         tool(
+            "config",
+            "The effective configuration: every value with where it came from (`config --json`); with check: true, each profile's server and model probed (`config --check --json`).",
+            schema_of::<crate::cli::ConfigArgs>(),
+        ),
+        tool(
             "review",
             "Record your verdict on a run (good, acceptable, poor) in the run ledger; a later verdict replaces the earlier one.",
             schema_of::<ReviewArgs>(),
         ),
         tool(
+            "log",
+            "Recent runs from the run ledger, newest first (what `log --json` prints).",
+            schema_of::<crate::cli::LogArgs>(),
+        ),
+        tool(
             "stats",
             "Figures from the run ledger per task kind and model, against your targets (what `stats --json` prints).",
             schema_of::<StatsArgs>(),
+        ),
+        tool(
+            "export",
+            "Reviewed runs as chat-format JSON Lines for fine-tuning, one run a line (what `export` prints), as text.",
+            schema_of::<crate::cli::ExportArgs>(),
         ),
     ]
 }
@@ -208,8 +235,14 @@ impl ServerHandler for Server {
             "discard" => mcp_tools::bring_in(Verb::Discard, &arguments, &self.env).await,
             "models" => mcp_tools::models(&arguments, &self.env).await,
             "check" => mcp_tools::check(&arguments, &self.env).await,
+            "config" => mcp_tools::config(&arguments, &self.env).await,
             "review" => mcp_tools::review(&arguments, &self.env),
+            "log" => mcp_tools::log(&arguments, &self.env),
             "stats" => mcp_tools::stats(&arguments, &self.env),
+            "export" => match mcp_tools::export(&arguments, &self.env) {
+                Ok(lines) => return Ok(json_lines(&lines).into()),
+                Err(document) => *document,
+            },
             other => {
                 return Err(McpError::invalid_params(format!("no tool `{other}`"), None));
             }
@@ -253,6 +286,11 @@ impl Server {
             for line in &document.stderr {
                 say(line);
             }
+            keep(
+                options.repo_dir.as_deref(),
+                feed.id_of(&document),
+                &document,
+            );
             feed.finish(document);
         });
         follow(&run, wait, context).await
@@ -290,8 +328,14 @@ impl Server {
                 batch::Event::Note(line) => say(&format!("execute-local-task: {line}")),
                 batch::Event::Started { .. } | batch::Event::Finished { .. } => {}
             });
-            let planned = plan::find_specs(&input.paths, input.glob.as_deref())
-                .and_then(|paths| plan::plan(&paths, &std::collections::BTreeSet::new()));
+            let planned = match &input.only_failed {
+                Some(batch_id) => {
+                    let dir = options.repo_dir.clone().unwrap_or_else(|| ".".into());
+                    batch::plan_again(&dir, batch_id)
+                }
+                None => plan::find_specs(&input.paths, input.glob.as_deref())
+                    .and_then(|paths| plan::plan(&paths, &std::collections::BTreeSet::new())),
+            };
             let document = match planned {
                 Ok(planned) => {
                     let runner = if options.branch {
@@ -309,6 +353,11 @@ impl Server {
             for line in &document.stderr {
                 say(line);
             }
+            keep(
+                options.repo_dir.as_deref(),
+                feed.id_of(&document),
+                &document,
+            );
             feed.finish(document);
         });
         follow(&run, wait, context).await
@@ -327,10 +376,25 @@ impl Server {
             Ok(wait) => wait,
             Err(message) => return mcp_tools::bad_input(&message),
         };
-        match self.registry.find(&args.run_id) {
-            Some(run) => follow(&run, wait, context).await,
-            None => mcp_tools::unknown_run(&args.run_id),
+        if let Some(run) = self.registry.find(&args.run_id) {
+            return follow(&run, wait, context).await;
         }
+        // A run an earlier server (of this repository) finished.
+        let dir = args.repo.unwrap_or_else(|| ".".into());
+        mcp_results::find(&dir, &args.run_id)
+            .unwrap_or_else(|| mcp_tools::unknown_run(&args.run_id))
+    }
+}
+
+/// Keeps a finished run's document for `get_run` after a restart (see `mcp_results`); a
+/// failure costs only that, and is said on stderr.
+fn keep(repo_dir: Option<&std::path::Path>, id: Option<String>, document: &Document) {
+    let Some(id) = id else { return };
+    let dir = repo_dir.unwrap_or(std::path::Path::new("."));
+    if let Err(error) = mcp_results::keep(dir, &id, document) {
+        say(&format!(
+            "warning: the result of {id} was not kept for a later server's get_run: {error}"
+        ));
     }
 }
 

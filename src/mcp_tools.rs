@@ -50,8 +50,11 @@ pub enum SpecArg {
 #[serde(deny_unknown_fields)]
 pub struct RunBatchExtra {
     /// A directory of specs (every `*.json` below it), or a list of spec files and
-    /// directories; the tasks run in `depends_on` order.
-    pub specs: SpecsArg,
+    /// directories; the tasks run in `depends_on` order. Give this or `only_failed`.
+    pub specs: Option<SpecsArg>,
+    /// Run again the tasks of batch `BATCH_ID` that did not succeed (its successes count
+    /// as met dependencies). Give this or `specs`.
+    pub only_failed: Option<String>,
     /// Only the specs whose path below the directory matches this glob.
     pub glob: Option<String>,
     /// Tasks at once, 1 to 256 (default 1): their model calls overlap; writes and tests
@@ -77,6 +80,8 @@ pub enum SpecsArg {
 pub struct BatchInput {
     pub paths: Vec<PathBuf>,
     pub glob: Option<String>,
+    /// `--only-failed`: the batch whose failures run again, instead of `paths`.
+    pub only_failed: Option<String>,
     pub options: RunOptions,
     pub how: batch::BatchOptions,
     pub wait: Duration,
@@ -86,10 +91,14 @@ pub struct BatchInput {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GetRunArgs {
-    /// The `run_id` that `run_task` answered.
+    /// The `run_id` that `run_task` answered (or `run_batch`, a batch's id). A run an
+    /// earlier server finished is answered from what that server kept.
     pub run_id: String,
     /// Seconds to wait for the run to end; 0 to 50, default 20.
     pub wait_seconds: Option<u64>,
+    /// The repository the run was in, for a run an earlier server finished (default: the
+    /// one containing the server's current directory).
+    pub repo: Option<PathBuf>,
 }
 
 /// `rollback`'s arguments, those of `execute-local-task rollback`.
@@ -227,7 +236,14 @@ pub fn run_task_input(
 
 /// `run_batch`'s specs, batch options and run options.
 pub fn run_batch_input(arguments: &Map<String, Value>) -> Result<BatchInput, String> {
-    let own_names = ["specs", "glob", "jobs", "fail_fast", "wait_seconds"];
+    let own_names = [
+        "specs",
+        "only_failed",
+        "glob",
+        "jobs",
+        "fail_fast",
+        "wait_seconds",
+    ];
     let (own, mut words) = split("run_batch", arguments, &own_names)?;
     let extra: RunBatchExtra = decode("run_batch", &own)?;
     let wait = wait_of("run_batch", extra.wait_seconds)?;
@@ -235,11 +251,29 @@ pub fn run_batch_input(arguments: &Map<String, Value>) -> Result<BatchInput, Str
     // The command line's range check for `--jobs`.
     words.push(format!("--jobs={jobs}"));
     let options = RunArgs::parse_options(&words).map_err(|message| usage("run_batch", &message))?;
+    // As on the command line, where `--only-failed` conflicts with spec paths.
+    let paths = match (extra.specs, &extra.only_failed) {
+        (Some(SpecsArg::One(path)), None) => vec![path],
+        (Some(SpecsArg::Several(paths)), None) => paths,
+        (None, Some(_)) => Vec::new(),
+        (Some(_), Some(_)) => {
+            return Err(usage(
+                "run_batch",
+                "give `specs` or `only_failed`, not both",
+            ));
+        }
+        (None, None) => return Err(usage("run_batch", "give `specs` or `only_failed`")),
+    };
+    if options.dry_run || options.connection.record.is_some() || options.connection.replay.is_some()
+    {
+        return Err(usage(
+            "run_batch",
+            "a batch takes neither dry_run, record nor replay; use run_task for those",
+        ));
+    }
     Ok(BatchInput {
-        paths: match extra.specs {
-            SpecsArg::One(path) => vec![path],
-            SpecsArg::Several(paths) => paths,
-        },
+        paths,
+        only_failed: extra.only_failed,
         glob: extra.glob,
         options,
         how: batch::BatchOptions {
@@ -260,7 +294,7 @@ pub fn run_batch_schema() -> Map<String, Value> {
             properties.extend(more.clone());
         }
     }
-    schema.insert("required".to_owned(), Value::from(vec!["specs"]));
+    schema.remove("required");
     if let Some(Value::Object(definitions)) = extra.get("definitions") {
         schema.insert("definitions".to_owned(), Value::Object(definitions.clone()));
     }
@@ -276,17 +310,55 @@ fn split(
     own_names: &[&str],
 ) -> Result<(Map<String, Value>, Vec<String>), String> {
     let mut own = Map::new();
-    let mut words = Vec::new();
+    let mut rest = Map::new();
     for (name, value) in arguments {
         if own_names.contains(&name.as_str()) {
             own.insert(name.clone(), value.clone());
-            continue;
+        } else {
+            rest.insert(name.clone(), value.clone());
         }
+    }
+    // `quiet` is the command line's own: the server sends no progress to stdout anyway.
+    let words = words_of(tool, &rest, |name, flag| {
+        RunArgs::takes_value(flag).filter(|_| name != "quiet" && !BATCH_ONLY.contains(&name))
+    })?;
+    Ok((own, words))
+}
+
+/// A subcommand's arguments from a tool's (`{"limit": 5}`), parsed by the command line's
+/// own parser for them (`--limit=5`): the same checks, defaults and messages. `json` is
+/// the command line's choice of output; a tool always answers JSON.
+pub fn parse_like_cli<T: clap::Args + clap::FromArgMatches>(
+    tool: &'static str,
+    arguments: &Map<String, Value>,
+) -> Result<T, String> {
+    let command = T::augment_args(clap::Command::new(tool)).no_binary_name(true);
+    let words = words_of(tool, arguments, |name, flag| {
+        command
+            .get_arguments()
+            .find(|arg| arg.get_long() == Some(flag) && name != "json")
+            .map(|arg| arg.get_action().takes_values())
+    })?;
+    let first_line = |error: clap::Error| {
+        let text = error.to_string();
+        let line = text.lines().next().unwrap_or_default();
+        usage(tool, line.trim_start_matches("error: "))
+    };
+    let matches = command.try_get_matches_from(words).map_err(first_line)?;
+    T::from_arg_matches(&matches).map_err(first_line)
+}
+
+/// Tool arguments as command-line words: `true` a bare flag, a list one word a value;
+/// `takes_value(name, flag)` says whether the option exists and takes a value.
+fn words_of(
+    tool: &str,
+    arguments: &Map<String, Value>,
+    takes_value: impl Fn(&str, &str) -> Option<bool>,
+) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    for (name, value) in arguments {
         let flag = name.replace('_', "-");
-        // `quiet` is the command line's own: the server sends no progress to stdout anyway.
-        let takes_value = RunArgs::takes_value(&flag)
-            .filter(|_| name != "quiet" && !BATCH_ONLY.contains(&name.as_str()));
-        match (takes_value, value) {
+        match (takes_value(name, &flag), value) {
             (None, _) => return Err(usage(tool, &format!("unknown argument `{name}`"))),
             (Some(false), Value::Bool(true)) => words.push(format!("--{flag}")),
             (Some(false), Value::Bool(false)) | (Some(true), Value::Null) => {}
@@ -301,7 +373,7 @@ fn split(
             (Some(true), value) => words.push(format!("--{flag}={}", scalar(value))),
         }
     }
-    Ok((own, words))
+    Ok(words)
 }
 
 /// A JSON value as the command line would have written it.
@@ -585,6 +657,50 @@ pub async fn models(arguments: &Map<String, Value>, env: &Env) -> Document {
 /// The document for a `get_run` of an id this server did not start.
 pub fn unknown_run(id: &str) -> Document {
     Document::error(&Error::Usage(format!(
-        "get_run: no run `{id}` was started by this server (a finished run's result is in its `run_id`'s journal; `rollback` takes any run's id)"
+        "get_run: no run `{id}` was started by this server, nor kept by an earlier one in this repository (`repo` names another; `rollback` takes any run's id)"
     )))
+}
+
+/// `config`: the effective configuration with each value's source, or with `check` each
+/// profile's probe, as `config --json` prints them.
+pub async fn config(arguments: &Map<String, Value>, env: &Env) -> Document {
+    let args = match parse_like_cli::<crate::cli::ConfigArgs>("config", arguments) {
+        Ok(args) => args,
+        Err(message) => return bad_input(&message),
+    };
+    let env = Arc::clone(env);
+    // The probes hold the environment (not `Sync`) across their waits, so they run on a
+    // thread of their own, as `rollback` does.
+    let probed = tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map(|runtime| runtime.block_on(crate::cli::config_document(&args, &env)))
+    })
+    .await;
+    match probed {
+        Ok(Ok(document)) => document,
+        Ok(Err(error)) => bad_input(&format!("config: cannot start a runtime: {error}")),
+        Err(error) => bad_input(&format!("config stopped: {error}")),
+    }
+}
+
+/// `log`: the ledger's recent runs, as `log --json` prints them.
+pub fn log(arguments: &Map<String, Value>, env: &Env) -> Document {
+    let args: crate::cli::LogArgs = match parse_like_cli("log", arguments) {
+        Ok(args) => args,
+        Err(message) => return bad_input(&message),
+    };
+    match crate::ledger::Ledger::open_default(&**env).and_then(|mut l| l.recent(args.limit)) {
+        Ok(runs) => Document::log(runs),
+        Err(error) => Document::error(&error),
+    }
+}
+
+/// `export`: the JSON Lines `export` prints, or the error document.
+pub fn export(arguments: &Map<String, Value>, env: &Env) -> Result<Vec<String>, Box<Document>> {
+    let args: crate::cli::ExportArgs =
+        parse_like_cli("export", arguments).map_err(|m| Box::new(bad_input(&m)))?;
+    crate::export::export(&**env, args.reviewed, args.since.as_deref())
+        .map_err(|error| Box::new(Document::error(&error)))
 }

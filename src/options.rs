@@ -30,6 +30,8 @@ pub struct RunOptions {
     pub template: Option<PathBuf>,
     pub max_context_bytes: usize,
     pub temperature: f64,
+    /// `temperature` was given on the command line: a profile's does not replace it.
+    pub temperature_pinned: bool,
     pub max_tokens: Option<u32>,
     pub limits: Limits,
     /// Retries, `--record` and `--replay`.
@@ -78,6 +80,7 @@ impl RunOptions {
             template: None,
             max_context_bytes: defaults::CONTEXT_BUDGET_BYTES,
             temperature: defaults::TEMPERATURE,
+            temperature_pinned: false,
             max_tokens: None,
             limits: Limits::default(),
             connection: server::Connection::default(),

@@ -8,6 +8,7 @@ use std::time::Instant;
 use crate::blocking::off_thread;
 use crate::cancel::stall_point;
 use crate::error::{Error, Result};
+use crate::ladder::Ladder;
 use crate::lock;
 use crate::model::{ChatReply, ChatRequest, Message};
 use crate::prune;
@@ -16,7 +17,7 @@ use crate::reply::{Failure, check_reply, one_line};
 use crate::result::{
     Attempt, ErrorInfo, FileChange, ModelInfo, Outcome, Status, TaskResult, TestReport, Usage,
 };
-use crate::server::{self, Connected};
+use crate::server::Connected;
 use crate::summary::{escalate_summary, file_changes, replaced_link_notes, success_summary};
 use crate::test_run;
 use crate::transaction::{TestVerdict, Tested, leave_tree, write_and_test};
@@ -66,6 +67,8 @@ pub async fn run(
         unrestored: None,
         facts: None,
         triage: None,
+        route: None,
+        notes: Vec::new(),
     };
     let opened = {
         let (spec, options) = (spec.clone(), options.clone());
@@ -110,6 +113,9 @@ struct RunState {
     /// What the run's ledger record needs, once it has started (dry runs never do).
     facts: Option<crate::record::Facts>,
     triage: Option<crate::triage::Triage>,
+    route: Option<crate::route::Route>,
+    /// Notes on the run as a whole (the bound on model calls reached).
+    notes: Vec<String>,
 }
 
 impl RunState {
@@ -195,6 +201,8 @@ impl RunState {
             usage,
             git: self.git.clone(),
             triage: self.triage.clone(),
+            route: self.route.clone(),
+            notes: self.notes.clone(),
             duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             ..result
         }
@@ -243,11 +251,15 @@ async fn run_opened(
     };
     state.git = Some(prepared.git.clone());
     state.triage = Some(prepared.triage.clone());
+    state.route.clone_from(&prepared.route);
     let Some(journal) = journal else {
         return Ok(Finished::DryRun(prepared.dry_run(options)));
     };
     state.facts = Some(crate::record::Facts::of(&prepared, spec, options));
-    run_prepared(prepared, journal, options, server, env, progress, state).await
+    Box::pin(run_prepared(
+        prepared, journal, options, server, env, progress, state,
+    ))
+    .await
 }
 
 /// The stages from the model on, for a prepared run.
@@ -264,39 +276,25 @@ async fn run_prepared(
     if let Some(result) = missing_test_program(&prepared, options, state).await? {
         return Ok(Finished::Done(result));
     }
-    let server = if let Some(server) = server {
-        server
-    } else {
-        progress("connecting to the model server");
-        options
-            .cancel
-            .or_cancel(server::connect(
-                &prepared.choice,
-                options.limits,
-                &options.connection,
-            ))
-            .await??
-    };
-    for note in &server.notes {
+    let ladder = Ladder::start(&prepared, options, server, env, progress).await?;
+    for note in &ladder.server().notes {
         progress(note);
     }
-    state.model = Some(ModelInfo {
-        provider: server.client.provider().as_str().to_owned(),
-        endpoint: server.client.endpoint(),
-        name: server.model.clone(),
-    });
-    Attempts {
-        prepared,
-        options,
-        progress,
-        server,
-        journal,
-        state,
-        last_exchange: None,
-        last_tested: None,
-        cannot_start: None,
-    }
-    .run()
+    state.model = Some(ladder.model_info());
+    Box::pin(
+        Attempts {
+            prepared,
+            options,
+            progress,
+            ladder,
+            journal,
+            state,
+            last_exchange: None,
+            last_tested: None,
+            cannot_start: None,
+        }
+        .run(),
+    )
     .await
 }
 
@@ -341,7 +339,8 @@ struct Attempts<'a> {
     prepared: Prepared,
     options: &'a RunOptions,
     progress: Progress<'a>,
-    server: Connected,
+    /// Which server each call goes to: fallback and escalation live there.
+    ladder: Ladder,
     journal: Journal,
     state: &'a mut RunState,
     /// Only the latest failed attempt goes back to the model, as its own turn (see
@@ -369,12 +368,48 @@ enum Next {
 }
 
 impl Attempts<'_> {
+    /// Attempts until one succeeds: `max_attempts` on each rung of the ladder, a failed
+    /// server's call handed to its fallback, and at most `routing.max_calls` in all.
     async fn run(mut self) -> Result<Finished> {
-        for n in 1..=self.prepared.max_attempts {
-            match self.attempt(n).await? {
-                Next::Done(result) => return Ok(Finished::Done(result)),
-                Next::Stop => break,
-                Next::Repair => {}
+        let (mut n, mut on_rung) = (0, 0);
+        loop {
+            if on_rung >= self.prepared.max_attempts {
+                if self.cannot_start.is_some() {
+                    break;
+                }
+                match self.ladder.climb(on_rung, self.progress).await {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(why) => {
+                        self.state.notes.push(why);
+                        break;
+                    }
+                }
+                self.state.model = Some(self.ladder.model_info());
+                on_rung = 0;
+            }
+            if let Err(why) = self.ladder.call() {
+                (self.progress)(&why);
+                self.state.notes.push(why);
+                break;
+            }
+            n += 1;
+            match self.attempt(n).await {
+                Ok(Next::Done(result)) => return Ok(Finished::Done(result)),
+                Ok(Next::Stop) => break,
+                Ok(Next::Repair) => on_rung += 1,
+                Err(error) => {
+                    if self.ladder.fall_back(&error, self.progress).await {
+                        self.state.model = Some(self.ladder.model_info());
+                        continue;
+                    }
+                    let Some(why) = self.ladder.ends_climb(&error) else {
+                        return Err(error);
+                    };
+                    (self.progress)(&why);
+                    self.state.notes.push(why);
+                    break;
+                }
             }
         }
         self.give_up().await.map(Finished::Done)
@@ -390,16 +425,20 @@ impl Attempts<'_> {
             error: None,
             usage: reply.usage_for(&request),
             model_ms: Some(model_ms),
-            // How the model was chosen is said once, with the first attempt.
+            // How the model was chosen is said once, with the first attempt; a fallback
+            // or a climb with the first attempt after it.
             notes: if n == 1 {
-                self.server.notes.clone()
+                self.ladder.server().notes.clone()
             } else {
                 Vec::new()
             }
             .into_iter()
+            .chain(self.ladder.take_notes())
             .chain(reply.notes.iter().cloned())
             .collect(),
             validator: None,
+            profile: self.ladder.profile().map(str::to_owned),
+            model: Some(request.model.clone()),
         };
         let (reply, checked) = match self.check(reply).await {
             Ok(checked) => checked,
@@ -450,8 +489,13 @@ impl Attempts<'_> {
                     Ok(changes) => changes,
                     Err(error) => return Err(self.interrupted(attempt, error)),
                 };
-                let summary =
-                    success_summary(&changes, test.as_ref(), n, self.prepared.max_attempts);
+                // A climbed ladder makes more calls than one rung's `max_attempts`.
+                let summary = success_summary(
+                    &changes,
+                    test.as_ref(),
+                    n,
+                    self.prepared.max_attempts.max(n),
+                );
                 self.state.settle(attempt, Outcome::Ok, None);
                 Ok(Next::Done(self.state.finish(
                     Status::Success,
@@ -592,17 +636,19 @@ impl Attempts<'_> {
                     .repair_message(&self.prepared.spec, &failure.repair)?,
             );
         }
+        let server = self.ladder.server();
         (self.progress)(&format!(
             "attempt {n}/{}: asking {} at {}",
             self.prepared.max_attempts,
-            self.server.model,
-            self.server.client.endpoint()
+            server.model,
+            server.client.endpoint()
         ));
+        let (temperature, max_tokens) = self.ladder.sampling();
         Ok(ChatRequest {
-            model: self.server.model.clone(),
+            model: server.model.clone(),
             messages,
-            temperature: self.options.temperature,
-            max_tokens: self.options.max_tokens,
+            temperature,
+            max_tokens,
             schema: None,
         })
     }
@@ -614,7 +660,7 @@ impl Attempts<'_> {
         let reply = self
             .options
             .cancel
-            .or_cancel(self.server.client.chat(request))
+            .or_cancel(self.ladder.server().client.chat(request))
             .await
             .and_then(|reply| reply.map_err(Error::from));
         let model_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -630,8 +676,10 @@ impl Attempts<'_> {
                 error: None,
                 usage: Usage::default(),
                 model_ms: Some(model_ms),
-                notes: Vec::new(),
                 validator: None,
+                notes: self.ladder.take_notes(),
+                profile: self.ladder.profile().map(str::to_owned),
+                model: Some(request.model.clone()),
             };
             self.state.settle(attempt, outcome, Some(error.to_string()));
         }

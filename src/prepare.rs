@@ -10,6 +10,7 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::context;
+use crate::cooldown::Cooldowns;
 use crate::error::{Error, Result};
 use crate::language;
 use crate::model::{ChatRequest, Message};
@@ -17,6 +18,7 @@ use crate::options::RunOptions;
 use crate::prompt::Templates;
 use crate::repo::Repo;
 use crate::result::GitInfo;
+use crate::route::{self, Route};
 use crate::server::{self, ModelChoice};
 use crate::spec::{self, TaskSpec};
 use crate::targets::{self, Target};
@@ -79,8 +81,16 @@ pub struct Prepared {
     /// The first request's messages: the task, its outputs and its context.
     pub first_messages: Vec<Message>,
     pub max_attempts: u32,
-    /// The server, protocol and model asked for, before anything is probed.
+    /// The server, protocol and model asked for, before anything is probed: the routed
+    /// profile's, merged with the flags, spec and environment ([`crate::route::choice`]).
     pub choice: ModelChoice,
+    /// The choice without any profile (flags, spec, environment): what another profile
+    /// of the ladder is merged with.
+    pub base_choice: ModelChoice,
+    /// How the profile was picked; `None` when the configuration has no profiles.
+    pub route: Option<Route>,
+    /// The cool-down of failed servers this run reads and marks.
+    pub cooldowns: Cooldowns,
     /// The configuration files, merged and validated.
     pub config: Config,
     /// How well the task suits a local model; advice, never a refusal.
@@ -148,6 +158,9 @@ impl Opened {
             language,
             first_messages,
             choice,
+            base_choice,
+            route,
+            cooldowns,
             config,
             triage,
             validator,
@@ -168,6 +181,9 @@ impl Opened {
             first_messages,
             max_attempts,
             choice,
+            base_choice,
+            route,
+            cooldowns,
             config,
             triage,
             validator,
@@ -181,6 +197,9 @@ struct Stages {
     language: String,
     first_messages: Vec<Message>,
     choice: ModelChoice,
+    base_choice: ModelChoice,
+    route: Option<Route>,
+    cooldowns: Cooldowns,
     config: Config,
     triage: Triage,
     validator: Option<Box<crate::validator::Plan>>,
@@ -220,16 +239,36 @@ fn stages(
             ),
         ));
     }
-    let validator = crate::validator::plan(&config, spec, options, &choice, env)?.map(Box::new);
-    let triage = triage::assess(
-        &triage::Inputs {
-            spec,
-            targets: &targets,
-            context: &context,
-            prompt_chars: first_messages.iter().map(|m| m.content.len()).sum(),
-        },
-        &config,
+    let inputs = triage::Inputs {
+        spec,
+        targets: &targets,
+        context: &context,
+        prompt_chars: first_messages.iter().map(|m| m.content.len()).sum(),
+    };
+    let cooldowns = Cooldowns::beside_ledger(
+        env,
+        &config.ledger_settings(),
+        config.routing.cooldown_secs.value,
     );
+    let (triage, route) = routed_triage(&inputs, &config, options, &cooldowns, env);
+    let base_choice = choice.clone();
+    let (choice, route) = match route {
+        Some(route) => {
+            let choice = route
+                .profile
+                .as_deref()
+                .and_then(|name| config.profile(name))
+                .map_or_else(
+                    || base_choice.clone(),
+                    |profile| route::choice(profile, &options.model_flags, &base_choice, env),
+                );
+            let route = route.with_choice(&choice);
+            (choice, Some(route))
+        }
+        None => (choice, None),
+    };
+    let routed = route.as_ref().and_then(|route| route.profile.as_deref());
+    let validator = crate::validator::plan(&config, routed, options, &choice, env)?.map(Box::new);
     // Before the dry run too: it should refuse what the real run would refuse.
     if !options.force {
         targets::check_clean_targets(repo, &targets)?;
@@ -248,26 +287,111 @@ fn stages(
         language,
         first_messages,
         choice,
+        base_choice,
+        route,
+        cooldowns,
         config,
         triage,
         validator,
     })
 }
 
+/// The task's triage and route: routing reads the score, and triage the routed profile's
+/// context window, so the kinds-only pick is triaged first and the score's pick again
+/// when it differs. `check`, the dry run and the run all come through here. No route
+/// without profiles, where runs go as they always did.
+fn routed_triage(
+    inputs: &triage::Inputs,
+    config: &Config,
+    options: &RunOptions,
+    cooldowns: &Cooldowns,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> (Triage, Option<Route>) {
+    let first = triage::assess(inputs, config, None);
+    if config.profiles.is_empty() {
+        return (first, None);
+    }
+    let flags = &options.model_flags;
+    let pinned_by = if flags.endpoint.is_some() {
+        Some("--endpoint")
+    } else if flags.model.is_some() {
+        Some("--model")
+    } else {
+        None
+    };
+    let kind = inputs.spec.kind.as_str();
+    let ledger = ledger_for_routing(config, env);
+    let record = |profile: &str| {
+        let mut ledger = ledger.as_ref()?.borrow_mut();
+        ledger.profile_record(profile, kind).ok()
+    };
+    let route = route::decide(
+        config,
+        inputs.spec,
+        &route::Looks {
+            pinned_by,
+            score: Some(first.score),
+            record: &record,
+            cooldowns,
+        },
+    );
+    let triage = if route.profile == first.profile {
+        first
+    } else {
+        triage::assess(
+            inputs,
+            config,
+            Some((route.profile.clone(), route.reason.clone())),
+        )
+    };
+    let triage = Triage {
+        profile: route.profile.clone(),
+        profile_reason: Some(route.reason.clone()),
+        ..triage
+    };
+    (triage, Some(route))
+}
+
+/// The run ledger, for routing to read profiles' records; `None` when there is none yet
+/// (routing never creates it) or it cannot be opened: no record moves the route then.
+fn ledger_for_routing(
+    config: &Config,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<std::cell::RefCell<crate::ledger::Ledger>> {
+    let settings = config.ledger_settings();
+    let path = crate::ledger::locate_configured(env, settings.path.as_deref()).ok()?;
+    if !path.exists() {
+        return None;
+    }
+    crate::ledger::Ledger::open(&path)
+        .ok()
+        .map(std::cell::RefCell::new)
+}
+
 impl Prepared {
     /// What `--dry-run` prints: the exact request a run would send first, and the
     /// task's triage.
     pub fn dry_run(&self, options: &RunOptions) -> serde_json::Value {
+        let profile = self
+            .route
+            .as_ref()
+            .and_then(|route| route.profile.as_deref())
+            .and_then(|name| self.config.profile(name));
         let mut printed = dry_run_request(
             &self.spec,
             &self.choice,
-            options,
+            route::sampling(profile, options),
             self.first_messages.clone(),
         );
         if let (Some(printed), Ok(triage)) =
             (printed.as_object_mut(), serde_json::to_value(&self.triage))
         {
             printed.insert("triage".to_owned(), triage);
+        }
+        if let (Some(printed), Some(route)) = (printed.as_object_mut(), &self.route)
+            && let Ok(route) = serde_json::to_value(route)
+        {
+            printed.insert("route".to_owned(), route);
         }
         printed
     }
@@ -285,7 +409,7 @@ fn open_repo(options: &RunOptions) -> Result<Repo> {
 fn dry_run_request(
     spec: &TaskSpec,
     choice: &ModelChoice,
-    options: &RunOptions,
+    (temperature, max_tokens): (f64, Option<u32>),
     messages: Vec<Message>,
 ) -> serde_json::Value {
     let request = ChatRequest {
@@ -294,8 +418,8 @@ fn dry_run_request(
             .clone()
             .unwrap_or_else(|| "(the server's only model)".to_owned()),
         messages,
-        temperature: options.temperature,
-        max_tokens: options.max_tokens,
+        temperature,
+        max_tokens,
         schema: None,
     };
     let mut printed = json!({"status": "dry_run", "dry_run": true, "task_id": spec.task_id});

@@ -106,9 +106,15 @@ pub struct Profile {
     pub cost: Option<Setting<f64>>,
     /// The task kinds this profile is for; unset means every kind.
     pub kinds: Option<Setting<Vec<Kind>>>,
-    /// Profiles to try when this one's servers fail (run-time use not built yet).
+    /// The lowest triage score routing picks this profile for (0 to 10); unset: 0.
+    #[serde(default)]
+    pub min_score: Option<Setting<u32>>,
+    /// The highest triage score routing picks this profile for; unset: 10.
+    #[serde(default)]
+    pub max_score: Option<Setting<u32>>,
+    /// Profiles to try, in order, when this one's servers fail.
     pub fallback: Option<Setting<Vec<String>>>,
-    /// The stronger profile to climb to when this one's attempts fail (not built yet).
+    /// The stronger profile to climb to when this one's attempts fail.
     pub escalate_to: Option<Setting<String>>,
     pub role: Setting<Role>,
     /// The validator profile that reviews this profile's code before it is written.
@@ -272,6 +278,8 @@ mod tests {
             max_tokens: None,
             cost: None,
             kinds: None,
+            min_score: None,
+            max_score: None,
             fallback: None,
             escalate_to: None,
             role: Setting::default(Role::Writer),

@@ -22,7 +22,6 @@ use crate::trust::{self, RunFacts, Thresholds};
 pub(crate) struct Facts {
     spec: SpecInput,
     kind: String,
-    profile: Option<String>,
     batch_id: Option<String>,
     root: PathBuf,
     state_dir: PathBuf,
@@ -39,7 +38,6 @@ impl Facts {
         Self {
             spec: spec.clone(),
             kind: prepared.spec.kind.as_str().to_owned(),
-            profile: prepared.spec.profile.clone(),
             batch_id: options.batch_id.clone(),
             root: prepared.repo.root().to_path_buf(),
             state_dir: prepared.repo.state_dir(),
@@ -160,7 +158,9 @@ fn run_record(result: &TaskResult, facts: &Facts) -> RunRecord {
         task_id: result.task_id.clone(),
         kind: Some(facts.kind.clone()),
         spec_hash: None,
-        profile: facts.profile.clone(),
+        // The profile routing picked and why (null without profiles).
+        profile: result.route.as_ref().and_then(|r| r.profile.clone()),
+        route_reason: result.route.as_ref().map(|r| r.reason.clone()),
         provider: model.map(|m| m.provider.clone()),
         model: model.map(|m| m.name.clone()),
         endpoint: model.map(|m| redact(&m.endpoint)),
@@ -194,7 +194,11 @@ fn run_record(result: &TaskResult, facts: &Facts) -> RunRecord {
                 n: attempt.n,
                 outcome: serde_name(&attempt.outcome),
                 error: attempt.error.clone(),
-                model: model.map(|m| m.name.clone()),
+                profile: attempt.profile.clone(),
+                model: attempt
+                    .model
+                    .clone()
+                    .or_else(|| model.map(|m| m.name.clone())),
                 prompt_tokens: attempt.usage.prompt_tokens,
                 completion_tokens: attempt.usage.completion_tokens,
                 model_ms: attempt.model_ms,

@@ -64,6 +64,11 @@ pub struct TaskResult {
     /// its spec and context were read. A `keep` verdict does not stop the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub triage: Option<crate::triage::Triage>,
+    /// How the run's profile was picked (profile, model, endpoint, reason, the candidates
+    /// passed over); absent when no profiles are configured or the run stopped before its
+    /// spec was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<crate::route::Route>,
 }
 
 /// The commands a supervisor runs next on a branch run's result.
@@ -108,6 +113,7 @@ impl TaskResult {
             savings: None,
             notes: Vec::new(),
             triage: None,
+            route: None,
         }
     }
 
@@ -211,6 +217,12 @@ pub struct Attempt {
     /// when no validator ran (none configured, or the code never got that far).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validator: Option<crate::validator::ValidatorReport>,
+    /// The profile that made this attempt; absent without profiles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// The model asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

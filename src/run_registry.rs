@@ -51,13 +51,21 @@ impl Feed {
     /// never reported one.
     pub fn finish(&self, document: Document) {
         if self.id.borrow().is_none() {
-            let id = serde_json::to_value(&document.json).ok().and_then(|json| {
-                let id = json.get("run_id").or_else(|| json.get("batch_id"))?;
-                id.as_str().map(str::to_owned)
-            });
-            self.id.send_replace(id);
+            self.id.send_replace(self.id_of(&document));
         }
         self.done.send_replace(Some(Arc::new(document)));
+    }
+
+    /// The run's id: the one it reported, else its finished document's `run_id` (a
+    /// batch's `batch_id`).
+    pub fn id_of(&self, document: &Document) -> Option<String> {
+        if let Some(id) = self.id.borrow().clone() {
+            return Some(id);
+        }
+        serde_json::to_value(&document.json).ok().and_then(|json| {
+            let id = json.get("run_id").or_else(|| json.get("batch_id"))?;
+            id.as_str().map(str::to_owned)
+        })
     }
 }
 

@@ -27,7 +27,7 @@ pub struct Triage {
     pub verdict: Verdict,
     /// Each departure from the atomic-task criteria and the points it cost.
     pub reasons: Vec<Reason>,
-    /// The profile routing would pick (kinds and `default_profile` for now); null
+    /// The profile routing picks (the result's `route.profile`); null
     /// without profiles.
     pub profile: Option<String>,
     /// Why that profile.
@@ -100,10 +100,18 @@ pub struct Inputs<'a> {
     pub prompt_chars: usize,
 }
 
-/// The triage of a prepared task.
-pub fn assess(inputs: &Inputs, config: &Config) -> Triage {
+/// The triage of a prepared task for the profile `routed` (name and reason), or when
+/// `None` for the profile the task's kind alone would route to.
+pub fn assess(
+    inputs: &Inputs,
+    config: &Config,
+    routed: Option<(Option<String>, String)>,
+) -> Triage {
     let limits = &config.triage;
-    let route = config.route(inputs.spec);
+    let route = match routed {
+        Some((profile, reason)) => profile.map(|profile| (profile, reason)),
+        None => crate::route::by_kind(config, inputs.spec),
+    };
     let window_setting = route
         .as_ref()
         .and_then(|(name, _)| config.profile(name))

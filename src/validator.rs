@@ -32,7 +32,6 @@ use crate::prompt::{self, OutputView};
 use crate::reply::{Failure, one_line};
 use crate::result::{Outcome, Usage};
 use crate::server::{self, Connected, Connection, ModelChoice};
-use crate::spec::TaskSpec;
 use crate::targets::{before_of, fence_language};
 
 /// The most issues a verdict carries: the repair prompt of a small model has room for a
@@ -101,7 +100,7 @@ pub(crate) enum Review {
 /// comes with `--record` or `--replay`.
 pub fn plan(
     config: &Config,
-    spec: &TaskSpec,
+    routed: Option<&str>,
     options: &RunOptions,
     writer: &ModelChoice,
     env: &dyn Fn(&str) -> Option<String>,
@@ -115,9 +114,7 @@ pub fn plan(
         }
         (name.clone(), "--validate".to_owned())
     } else {
-        let routed = config
-            .route(spec)
-            .and_then(|(name, _)| config.profile(&name));
+        let routed = routed.and_then(|name| config.profile(name));
         let Some((writer_profile, validator)) =
             routed.and_then(|p| p.validator.as_ref().map(|v| (p, v)))
         else {

@@ -135,6 +135,9 @@ pub(crate) fn batch(test: Test, specs: &[(&str, Value)], args: &[&str]) -> Run {
 /// Stdout as JSON Lines: every task's result, then the summary.
 pub(crate) fn lines(run: &Run) -> (Vec<TaskResult>, BatchSummary) {
     let mut lines: Vec<&str> = run.stdout.lines().collect();
+    for line in &lines {
+        crate::harness::assert_matches_batch_schema(line);
+    }
     let last = lines
         .pop()
         .unwrap_or_else(|| panic!("no output\nstderr:\n{}", run.stderr));
@@ -408,6 +411,9 @@ fn only_failed_reruns_what_did_not_succeed_and_rollback_undoes_a_batch() {
     let env = [("LOCAL_TASK_ENDPOINT", server.url.as_str())];
     let (code, stdout, stderr) = run.again_with(&["--only-failed", &first.batch_id], &env);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
+    stdout
+        .lines()
+        .for_each(crate::harness::assert_matches_batch_schema);
     let again: BatchSummary = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     let ids: Vec<_> = again
         .tasks

@@ -1358,6 +1358,26 @@ fn assert_matches_result_schema(stdout: &str) {
     );
 }
 
+/// Checks one line a batch printed (a task's result or the summary) against `schema
+/// batch`'s schema, so every batch document the suite reads checks the published schema.
+pub fn assert_matches_batch_schema(line: &str) {
+    static VALIDATOR: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    let validator = VALIDATOR.get_or_init(|| {
+        jsonschema::validator_for(&execute_local_task::batch::line_schema())
+            .expect("the batch schema compiles")
+    });
+    let value: Value = serde_json::from_str(line)
+        .unwrap_or_else(|error| panic!("a batch line is not JSON ({error}): {line}"));
+    let errors: Vec<String> = validator
+        .iter_errors(&value)
+        .map(|error| format!("{error} at {}", error.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "the batch line does not match `schema batch`: {errors:?}\n{line}"
+    );
+}
+
 pub struct Run {
     /// Wall time of the binary alone.
     pub elapsed: std::time::Duration,
@@ -1468,6 +1488,26 @@ impl Run {
             .expect("open the ledger")
             .recent(1000)
             .expect("read the ledger")
+    }
+
+    /// Starts the binary again in the same repository with piped stdin and stdout (a
+    /// second MCP server, say), in the environment [`Run::again_with`] gives it.
+    pub fn spawn_again(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+        Command::new(BIN)
+            .args(args)
+            .current_dir(&self.repo)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &self.home)
+            .env("LANG", "C")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the binary again")
     }
 
     /// Runs the binary again in the same repository (e.g. `rollback`).

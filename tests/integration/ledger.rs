@@ -872,6 +872,9 @@ fn a_batchs_runs_are_recorded_with_its_id_and_its_rollback_against_each() {
             vec![dir.display().to_string()]
         });
     run.assert_code(0);
+    run.stdout
+        .lines()
+        .for_each(crate::harness::assert_matches_batch_schema);
     let summary: execute_local_task::batch::BatchSummary =
         serde_json::from_str(run.stdout.lines().last().expect("a summary line"))
             .expect("the batch summary");

@@ -20,6 +20,8 @@ use crate::harness::{Chat, Run, Running, Script, Test, spec, wait_for_file};
 #[serde(rename_all = "camelCase")]
 struct ToolResult {
     content: Vec<Content>,
+    /// Absent when the answer is not a JSON object (`log`'s array, `export`'s lines).
+    #[serde(default)]
     structured_content: Value,
     #[serde(default)]
     is_error: bool,
@@ -66,6 +68,11 @@ impl Client {
             .unwrap()
             .take()
             .expect("a piped stdout");
+        Self::over(stdin, stdout)
+    }
+
+    /// Completes the handshake over a server's stdin and stdout.
+    fn over(stdin: ChildStdin, stdout: std::process::ChildStdout) -> Self {
         let (sender, messages) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -285,8 +292,11 @@ fn mcp_lists_its_tools_with_the_command_lines_options_as_schemas() {
             "discard",
             "models",
             "check",
+            "config",
             "review",
-            "stats"
+            "log",
+            "stats",
+            "export"
         ]
     );
     for tool in &tools {
@@ -623,6 +633,9 @@ struct SdkSession {
     is_error: bool,
     result: TaskResult,
     progress: Vec<Option<String>>,
+    config_files: usize,
+    logged: Vec<String>,
+    restarted: TaskResult,
 }
 
 /// The Python with the official MCP SDK, as `build.rs` found it.
@@ -657,6 +670,10 @@ fn mcp_the_official_python_sdk_lists_the_tools_and_runs_a_task() {
     assert_eq!(session.result.status, Status::Success);
     assert!(!session.progress.is_empty(), "no progress reached the SDK");
     assert_eq!(run.read("out.txt").as_deref(), Some("new\n"));
+    assert!(session.config_files >= 1, "{session:?}");
+    assert_eq!(session.logged, std::slice::from_ref(&session.result.run_id));
+    assert_eq!(session.restarted.run_id, session.result.run_id);
+    assert_eq!(session.restarted.status, Status::Success);
 }
 
 #[test]
@@ -688,6 +705,7 @@ fn mcp_runs_a_batch_and_rolls_it_back_by_its_id() {
     });
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(!summary.is_error, "{:?}", summary.structured_content);
+    crate::harness::assert_matches_batch_schema(&summary.content[0].text);
     let summary: execute_local_task::batch::BatchSummary =
         serde_json::from_value(summary.structured_content).unwrap();
     assert_eq!(
@@ -729,4 +747,308 @@ fn mcp_run_task_follows_the_configs_branch_default() {
     assert_eq!(in_place.status, Status::Success, "{in_place:?}");
     assert_eq!(in_place.branch, None);
     assert_eq!(run.read("out.txt").as_deref(), Some("new\n"));
+}
+
+impl ToolResult {
+    /// The answer's text: what the command line prints.
+    fn text(&self) -> &str {
+        assert_eq!(self.content.len(), 1);
+        &self.content[0].text
+    }
+
+    /// The answer's text as JSON (an array has no structured content).
+    fn text_json(&self) -> Value {
+        serde_json::from_str(self.text())
+            .unwrap_or_else(|error| panic!("not JSON ({error}): {}", self.text()))
+    }
+}
+
+#[test]
+fn mcp_config_log_and_export_answer_what_the_command_line_prints() {
+    let test = Test::new().script(Script::code("out.txt", "new\n"));
+    let (run, answers) = session(test, |client| {
+        let result = client
+            .call_and_wait(
+                "run_task",
+                json!({"spec": spec("out.txt", &json!({})), "no_test": true, "wait_seconds": 50}),
+            )
+            .task_result();
+        assert_eq!(result.status, Status::Success);
+        let reviewed = client.call_and_wait(
+            "review",
+            json!({"run_id": result.run_id, "verdict": "good"}),
+        );
+        assert!(!reviewed.is_error, "{:?}", reviewed.structured_content);
+        let mut answers = Vec::new();
+        for (tool, arguments) in [
+            ("config", json!({})),
+            ("config", json!({"check": true})),
+            ("log", json!({"limit": 5})),
+            ("export", json!({"reviewed": "good"})),
+            ("export", json!({"reviewed": "poor", "since": "2026-01-01"})),
+            ("log", json!({"limit": "many"})),
+            ("log", json!({"json": true})),
+            ("export", json!({"reviewed": "great"})),
+            ("config", json!({"profile": "nowhere"})),
+        ] {
+            answers.push(client.call_and_wait(tool, arguments));
+        }
+        answers
+    });
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let cli = |args: &[&str]| {
+        let (code, stdout, stderr) = run.again(args);
+        (code, stdout, stderr)
+    };
+
+    let (code, stdout, _) = cli(&["config", "--json"]);
+    assert_eq!(code, 0);
+    assert!(!answers[0].is_error);
+    assert_eq!(
+        answers[0].structured_content,
+        serde_json::from_str::<Value>(&stdout).unwrap()
+    );
+    let (code, stdout, _) = cli(&["config", "--check", "--json"]);
+    assert_eq!(code, 0, "no profile: nothing to probe");
+    assert_eq!(
+        answers[1].text_json(),
+        serde_json::from_str::<Value>(&stdout).unwrap()
+    );
+
+    let (_, stdout, _) = cli(&["log", "--limit", "5", "--json"]);
+    assert!(!answers[2].is_error);
+    let logged: Vec<execute_local_task::ledger::LoggedRun> =
+        serde_json::from_value(answers[2].text_json()).unwrap();
+    assert_eq!(logged.len(), 1);
+    assert_eq!(
+        answers[2].text_json(),
+        serde_json::from_str::<Value>(&stdout).unwrap()
+    );
+
+    let (code, stdout, _) = cli(&["export", "--reviewed", "good"]);
+    assert_eq!(code, 0);
+    assert!(!answers[3].is_error);
+    assert_eq!(
+        answers[3].text(),
+        stdout,
+        "export answers its JSON Lines as text"
+    );
+    assert_eq!(stdout.lines().count(), 1);
+    assert_eq!(answers[4].text(), "", "no run was judged poor");
+
+    for (answer, kind, says) in [
+        (&answers[5], "usage", "many"),
+        (&answers[6], "usage", "json"),
+        (&answers[7], "usage", "great"),
+        (&answers[8], "usage", "nowhere"),
+    ] {
+        assert!(answer.is_error, "{:?}", answer.structured_content);
+        assert_eq!(answer.structured_content["error"]["kind"], kind);
+        let message = answer.structured_content["error"]["message"]
+            .as_str()
+            .unwrap();
+        assert!(message.contains(says), "{message}");
+    }
+}
+
+#[test]
+fn mcp_run_batch_only_failed_runs_again_what_did_not_succeed() {
+    let test = Test::new()
+        .file(
+            "specs/a.json",
+            spec(
+                "a.txt",
+                &json!({"task_id": "a", "description": "Task <<A>>."}),
+            )
+            .to_string(),
+        )
+        .file(
+            "specs/b.json",
+            spec(
+                "b.txt",
+                &json!({"task_id": "b", "description": "Task <<B>>.", "max_attempts": 1,
+                        "test_command": "grep -q fixed b.txt"}),
+            )
+            .to_string(),
+        )
+        .route("<<A>>", vec![Script::code("a.txt", "A\n")])
+        .route(
+            "<<B>>",
+            vec![
+                Script::code("b.txt", "broken\n"),
+                Script::code("b.txt", "fixed\n"),
+            ],
+        );
+    let (run, (first, again, both, neither)) = session(test, |client| {
+        let first =
+            client.call_and_wait("run_batch", json!({"specs": "specs", "wait_seconds": 50}));
+        let batch_id = first.structured_content["batch_id"].clone();
+        let again = client.call_and_wait(
+            "run_batch",
+            json!({"only_failed": batch_id, "wait_seconds": 50}),
+        );
+        let both = client.call_and_wait(
+            "run_batch",
+            json!({"specs": "specs", "only_failed": batch_id}),
+        );
+        let neither = client.call_and_wait("run_batch", json!({}));
+        (first, again, both, neither)
+    });
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let first: execute_local_task::batch::BatchSummary =
+        serde_json::from_value(first.structured_content).unwrap();
+    assert_eq!(first.counts.success, 1, "{first:?}");
+    assert!(!again.is_error, "{:?}", again.structured_content);
+    crate::harness::assert_matches_batch_schema(again.text());
+    let again: execute_local_task::batch::BatchSummary =
+        serde_json::from_value(again.structured_content).unwrap();
+    assert_eq!(again.counts.success, 1, "{again:?}");
+    let ids: Vec<_> = again
+        .tasks
+        .iter()
+        .filter_map(|t| t.task_id.as_deref())
+        .collect();
+    assert_eq!(ids, ["b"]);
+    assert_eq!(run.read("b.txt").as_deref(), Some("fixed\n"));
+    for answer in [both, neither] {
+        assert!(answer.is_error);
+        assert_eq!(answer.structured_content["error"]["kind"], "usage");
+    }
+}
+
+#[test]
+fn mcp_get_run_answers_a_run_an_earlier_server_finished() {
+    let scratch = tempfile::tempdir().unwrap();
+    let (started, never) = (scratch.path().join("started"), scratch.path().join("never"));
+    let test = Test::new()
+        .file("out.txt", "old\n")
+        .script(Script::code("out.txt", "new\n"))
+        .script(Script::code("other.txt", "other\n"));
+    let (run, (done, stopped_id)) = session(test, move |client| {
+        let done = client.call_and_wait(
+            "run_task",
+            json!({"spec": spec("out.txt", &json!({})), "no_test": true, "wait_seconds": 50}),
+        );
+        // A second run still testing when the session ends: stopped, its attempt undone.
+        let waiting = spec(
+            "other.txt",
+            &json!({"task_id": "T-002", "test_command": waiting_test(&started, &never)}),
+        );
+        let stopped = client
+            .call_and_wait("run_task", json!({"spec": waiting, "wait_seconds": 0}))
+            .running();
+        wait_for_file(&started);
+        (done, stopped.run_id)
+    });
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let first = done.task_result();
+    assert_eq!(first.status, Status::Success);
+
+    // A new server, as a restarted client would start.
+    let mut child = run.spawn_again(&["mcp"], &[]);
+    let (stdin, stdout) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
+    let mut client = Client::over(stdin, stdout);
+    let again = client.call_and_wait("get_run", json!({"run_id": first.run_id}));
+    let stopped = client.call_and_wait("get_run", json!({"run_id": stopped_id}));
+    let unknown =
+        client.call_and_wait("get_run", json!({"run_id": "20261202T000000000Z-00000000"}));
+    client.close();
+    let ended = crate::harness::finish(child);
+    assert_eq!(ended.status.code(), Some(0));
+
+    assert!(!again.is_error);
+    assert_eq!(again.structured_content, done.structured_content);
+    assert_eq!(
+        again.text(),
+        done.text(),
+        "the same text, fields in the same order"
+    );
+    assert_eq!(again.task_result().run_id, first.run_id);
+    assert!(stopped.is_error, "an interrupted run is a tool error");
+    let stopped = stopped.task_result();
+    assert_eq!(stopped.error.unwrap().kind, "interrupted");
+    assert!(unknown.is_error);
+    assert_eq!(unknown.structured_content["error"]["kind"], "usage");
+    assert_eq!(run.read("other.txt"), None);
+}
+
+/// The MCP tools the skill and the slash commands name (the code spans of their
+/// paragraphs that speak of MCP) are the server's.
+#[test]
+fn mcp_lists_every_tool_the_skill_and_slash_commands_name() {
+    let mut named = std::collections::BTreeSet::new();
+    for (_, text) in crate::skill_commands::doc_texts() {
+        for paragraph in text.split("\n\n").filter(|p| p.contains("MCP")) {
+            for (index, span) in paragraph.split('`').enumerate() {
+                if index % 2 == 1 && span.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                    named.insert(span.to_owned());
+                }
+            }
+        }
+    }
+    assert!(
+        named.contains("run_task") && named.contains("get_run"),
+        "{named:?}"
+    );
+    let (run, tools) = session(Test::new(), |client| {
+        let id = client.request("tools/list", json!({}));
+        let listed = client.response(id);
+        let tools: Vec<ListedTool> =
+            serde_json::from_value(listed["result"]["tools"].clone()).unwrap();
+        tools
+    });
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let listed: std::collections::BTreeSet<String> =
+        tools.into_iter().map(|tool| tool.name).collect();
+    let missing: Vec<&String> = named.difference(&listed).collect();
+    assert!(missing.is_empty(), "named but not served: {missing:?}");
+    // And the skill names every tool the server has.
+    let unnamed: Vec<&String> = listed.difference(&named).collect();
+    assert!(
+        unnamed.is_empty(),
+        "served but not in the skill: {unnamed:?}"
+    );
+}
+
+#[test]
+fn mcp_runs_a_batch_on_branches_and_applies_it_by_its_id() {
+    let test = Test::new()
+        .file(
+            "specs/a.json",
+            spec(
+                "a.txt",
+                &json!({"task_id": "a", "description": "Task <<A>>."}),
+            )
+            .to_string(),
+        )
+        .file(
+            "specs/b.json",
+            spec(
+                "b.txt",
+                &json!({"task_id": "b", "description": "Task <<B>>."}),
+            )
+            .to_string(),
+        )
+        .route("<<A>>", vec![Script::code("a.txt", "A\n")])
+        .route("<<B>>", vec![Script::code("b.txt", "B\n")]);
+    let repo = test.repo_path();
+    let (run, (summary, untouched, applied)) = session(test, move |client| {
+        let summary = client.call_and_wait(
+            "run_batch",
+            json!({"specs": "specs", "branch": true, "no_test": true, "jobs": 2, "wait_seconds": 50}),
+        );
+        let untouched = !repo.join("a.txt").exists() && !repo.join("b.txt").exists();
+        let batch_id = summary.structured_content["batch_id"].clone();
+        let applied = client.call_and_wait("apply", json!({"run_id": batch_id}));
+        (summary, untouched, applied)
+    });
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!summary.is_error, "{:?}", summary.structured_content);
+    let summary: execute_local_task::batch::BatchSummary =
+        serde_json::from_value(summary.structured_content).unwrap();
+    assert_eq!(summary.counts.success, 2, "{summary:?}");
+    assert!(untouched, "a branch batch wrote into the working tree");
+    assert!(!applied.is_error, "{:?}", applied.structured_content);
+    assert_eq!(run.read("a.txt").as_deref(), Some("A\n"));
+    assert_eq!(run.read("b.txt").as_deref(), Some("B\n"));
 }
