@@ -50,6 +50,9 @@ pub struct ConfigFile {
     /// The validator checkpoint.
     #[serde(default)]
     pub validator: ValidatorTable,
+    /// Routing, fallback and escalation's numbers.
+    #[serde(default)]
+    pub routing: RoutingTable,
 }
 
 /// One `[profiles.NAME]` table.
@@ -79,6 +82,12 @@ pub struct ProfileTable {
     pub cost: Option<f64>,
     /// The task kinds the profile is for (unset: all).
     pub kinds: Option<Vec<Kind>>,
+    /// The lowest triage score (0 to 10) routing picks this profile for.
+    #[schemars(range(max = 10))]
+    pub min_score: Option<u32>,
+    /// The highest triage score (0 to 10) routing picks this profile for.
+    #[schemars(range(max = 10))]
+    pub max_score: Option<u32>,
     /// Profiles to try when this one's servers fail.
     pub fallback: Option<Vec<String>>,
     /// The stronger profile to climb to when this one's attempts fail.
@@ -198,6 +207,22 @@ pub struct ValidatorTable {
     /// A verdict less confident than this fails the attempt, 0 to 1.
     #[schemars(range(min = 0, max = 1))]
     pub min_confidence: Option<f64>,
+}
+
+/// `[routing]`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingTable {
+    /// Runs of a profile for a kind the ledger must hold before its record counts.
+    pub min_runs: Option<u32>,
+    /// The share of those runs, 0 to 1, a profile must have succeeded in to be picked.
+    #[schemars(range(min = 0, max = 1))]
+    pub min_success_rate: Option<f64>,
+    /// Model calls one task may make in all, across fallbacks and escalations.
+    #[schemars(range(min = 1))]
+    pub max_calls: Option<u32>,
+    /// Seconds a server that failed is passed over by every run.
+    pub cooldown_secs: Option<u32>,
 }
 
 /// The schema `schema config` prints.

@@ -419,27 +419,16 @@ impl Attempts<'_> {
     async fn attempt(&mut self, n: u32) -> Result<Next> {
         let request = self.request(n)?;
         let (reply, model_ms) = self.ask(n, &request).await?;
-        let mut attempt = Attempt {
-            n,
-            outcome: Outcome::Ok,
-            error: None,
-            usage: reply.usage_for(&request),
-            model_ms: Some(model_ms),
-            // How the model was chosen is said once, with the first attempt; a fallback
-            // or a climb with the first attempt after it.
-            notes: if n == 1 {
-                self.ladder.server().notes.clone()
-            } else {
-                Vec::new()
-            }
-            .into_iter()
-            .chain(self.ladder.take_notes())
-            .chain(reply.notes.iter().cloned())
-            .collect(),
-            validator: None,
-            profile: self.ladder.profile().map(str::to_owned),
-            model: Some(request.model.clone()),
+        // How the model was chosen is said once, with the first attempt; a fallback or a
+        // climb with the first attempt after it.
+        let chosen = if n == 1 {
+            self.ladder.server().notes.clone()
+        } else {
+            Vec::new()
         };
+        let mut attempt = self.new_attempt(n, &request, model_ms, chosen);
+        attempt.usage = reply.usage_for(&request);
+        attempt.notes.extend(reply.notes.iter().cloned());
         let (reply, checked) = match self.check(reply).await {
             Ok(checked) => checked,
             Err(error) => return Err(self.interrupted(attempt, error)),
@@ -670,20 +659,33 @@ impl Attempts<'_> {
             } else {
                 Outcome::Error
             };
-            let attempt = Attempt {
-                n,
-                outcome,
-                error: None,
-                usage: Usage::default(),
-                model_ms: Some(model_ms),
-                validator: None,
-                notes: self.ladder.take_notes(),
-                profile: self.ladder.profile().map(str::to_owned),
-                model: Some(request.model.clone()),
-            };
+            let mut attempt = self.new_attempt(n, request, model_ms, Vec::new());
+            attempt.outcome = outcome;
             self.state.settle(attempt, outcome, Some(error.to_string()));
         }
         reply.map(|reply| (reply, model_ms))
+    }
+
+    /// Attempt `n` as its model call left it: `notes` first, then what the ladder has to
+    /// say (a fallback, a climb); the profile and model that made it.
+    fn new_attempt(
+        &mut self,
+        n: u32,
+        request: &ChatRequest,
+        model_ms: u64,
+        notes: Vec<String>,
+    ) -> Attempt {
+        Attempt {
+            n,
+            outcome: Outcome::Ok,
+            error: None,
+            usage: Usage::default(),
+            model_ms: Some(model_ms),
+            notes: notes.into_iter().chain(self.ladder.take_notes()).collect(),
+            validator: None,
+            profile: self.ladder.profile().map(str::to_owned),
+            model: Some(request.model.clone()),
+        }
     }
 
     /// Ends a failed attempt: its turn and failure go back to the model next.
