@@ -85,7 +85,8 @@ pub async fn run_from(
     };
     let output = Box::pin(pipeline::run(spec, &in_worktree, server, env, progress)).await;
     let keep_failed = options.keep_failed;
-    off_thread(move || finish(setup, output, keep_failed)).await
+    let env = Arc::clone(env);
+    off_thread(move || finish(setup, output, keep_failed, &*env)).await
 }
 
 /// The task, its branch and base, and its worktree with what it needs brought along.
@@ -188,7 +189,12 @@ fn error_output(task_id: Option<String>, error: &Error) -> RunOutput {
 
 /// Commits a success on the branch, removes (or keeps) the worktree, records the run and
 /// says all of it in the result.
-fn finish(setup: Setup, output: RunOutput, keep_failed: bool) -> RunOutput {
+fn finish(
+    setup: Setup,
+    output: RunOutput,
+    keep_failed: bool,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> RunOutput {
     let RunOutput::Result {
         mut result,
         mut exit_code,
@@ -283,6 +289,9 @@ fn finish(setup: Setup, output: RunOutput, keep_failed: bool) -> RunOutput {
             "the run could not be recorded for `runs` and `apply`: {error}"
         ));
     }
+    result
+        .notes
+        .extend(crate::record::branch(&main.root, &record, env));
     RunOutput::Result {
         result,
         exit_code,

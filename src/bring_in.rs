@@ -5,7 +5,8 @@
 //!
 //! `apply` and `merge` check everything first and refuse with nothing changed: when the
 //! working tree has changes to a file the run changed, or the change does not go in
-//! cleanly, naming the files.
+//! cleanly, naming the files. A batch's `apply` is one write and its `merge` one move of
+//! the current branch ([`crate::merging`]): all of the batch or nothing.
 
 use std::path::Path;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::git_cli::{self, git, nul_list};
 use crate::lock;
+use crate::merging;
 use crate::repo::Repo;
 use crate::runs::{self, BranchRecord, State, Which};
 use crate::worktree::MainRepo;
@@ -318,126 +320,81 @@ fn apply_change(
 /// `merge`: the run's commit into the current branch, fast-forward when possible.
 pub async fn merge(dir: &Path, which: Which<'_>, lock_timeout: Duration) -> Result<BringInReport> {
     let main = MainRepo::discover(dir)?;
-    let mut record = runs::load(&main, &which)?;
+    let record = runs::load(&main, &which)?;
     let tip = change_tip(&main, &record, "merge")?;
     let repo = Repo::discover(&main.root)?;
     let _lock = lock::acquire(&repo, lock_timeout).await?;
+    let reflog = format!("execute-local-task: merge {}", record.branch);
+    let (mut reports, _) = merge_all(&main, vec![(record, tip)], &reflog)?;
+    reports
+        .pop()
+        .ok_or_else(|| Error::Usage("nothing to merge".to_owned()))
+}
+
+/// Merges each record's tip, in order, into the current branch at once
+/// ([`crate::merging`]): checked whole (conflicts, the working tree's changes to the
+/// files it brings) before anything changes. Each run's report, and every file.
+fn merge_all(
+    main: &MainRepo,
+    records: Vec<(BranchRecord, String)>,
+    reflog: &str,
+) -> Result<(Vec<BringInReport>, Vec<String>)> {
     let root = &main.root;
-    let ancestor = |a: &str, b: &str| {
-        git_cli::try_git(root, &["merge-base", "--is-ancestor", a, b]).map(|output| output.ok)
-    };
-    if ancestor(&tip, "HEAD")? {
-        return Ok(BringInReport::new(
-            "merged",
-            &record,
-            format!(
-                "HEAD already contains {} ({})",
-                record.branch,
-                crate::branch::short(&tip)
-            ),
-        ));
-    }
-    let fast_forward = ancestor("HEAD", &tip)?;
-    if !fast_forward {
-        merges_cleanly(root, &record, &tip)?;
-    }
-    let files = nul_list(&git(root, &["diff", "--name-only", "-z", "HEAD", &tip])?);
-    let changed = dirty(root, &files)?;
+    let branches: Vec<merging::Branch<'_>> = records
+        .iter()
+        .map(|(record, tip)| merging::Branch {
+            name: &record.branch,
+            run_id: &record.run_id,
+            tip,
+        })
+        .collect();
+    let built = merging::build(root, &branches)?;
+    let changed = dirty(root, &built.files)?;
     if !changed.is_empty() {
         return Err(refuse_dirty(changed));
     }
-    let message = format!(
-        "Merge task branch {} (run {})",
-        record.branch, record.run_id
-    );
-    let mut args: Vec<&str> = Vec::new();
-    let configured = ["user.name", "user.email"]
-        .iter()
-        .all(|key| git_cli::try_git(root, &["config", "--get", key]).is_ok_and(|output| output.ok));
-    if !configured {
-        args.extend([
-            "-c",
-            "user.name=execute-local-task",
-            "-c",
-            "user.email=execute-local-task@localhost",
-        ]);
-    }
-    args.extend([
-        "merge",
-        "--quiet",
-        "--ff",
-        "--no-edit",
-        "-m",
-        &message,
-        &tip,
-    ]);
-    let merged = git_cli::try_git(root, &args)?;
-    if !merged.ok {
-        // Checked above, so only a change made meanwhile gets here: leave nothing half-done.
-        let _ = git_cli::try_git(root, &["merge", "--abort"]);
-        return Err(git_cli::failed(
+    merging::land(root, &built, reflog)?;
+    let mut reports = Vec::new();
+    let mut before = built.old.clone();
+    for ((mut record, tip), step) in records.into_iter().zip(&built.steps) {
+        let Some(fast_forward) = step.fast_forward else {
+            reports.push(BringInReport::new(
+                "merged",
+                &record,
+                format!(
+                    "HEAD already contains {} ({})",
+                    record.branch,
+                    crate::branch::short(&tip)
+                ),
+            ));
+            continue;
+        };
+        record.state = Some(State::Merged);
+        runs::save(main, &record)?;
+        let mut report = BringInReport::new(
+            "merged",
+            &record,
+            format!(
+                "merged {} into HEAD ({}){}",
+                record.branch,
+                crate::branch::short(&step.head),
+                if fast_forward {
+                    " as a fast-forward"
+                } else {
+                    " with a merge commit"
+                }
+            ),
+        );
+        report.files = nul_list(&git(
             root,
-            &["merge", &record.branch],
-            &merged.stderr,
-        ));
+            &["diff", "--name-only", "-z", &before, &step.head],
+        )?);
+        report.head = Some(step.head.clone());
+        report.fast_forward = Some(fast_forward);
+        reports.push(report);
+        step.head.clone_into(&mut before);
     }
-    let head = git(root, &["rev-parse", "HEAD"])?.trim().to_owned();
-    record.state = Some(State::Merged);
-    runs::save(&main, &record)?;
-    let mut report = BringInReport::new(
-        "merged",
-        &record,
-        format!(
-            "merged {} into HEAD ({}){}",
-            record.branch,
-            crate::branch::short(&head),
-            if fast_forward {
-                " as a fast-forward"
-            } else {
-                " with a merge commit"
-            }
-        ),
-    );
-    report.files = files;
-    report.head = Some(head);
-    report.fast_forward = Some(fast_forward);
-    Ok(report)
-}
-
-/// Refuses, naming the files, a merge of `tip` into HEAD that would conflict: checked
-/// with `git merge-tree`, which touches neither the tree nor the index.
-fn merges_cleanly(root: &Path, record: &BranchRecord, tip: &str) -> Result<()> {
-    let check = git_cli::try_git(
-        root,
-        &[
-            "merge-tree",
-            "--write-tree",
-            "--name-only",
-            "--no-messages",
-            "HEAD",
-            tip,
-        ],
-    )?;
-    if check.ok {
-        return Ok(());
-    }
-    let conflicted: Vec<String> = check.stdout.lines().skip(1).map(str::to_owned).collect();
-    if conflicted.is_empty() {
-        return Err(git_cli::failed(
-            root,
-            &["merge-tree", "HEAD", tip],
-            &check.stderr,
-        ));
-    }
-    Err(Error::BringIn {
-        message: format!(
-            "merging {} would conflict in {}; nothing was changed (resolve it by hand with `git merge {}`)",
-            record.branch,
-            quoted(&conflicted),
-            record.branch
-        ),
-        files: conflicted,
-    })
+    Ok((reports, built.files))
 }
 
 /// `discard`: deletes the run's branch (when it still points at the run's commit) and
@@ -582,40 +539,30 @@ pub async fn apply_batch(
 }
 
 /// `merge <BATCH_ID>`: every successful task's commit into the current branch, in
-/// dependency order, keeping the commits. Checked whole first (`git merge-tree`, touching
-/// nothing): when the tasks' commits would conflict with HEAD or each other, nothing is
-/// merged.
+/// dependency order, keeping the commits, all or nothing: the whole merge is built first
+/// and the branch moves once ([`crate::merging`]); when any task's commits conflict, or the
+/// working tree has changes to a file any of them brings, nothing is merged.
 pub async fn merge_batch(
     dir: &Path,
     batch_id: &str,
     lock_timeout: Duration,
 ) -> Result<BatchBringInReport> {
     let main = MainRepo::discover(dir)?;
-    let records = batch_runs(&main, batch_id, true)?;
-    let mut commits = vec![git(&main.root, &["rev-parse", "HEAD"])?.trim().to_owned()];
-    for record in &records {
-        commits.push(change_tip(&main, record, "merge")?);
+    let mut records = Vec::new();
+    for record in batch_runs(&main, batch_id, true)? {
+        let tip = change_tip(&main, &record, "merge")?;
+        records.push((record, tip));
     }
-    crate::branch::base_of(&main.root, &commits).map_err(|conflict| Error::BringIn {
-        files: Vec::new(),
-        message: format!(
-            "merging batch {batch_id} would conflict: {}; nothing was changed",
-            conflict
-                .message
-                .replace("its dependencies", "the batch's tasks and HEAD")
-        ),
+    let repo = Repo::discover(&main.root)?;
+    let _lock = lock::acquire(&repo, lock_timeout).await?;
+    let reflog = format!("execute-local-task: merge batch {batch_id}");
+    let (reports, files) = merge_all(&main, records, &reflog).map_err(|error| match error {
+        Error::BringIn { files, message } => Error::BringIn {
+            message: format!("batch {batch_id}: {message}"),
+            files,
+        },
+        other => other,
     })?;
-    let mut reports = Vec::new();
-    let mut files: Vec<String> = Vec::new();
-    for record in &records {
-        let report = merge(dir, Which::Id(&record.run_id), lock_timeout).await?;
-        for file in &report.files {
-            if !files.contains(file) {
-                files.push(file.clone());
-            }
-        }
-        reports.push(report);
-    }
     Ok(BatchBringInReport {
         status: "merged".to_owned(),
         batch_id: batch_id.to_owned(),
@@ -631,15 +578,23 @@ pub async fn merge_batch(
 }
 
 /// `discard <BATCH_ID>`: every branch and worktree the batch's runs left. A run whose
-/// branch moved on is kept and named; the others are still discarded.
-pub fn discard_batch(dir: &Path, batch_id: &str) -> Result<BatchBringInReport> {
+/// branch moved on is kept and named; the others are still discarded, each told to
+/// `discarded` as it is (so it is recorded even when another is kept).
+pub fn discard_batch(
+    dir: &Path,
+    batch_id: &str,
+    discarded: &mut dyn FnMut(&BringInReport),
+) -> Result<BatchBringInReport> {
     let main = MainRepo::discover(dir)?;
     let records = batch_runs(&main, batch_id, false)?;
     let mut reports = Vec::new();
     let mut kept = Vec::new();
     for record in &records {
         match discard(dir, &Which::Id(&record.run_id)) {
-            Ok(report) => reports.push(report),
+            Ok(report) => {
+                discarded(&report);
+                reports.push(report);
+            }
             Err(error) => kept.push(format!("{}: {error}", record.run_id)),
         }
     }
@@ -676,9 +631,9 @@ pub enum Verb {
 
 /// `apply`, `merge` or `discard` of a run id, a batch id (told apart by its shape) or,
 /// with no id, the newest branch run — as the one document the command line prints and
-/// the MCP server answers, so the two cannot drift apart. A verb on a run is recorded
-/// against it in the run ledger; a ledger that cannot be written is a note, never a
-/// failure of the verb.
+/// the MCP server answers, so the two cannot drift apart. A verb is recorded in the run
+/// ledger against each run it touched (a batch's too, naming the batch); a ledger that
+/// cannot be written is a note, never a failure of the verb.
 pub async fn perform(
     verb: Verb,
     dir: &Path,
@@ -688,15 +643,28 @@ pub async fn perform(
 ) -> crate::document::Document {
     use crate::document::Document;
     if let Some(batch_id) = id.filter(|id| crate::batch::valid_batch_id(id)) {
+        let mut missing = Vec::new();
+        let mut record = |report: &BringInReport| {
+            missing.extend(crate::record::bring_in_batch(batch_id, report, env));
+        };
         let outcome = match verb {
             Verb::Apply => apply_batch(dir, batch_id, lock_timeout).await,
             Verb::Merge => merge_batch(dir, batch_id, lock_timeout).await,
-            Verb::Discard => discard_batch(dir, batch_id),
+            Verb::Discard => discard_batch(dir, batch_id, &mut record),
         };
-        return match outcome {
+        if verb != Verb::Discard
+            && let Ok(report) = &outcome
+        {
+            report.runs.iter().for_each(&mut record);
+        }
+        let mut document = match outcome {
             Ok(report) => Document::batch_bring_in(&report),
             Err(error) => Document::error(&error),
         };
+        document
+            .stderr
+            .extend(missing.iter().map(|m| format!("note: {m}")));
+        return document;
     }
     let which = id.map_or(Which::Last, Which::Id);
     let outcome = match verb {

@@ -450,13 +450,16 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     force: bool,
     /// Run in a task worktree and commit a success on branch `local-task/<task_id>`; the
-    /// working tree, index and HEAD are not touched.
+    /// working tree, index and HEAD are not touched (default: the config's `[run] branch`).
     #[arg(long)]
     branch: bool,
-    /// With --branch: an ignored directory of the main tree (`node_modules`, `.venv`,
+    /// Run in place even when the config's `[run] branch` says to run on a branch.
+    #[arg(long, conflicts_with = "branch")]
+    no_branch: bool,
+    /// On a task branch: an ignored directory of the main tree (`node_modules`, `.venv`,
     /// `target`) to link into the task worktree rather than copy; repeatable (also
-    /// `LOCAL_TASK_LINK`, colon-separated).
-    #[arg(long, value_name = "DIR", requires = "branch")]
+    /// `LOCAL_TASK_LINK`, colon-separated, and the config's `[run] link`).
+    #[arg(long, value_name = "DIR", conflicts_with = "no_branch")]
     link: Vec<PathBuf>,
     /// Leave the last failed attempt's files in the tree for inspection.
     #[arg(long)]
@@ -588,6 +591,7 @@ impl RunArgs {
             no_test: self.no_test,
             force: self.force,
             branch: self.branch,
+            no_branch: self.no_branch,
             links: self.link.clone(),
             keep_failed: self.keep_failed,
             max_attempts: self.max_attempts,
@@ -662,9 +666,12 @@ async fn run_batch(args: &RunArgs, env: &Env) -> u8 {
         }
         batch::Event::Note(line) => shown.note(line),
     });
-    let options = RunOptions {
-        cancel: stop_on_signals(),
-        ..args.options()
+    let options = match crate::run_defaults::settle(args.options(), env).await {
+        Ok(options) => RunOptions {
+            cancel: stop_on_signals(),
+            ..options
+        },
+        Err(error) => return print(&Document::error(&error)),
     };
     let how = batch::BatchOptions {
         jobs: usize::from(args.jobs),
@@ -840,9 +847,12 @@ async fn run_one(args: &RunArgs, env: &Env) -> u8 {
             say_line(&format!("execute-local-task: {line}"));
         }
     };
-    let options = RunOptions {
-        cancel: stop_on_signals(),
-        ..args.options()
+    let options = match crate::run_defaults::settle(args.options(), env).await {
+        Ok(options) => RunOptions {
+            cancel: stop_on_signals(),
+            ..options
+        },
+        Err(error) => return print(&Document::error(&error)),
     };
     let spec = SpecInput::File(spec);
     let output = if options.branch {
@@ -1304,13 +1314,19 @@ async fn demo_batch(base: &Path, repo: &Path, env: &Env) -> u8 {
     if summary.exit_code != 0 {
         return summary.exit_code;
     }
-    match bring_in::apply_batch(repo, &outcome.batch_id, defaults::LOCK_TIMEOUT).await {
-        Ok(report) => {
-            say_line(&format!("execute-local-task: {}", report.summary));
-            0
-        }
-        Err(error) => fail(&error),
+    // Through the verb's one entry, so the demo's apply is recorded like any other.
+    let applied = bring_in::perform(
+        bring_in::Verb::Apply,
+        repo,
+        Some(&outcome.batch_id),
+        defaults::LOCK_TIMEOUT,
+        &**env,
+    )
+    .await;
+    for line in &applied.stderr {
+        say_line(line);
     }
+    applied.exit_code
 }
 
 /// The configuration for the repository at `repo` (the current directory's when `None`;

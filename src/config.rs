@@ -43,6 +43,8 @@ pub struct Config {
     pub trust: Box<Trust>,
     pub savings: Box<SavingsRates>,
     pub targets: Box<Targets>,
+    /// `[run]`: the defaults of a run's command-line options.
+    pub run: Box<RunDefaults>,
     /// The validator checkpoint's settings (`[validator]`).
     pub validator: Box<ValidatorSettings>,
     /// Routing, fallback and escalation's numbers (see [`crate::route`]).
@@ -60,6 +62,14 @@ pub struct Routing {
     pub max_calls: Setting<u32>,
     /// Seconds a server that failed is passed over by every run.
     pub cooldown_secs: Setting<u32>,
+}
+
+/// `[run]`: whether a run goes on a task branch when neither `--branch` nor
+/// `--no-branch` is given, and the directories a task worktree links (with `--link`'s).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunDefaults {
+    pub branch: Setting<bool>,
+    pub link: Setting<Vec<PathBuf>>,
 }
 
 /// The validator checkpoint's settings (see [`crate::validator`]).
@@ -171,9 +181,18 @@ struct RawFile {
     #[serde(default)]
     targets: RawTargets,
     #[serde(default)]
+    run: RawRun,
+    #[serde(default)]
     validator: RawValidator,
     #[serde(default)]
     routing: RawRouting,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRun {
+    branch: Option<Spanned<bool>>,
+    link: Option<Spanned<Vec<PathBuf>>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -371,6 +390,12 @@ impl Config {
             trust: Box::new(trust(repo, user)),
             savings: Box::new(savings(repo, user)),
             targets: Box::new(targets(repo, user)),
+            run: Box::new(RunDefaults {
+                branch: pick(repo, user, |r| r.run.branch.as_ref())
+                    .unwrap_or_else(|| Setting::default(false)),
+                link: pick(repo, user, |r| r.run.link.as_ref())
+                    .unwrap_or_else(|| Setting::default(Vec::new())),
+            }),
             validator: Box::new(ValidatorSettings {
                 min_confidence: pick(repo, user, |r| r.validator.min_confidence.as_ref())
                     .unwrap_or_else(|| Setting::default(defaults::VALIDATOR_MIN_CONFIDENCE)),
@@ -635,6 +660,10 @@ impl Config {
         for (field, value, source) in ledger_rows(self) {
             row(field.to_owned(), value, source);
         }
+        let (value, source) = show(&self.run.branch);
+        row("run.branch".to_owned(), value, source);
+        let (value, source) = show(&self.run.link);
+        row("run.link".to_owned(), value, source);
         align(&rows)
     }
 }

@@ -53,6 +53,9 @@ pub struct ConfigFile {
     /// Routing, fallback and escalation's numbers.
     #[serde(default)]
     pub routing: RoutingTable,
+    /// How runs are made when the command line does not say.
+    #[serde(default)]
+    pub run: RunTable,
 }
 
 /// One `[profiles.NAME]` table.
@@ -223,6 +226,18 @@ pub struct RoutingTable {
     pub max_calls: Option<u32>,
     /// Seconds a server that failed is passed over by every run.
     pub cooldown_secs: Option<u32>,
+}
+
+/// `[run]`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunTable {
+    /// Run every task on its task branch, as `--branch` does; `--branch`/`--no-branch`
+    /// beat it (false).
+    pub branch: Option<bool>,
+    /// Ignored directories of the main tree to link into a task worktree, before
+    /// `--link`'s and `LOCAL_TASK_LINK`'s ([]).
+    pub link: Option<Vec<PathBuf>>,
 }
 
 /// The schema `schema config` prints.

@@ -199,6 +199,9 @@ pub struct RunRecord {
     /// A successful run's first request (JSON array of `{role, content}`) and its accepted
     /// code as a reply, for `export`.
     pub exchange: Option<(String, String)>,
+    /// The run's triage, as its result reports it.
+    pub triage_score: Option<u32>,
+    pub triage_verdict: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -248,6 +251,23 @@ pub struct LoggedRun {
     /// The current verdict, null when the run has none.
     pub verdict: Option<String>,
     pub review_required: Option<bool>,
+    /// The triage score (0–10) and verdict, null for a run recorded before triage was.
+    pub triage_score: Option<u32>,
+    pub triage_verdict: Option<String>,
+    /// A branch run's task branch, the commit it started from and the commit it made
+    /// (null for a run in place, and the commit for one that did not succeed).
+    pub branch: Option<String>,
+    pub base: Option<String>,
+    pub commit_id: Option<String>,
+}
+
+/// Where a branch run's work is, for [`Ledger::set_branch`].
+#[derive(Debug, Clone, Copy)]
+pub struct BranchPlace<'a> {
+    pub repo_root: &'a str,
+    pub branch: &'a str,
+    pub base: &'a str,
+    pub commit: Option<&'a str>,
 }
 
 /// One verdict of a run's review history.
@@ -392,6 +412,27 @@ impl Ledger {
                 params![run_id, kind, at, detail],
             )
             .map(drop)
+        })
+    }
+
+    /// Records where branch run `run_id` is: its repository (the main tree's root, not the
+    /// task worktree's it ran in), task branch, base commit and the commit it made. The
+    /// commit is made after the run is recorded, so this comes after [`Self::record`];
+    /// false when the ledger has no such run (one that never started).
+    pub fn set_branch(&mut self, run_id: &str, place: &BranchPlace<'_>) -> Result<bool> {
+        self.retry(|conn| {
+            conn.execute(
+                "UPDATE runs SET repo_root = ?2, branch = ?3, base = ?4, commit_id = ?5
+                 WHERE run_id = ?1",
+                params![
+                    run_id,
+                    place.repo_root,
+                    place.branch,
+                    place.base,
+                    place.commit
+                ],
+            )
+            .map(|changed| changed > 0)
         })
     }
 
@@ -613,7 +654,7 @@ impl Ledger {
 const LOGGED: &str = "SELECT runs.run_id, batch_id, repo_root, task_id, kind, model, status,
     error_kind, attempts, test_passed, files_changed, lines_added, lines_removed,
     prompt_tokens, completion_tokens, started_at, duration_ms, current_reviews.verdict,
-    review_required
+    review_required, CAST(triage_score AS INTEGER), triage_verdict, branch, base, commit_id
     FROM runs LEFT JOIN current_reviews ON current_reviews.run_id = runs.run_id";
 
 fn logged_run(row: &rusqlite::Row<'_>) -> rusqlite::Result<LoggedRun> {
@@ -637,6 +678,11 @@ fn logged_run(row: &rusqlite::Row<'_>) -> rusqlite::Result<LoggedRun> {
         duration_ms: row.get(16)?,
         verdict: row.get(17)?,
         review_required: row.get(18)?,
+        triage_score: row.get(19)?,
+        triage_verdict: row.get(20)?,
+        branch: row.get(21)?,
+        base: row.get(22)?,
+        commit_id: row.get(23)?,
     })
 }
 
@@ -649,10 +695,10 @@ fn insert_run(tx: &Transaction<'_>, run: &RunRecord) -> rusqlite::Result<()> {
             attempts, test_command, test_passed, test_ms, prompt_tokens, completion_tokens,
             tokens_estimated, files_changed, lines_added, lines_removed, branch,
             review_required, review_phase, started_at, ended_at, duration_ms, saved_gross,
-            saved_net, route_reason)
+            saved_net, route_reason, triage_score, triage_verdict)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
             ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33,
-            ?34)",
+            ?34, ?35, ?36)",
         params![
             run.run_id,
             run.batch_id,
@@ -688,6 +734,8 @@ fn insert_run(tx: &Transaction<'_>, run: &RunRecord) -> rusqlite::Result<()> {
             run.saved_gross,
             run.saved_net,
             run.route_reason,
+            run.triage_score,
+            run.triage_verdict,
         ],
     )?;
     for attempt in &run.attempts {

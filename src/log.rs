@@ -92,6 +92,11 @@ mod tests {
             duration_ms: 1,
             verdict: Some("acceptable".to_owned()),
             review_required: Some(true),
+            triage_score: Some(8),
+            triage_verdict: Some("delegate".to_owned()),
+            branch: None,
+            base: None,
+            commit_id: None,
         };
         let table = table(&[run]);
         for line in table.lines() {

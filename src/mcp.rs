@@ -133,7 +133,7 @@ fn tools() -> Vec<Tool> {
         ),
         tool(
             "run_batch",
-            "Run a directory (or list) of task specs in depends_on order (in place, or with branch: true each on its own branch), or with only_failed the tasks of an earlier batch that did not succeed, and answer with the batch summary JSON. Waits up to wait_seconds, then answers {\"status\": \"running\", \"run_id\": BATCH_ID}; call get_run with that id.",
+            "Run a directory (or list) of task specs in depends_on order (in place, or each on its own branch with branch: true or the config's [run] branch), or with only_failed the tasks of an earlier batch that did not succeed, and answer with the batch summary JSON. Waits up to wait_seconds, then answers {\"status\": \"running\", \"run_id\": BATCH_ID}; call get_run with that id.",
             mcp_tools::run_batch_schema(),
         ),
         tool(
@@ -262,6 +262,10 @@ impl Server {
             Err(message) => return mcp_tools::bad_input(&message),
         };
         let env = Arc::clone(&self.env);
+        let options = match crate::run_defaults::settle(options, &env).await {
+            Ok(options) => options,
+            Err(error) => return Document::error(&error),
+        };
         let run = self.registry.start(move |feed| async move {
             let options = RunOptions {
                 cancel: feed.cancel.clone(),
@@ -303,12 +307,16 @@ impl Server {
         };
         let env = Arc::clone(&self.env);
         let wait = input.wait;
+        let options = match crate::run_defaults::settle(input.options, &env).await {
+            Ok(options) => options,
+            Err(error) => return Document::error(&error),
+        };
         let run = self.registry.start(move |feed| async move {
             let feed = Arc::new(feed);
             let options = RunOptions {
                 cancel: feed.cancel.clone(),
                 run_id_sink: Some(Arc::clone(&feed.id)),
-                ..input.options
+                ..options
             };
             let lines = Arc::clone(&feed);
             let observe: batch::Observer = Arc::new(move |event| match event {

@@ -42,10 +42,14 @@ pub struct RunOptions {
     /// Stops the run early (the command line sets it on a signal).
     pub cancel: Cancel,
     /// Run in a task worktree and commit a success on `local-task/<task_id>`
-    /// ([`crate::branch`]); `force` then replaces an existing branch.
+    /// ([`crate::branch`]); `force` then replaces an existing branch. `--branch`, or the
+    /// configuration's `[run] branch` once [`crate::run_defaults::settle`] applied it.
     pub branch: bool,
-    /// Ignored directories of the main tree to link into a task worktree (with
-    /// `LOCAL_TASK_LINK`'s, colon-separated).
+    /// `--no-branch`: in place, whatever the configuration's `[run] branch` says.
+    pub no_branch: bool,
+    /// Ignored directories of the main tree to link into a task worktree: the config's
+    /// `[run] link` then `--link`'s once [`crate::run_defaults::settle`] applied it, with
+    /// `LOCAL_TASK_LINK`'s (colon-separated) added by the branch run.
     pub links: Vec<PathBuf>,
     /// Told the run's id as soon as the run has one (its journal exists, before the
     /// model is asked): a caller that hands the id out while the run goes on, such as
@@ -84,6 +88,7 @@ impl RunOptions {
             batch_id: None,
             cancel: Cancel::never(),
             branch: false,
+            no_branch: false,
             links: Vec::new(),
             run_id_sink: None,
             profile: None,

@@ -182,6 +182,8 @@ fn run_record(result: &TaskResult, facts: &Facts) -> RunRecord {
         exchange: (result.status == Status::Success)
             .then(|| exchange(result, facts))
             .flatten(),
+        triage_score: result.triage.as_ref().map(|t| t.score),
+        triage_verdict: result.triage.as_ref().map(|t| serde_name(&t.verdict)),
         started_at: ledger::timestamp(ended - duration),
         ended_at: ledger::timestamp(ended),
         duration_ms: result.duration_ms,
@@ -376,12 +378,53 @@ pub fn bring_in(
     report: &crate::bring_in::BringInReport,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Option<String> {
-    let kind = match report.status.as_str() {
+    event(&report.run_id, verb_of(report), Some(&report.summary), env)
+}
+
+/// Records where branch run `record` is (its repository, branch, base and commit) on its
+/// ledger row, once the commit is made; what went wrong otherwise, for a note (the
+/// commit is made either way).
+pub(crate) fn branch(
+    root: &Path,
+    record: &crate::runs::BranchRecord,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<String> {
+    let root = root.display().to_string();
+    let place = ledger::BranchPlace {
+        repo_root: &root,
+        branch: &record.branch,
+        base: &record.base,
+        commit: record.commit.as_deref(),
+    };
+    // The repository's config cannot move the ledger, but it is read to find the user's.
+    let recorded = crate::config::ledger_settings(Some(Path::new(&root)), env)
+        .and_then(|settings| Ledger::open_configured(env, &settings))
+        .and_then(|mut ledger| ledger.set_branch(&record.run_id, &place));
+    recorded.err().map(|error| {
+        format!(
+            "the run's branch and commit are not recorded in the run ledger ({error}); `git branch` and `execute-local-task runs` still show them"
+        )
+    })
+}
+
+/// Records one run's part of an `apply`, `merge` or `discard` of batch `batch_id` against
+/// that run, naming the batch; what went wrong otherwise, for a note.
+pub fn bring_in_batch(
+    batch_id: &str,
+    report: &crate::bring_in::BringInReport,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<String> {
+    let detail = format!("batch {batch_id}: {}", report.summary);
+    event(&report.run_id, verb_of(report), Some(&detail), env)
+}
+
+/// The event a report's status records: `apply`, `merge` or `discard`.
+fn verb_of(report: &crate::bring_in::BringInReport) -> &'static str {
+    match report.status.as_str() {
         "applied" => "apply",
         "merged" => "merge",
         _ => "discard",
-    };
-    event(&report.run_id, kind, Some(&report.summary), env)
+    }
 }
 
 /// Records `kind` (e.g. `rollback`) against run `run_id`; what went wrong otherwise, for

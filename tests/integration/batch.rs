@@ -15,7 +15,7 @@ use crate::branches::{git_out, git_state};
 use crate::harness::{MODEL, ModelServer, Run, Script, Test, snapshot};
 
 /// A spec whose description carries `<<id>>`, the needle its replies are routed by.
-fn task(id: &str, output: &str, extra: &Value) -> Value {
+pub(crate) fn task(id: &str, output: &str, extra: &Value) -> Value {
     let mut spec = json!({
         "task_id": id,
         "description": format!("Task <<{id}>>: write the file."),
@@ -29,7 +29,7 @@ fn task(id: &str, output: &str, extra: &Value) -> Value {
 
 /// Twelve specs: a chain (A1 → A2 → A3), a diamond (D1 → D2, D3 → D4), two tasks writing
 /// one file (S1, S2), a failing task and its dependent (F1 → F2), and an independent one.
-fn fixture() -> Vec<(&'static str, Value)> {
+pub(crate) fn fixture() -> Vec<(&'static str, Value)> {
     vec![
         ("a1.json", task("A1", "out/a1.txt", &json!({}))),
         (
@@ -85,7 +85,7 @@ fn fixture() -> Vec<(&'static str, Value)> {
 
 /// The fixture's replies: each task writes its id; F1's code fails its test; S2 replaces
 /// what S1 wrote.
-fn with_replies(mut test: Test) -> Test {
+pub(crate) fn with_replies(mut test: Test) -> Test {
     for (id, path) in [
         ("A1", "out/a1.txt"),
         ("A2", "out/a2.txt"),
@@ -108,7 +108,7 @@ fn with_replies(mut test: Test) -> Test {
 }
 
 /// Runs the binary on a spec directory holding `specs` (outside the repository), then `args`.
-fn batch(test: Test, specs: &[(&str, Value)], args: &[&str]) -> Run {
+pub(crate) fn batch(test: Test, specs: &[(&str, Value)], args: &[&str]) -> Run {
     let specs: Vec<(String, String)> = specs
         .iter()
         .map(|(name, spec)| ((*name).to_owned(), spec.to_string()))
@@ -133,7 +133,7 @@ fn batch(test: Test, specs: &[(&str, Value)], args: &[&str]) -> Run {
 }
 
 /// Stdout as JSON Lines: every task's result, then the summary.
-fn lines(run: &Run) -> (Vec<TaskResult>, BatchSummary) {
+pub(crate) fn lines(run: &Run) -> (Vec<TaskResult>, BatchSummary) {
     let mut lines: Vec<&str> = run.stdout.lines().collect();
     for line in &lines {
         crate::harness::assert_matches_batch_schema(line);
@@ -217,7 +217,7 @@ fn check_fixture_outcome(run: &Run) -> BatchSummary {
     summary
 }
 
-fn tree(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+pub(crate) fn tree(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     snapshot(root)
 }
 

@@ -5,6 +5,8 @@
 mod harness;
 
 mod batch;
+mod batch_merge;
+mod branch_config;
 mod branches;
 mod config;
 mod conformance;
@@ -15,6 +17,7 @@ mod hardening_server;
 mod hardening_tree;
 mod integrations;
 mod ledger;
+mod ledger_columns;
 mod ledger_config;
 mod mcp;
 mod pools;

@@ -719,6 +719,36 @@ fn mcp_runs_a_batch_and_rolls_it_back_by_its_id() {
     assert_eq!(run.read("b.txt"), None);
 }
 
+/// `run_task` follows the configuration's `[run] branch` as the command line does, and
+/// its `no_branch` beats it.
+#[test]
+fn mcp_run_task_follows_the_configs_branch_default() {
+    let test = Test::new()
+        .file(".execute-local-task/config.toml", "[run]\nbranch = true\n")
+        .file("out.txt", "old\n")
+        .script(Script::code("out.txt", "new\n"))
+        .script(Script::code("out.txt", "new\n"));
+    let (run, (on_branch, in_place)) = session(test, |client| {
+        let call = |client: &mut Client, extra: Value| {
+            let mut arguments =
+                json!({"spec": spec("out.txt", &json!({})), "no_test": true, "wait_seconds": 50});
+            arguments
+                .as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            client.call_and_wait("run_task", arguments).task_result()
+        };
+        let on_branch = call(client, json!({}));
+        let in_place = call(client, json!({"no_branch": true}));
+        (on_branch, in_place)
+    });
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(on_branch.branch.as_deref(), Some("local-task/T-001"));
+    assert_eq!(in_place.status, Status::Success, "{in_place:?}");
+    assert_eq!(in_place.branch, None);
+    assert_eq!(run.read("out.txt").as_deref(), Some("new\n"));
+}
+
 impl ToolResult {
     /// The answer's text: what the command line prints.
     fn text(&self) -> &str {
