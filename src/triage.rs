@@ -71,7 +71,8 @@ pub struct Estimate {
     pub context_imports: u64,
     pub context_files: u64,
     pub context_bytes: u64,
-    /// The first request's tokens, estimated at 4 characters a token.
+    /// The first request's tokens, estimated as the run's check before the call does
+    /// ([`crate::model::window::tokens_in`]).
     pub prompt_tokens: u64,
     /// The reply's tokens, estimated at 12 a line of output.
     pub reply_tokens: u64,
@@ -312,7 +313,7 @@ fn estimate(inputs: &Inputs, window: Option<u32>) -> Estimate {
         .map(imports)
         .sum();
     let context_imports = inputs.context.iter().map(|c| imports(&c.content)).sum();
-    let prompt_tokens = (inputs.prompt_chars as u64).div_ceil(4);
+    let prompt_tokens = crate::model::window::tokens_in(inputs.prompt_chars);
     let reply_tokens = output_lines * 12;
     let window_known = window.is_some();
     let window = u64::from(window.unwrap_or(defaults::ASSUMED_CONTEXT_WINDOW));

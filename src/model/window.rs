@@ -67,10 +67,17 @@ impl Window {
     }
 }
 
-/// The prompt's tokens, estimated generously: three bytes a token (code tokenizes
-/// densely) and a few for each message's framing.
+/// The prompt's tokens, estimated generously: [`tokens_in`] its bytes and a few for each
+/// message's framing.
 pub fn prompt_tokens(request: &ChatRequest) -> u64 {
     let bytes: usize = request.messages.iter().map(|m| m.content.len() + 16).sum();
+    tokens_in(bytes)
+}
+
+/// The tokens `bytes` of prompt take, estimated generously at three bytes a token (code
+/// tokenizes densely). Triage and the check before the call use this one estimate, so
+/// `check` never calls a task fitting that the run then refuses for its prompt.
+pub fn tokens_in(bytes: usize) -> u64 {
     (bytes as u64).div_ceil(3)
 }
 
