@@ -21,6 +21,7 @@ use crate::runs::{self, BranchRecord};
 use crate::server::Connected;
 use crate::spec::{self, TaskSpec};
 use crate::worktree::{MainRepo, TaskWorktree};
+use crate::worktree_slots::WorktreeSlots;
 
 /// The old value `git update-ref` takes to mean "the ref must not exist".
 const ABSENT: &str = "0000000000000000000000000000000000000000";
@@ -34,6 +35,8 @@ struct Setup {
     /// The tip of an existing branch `--force` replaces.
     replaced: Option<String>,
     worktree: TaskWorktree,
+    /// Where the worktree goes back when the run ends; None: it is removed.
+    slots: Option<Arc<WorktreeSlots>>,
     notes: Vec<String>,
 }
 
@@ -59,12 +62,27 @@ pub async fn run_from(
     env: &Env,
     progress: Progress<'_>,
 ) -> RunOutput {
+    run_in(None, base, spec, options, server, env, progress).await
+}
+
+/// Like [`run_from`], in a worktree taken from `slots` (reset to the base) and given
+/// back to it when the run ends, instead of one made and removed for this run: for a
+/// batch, whose next task reuses it.
+pub async fn run_in(
+    slots: Option<Arc<WorktreeSlots>>,
+    base: Option<String>,
+    spec: &SpecInput,
+    options: &RunOptions,
+    server: Option<Connected>,
+    env: &Env,
+    progress: Progress<'_>,
+) -> RunOutput {
     if options.dry_run {
         return pipeline::run(spec, options, server, env, progress).await;
     }
     let setup = {
         let (spec, options, env) = (spec.clone(), options.clone(), Arc::clone(env));
-        off_thread(move || set_up(base.as_deref(), &spec, &options, &*env)).await
+        off_thread(move || set_up(slots, base.as_deref(), &spec, &options, &*env)).await
     };
     let setup = match setup {
         Ok(setup) => setup,
@@ -90,6 +108,7 @@ pub async fn run_from(
 
 /// The task, its branch and base, and its worktree with what it needs brought along.
 fn set_up(
+    slots: Option<Arc<WorktreeSlots>>,
     base: Option<&str>,
     input: &SpecInput,
     options: &RunOptions,
@@ -129,16 +148,22 @@ fn set_up(
         }));
     }
     let home = main.worktrees_dir(env);
-    let mut notes = Vec::new();
-    let stale = crate::worktree::prune_stale(&main, &home);
-    if !stale.is_empty() {
-        notes.push(format!(
-            "removed {} task worktree(s) an interrupted run left",
-            stale.len()
-        ));
-    }
-    let mut worktree =
-        TaskWorktree::create(&main, &home, &crate::write::new_run_id(), &base).map_err(fail)?;
+    let id = crate::write::new_run_id();
+    let (mut worktree, mut notes) = match &slots {
+        Some(slots) => slots.take(&main, &home, &id, &base).map_err(fail)?,
+        None => {
+            let mut notes = Vec::new();
+            let stale = crate::worktree::prune_stale(&main, &home);
+            if !stale.is_empty() {
+                notes.push(format!(
+                    "removed {} task worktree(s) an interrupted run left",
+                    stale.len()
+                ));
+            }
+            let worktree = TaskWorktree::create(&main, &home, &id, &base).map_err(fail)?;
+            (worktree, notes)
+        }
+    };
     let mut links = options.links.clone();
     links.extend(
         env("LOCAL_TASK_LINK")
@@ -165,6 +190,7 @@ fn set_up(
         base,
         replaced,
         worktree,
+        slots,
         notes,
     })
 }
@@ -205,6 +231,7 @@ fn finish(setup: Setup, output: RunOutput, keep_failed: bool) -> RunOutput {
         base,
         replaced,
         worktree,
+        slots,
         ..
     } = setup;
     if result.status == Status::Success {
@@ -226,7 +253,7 @@ fn finish(setup: Setup, output: RunOutput, keep_failed: bool) -> RunOutput {
                 result.branch = Some(branch.clone());
                 result.commit = Some(commit);
                 result.replaced = replaced;
-                remove(worktree, &mut result);
+                release(worktree, slots.as_deref(), &mut result);
             }
             Err(error) => {
                 // The code is only in the worktree now: keep it, and say where.
@@ -263,7 +290,7 @@ fn finish(setup: Setup, output: RunOutput, keep_failed: bool) -> RunOutput {
                     .push(format!("cannot keep the task worktree: {error}")),
             }
         } else {
-            remove(worktree, &mut result);
+            release(worktree, slots.as_deref(), &mut result);
         }
     }
     let record = BranchRecord {
@@ -343,7 +370,12 @@ fn explain_test_failure(worktree: &TaskWorktree, result: &mut TaskResult) {
     result.notes.push(note);
 }
 
-fn remove(worktree: TaskWorktree, result: &mut TaskResult) {
+/// The worktree of a run that ended: back to `slots` for the next task, else removed.
+fn release(worktree: TaskWorktree, slots: Option<&WorktreeSlots>, result: &mut TaskResult) {
+    if let Some(slots) = slots {
+        slots.give_back(worktree);
+        return;
+    }
     let path = worktree.path.clone();
     if let Err(error) = worktree.remove() {
         result.notes.push(format!(
@@ -371,7 +403,14 @@ fn commit(
     let (subject, body) = message(task);
     let trailers = trailers(task, result);
     let mut args = git_cli::identity_args(worktree);
+    // No automatic maintenance after each task's commit: it is a process of its own per
+    // commit, a cost every task of a batch would pay; the user's own next git command
+    // that checks does it.
     args.extend([
+        "-c",
+        "maintenance.auto=false",
+        "-c",
+        "gc.auto=0",
         "commit",
         "--quiet",
         "--no-verify",

@@ -67,6 +67,7 @@ mod transaction;
 pub mod triage;
 pub mod trust;
 pub mod worktree;
+pub mod worktree_slots;
 pub mod write;
 
 pub use cli::run;

@@ -15,7 +15,7 @@ use crate::branches::{git_out, git_state};
 use crate::harness::{MODEL, ModelServer, Run, Script, Test, snapshot};
 
 /// A spec whose description carries `<<id>>`, the needle its replies are routed by.
-fn task(id: &str, output: &str, extra: &Value) -> Value {
+pub fn task(id: &str, output: &str, extra: &Value) -> Value {
     let mut spec = json!({
         "task_id": id,
         "description": format!("Task <<{id}>>: write the file."),
@@ -108,7 +108,7 @@ fn with_replies(mut test: Test) -> Test {
 }
 
 /// Runs the binary on a spec directory holding `specs` (outside the repository), then `args`.
-fn batch(test: Test, specs: &[(&str, Value)], args: &[&str]) -> Run {
+pub fn batch(test: Test, specs: &[(&str, Value)], args: &[&str]) -> Run {
     let specs: Vec<(String, String)> = specs
         .iter()
         .map(|(name, spec)| ((*name).to_owned(), spec.to_string()))
@@ -133,7 +133,7 @@ fn batch(test: Test, specs: &[(&str, Value)], args: &[&str]) -> Run {
 }
 
 /// Stdout as JSON Lines: every task's result, then the summary.
-fn lines(run: &Run) -> (Vec<TaskResult>, BatchSummary) {
+pub fn lines(run: &Run) -> (Vec<TaskResult>, BatchSummary) {
     let mut lines: Vec<&str> = run.stdout.lines().collect();
     let last = lines
         .pop()

@@ -5,6 +5,7 @@
 mod harness;
 
 mod batch;
+mod batch_speed;
 mod branches;
 mod config;
 mod conformance;
