@@ -1,5 +1,6 @@
 //! A run on its own task branch (`--branch`): the task runs in a worktree made for it
-//! from HEAD ([`crate::worktree`]), through the same pipeline as a run in place, and a
+//! from HEAD ([`crate::worktree`]; in a batch, one reused from the task before it,
+//! reset: [`crate::worktree_slots`]), through the same pipeline as a run in place, and a
 //! success is committed on `local-task/<task_id>` with the run's facts as trailers. The
 //! user's working tree, index, HEAD and current branch are never touched: the worktree
 //! is detached at the base commit and the branch is made only at the end, by a
@@ -149,20 +150,19 @@ fn set_up(
     }
     let home = main.worktrees_dir(env);
     let id = crate::write::new_run_id();
-    let (mut worktree, mut notes) = match &slots {
-        Some(slots) => slots.take(&main, &home, &id, &base).map_err(fail)?,
-        None => {
-            let mut notes = Vec::new();
-            let stale = crate::worktree::prune_stale(&main, &home);
-            if !stale.is_empty() {
-                notes.push(format!(
-                    "removed {} task worktree(s) an interrupted run left",
-                    stale.len()
-                ));
-            }
-            let worktree = TaskWorktree::create(&main, &home, &id, &base).map_err(fail)?;
-            (worktree, notes)
+    let (mut worktree, mut notes) = if let Some(slots) = &slots {
+        slots.take(&main, &home, &id, &base).map_err(fail)?
+    } else {
+        let mut notes = Vec::new();
+        let stale = crate::worktree::prune_stale(&main, &home);
+        if !stale.is_empty() {
+            notes.push(format!(
+                "removed {} task worktree(s) an interrupted run left",
+                stale.len()
+            ));
         }
+        let worktree = TaskWorktree::create(&main, &home, &id, &base).map_err(fail)?;
+        (worktree, notes)
     };
     let mut links = options.links.clone();
     links.extend(

@@ -39,8 +39,8 @@ fn worktrees_registered(repo: &Path) -> usize {
 fn a_batch_on_branches_reuses_one_worktree_per_running_task() {
     let mut test = Test::new();
     let mut specs = Vec::new();
-    let names: Vec<String> = (0..5).map(|i| format!("t{i}.json")).collect();
-    for (i, name) in names.iter().enumerate() {
+    let spec_names: Vec<String> = (0..5).map(|i| format!("t{i}.json")).collect();
+    for (i, name) in spec_names.iter().enumerate() {
         let (id, path) = (format!("T{i}"), format!("out/t{i}.txt"));
         test = test.route(&format!("<<{id}>>"), vec![Script::code(&path, "x\n")]);
         specs.push((name.as_str(), task(&id, &path, &json!({}))));
