@@ -10,18 +10,30 @@ use std::fmt::Write as _;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use execute_local_task::worktree::{MainRepo, TaskWorktree};
 use execute_local_task::{context, diff, extract};
 use harness::{Script, Test, spec};
 use serde_json::json;
 
 fn main() {
-    // `BENCH_BATCH_ONLY=1` measures the batch alone.
-    if std::env::var_os("BENCH_BATCH_ONLY").is_some() {
-        batch_in_place(100, 4, Duration::ZERO, 3);
-        batch_in_place(100, 4, Duration::from_millis(100), 3);
-        batch_on_branches(100, 4, Duration::from_millis(100), 3);
-        worktree_cost(10, 20);
-        worktree_cost(20_000, 5);
+    // `BENCH_BATCH_ONLY=1` measures the batch alone; `=in-place`, `=branches` or
+    // `=worktrees` one part of it.
+    if let Some(part) = std::env::var_os("BENCH_BATCH_ONLY") {
+        let all = !["in-place", "branches", "worktrees"]
+            .iter()
+            .any(|p| part == *p);
+        if all || part == "in-place" {
+            batch_in_place(100, 4, Duration::ZERO, 3);
+            batch_in_place(100, 4, Duration::from_millis(100), 3);
+        }
+        if all || part == "branches" {
+            batch_on_branches(100, 4, Duration::from_millis(100), 3);
+            batch_on_branches_large(20, 4, Duration::from_millis(100), 20_000);
+        }
+        if all || part == "worktrees" {
+            worktree_cost(10, 20);
+            worktree_cost(20_000, 5);
+        }
         return;
     }
     whole_run("whole run, 1 new file, no test", &json!({}), 0, 30);
@@ -71,18 +83,28 @@ fn whole_run(name: &str, extra: &serde_json::Value, context_files: usize, runs: 
 /// `slots` replies at once, each taking `latency`: how close the batch comes to the ideal
 /// `tasks × latency / slots`, the model's time alone.
 fn batch_in_place(tasks: usize, slots: usize, latency: Duration, runs: usize) {
-    batch(tasks, slots, latency, runs, false);
+    batch(tasks, slots, latency, runs, false, 0);
 }
 
 /// The same batch with `--branch`: every task in a worktree of its own.
 fn batch_on_branches(tasks: usize, slots: usize, latency: Duration, runs: usize) {
-    batch(tasks, slots, latency, runs, true);
+    batch(tasks, slots, latency, runs, true, 0);
 }
 
-fn batch(tasks: usize, slots: usize, latency: Duration, runs: usize, branch: bool) {
+/// The same on a repository of `files` more tracked files: what a task's worktree costs
+/// when there is much to check out.
+fn batch_on_branches_large(tasks: usize, slots: usize, latency: Duration, files: usize) {
+    batch(tasks, slots, latency, 3, true, files);
+}
+
+fn batch(tasks: usize, slots: usize, latency: Duration, runs: usize, branch: bool, files: usize) {
     let mut samples = Vec::with_capacity(runs);
     for _ in 0..runs {
-        let mut test = Test::new().slots(slots, latency);
+        let mut test = Test::new().slots(slots, latency).before(move |repo| {
+            if files > 0 {
+                many_files(repo, files);
+            }
+        });
         let mut specs = Vec::new();
         for i in 0..tasks {
             let id = format!("T{i}");
@@ -122,9 +144,14 @@ fn batch(tasks: usize, slots: usize, latency: Duration, runs: usize, branch: boo
     let ideal =
         latency * u32::try_from(tasks).unwrap_or(u32::MAX) / u32::try_from(slots).unwrap_or(1);
     let name = format!(
-        "batch{}, {tasks} independent specs, --jobs {slots}, {slots} slots of {} ms",
+        "batch{}, {tasks} independent specs, --jobs {slots}, {slots} slots of {} ms{}",
         if branch { " on branches" } else { " in place" },
-        latency.as_millis()
+        latency.as_millis(),
+        if files > 0 {
+            format!(", {files} tracked files")
+        } else {
+            String::new()
+        }
     );
     report(&name, &mut samples);
     if latency.is_zero() {
@@ -132,11 +159,28 @@ fn batch(tasks: usize, slots: usize, latency: Duration, runs: usize, branch: boo
         return;
     }
     let median = samples[samples.len() / 2];
-    println!(
-        "    ideal {:.2} s; the median is {:.0}% above it",
-        ideal.as_secs_f64(),
-        (median.as_secs_f64() / ideal.as_secs_f64() - 1.0) * 100.0
+    let (slots_u32, tasks_u32) = (
+        u32::try_from(slots).unwrap_or(1),
+        u32::try_from(tasks).unwrap_or(1),
     );
+    println!(
+        "    ideal {:.2} s; the median is {:.0}% above it, {:.0} ms per task beyond the model's time in each of {slots} slots",
+        ideal.as_secs_f64(),
+        (median.as_secs_f64() / ideal.as_secs_f64() - 1.0) * 100.0,
+        (median.as_secs_f64() - ideal.as_secs_f64()) * 1000.0 * f64::from(slots_u32)
+            / f64::from(tasks_u32)
+    );
+}
+
+/// Adds `files` small tracked files to the test repository, in one commit.
+fn many_files(repo: &std::path::Path, files: usize) {
+    for i in 0..files {
+        let sub = repo.join("src").join(format!("d{}", i / 500));
+        std::fs::create_dir_all(&sub).expect("a directory");
+        std::fs::write(sub.join(format!("f{i}.txt")), format!("{i}\n")).expect("a file");
+    }
+    harness::git(repo, &["add", "-A"]);
+    harness::git(repo, &["commit", "-qm", "many files"]);
 }
 
 fn extraction() {
@@ -294,5 +338,57 @@ fn worktree_cost(files: usize, runs: usize) {
     report(
         &format!("task worktree, {files} tracked files: remove"),
         &mut remove,
+    );
+    worktree_reset_cost(&repo, dir.path(), files, runs * 4);
+}
+
+/// What a batch on branches pays per task instead: its slot's worktree reset to the next
+/// task's base ([`TaskWorktree::reset`]) after a task wrote, committed and left an
+/// untracked file and an ignored build directory in it.
+fn worktree_reset_cost(repo: &std::path::Path, dir: &std::path::Path, files: usize, runs: usize) {
+    let git = |cwd: &std::path::Path, args: &[&str]| {
+        std::process::Command::new("git")
+            .args(["-c", "user.name=bench", "-c", "user.email=bench@localhost"])
+            .args(args)
+            .current_dir(cwd)
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+            .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    };
+    let (Ok(main), Some(base)) = (MainRepo::discover(repo), git(repo, &["rev-parse", "HEAD"]))
+    else {
+        println!("worktree reset: the repository cannot be read");
+        return;
+    };
+    let Ok(mut worktree) = TaskWorktree::create(&main, &dir.join("slots"), "slot", &base) else {
+        println!("worktree reset: no worktree");
+        return;
+    };
+    let mut samples = Vec::with_capacity(runs);
+    for run in 0..runs {
+        let path = worktree.path.clone();
+        let task = std::fs::create_dir_all(path.join("out/build")).is_ok()
+            && std::fs::write(path.join("src/d0/f0.txt"), format!("changed {run}\n")).is_ok()
+            && std::fs::write(path.join(format!("out/t{run}.txt")), "new\n").is_ok()
+            && std::fs::write(path.join("out/build/x"), "built\n").is_ok()
+            && git(&path, &["add", "src/d0/f0.txt", &format!("out/t{run}.txt")]).is_some()
+            && git(&path, &["commit", "-qm", "task"]).is_some()
+            && std::fs::write(path.join("untracked.txt"), "left\n").is_ok();
+        if !task {
+            println!("worktree reset: the task's changes could not be made");
+            return;
+        }
+        let started = Instant::now();
+        if worktree.reset(&base).is_err() {
+            println!("worktree reset failed");
+            return;
+        }
+        samples.push(started.elapsed());
+    }
+    let _ = worktree.remove();
+    report(
+        &format!("task worktree, {files} tracked files: reset (reused)"),
+        &mut samples,
     );
 }

@@ -28,6 +28,7 @@ use crate::plan::{Plan, Task};
 use crate::repo::{Repo, TargetStatus};
 use crate::result::{ErrorInfo, Status, TaskResult, Usage};
 use crate::server::Connected;
+use crate::worktree_slots::WorktreeSlots;
 
 /// Progress lines of one task, shared with its run.
 pub type TaskProgress = Arc<dyn Fn(&str) + Send + Sync>;
@@ -35,23 +36,42 @@ pub type TaskProgress = Arc<dyn Fn(&str) + Send + Sync>;
 /// Runs one task of a batch and gives its output: the seam where a branch run takes the
 /// in-place run's place. The strings are the commits of the task's dependencies (those
 /// that made one: runs on branches).
-pub type Runner = Arc<
+pub type RunTask = Arc<
     dyn Fn(SpecInput, RunOptions, Vec<String>, TaskProgress) -> BoxFuture<'static, RunOutput>
         + Send
         + Sync,
 >;
 
-/// The in-place runner: the library's run, in the working tree.
-pub fn in_place(env: Env) -> Runner {
-    Arc::new(move |spec, options, _, progress| {
-        let env = Arc::clone(&env);
-        Box::pin(async move { pipeline::run(&spec, &options, None, &env, &*progress).await })
-    })
+/// Ends what a runner kept across tasks, once the batch is over; gives warnings to show.
+pub type Close = Arc<dyn Fn() -> BoxFuture<'static, Vec<String>> + Send + Sync>;
+
+/// How a batch runs each task, and what it cleans up at its end.
+#[derive(Clone)]
+pub struct Runner {
+    pub run: RunTask,
+    pub close: Option<Close>,
 }
 
-/// The branch runner: each task a branch run in its own worktree, from HEAD, or from its
-/// dependencies' commits (merged into a commit on no branch when there are several). When
-/// they do not merge the task is `skipped`, saying which files conflict.
+impl Runner {
+    /// A runner that keeps nothing across tasks.
+    pub fn new(run: RunTask) -> Self {
+        Self { run, close: None }
+    }
+}
+
+/// The in-place runner: the library's run, in the working tree.
+pub fn in_place(env: Env) -> Runner {
+    Runner::new(Arc::new(move |spec, options, _, progress| {
+        let env = Arc::clone(&env);
+        Box::pin(async move { pipeline::run(&spec, &options, None, &env, &*progress).await })
+    }))
+}
+
+/// The branch runner: each task a branch run in a worktree of its own while it runs, from
+/// HEAD, or from its dependencies' commits (merged into a commit on no branch when there
+/// are several). When they do not merge the task is `skipped`, saying which files
+/// conflict. A worktree is reused by the next task, reset to its base, and all are
+/// removed when the batch ends ([`WorktreeSlots`]).
 pub fn on_branches(env: Env) -> Runner {
     on_branches_with(env, Arc::new(|_| None))
 }
@@ -61,9 +81,16 @@ pub type ServerFor = Arc<dyn Fn(&SpecInput) -> Option<Connected> + Send + Sync>;
 
 /// [`on_branches`] with each task's server chosen by `server` (the demo's recorded replies).
 pub fn on_branches_with(env: Env, server: ServerFor) -> Runner {
-    Arc::new(move |spec, options, needs, progress| {
+    let slots = Arc::new(WorktreeSlots::new());
+    let closing = Arc::clone(&slots);
+    let close: Close = Arc::new(move || {
+        let slots = Arc::clone(&closing);
+        Box::pin(crate::blocking::off_thread(move || slots.close()))
+    });
+    let run: RunTask = Arc::new(move |spec, options, needs, progress| {
         let env = Arc::clone(&env);
         let connected = server(&spec);
+        let slots = Arc::clone(&slots);
         Box::pin(async move {
             let dir = options
                 .repo_dir
@@ -88,9 +115,22 @@ pub fn on_branches_with(env: Env, server: ServerFor) -> Runner {
                         };
                     }
                 };
-            crate::branch::run_from(base, &spec, &options, connected, &env, &*progress).await
+            crate::branch::run_in(
+                Some(slots),
+                base,
+                &spec,
+                &options,
+                connected,
+                &env,
+                &*progress,
+            )
+            .await
         })
-    })
+    });
+    Runner {
+        run,
+        close: Some(close),
+    }
 }
 
 /// What a batch tells its watcher while it runs.
@@ -415,6 +455,11 @@ pub async fn run(
     };
     scheduler.save_record();
     scheduler.run().await;
+    if let Some(close) = &scheduler.runner.close {
+        for warning in close().await {
+            (scheduler.observe)(Event::Note(&warning));
+        }
+    }
     Ok(BatchOutcome {
         batch_id: scheduler.batch_id,
         outcomes: scheduler.outcomes,
@@ -583,7 +628,7 @@ impl Scheduler {
             .filter_map(|&need| self.commits[need].clone())
             .collect();
         (self.observe)(Event::Started { task_id: &task_id });
-        let run = (self.runner)(spec, options, needs, progress);
+        let run = (self.runner.run)(spec, options, needs, progress);
         let handle = self.running.spawn(async move { (index, run.await) });
         self.running_ids.insert(handle.id(), index);
         self.waiting[index] = State::Running;

@@ -1,5 +1,6 @@
 //! A run on its own task branch (`--branch`): the task runs in a worktree made for it
-//! from HEAD ([`crate::worktree`]), through the same pipeline as a run in place, and a
+//! from HEAD ([`crate::worktree`]; in a batch, one reused from the task before it,
+//! reset: [`crate::worktree_slots`]), through the same pipeline as a run in place, and a
 //! success is committed on `local-task/<task_id>` with the run's facts as trailers. The
 //! user's working tree, index, HEAD and current branch are never touched: the worktree
 //! is detached at the base commit and the branch is made only at the end, by a
@@ -21,6 +22,7 @@ use crate::runs::{self, BranchRecord};
 use crate::server::Connected;
 use crate::spec::{self, TaskSpec};
 use crate::worktree::{MainRepo, TaskWorktree};
+use crate::worktree_slots::WorktreeSlots;
 
 /// The old value `git update-ref` takes to mean "the ref must not exist".
 const ABSENT: &str = "0000000000000000000000000000000000000000";
@@ -34,6 +36,8 @@ struct Setup {
     /// The tip of an existing branch `--force` replaces.
     replaced: Option<String>,
     worktree: TaskWorktree,
+    /// Where the worktree goes back when the run ends; None: it is removed.
+    slots: Option<Arc<WorktreeSlots>>,
     notes: Vec<String>,
 }
 
@@ -59,12 +63,27 @@ pub async fn run_from(
     env: &Env,
     progress: Progress<'_>,
 ) -> RunOutput {
+    run_in(None, base, spec, options, server, env, progress).await
+}
+
+/// Like [`run_from`], in a worktree taken from `slots` (reset to the base) and given
+/// back to it when the run ends, instead of one made and removed for this run: for a
+/// batch, whose next task reuses it.
+pub async fn run_in(
+    slots: Option<Arc<WorktreeSlots>>,
+    base: Option<String>,
+    spec: &SpecInput,
+    options: &RunOptions,
+    server: Option<Connected>,
+    env: &Env,
+    progress: Progress<'_>,
+) -> RunOutput {
     if options.dry_run {
         return pipeline::run(spec, options, server, env, progress).await;
     }
     let setup = {
         let (spec, options, env) = (spec.clone(), options.clone(), Arc::clone(env));
-        off_thread(move || set_up(base.as_deref(), &spec, &options, &*env)).await
+        off_thread(move || set_up(slots, base.as_deref(), &spec, &options, &*env)).await
     };
     let setup = match setup {
         Ok(setup) => setup,
@@ -91,6 +110,7 @@ pub async fn run_from(
 
 /// The task, its branch and base, and its worktree with what it needs brought along.
 fn set_up(
+    slots: Option<Arc<WorktreeSlots>>,
     base: Option<&str>,
     input: &SpecInput,
     options: &RunOptions,
@@ -130,16 +150,21 @@ fn set_up(
         }));
     }
     let home = main.worktrees_dir(env);
-    let mut notes = Vec::new();
-    let stale = crate::worktree::prune_stale(&main, &home);
-    if !stale.is_empty() {
-        notes.push(format!(
-            "removed {} task worktree(s) an interrupted run left",
-            stale.len()
-        ));
-    }
-    let mut worktree =
-        TaskWorktree::create(&main, &home, &crate::write::new_run_id(), &base).map_err(fail)?;
+    let id = crate::write::new_run_id();
+    let (mut worktree, mut notes) = if let Some(slots) = &slots {
+        slots.take(&main, &home, &id, &base).map_err(fail)?
+    } else {
+        let mut notes = Vec::new();
+        let stale = crate::worktree::prune_stale(&main, &home);
+        if !stale.is_empty() {
+            notes.push(format!(
+                "removed {} task worktree(s) an interrupted run left",
+                stale.len()
+            ));
+        }
+        let worktree = TaskWorktree::create(&main, &home, &id, &base).map_err(fail)?;
+        (worktree, notes)
+    };
     let mut links = options.links.clone();
     links.extend(
         env("LOCAL_TASK_LINK")
@@ -166,6 +191,7 @@ fn set_up(
         base,
         replaced,
         worktree,
+        slots,
         notes,
     })
 }
@@ -184,6 +210,34 @@ fn error_output(task_id: Option<String>, error: &Error) -> RunOutput {
         result,
         exit_code: error.exit_code(),
         hint: error.hint(),
+    }
+}
+
+/// A run that did not succeed: why its test may have failed, and its worktree kept for
+/// `--keep-failed` or given back.
+fn leave_failed(
+    worktree: TaskWorktree,
+    slots: Option<&WorktreeSlots>,
+    keep_failed: bool,
+    result: &mut TaskResult,
+) {
+    explain_test_failure(&worktree, result);
+    if !keep_failed {
+        release(worktree, slots, result);
+        return;
+    }
+    match worktree.keep() {
+        Ok(path) => {
+            result.notes.push(format!(
+                "the last attempt's files are kept in the task worktree {}; `execute-local-task discard {}` removes it",
+                path.display(),
+                result.run_id
+            ));
+            result.worktree = Some(path.display().to_string());
+        }
+        Err(error) => result
+            .notes
+            .push(format!("cannot keep the task worktree: {error}")),
     }
 }
 
@@ -211,6 +265,7 @@ fn finish(
         base,
         replaced,
         worktree,
+        slots,
         ..
     } = setup;
     if result.status == Status::Success {
@@ -232,7 +287,7 @@ fn finish(
                 result.branch = Some(branch.clone());
                 result.commit = Some(commit);
                 result.replaced = replaced;
-                remove(worktree, &mut result);
+                release(worktree, slots.as_deref(), &mut result);
             }
             Err(error) => {
                 // The code is only in the worktree now: keep it, and say where.
@@ -253,24 +308,7 @@ fn finish(
             }
         }
     } else {
-        explain_test_failure(&worktree, &mut result);
-        if keep_failed {
-            match worktree.keep() {
-                Ok(path) => {
-                    result.notes.push(format!(
-                        "the last attempt's files are kept in the task worktree {}; `execute-local-task discard {}` removes it",
-                        path.display(),
-                        result.run_id
-                    ));
-                    result.worktree = Some(path.display().to_string());
-                }
-                Err(error) => result
-                    .notes
-                    .push(format!("cannot keep the task worktree: {error}")),
-            }
-        } else {
-            remove(worktree, &mut result);
-        }
+        leave_failed(worktree, slots.as_deref(), keep_failed, &mut result);
     }
     let record = BranchRecord {
         run_id: result.run_id.clone(),
@@ -352,7 +390,12 @@ fn explain_test_failure(worktree: &TaskWorktree, result: &mut TaskResult) {
     result.notes.push(note);
 }
 
-fn remove(worktree: TaskWorktree, result: &mut TaskResult) {
+/// The worktree of a run that ended: back to `slots` for the next task, else removed.
+fn release(worktree: TaskWorktree, slots: Option<&WorktreeSlots>, result: &mut TaskResult) {
+    if let Some(slots) = slots {
+        slots.give_back(worktree);
+        return;
+    }
     let path = worktree.path.clone();
     if let Err(error) = worktree.remove() {
         result.notes.push(format!(
@@ -380,7 +423,14 @@ fn commit(
     let (subject, body) = message(task);
     let trailers = trailers(task, result);
     let mut args = git_cli::identity_args(worktree);
+    // No automatic maintenance after each task's commit: it is a process of its own per
+    // commit, a cost every task of a batch would pay; the user's own next git command
+    // that checks does it.
     args.extend([
+        "-c",
+        "maintenance.auto=false",
+        "-c",
+        "gc.auto=0",
         "commit",
         "--quiet",
         "--no-verify",

@@ -75,6 +75,7 @@ pub mod triage;
 pub mod trust;
 pub mod validator;
 pub mod worktree;
+pub mod worktree_slots;
 pub mod write;
 
 pub use cli::run;

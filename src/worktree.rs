@@ -1,6 +1,7 @@
 //! Task worktrees: where they live, making one for a run (with the ignored files
-//! `.worktreeinclude` names copied and the configured directories linked), removing it
-//! when the run ends, and removing those a killed run left.
+//! `.worktreeinclude` names copied and the configured directories linked), resetting one
+//! for the next task of a batch, removing it when the run ends, and removing those a
+//! killed run left. git's worktree commands run one at a time, across processes too.
 //!
 //! They live in a per-user state directory, `$XDG_STATE_HOME/execute-local-task/
 //! worktrees/<repo>-<hash>/<id>` (else `~/.local/state/…`): never inside the user's
@@ -119,16 +120,50 @@ fn canonical(path: &Path) -> Result<PathBuf> {
     fs::canonicalize(path).map_err(|error| Error::io("resolve", path, error))
 }
 
-/// Held around every `git worktree` command of this process: git does not make adding,
-/// removing and pruning worktrees safe to run at once (a `prune` drops the registration
-/// of a worktree another `add` is still making), and a batch on branches runs them from
-/// several tasks at once.
+/// Held around every `git worktree` command: git does not make adding, removing and
+/// pruning worktrees safe to run at once (a `prune` drops the registration of a worktree
+/// another `add` is still making). A batch on branches runs them from several tasks at
+/// once, and two processes may run branch runs on one repository: so an in-process mutex
+/// (one thread at a time takes the file lock) and a file lock in the tool's directory of
+/// the shared git directory.
 static ADMIN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn admin() -> std::sync::MutexGuard<'static, ()> {
-    ADMIN
+/// Both locks of [`ADMIN`], released on drop (the file's first, by field order).
+struct Admin {
+    _file: Option<File>,
+    _thread: std::sync::MutexGuard<'static, ()>,
+}
+
+/// Takes both locks, waiting as long as it takes: worktree commands are short. When the
+/// lock file cannot be opened (a read-only git directory), only this process is
+/// serialised, as before there was a file lock: the git command that follows fails on
+/// such a repository anyway, with git's own words.
+fn admin(main: &MainRepo) -> Admin {
+    let thread = ADMIN
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = main.common_dir.join("execute-local-task");
+    let file = fs::create_dir_all(&dir).ok().and_then(|()| {
+        File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("worktrees.lock"))
+            .ok()
+    });
+    if let Some(file) = &file
+        && matches!(file.try_lock(), Err(TryLockError::WouldBlock))
+    {
+        // Debug builds only: a test learns that another process holds the lock.
+        crate::cancel::stall_point("worktree-admin-busy", None);
+        let _ = file.lock();
+    }
+    // Debug builds only: a test holds the lock here while another process starts.
+    crate::cancel::stall_point("worktree-admin", None);
+    Admin {
+        _file: file,
+        _thread: thread,
+    }
 }
 
 /// A worktree made for one run, detached at its base commit; removed by [`Self::remove`].
@@ -155,7 +190,7 @@ impl TaskWorktree {
         let path = dir.join(id);
         let path_text = path.to_string_lossy().into_owned();
         let added = {
-            let _admin = admin();
+            let _admin = admin(main);
             git(
                 &main.root,
                 &["worktree", "add", "--quiet", "--detach", &path_text, base],
@@ -174,14 +209,42 @@ impl TaskWorktree {
     }
 
     /// Removes the worktree and its registration; the commits and branch stay.
-    pub fn remove(self) -> Result<()> {
-        for link in &self.links {
-            // Unlinked first, so nothing below can ever reach through into the main tree.
-            let _ = fs::remove_file(self.path.join(link));
-        }
+    pub fn remove(mut self) -> Result<()> {
+        self.unlink();
         remove_worktree(&self.main, &self.path)?;
         let _ = fs::remove_file(lock_path(&self.path));
         Ok(())
+    }
+
+    /// Undoes the links, so nothing that cleans or removes the worktree can ever reach
+    /// through them into the main tree.
+    fn unlink(&mut self) {
+        for link in self.links.drain(..) {
+            let _ = fs::remove_file(self.path.join(link));
+        }
+    }
+
+    /// Makes the worktree what a new one of `base` would be, for the next task of a batch:
+    /// the links undone, then HEAD detached at `base` with every tracked file as `base`
+    /// has it, and every other file, untracked or ignored, removed (what the last task's
+    /// test built, the copies `.worktreeinclude` named; the caller brings those again).
+    /// The repository's hooks do not run, as no task asked for a checkout.
+    pub fn reset(&mut self, base: &str) -> Result<()> {
+        self.unlink();
+        let quiet_hooks = ["-c", "core.hooksPath=/dev/null"];
+        let mut checkout = quiet_hooks.to_vec();
+        checkout.extend(["checkout", "--quiet", "--force", "--detach", base]);
+        git(&self.path, &checkout)?;
+        let mut clean = quiet_hooks.to_vec();
+        clean.extend(["clean", "--quiet", "-ffdx"]);
+        git(&self.path, &clean)?;
+        Ok(())
+    }
+
+    /// Whether this worktree belongs to the repository whose shared git directory is
+    /// `common_dir`.
+    pub fn of(&self, main: &MainRepo) -> bool {
+        self.main.common_dir == main.common_dir
     }
 
     /// Leaves the worktree for inspection: marked so no later run removes it; `discard`
@@ -375,7 +438,7 @@ fn sibling(worktree: &Path, extension: &str) -> PathBuf {
 /// Removes a worktree's directory and registration. git removes symlinks without
 /// following them; the directory is removed by hand when git no longer knows it.
 fn remove_worktree(main: &MainRepo, path: &Path) -> Result<()> {
-    let _admin = admin();
+    let _admin = admin(main);
     let text = path.to_string_lossy().into_owned();
     let removed = git_cli::try_git(
         &main.root,
@@ -434,7 +497,7 @@ pub fn prune_stale(main: &MainRepo, dir: &Path) -> Vec<PathBuf> {
             Err(TryLockError::WouldBlock | TryLockError::Error(_)) => {}
         }
     }
-    let _admin = admin();
+    let _admin = admin(main);
     let _ = git_cli::try_git(&main.root, &["worktree", "prune"]);
     removed
 }

@@ -80,7 +80,7 @@ pub fn git_state(repo: &Path) -> GitState {
 }
 
 /// The task worktrees left on disk for the run's home (none once every run ended).
-fn worktrees_left(home: &Path) -> Vec<PathBuf> {
+pub fn worktrees_left(home: &Path) -> Vec<PathBuf> {
     let root = home.join(".local/state/execute-local-task/worktrees");
     let mut left = Vec::new();
     for repo in std::fs::read_dir(&root).into_iter().flatten().flatten() {

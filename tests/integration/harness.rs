@@ -1103,6 +1103,11 @@ impl Test {
         }
     }
 
+    /// The `HOME` the binary runs with.
+    pub fn home_path(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
     /// Builds the repository and spec, starts the server, runs the binary with the spec.
     pub fn run(self) -> Run {
         let args = self.args.clone();
@@ -1609,17 +1614,9 @@ impl Run {
     /// Like [`Run::again`], with these environment variables (a server's endpoint).
     pub fn again_with(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         let output = output(
-            Command::new(BIN)
+            command_in(&self.repo, &self.home)
                 .args(args)
-                .current_dir(&self.repo)
-                .env_clear()
-                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-                .env("HOME", &self.home)
-                .env("LANG", "C")
-                .env("GIT_CONFIG_NOSYSTEM", "1")
-                .env("GIT_CONFIG_GLOBAL", "/dev/null")
-                .envs(env.iter().copied())
-                .stdin(Stdio::null()),
+                .envs(env.iter().copied()),
         );
         (
             output.status.code().unwrap_or(-1),
@@ -1627,6 +1624,22 @@ impl Run {
             String::from_utf8_lossy(&output.stderr).into_owned(),
         )
     }
+}
+
+/// The binary in `repo` with `home`, in the hermetic environment of [`Run::again`]: for a
+/// second process beside a running one.
+pub fn command_in(repo: &Path, home: &Path) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .current_dir(repo)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("LANG", "C")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .stdin(Stdio::null());
+    command
 }
 
 /// A spec with the given output file and any extra fields.

@@ -6,6 +6,7 @@ mod harness;
 
 mod batch;
 mod batch_merge;
+mod batch_speed;
 mod branch_config;
 mod branches;
 mod config;
