@@ -1,0 +1,51 @@
+//! Review of profiles, routing, fallback, escalation and the validator: the API-key rule
+//! through every way a run reaches a server, and what a run says against what it did.
+
+use serde_json::json;
+
+use crate::harness::{ModelServer, Script, Test, spec};
+
+const REPO_CONFIG: &str = ".execute-local-task/config.toml";
+const REVIEWER: &str = "reviewer-model";
+
+/// A validator profile without an endpoint reviews on the writer's server; when only the
+/// repository named that server, no key may go there — not the writer's, nor the one the
+/// validator profile would send to an endpoint of its own.
+#[test]
+fn a_validator_borrowing_a_repository_endpoint_sends_it_no_key() {
+    let shared = ModelServer::start(
+        vec![Script::code("greeting.txt", "hello\n")],
+        vec!["test-model".to_owned(), REVIEWER.to_owned()],
+    );
+    shared.route(
+        REVIEWER,
+        vec![Script::reply(
+            &json!({"pass": true, "issues": [], "confidence": 0.9}).to_string(),
+        )],
+    );
+    let config = format!(
+        "default_profile = \"writer\"\n\n[profiles.writer]\nprovider = \"openai\"\n\
+         endpoint = \"{}/v1\"\nmodel = \"test-model\"\nvalidator = \"reviewer\"\n\n\
+         [profiles.reviewer]\nrole = \"validator\"\nmodel = \"{REVIEWER}\"\n",
+        shared.url
+    );
+    let run = Test::new()
+        .file(REPO_CONFIG, config)
+        .spec(spec(
+            "greeting.txt",
+            &json!({"test_command": "grep -qx hello greeting.txt"}),
+        ))
+        .env("LOCAL_TASK_API_KEY", "s3cret-key")
+        .run();
+    run.assert_code(0);
+    let asked = shared.requests();
+    assert_eq!(asked.len(), 2, "the writer and the reviewer asked");
+    for request in &asked {
+        assert!(
+            !request.headers.contains_key("authorization"),
+            "a key went to a repository's endpoint with {}: {:?}",
+            request.body["model"],
+            request.headers
+        );
+    }
+}
