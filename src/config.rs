@@ -379,6 +379,13 @@ impl Config {
         };
         config.validate()?;
         config.check_ledger_ranges()?;
+        for variable in config
+            .profiles
+            .values()
+            .filter_map(|p| p.api_key_env.as_ref())
+        {
+            crate::test_run::withhold(&variable.value);
+        }
         Ok(config)
     }
 

@@ -6,6 +6,7 @@ use serde_json::json;
 use crate::harness::{ModelServer, Script, Test, spec};
 
 const REPO_CONFIG: &str = ".execute-local-task/config.toml";
+const USER_CONFIG: &str = ".config/execute-local-task/config.toml";
 const REVIEWER: &str = "reviewer-model";
 
 /// A validator profile without an endpoint reviews on the writer's server; when only the
@@ -48,4 +49,36 @@ fn a_validator_borrowing_a_repository_endpoint_sends_it_no_key() {
             request.headers
         );
     }
+}
+
+/// The variable a profile's `api_key_env` names holds a key like `LOCAL_TASK_API_KEY`
+/// does, so the test command — model-written code — must not see it either.
+#[test]
+fn a_profiles_key_variable_is_kept_from_the_test() {
+    let server = ModelServer::start(
+        vec![Script::code("greeting.txt", "hello\n")],
+        vec!["test-model".to_owned()],
+    );
+    let config = format!(
+        "[profiles.mine]\nprovider = \"openai\"\nendpoint = \"{}/v1\"\nmodel = \"test-model\"\n\
+         api_key_env = \"MY_TEAM_KEY\"\n",
+        server.url
+    );
+    let run = Test::new()
+        .home_file(USER_CONFIG, config)
+        .spec(spec(
+            "greeting.txt",
+            &json!({
+                "profile": "mine",
+                "test_command": "test -z \"$MY_TEAM_KEY\" && grep -qx hello greeting.txt",
+            }),
+        ))
+        .env("MY_TEAM_KEY", "team-s3cret")
+        .run();
+    run.assert_code(0);
+    assert_eq!(
+        server.requests()[0].headers["authorization"],
+        "Bearer team-s3cret",
+        "the key went where the user's config said"
+    );
 }
