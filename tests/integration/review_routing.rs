@@ -82,3 +82,55 @@ fn a_profiles_key_variable_is_kept_from_the_test() {
         "the key went where the user's config said"
     );
 }
+
+/// A reviewer whose server is down is not the writer's server failing: the run stops
+/// (exit 3) without cooling the writer's server or handing the task to its fallback.
+#[test]
+fn a_down_validator_neither_cools_the_writer_nor_falls_back() {
+    let writer = ModelServer::start(
+        vec![Script::code("greeting.txt", "hello\n")],
+        vec!["test-model".to_owned()],
+    );
+    let backup = ModelServer::start(
+        vec![Script::code("greeting.txt", "hello\n")],
+        vec!["test-model".to_owned()],
+    );
+    let config = format!(
+        "default_profile = \"small\"\n\n[profiles.small]\nprovider = \"openai\"\n\
+         endpoint = \"{}/v1\"\nmodel = \"test-model\"\nfallback = [\"backup\"]\n\
+         validator = \"reviewer\"\n\n[profiles.backup]\nprovider = \"openai\"\n\
+         endpoint = \"{}/v1\"\nmodel = \"test-model\"\nvalidator = \"reviewer\"\n\n\
+         [profiles.reviewer]\nrole = \"validator\"\nprovider = \"openai\"\n\
+         endpoint = \"{}\"\nmodel = \"{REVIEWER}\"\n",
+        writer.url,
+        backup.url,
+        crate::harness::closed_port_url()
+    );
+    let run = Test::new()
+        .file(REPO_CONFIG, config)
+        .spec(spec(
+            "greeting.txt",
+            &json!({"test_command": "grep -qx hello greeting.txt"}),
+        ))
+        .arg("--retries")
+        .arg("0")
+        .run();
+    run.assert_error(3, "connection_refused");
+    assert_eq!(run.read("greeting.txt"), None);
+    assert_eq!(writer.requests().len(), 1);
+    assert_eq!(
+        backup.requests().len(),
+        0,
+        "the writer's fallback was asked"
+    );
+    let cooldown = run
+        .ledger_path()
+        .parent()
+        .map(|dir| dir.join("cooldown.json"))
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .unwrap_or_default();
+    assert!(
+        !cooldown.contains(&writer.url.replace("http://", "")),
+        "the writer's server was cooled for the reviewer's fault: {cooldown}"
+    );
+}
