@@ -56,7 +56,8 @@ pub struct Routing {
     pub min_runs: Setting<u32>,
     /// The share of those runs a profile must have succeeded in to be picked by routing.
     pub min_success_rate: Setting<f64>,
-    /// Model calls one task may make in all, across fallbacks and escalations.
+    /// Writer model calls one task may make in all, across fallbacks and escalations (a
+    /// validator's review is not counted: at most two calls per attempt it sees).
     pub max_calls: Setting<u32>,
     /// Seconds a server that failed is passed over by every run.
     pub cooldown_secs: Setting<u32>,
