@@ -46,6 +46,9 @@ struct Profiles {
     tried: Vec<String>,
     /// What the next attempt should say (a fallback, a climb).
     notes: Vec<String>,
+    /// Each profile whose server failed this task, with its server and error: what the
+    /// run's error names when no server is left, so the user sees every one, not the last.
+    failures: Vec<String>,
 }
 
 /// One profile's connected server and its sampling.
@@ -124,6 +127,7 @@ impl Ladder {
             cooldowns: prepared.cooldowns.clone(),
             tried: Vec::new(),
             notes: Vec::new(),
+            failures: Vec::new(),
         };
         let rung = match (server, profile) {
             (Some(server), _) => Rung::plain(server, options),
@@ -139,7 +143,10 @@ impl Ladder {
                     .await??;
                 Rung::plain(server, options)
             }
-            (None, Some(name)) => profiles.connect_from(&name, progress).await?,
+            (None, Some(name)) => match profiles.connect_from(&name, progress).await {
+                Ok(rung) => rung,
+                Err(error) => return Err(profiles.explain(error)),
+            },
         };
         Ok(Self {
             rung,
@@ -225,6 +232,12 @@ impl Ladder {
         }
     }
 
+    /// The error a run ends with when no fallback is left: a server's fault names every
+    /// profile that failed this task and its server, not only the last.
+    pub fn explain(&self, error: Error) -> Error {
+        self.profiles.explain(error)
+    }
+
     /// After a failed call that [`Ladder::fall_back`] could not hand on: on a rung the task
     /// climbed to, a server fault ends the ladder rather than the run (the task goes back
     /// to the supervisor as `escalate`, as its lower rung's attempts failed), and why.
@@ -287,7 +300,9 @@ impl Ladder {
 
 impl Profiles {
     /// Records that profile `name`'s server failed: on cool-down when the server is at fault.
-    fn failed(&self, name: &str, error: &ModelError) {
+    fn failed(&mut self, name: &str, error: &ModelError) {
+        self.failures
+            .push(format!("profile `{name}`: {}", one_line(&error.message)));
         if fault(error.kind) != Fault::Server {
             return;
         }
@@ -298,6 +313,23 @@ impl Profiles {
             .and_then(|e| e.value.first())
         {
             self.cooldowns.mark(endpoint, error.kind.as_str());
+        }
+    }
+
+    /// `error` naming every profile that failed this task, when more than its own message
+    /// is known; its kind (and so the exit code) and hint stay.
+    fn explain(&self, error: Error) -> Error {
+        match error {
+            Error::Model(mut model_error)
+                if fault(model_error.kind) != Fault::Other && !self.failures.is_empty() =>
+            {
+                model_error.message = format!(
+                    "no server of the profiles tried could be used: {}",
+                    self.failures.join("; ")
+                );
+                Error::Model(model_error)
+            }
+            other => other,
         }
     }
 

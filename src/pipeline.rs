@@ -408,7 +408,7 @@ impl Attempts<'_> {
                         continue;
                     }
                     let Some(why) = self.ladder.ends_climb(&error) else {
-                        return Err(error);
+                        return Err(self.ladder.explain(error));
                     };
                     (self.progress)(&why);
                     self.state.notes.push(why);

@@ -134,3 +134,32 @@ fn a_down_validator_neither_cools_the_writer_nor_falls_back() {
         "the writer's server was cooled for the reviewer's fault: {cooldown}"
     );
 }
+
+/// A profile whose every server is down ends the run with exit 3 and a message naming
+/// each profile tried and its server, not only the last URL.
+#[test]
+fn a_profile_whose_every_server_is_down_names_them_all() {
+    let (first, second) = (
+        crate::harness::closed_port_url(),
+        crate::harness::closed_port_url(),
+    );
+    let config = format!(
+        "[profiles.small]\nprovider = \"openai\"\nendpoint = \"{first}/v1\"\nmodel = \"m\"\n\
+         fallback = [\"spare\"]\n\n[profiles.spare]\nprovider = \"openai\"\n\
+         endpoint = \"{second}/v1\"\nmodel = \"m\"\n"
+    );
+    let run = Test::new()
+        .file(REPO_CONFIG, config)
+        .spec(spec("out.py", &json!({})))
+        .args(&["--profile", "small", "--retries", "0"])
+        .run();
+    let error = run.assert_error(3, "connection_refused");
+    for named in ["`small`", "`spare`", first.as_str(), second.as_str()] {
+        assert!(
+            error.message.contains(named),
+            "{named} not in: {}",
+            error.message
+        );
+    }
+    assert!(run.stderr.contains("`spare`"), "{}", run.stderr);
+}
