@@ -163,3 +163,82 @@ fn a_profile_whose_every_server_is_down_names_them_all() {
     }
     assert!(run.stderr.contains("`spare`"), "{}", run.stderr);
 }
+
+/// A validator profile reviews; it never writes. Picking one to write — by `--profile`,
+/// `LOCAL_TASK_PROFILE` or the spec's `profile` — is bad input (exit 2) naming where it
+/// was picked, before any model call.
+#[test]
+fn a_validator_profile_picked_to_write_is_refused() {
+    let server = ModelServer::start(
+        vec![Script::code("out.py", "x = 1\n")],
+        vec![REVIEWER.to_owned()],
+    );
+    let config = format!(
+        "[profiles.writer]\nprovider = \"openai\"\nendpoint = \"{0}/v1\"\nmodel = \"{REVIEWER}\"\n\n\
+         [profiles.reviewer]\nrole = \"validator\"\nprovider = \"openai\"\n\
+         endpoint = \"{0}/v1\"\nmodel = \"{REVIEWER}\"\n",
+        server.url
+    );
+    let picks: [(&str, Test); 3] = [
+        (
+            "--profile",
+            Test::new()
+                .args(&["--profile", "reviewer"])
+                .spec(spec("out.py", &json!({}))),
+        ),
+        (
+            "LOCAL_TASK_PROFILE",
+            Test::new()
+                .env("LOCAL_TASK_PROFILE", "reviewer")
+                .spec(spec("out.py", &json!({}))),
+        ),
+        (
+            "profile",
+            Test::new().spec(spec("out.py", &json!({"profile": "reviewer"}))),
+        ),
+    ];
+    for (named, test) in picks {
+        let run = test.file(REPO_CONFIG, config.clone()).run();
+        let error = run.assert_error(2, if named == "profile" { "spec" } else { "usage" });
+        assert!(
+            error.message.contains(named) && error.message.contains("validator"),
+            "{named}: {}",
+            error.message
+        );
+        assert_eq!(run.read("out.py"), None);
+    }
+    assert_eq!(server.requests().len(), 0);
+}
+
+/// Neither may a config hand a task to a validator profile to write: `default_profile`,
+/// a `fallback` or an `escalate_to` naming one is refused with its file, line and key.
+#[test]
+fn a_config_handing_writing_to_a_validator_is_refused() {
+    let reviewer = "[profiles.reviewer]\nrole = \"validator\"\nmodel = \"r\"\n";
+    let cases = [
+        (
+            format!("default_profile = \"reviewer\"\n\n[profiles.w]\nmodel = \"m\"\n\n{reviewer}"),
+            ":1: key `default_profile`",
+        ),
+        (
+            format!("[profiles.w]\nmodel = \"m\"\nfallback = [\"reviewer\"]\n\n{reviewer}"),
+            ":3: key `profiles.w.fallback`",
+        ),
+        (
+            format!("[profiles.w]\nmodel = \"m\"\nescalate_to = \"reviewer\"\n\n{reviewer}"),
+            ":3: key `profiles.w.escalate_to`",
+        ),
+    ];
+    for (config, expected) in cases {
+        let run = Test::new()
+            .file(REPO_CONFIG, config)
+            .spec(spec("out.py", &json!({})))
+            .run();
+        let error = run.assert_error(2, "config");
+        assert!(
+            error.message.contains(expected) && error.message.contains("validator profile"),
+            "{expected}: {}",
+            error.message
+        );
+    }
+}
