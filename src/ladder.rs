@@ -201,20 +201,26 @@ impl Ladder {
     }
 
     /// After a failed model call: when the current profile's server is at fault (or lacks
-    /// the model) and a fallback is left, moves to it and says so; `false` when the run
-    /// should end with `error` as it always did.
-    pub async fn fall_back(&mut self, error: &Error, progress: Progress<'_>) -> bool {
+    /// the model) and a fallback is left, moves to it and says so; `Ok(false)` when the run
+    /// should end with `error` as it always did. A signal meanwhile is the outer error: an
+    /// interrupted run, not the server's failure.
+    pub async fn fall_back(
+        &mut self,
+        error: &Error,
+        progress: Progress<'_>,
+    ) -> Result<bool, Error> {
         let (Error::Model(model_error), Some(name)) = (error, self.rung.profile.clone()) else {
-            return false;
+            return Ok(false);
         };
         if fault(model_error.kind) == Fault::Other {
-            return false;
+            return Ok(false);
         }
         self.profiles.failed(&name, model_error);
         let head = self.rung.head.clone().unwrap_or_else(|| name.clone());
         if self.profiles.chain(&head).is_empty() {
-            return false;
+            return Ok(false);
         }
+        self.profiles.stall("fall_back").await;
         match self.profiles.connect_from(&head, progress).await {
             Ok(rung) => {
                 self.profiles.notes.insert(
@@ -226,9 +232,10 @@ impl Ladder {
                     ),
                 );
                 self.rung = rung;
-                true
+                Ok(true)
             }
-            Err(_) => false,
+            Err(error @ Error::Interrupted(_)) => Err(error),
+            Err(_) => Ok(false),
         }
     }
 
@@ -257,10 +264,15 @@ impl Ladder {
 
     /// After the current profile's attempts all failed: climbs to its `escalate_to` (or
     /// that one's fallbacks) and says so; `Ok(false)` when the ladder ends here, and why
-    /// when its next rung cannot be reached.
-    pub async fn climb(&mut self, failed: u32, progress: Progress<'_>) -> Result<bool, String> {
+    /// when its next rung cannot be reached. A signal meanwhile is the outer error: an
+    /// interrupted run, not the ladder's end.
+    pub async fn climb(
+        &mut self,
+        failed: u32,
+        progress: Progress<'_>,
+    ) -> Result<Result<bool, String>, Error> {
         let Some(from) = self.rung.profile.clone() else {
-            return Ok(false);
+            return Ok(Ok(false));
         };
         // A fallback standing in for a profile climbs where that profile would, unless it
         // names its own `escalate_to`.
@@ -270,9 +282,10 @@ impl Ladder {
             .flatten()
             .find_map(|name| config.profile(name).and_then(|p| p.escalate_to.as_ref()));
         let Some(next) = escalate_to.map(|e| e.value.clone()) else {
-            return Ok(false);
+            return Ok(Ok(false));
         };
         let model = self.rung.server.model.clone();
+        self.profiles.stall("climb").await;
         match self.profiles.connect_from(&next, progress).await {
             Ok(rung) => {
                 let note = format!(
@@ -284,21 +297,35 @@ impl Ladder {
                 self.profiles.notes.insert(0, note);
                 self.rung = rung;
                 self.climbed_from = Some(from);
-                Ok(true)
+                Ok(Ok(true))
             }
+            Err(error @ Error::Interrupted(_)) => Err(error),
             Err(error) => {
                 let why = format!(
                     "could not escalate from profile `{from}` to profile `{next}`: {}",
                     one_line(&error.to_string())
                 );
                 progress(&why);
-                Err(why)
+                Ok(Err(why))
             }
         }
     }
 }
 
 impl Profiles {
+    /// The debug-only test hook ([`crate::cancel::stall_point`]) before connecting a new
+    /// rung. It blocks, so it runs off the async threads: the signal must still arrive.
+    async fn stall(&self, phase: &'static str) {
+        #[cfg(debug_assertions)]
+        {
+            let cancel = self.options.cancel.clone();
+            let stall = move || crate::cancel::stall_point(phase, Some(&cancel));
+            let _ = tokio::task::spawn_blocking(stall).await;
+        }
+        #[cfg(not(debug_assertions))]
+        let _ = phase;
+    }
+
     /// Records that profile `name`'s server failed: on cool-down when the server is at fault.
     fn failed(&mut self, name: &str, error: &ModelError) {
         self.failures

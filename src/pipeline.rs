@@ -380,7 +380,7 @@ impl Attempts<'_> {
                 if self.cannot_start.is_some() {
                     break;
                 }
-                match self.ladder.climb(on_rung, self.progress).await {
+                match self.ladder.climb(on_rung, self.progress).await? {
                     Ok(true) => {}
                     Ok(false) => break,
                     Err(why) => {
@@ -403,7 +403,7 @@ impl Attempts<'_> {
                 Ok(Next::Repair) => on_rung += 1,
                 Err(error) => return Err(error),
                 Ok(Next::WriterFailed(error)) => {
-                    if self.ladder.fall_back(&error, self.progress).await {
+                    if self.ladder.fall_back(&error, self.progress).await? {
                         self.state.model = Some(self.ladder.model_info());
                         continue;
                     }

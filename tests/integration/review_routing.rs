@@ -242,3 +242,86 @@ fn a_config_handing_writing_to_a_validator_is_refused() {
         );
     }
 }
+
+/// A signal while the task climbs to its `escalate_to` stops the run as a signal does
+/// anywhere else (exit 143, `interrupted`, the tree as it was); it is not the ladder's
+/// end, so the status is not `escalate`.
+#[test]
+fn a_signal_during_a_climb_is_an_interruption_not_an_escalation() {
+    let small = ModelServer::start(
+        vec![Script::code("out.txt", "worse\n")],
+        vec!["small-model".to_owned()],
+    );
+    let large = ModelServer::start(
+        vec![Script::code("out.txt", "good\n")],
+        vec!["large-model".to_owned()],
+    );
+    let config = format!(
+        "default_profile = \"small\"\n\n[profiles.small]\nprovider = \"openai\"\n\
+         endpoint = \"{}/v1\"\nmodel = \"small-model\"\nescalate_to = \"large\"\n\n\
+         [profiles.large]\nprovider = \"openai\"\nendpoint = \"{}/v1\"\nmodel = \"large-model\"\n",
+        small.url, large.url
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    let marker = scratch.path().join("climbing");
+    let seen = marker.clone();
+    let run = Test::new()
+        .file(REPO_CONFIG, config)
+        .file("out.txt", "old\n")
+        .spec(spec(
+            "out.txt",
+            &json!({"max_attempts": 1, "test_command": "grep -qx good out.txt"}),
+        ))
+        .env(
+            execute_local_task::cancel::STALL_AT_ENV,
+            &format!("climb:{}", marker.display()),
+        )
+        .during(move |running| {
+            crate::harness::wait_for_file(&seen);
+            running.signal(nix::sys::signal::Signal::SIGTERM);
+        })
+        .run();
+    run.assert_error(143, "interrupted");
+    assert_eq!(large.requests().len(), 0);
+    run.assert_unchanged();
+}
+
+/// A signal while the task falls back to another profile's server stops the run as a
+/// signal does (exit 143), not as the failed server's error (exit 3).
+#[test]
+fn a_signal_during_a_fallback_is_an_interruption_not_a_server_error() {
+    let spare = ModelServer::start(
+        vec![Script::code("out.txt", "good\n")],
+        vec!["m".to_owned()],
+    );
+    let config = format!(
+        "default_profile = \"small\"\n\n[profiles.small]\nprovider = \"openai\"\n\
+         endpoint = \"{}/v1\"\nmodel = \"m\"\nfallback = [\"spare\"]\n\n\
+         [profiles.spare]\nprovider = \"openai\"\nendpoint = \"{}/v1\"\nmodel = \"m\"\n",
+        crate::harness::closed_port_url(),
+        spare.url
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    let marker = scratch.path().join("falling-back");
+    let seen = marker.clone();
+    let run = Test::new()
+        .file(REPO_CONFIG, config)
+        .file("out.txt", "old\n")
+        .spec(spec(
+            "out.txt",
+            &json!({"test_command": "grep -qx good out.txt"}),
+        ))
+        .args(&["--retries", "0"])
+        .env(
+            execute_local_task::cancel::STALL_AT_ENV,
+            &format!("fall_back:{}", marker.display()),
+        )
+        .during(move |running| {
+            crate::harness::wait_for_file(&seen);
+            running.signal(nix::sys::signal::Signal::SIGTERM);
+        })
+        .run();
+    run.assert_error(143, "interrupted");
+    assert_eq!(spare.requests().len(), 0);
+    run.assert_unchanged();
+}
