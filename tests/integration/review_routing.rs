@@ -243,38 +243,34 @@ fn a_config_handing_writing_to_a_validator_is_refused() {
     }
 }
 
-/// A signal while the task climbs to its `escalate_to` stops the run as a signal does
-/// anywhere else (exit 143, `interrupted`, the tree as it was); it is not the ladder's
-/// end, so the status is not `escalate`.
-#[test]
-fn a_signal_during_a_climb_is_an_interruption_not_an_escalation() {
-    let small = ModelServer::start(
-        vec![Script::code("out.txt", "worse\n")],
-        vec!["small-model".to_owned()],
-    );
-    let large = ModelServer::start(
-        vec![Script::code("out.txt", "good\n")],
-        vec!["large-model".to_owned()],
-    );
-    let config = format!(
-        "default_profile = \"small\"\n\n[profiles.small]\nprovider = \"openai\"\n\
-         endpoint = \"{}/v1\"\nmodel = \"small-model\"\nescalate_to = \"large\"\n\n\
-         [profiles.large]\nprovider = \"openai\"\nendpoint = \"{}/v1\"\nmodel = \"large-model\"\n",
-        small.url, large.url
-    );
+/// A profile `name` on the scripted server at `url` offering model `m`, with `extra` lines.
+fn profile(name: &str, url: &str, extra: &str) -> String {
+    format!(
+        "[profiles.{name}]\nprovider = \"openai\"\nendpoint = \"{url}/v1\"\nmodel = \"m\"\n{extra}\n"
+    )
+}
+
+/// Runs a task (its test wants `good` in `out.txt`) under `config`, held at the test hook
+/// `phase` and sent SIGTERM there: the run must stop as a signal stops it anywhere (exit
+/// 143, `interrupted`, the tree as it was), and `next` must never be asked.
+fn sigterm_at(phase: &str, config: &str, next: &ModelServer) {
     let scratch = tempfile::tempdir().unwrap();
-    let marker = scratch.path().join("climbing");
+    let marker = scratch.path().join(phase);
     let seen = marker.clone();
     let run = Test::new()
-        .file(REPO_CONFIG, config)
+        .file(
+            REPO_CONFIG,
+            format!("default_profile = \"small\"\n{config}"),
+        )
         .file("out.txt", "old\n")
         .spec(spec(
             "out.txt",
             &json!({"max_attempts": 1, "test_command": "grep -qx good out.txt"}),
         ))
+        .args(&["--retries", "0"])
         .env(
             execute_local_task::cancel::STALL_AT_ENV,
-            &format!("climb:{}", marker.display()),
+            &format!("{phase}:{}", marker.display()),
         )
         .during(move |running| {
             crate::harness::wait_for_file(&seen);
@@ -282,46 +278,32 @@ fn a_signal_during_a_climb_is_an_interruption_not_an_escalation() {
         })
         .run();
     run.assert_error(143, "interrupted");
-    assert_eq!(large.requests().len(), 0);
+    assert_eq!(next.requests().len(), 0, "{phase}");
     run.assert_unchanged();
 }
 
-/// A signal while the task falls back to another profile's server stops the run as a
-/// signal does (exit 143), not as the failed server's error (exit 3).
+/// A signal while the task climbs to its `escalate_to` is an interrupted run, not the
+/// ladder's end (`escalate`, exit 1).
+#[test]
+fn a_signal_during_a_climb_is_an_interruption_not_an_escalation() {
+    let model = || vec!["m".to_owned()];
+    let small = ModelServer::start(vec![Script::code("out.txt", "worse\n")], model());
+    let large = ModelServer::start(vec![Script::code("out.txt", "good\n")], model());
+    let config =
+        profile("small", &small.url, "escalate_to = \"large\"") + &profile("large", &large.url, "");
+    sigterm_at("climb", &config, &large);
+}
+
+/// A signal while the task falls back to another profile's server is an interrupted run,
+/// not the failed server's error (exit 3).
 #[test]
 fn a_signal_during_a_fallback_is_an_interruption_not_a_server_error() {
     let spare = ModelServer::start(
         vec![Script::code("out.txt", "good\n")],
         vec!["m".to_owned()],
     );
-    let config = format!(
-        "default_profile = \"small\"\n\n[profiles.small]\nprovider = \"openai\"\n\
-         endpoint = \"{}/v1\"\nmodel = \"m\"\nfallback = [\"spare\"]\n\n\
-         [profiles.spare]\nprovider = \"openai\"\nendpoint = \"{}/v1\"\nmodel = \"m\"\n",
-        crate::harness::closed_port_url(),
-        spare.url
-    );
-    let scratch = tempfile::tempdir().unwrap();
-    let marker = scratch.path().join("falling-back");
-    let seen = marker.clone();
-    let run = Test::new()
-        .file(REPO_CONFIG, config)
-        .file("out.txt", "old\n")
-        .spec(spec(
-            "out.txt",
-            &json!({"test_command": "grep -qx good out.txt"}),
-        ))
-        .args(&["--retries", "0"])
-        .env(
-            execute_local_task::cancel::STALL_AT_ENV,
-            &format!("fall_back:{}", marker.display()),
-        )
-        .during(move |running| {
-            crate::harness::wait_for_file(&seen);
-            running.signal(nix::sys::signal::Signal::SIGTERM);
-        })
-        .run();
-    run.assert_error(143, "interrupted");
-    assert_eq!(spare.requests().len(), 0);
-    run.assert_unchanged();
+    let closed = crate::harness::closed_port_url();
+    let config =
+        profile("small", &closed, "fallback = [\"spare\"]") + &profile("spare", &spare.url, "");
+    sigterm_at("fall_back", &config, &spare);
 }
