@@ -62,7 +62,8 @@ impl Canceller {
 }
 
 /// Test hook, left out of release builds: `PHASE:MARKER` makes the named phase (`extract`
-/// or `diff`, both CPU-bound; `cleanup`, the undo after a signal) create the file MARKER,
+/// or `diff`, both CPU-bound; `cleanup`, the undo after a signal; `climb` and
+/// `fall_back`, an escalation or a fallback about to connect to its next server) create the file MARKER,
 /// then keep working until `MARKER.sent` exists or, given `cancel`, the run is told to
 /// stop: a test can signal the run while it is busy there.
 pub const STALL_AT_ENV: &str = "EXECUTE_LOCAL_TASK_TEST_STALL_AT";

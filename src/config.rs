@@ -58,7 +58,8 @@ pub struct Routing {
     pub min_runs: Setting<u32>,
     /// The share of those runs a profile must have succeeded in to be picked by routing.
     pub min_success_rate: Setting<f64>,
-    /// Model calls one task may make in all, across fallbacks and escalations.
+    /// Writer model calls one task may make in all, across fallbacks and escalations (a
+    /// validator's review is not counted: at most two calls per attempt it sees).
     pub max_calls: Setting<u32>,
     /// Seconds a server that failed is passed over by every run.
     pub cooldown_secs: Setting<u32>,
@@ -404,6 +405,13 @@ impl Config {
         };
         config.validate()?;
         config.check_ledger_ranges()?;
+        for variable in config
+            .profiles
+            .values()
+            .filter_map(|p| p.api_key_env.as_ref())
+        {
+            crate::test_run::withhold(&variable.value);
+        }
         Ok(config)
     }
 
@@ -517,12 +525,38 @@ impl Config {
     }
 
     /// References, cycles and ranges: every mistake names its file, line and key.
+    /// Why profile `name` cannot write a task — it is a validator, which only reviews —
+    /// naming the writers there are; `None` for a writer or an unknown name.
+    pub fn not_a_writer(&self, name: &str) -> Option<String> {
+        let profile = self.profiles.get(name).filter(|p| !p.is_writer())?;
+        let writers: Vec<&str> = self
+            .profiles
+            .values()
+            .filter(|p| p.is_writer())
+            .map(|p| p.name.as_str())
+            .collect();
+        Some(format!(
+            "`{}` is a validator profile (role = \"validator\"): it reviews, it does not write; writer profiles: {}",
+            profile.name,
+            if writers.is_empty() {
+                "none".to_owned()
+            } else {
+                writers.join(", ")
+            }
+        ))
+    }
+
     fn validate(&self) -> Result<()> {
         let known = |name: &str| self.profiles.contains_key(name);
         if let Some(default) = &self.default_profile
             && !known(&default.value)
         {
             return Err(self.unknown(default, "default_profile", &default.value));
+        }
+        if let Some(default) = &self.default_profile
+            && let Some(why) = self.not_a_writer(&default.value)
+        {
+            return Err(config_error(default, "default_profile", why));
         }
         if let Some(selected) = &self.selected
             && !known(&selected.value)
@@ -539,6 +573,14 @@ impl Config {
                 }
             )));
         }
+        if let Some(selected) = &self.selected
+            && let Some(why) = self.not_a_writer(&selected.value)
+        {
+            return Err(Error::Usage(format!(
+                "{}: {why}",
+                selected.describe_source()
+            )));
+        }
         for profile in self.profiles.values() {
             let key = |field: &str| format!("profiles.{}.{field}", profile.name);
             if let Some(fallback) = &profile.fallback {
@@ -546,12 +588,20 @@ impl Config {
                     if !known(name) || *name == profile.name {
                         return Err(self.unknown(fallback, &key("fallback"), name));
                     }
+                    if let Some(why) = self.not_a_writer(name) {
+                        return Err(config_error(fallback, &key("fallback"), why));
+                    }
                 }
             }
             if let Some(escalate) = &profile.escalate_to
                 && !known(&escalate.value)
             {
                 return Err(self.unknown(escalate, &key("escalate_to"), &escalate.value));
+            }
+            if let Some(escalate) = &profile.escalate_to
+                && let Some(why) = self.not_a_writer(&escalate.value)
+            {
+                return Err(config_error(escalate, &key("escalate_to"), why));
             }
             self.check_validator(profile)?;
             check_ranges(profile)?;

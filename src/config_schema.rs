@@ -221,7 +221,8 @@ pub struct RoutingTable {
     /// The share of those runs, 0 to 1, a profile must have succeeded in to be picked.
     #[schemars(range(min = 0, max = 1))]
     pub min_success_rate: Option<f64>,
-    /// Model calls one task may make in all, across fallbacks and escalations.
+    /// Writer model calls one task may make in all, across fallbacks and escalations; a
+    /// validator's review is not counted.
     #[schemars(range(min = 1))]
     pub max_calls: Option<u32>,
     /// Seconds a server that failed is passed over by every run.

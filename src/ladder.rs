@@ -46,6 +46,9 @@ struct Profiles {
     tried: Vec<String>,
     /// What the next attempt should say (a fallback, a climb).
     notes: Vec<String>,
+    /// Each profile whose server failed this task, with its server and error: what the
+    /// run's error names when no server is left, so the user sees every one, not the last.
+    failures: Vec<String>,
 }
 
 /// One profile's connected server and its sampling.
@@ -124,6 +127,7 @@ impl Ladder {
             cooldowns: prepared.cooldowns.clone(),
             tried: Vec::new(),
             notes: Vec::new(),
+            failures: Vec::new(),
         };
         let rung = match (server, profile) {
             (Some(server), _) => Rung::plain(server, options),
@@ -139,7 +143,10 @@ impl Ladder {
                     .await??;
                 Rung::plain(server, options)
             }
-            (None, Some(name)) => profiles.connect_from(&name, progress).await?,
+            (None, Some(name)) => match profiles.connect_from(&name, progress).await {
+                Ok(rung) => rung,
+                Err(error) => return Err(profiles.explain(error)),
+            },
         };
         Ok(Self {
             rung,
@@ -194,20 +201,26 @@ impl Ladder {
     }
 
     /// After a failed model call: when the current profile's server is at fault (or lacks
-    /// the model) and a fallback is left, moves to it and says so; `false` when the run
-    /// should end with `error` as it always did.
-    pub async fn fall_back(&mut self, error: &Error, progress: Progress<'_>) -> bool {
+    /// the model) and a fallback is left, moves to it and says so; `Ok(false)` when the run
+    /// should end with `error` as it always did. A signal meanwhile is the outer error: an
+    /// interrupted run, not the server's failure.
+    pub async fn fall_back(
+        &mut self,
+        error: &Error,
+        progress: Progress<'_>,
+    ) -> Result<bool, Error> {
         let (Error::Model(model_error), Some(name)) = (error, self.rung.profile.clone()) else {
-            return false;
+            return Ok(false);
         };
         if fault(model_error.kind) == Fault::Other {
-            return false;
+            return Ok(false);
         }
         self.profiles.failed(&name, model_error);
         let head = self.rung.head.clone().unwrap_or_else(|| name.clone());
         if self.profiles.chain(&head).is_empty() {
-            return false;
+            return Ok(false);
         }
+        self.profiles.stall("fall_back").await;
         match self.profiles.connect_from(&head, progress).await {
             Ok(rung) => {
                 self.profiles.notes.insert(
@@ -219,10 +232,17 @@ impl Ladder {
                     ),
                 );
                 self.rung = rung;
-                true
+                Ok(true)
             }
-            Err(_) => false,
+            Err(error @ Error::Interrupted(_)) => Err(error),
+            Err(_) => Ok(false),
         }
+    }
+
+    /// The error a run ends with when no fallback is left: a server's fault names every
+    /// profile that failed this task and its server, not only the last.
+    pub fn explain(&self, error: Error) -> Error {
+        self.profiles.explain(error)
     }
 
     /// After a failed call that [`Ladder::fall_back`] could not hand on: on a rung the task
@@ -244,10 +264,15 @@ impl Ladder {
 
     /// After the current profile's attempts all failed: climbs to its `escalate_to` (or
     /// that one's fallbacks) and says so; `Ok(false)` when the ladder ends here, and why
-    /// when its next rung cannot be reached.
-    pub async fn climb(&mut self, failed: u32, progress: Progress<'_>) -> Result<bool, String> {
+    /// when its next rung cannot be reached. A signal meanwhile is the outer error: an
+    /// interrupted run, not the ladder's end.
+    pub async fn climb(
+        &mut self,
+        failed: u32,
+        progress: Progress<'_>,
+    ) -> Result<Result<bool, String>, Error> {
         let Some(from) = self.rung.profile.clone() else {
-            return Ok(false);
+            return Ok(Ok(false));
         };
         // A fallback standing in for a profile climbs where that profile would, unless it
         // names its own `escalate_to`.
@@ -257,9 +282,10 @@ impl Ladder {
             .flatten()
             .find_map(|name| config.profile(name).and_then(|p| p.escalate_to.as_ref()));
         let Some(next) = escalate_to.map(|e| e.value.clone()) else {
-            return Ok(false);
+            return Ok(Ok(false));
         };
         let model = self.rung.server.model.clone();
+        self.profiles.stall("climb").await;
         match self.profiles.connect_from(&next, progress).await {
             Ok(rung) => {
                 let note = format!(
@@ -271,23 +297,39 @@ impl Ladder {
                 self.profiles.notes.insert(0, note);
                 self.rung = rung;
                 self.climbed_from = Some(from);
-                Ok(true)
+                Ok(Ok(true))
             }
+            Err(error @ Error::Interrupted(_)) => Err(error),
             Err(error) => {
                 let why = format!(
                     "could not escalate from profile `{from}` to profile `{next}`: {}",
                     one_line(&error.to_string())
                 );
                 progress(&why);
-                Err(why)
+                Ok(Err(why))
             }
         }
     }
 }
 
 impl Profiles {
+    /// The debug-only test hook ([`crate::cancel::stall_point`]) before connecting a new
+    /// rung. It blocks, so it runs off the async threads: the signal must still arrive.
+    async fn stall(&self, phase: &'static str) {
+        #[cfg(debug_assertions)]
+        {
+            let cancel = self.options.cancel.clone();
+            let stall = move || crate::cancel::stall_point(phase, Some(&cancel));
+            let _ = tokio::task::spawn_blocking(stall).await;
+        }
+        #[cfg(not(debug_assertions))]
+        let _ = phase;
+    }
+
     /// Records that profile `name`'s server failed: on cool-down when the server is at fault.
-    fn failed(&self, name: &str, error: &ModelError) {
+    fn failed(&mut self, name: &str, error: &ModelError) {
+        self.failures
+            .push(format!("profile `{name}`: {}", one_line(&error.message)));
         if fault(error.kind) != Fault::Server {
             return;
         }
@@ -298,6 +340,23 @@ impl Profiles {
             .and_then(|e| e.value.first())
         {
             self.cooldowns.mark(endpoint, error.kind.as_str());
+        }
+    }
+
+    /// `error` naming every profile that failed this task, when more than its own message
+    /// is known; its kind (and so the exit code) and hint stay.
+    fn explain(&self, error: Error) -> Error {
+        match error {
+            Error::Model(mut model_error)
+                if fault(model_error.kind) != Fault::Other && !self.failures.is_empty() =>
+            {
+                model_error.message = format!(
+                    "no server of the profiles tried could be used: {}",
+                    self.failures.join("; ")
+                );
+                Error::Model(model_error)
+            }
+            other => other,
         }
     }
 

@@ -365,6 +365,9 @@ enum Next {
     Done(TaskResult),
     Repair,
     Stop,
+    /// The writer's model call failed: only this error can be its server's fault, for a
+    /// fallback or the ladder's end to take; a validator's failure is not the writer's.
+    WriterFailed(Error),
 }
 
 impl Attempts<'_> {
@@ -377,7 +380,7 @@ impl Attempts<'_> {
                 if self.cannot_start.is_some() {
                     break;
                 }
-                match self.ladder.climb(on_rung, self.progress).await {
+                match self.ladder.climb(on_rung, self.progress).await? {
                     Ok(true) => {}
                     Ok(false) => break,
                     Err(why) => {
@@ -398,13 +401,14 @@ impl Attempts<'_> {
                 Ok(Next::Done(result)) => return Ok(Finished::Done(result)),
                 Ok(Next::Stop) => break,
                 Ok(Next::Repair) => on_rung += 1,
-                Err(error) => {
-                    if self.ladder.fall_back(&error, self.progress).await {
+                Err(error) => return Err(error),
+                Ok(Next::WriterFailed(error)) => {
+                    if self.ladder.fall_back(&error, self.progress).await? {
                         self.state.model = Some(self.ladder.model_info());
                         continue;
                     }
                     let Some(why) = self.ladder.ends_climb(&error) else {
-                        return Err(error);
+                        return Err(self.ladder.explain(error));
                     };
                     (self.progress)(&why);
                     self.state.notes.push(why);
@@ -418,7 +422,10 @@ impl Attempts<'_> {
     /// Model → extract → guard → write → test, for attempt `n`.
     async fn attempt(&mut self, n: u32) -> Result<Next> {
         let request = self.request(n)?;
-        let (reply, model_ms) = self.ask(n, &request).await?;
+        let (reply, model_ms) = match self.ask(n, &request).await {
+            Ok(answer) => answer,
+            Err(error) => return Ok(Next::WriterFailed(error)),
+        };
         // How the model was chosen is said once, with the first attempt; a fallback or a
         // climb with the first attempt after it.
         let chosen = if n == 1 {

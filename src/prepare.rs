@@ -239,6 +239,13 @@ fn stages(
             ),
         ));
     }
+    if let Some(why) = spec
+        .profile
+        .as_deref()
+        .and_then(|name| config.not_a_writer(name))
+    {
+        return Err(Error::spec(&spec.source, Some("profile"), why));
+    }
     let inputs = triage::Inputs {
         spec,
         targets: &targets,

@@ -65,10 +65,30 @@ pub const SECRETS: &[&str] = &[
 /// (`http://user:pass@host`): without one they are an address a test may well need.
 pub const ENDPOINT_VARIABLES: &[&str] = &["OPENAI_BASE_URL", "LOCAL_TASK_ENDPOINT", "OLLAMA_HOST"];
 
+/// The variables a loaded configuration's profiles name in `api_key_env`: keys as much as
+/// [`SECRETS`] are. Process-wide because tests are run from single runs, batches and the
+/// MCP server alike, and a name once seen stays withheld: withholding more never hurts.
+static KEY_VARIABLES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Keeps the variable `name` (a profile's `api_key_env`) from every later test command.
+pub fn withhold(name: &str) {
+    let mut names = KEY_VARIABLES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !names.iter().any(|known| known == name) {
+        names.push(name.to_owned());
+    }
+}
+
 /// Whether the variable `name` with `value` is kept from the test.
 fn withheld(name: &str, value: &std::ffi::OsStr) -> bool {
     GIT_REDIRECTS.contains(&name)
         || SECRETS.contains(&name)
+        || KEY_VARIABLES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .any(|known| known == name)
         || (ENDPOINT_VARIABLES.contains(&name) && has_userinfo(&value.to_string_lossy()))
 }
 

@@ -152,13 +152,13 @@ pub fn plan(
     };
     let mut choice = profile.choice(env);
     if choice.endpoint.is_none() {
-        // The writer's server: its endpoint, and the key the writer may send there.
+        // The writer's server: its endpoint, and only the key the writer may send there.
+        // The validator's own key was allowed for want of an endpoint; the writer's may be
+        // one only a repository named, which no key may reach.
         choice.endpoint.clone_from(&writer.endpoint);
         choice.provider = choice.provider.or_else(|| writer.provider.clone());
-        if choice.api_key.is_none() {
-            choice.api_key.clone_from(&writer.api_key);
-            choice.api_key_source.clone_from(&writer.api_key_source);
-        }
+        choice.api_key.clone_from(&writer.api_key);
+        choice.api_key_source.clone_from(&writer.api_key_source);
         choice.ports.clone_from(&writer.ports);
     }
     Ok(Some(Plan {

@@ -26,6 +26,7 @@ mod providers;
 mod repair;
 mod review_fixes;
 mod review_guard;
+mod review_routing;
 mod routing;
 mod runs;
 mod safety;
