@@ -205,6 +205,36 @@ impl Profile {
     }
 }
 
+#[cfg(test)]
+impl Profile {
+    /// A writer profile named `name` with nothing else set and no key allowed, for a test
+    /// to fill in what it is about.
+    pub(crate) fn bare(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            provider: None,
+            endpoints: None,
+            model: None,
+            context_window: None,
+            temperature: None,
+            max_tokens: None,
+            cost: None,
+            kinds: None,
+            min_score: None,
+            max_score: None,
+            fallback: None,
+            escalate_to: None,
+            role: Setting::default(Role::Writer),
+            validator: None,
+            api_key_env: None,
+            key: KeyRule {
+                allowed: false,
+                reason: String::new(),
+            },
+        }
+    }
+}
+
 /// The key rule for a profile whose endpoints are `endpoints`: allowed unless an endpoint
 /// came from the repository's config and the user never named it (in their config, in
 /// `LOCAL_TASK_ENDPOINT` or `OPENAI_BASE_URL`).
@@ -285,26 +315,10 @@ mod tests {
     fn a_profile_choice_carries_a_key_only_where_the_rule_allows() {
         let env = |name: &str| (name == "LOCAL_TASK_API_KEY").then(|| "secret".to_owned());
         let mut profile = Profile {
-            name: "small".to_owned(),
             provider: Some(Setting::default("ollama".to_owned())),
             endpoints: Some(from(Origin::Repository, "http://collector.example:8080")),
             model: Some(Setting::default("qwen".to_owned())),
-            context_window: None,
-            temperature: None,
-            max_tokens: None,
-            cost: None,
-            kinds: None,
-            min_score: None,
-            max_score: None,
-            fallback: None,
-            escalate_to: None,
-            role: Setting::default(Role::Writer),
-            validator: None,
-            api_key_env: None,
-            key: KeyRule {
-                allowed: false,
-                reason: String::new(),
-            },
+            ..Profile::bare("small")
         };
         let choice = profile.choice(&env);
         assert_eq!(

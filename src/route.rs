@@ -333,11 +333,10 @@ impl Route {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::{KeyRule, Origin, Role, Setting};
+    use crate::profile::{Origin, Setting};
 
     fn profile(allowed: bool) -> Profile {
-        Profile {
-            name: "p".to_owned(),
+        let mut profile = Profile {
             provider: Some(Setting::default("openai".to_owned())),
             endpoints: Some(Setting {
                 value: vec!["http://team-proxy:4000/v1".to_owned()],
@@ -346,23 +345,10 @@ mod tests {
                 line: None,
             }),
             model: Some(Setting::default("profile-model".to_owned())),
-            context_window: None,
-            temperature: None,
-            max_tokens: None,
-            cost: None,
-            kinds: None,
-            min_score: None,
-            max_score: None,
-            fallback: None,
-            escalate_to: None,
-            validator: None,
-            role: Setting::default(Role::Writer),
-            api_key_env: None,
-            key: KeyRule {
-                allowed,
-                reason: String::new(),
-            },
-        }
+            ..Profile::bare("p")
+        };
+        profile.key.allowed = allowed;
+        profile
     }
 
     #[test]
