@@ -106,25 +106,65 @@ struct PruneArgs {
     lock_timeout: u64,
 }
 
-#[derive(Args, Debug)]
-struct BringInArgs {
+/// The arguments of `apply`, `merge` and `discard`; their MCP tools take the same.
+#[derive(Args, Debug, schemars::JsonSchema)]
+pub(crate) struct BringInArgs {
     /// The `run_id` from the branch run's result JSON, or a batch's `batch_id` (every
     /// successful task of the batch, in dependency order; `discard`: every run of it).
     #[arg(required_unless_present = "last")]
-    run_id: Option<String>,
+    pub(crate) run_id: Option<String>,
     /// The newest branch run.
     #[arg(long, conflicts_with = "run_id")]
-    last: bool,
+    pub(crate) last: bool,
     /// The repository (default: the one containing the current directory).
     #[arg(long, value_name = "DIR")]
-    repo: Option<PathBuf>,
+    pub(crate) repo: Option<PathBuf>,
     /// Seconds to wait for a run that is writing the same repository.
-    #[arg(long, value_name = "SECS", default_value_t = defaults::LOCK_TIMEOUT.as_secs())]
-    lock_timeout: u64,
+    #[arg(long, value_name = "SECS", default_value_t = defaults::LOCK_TIMEOUT.as_secs(), value_parser = arguments::lock_timeout, allow_negative_numbers = true)]
+    pub(crate) lock_timeout: u64,
 }
 
-#[derive(Args, Debug)]
-struct StatsArgs {
+/// `rollback`'s arguments; the MCP server's `rollback` tool takes the same.
+#[derive(Args, Debug, schemars::JsonSchema)]
+pub(crate) struct RollbackArgs {
+    /// The `run_id` from the run's result JSON, or a batch's `batch_id` (every run of
+    /// the batch, newest first).
+    #[arg(required_unless_present = "last")]
+    pub(crate) run_id: Option<String>,
+    /// Undo the newest run (if it left nothing to undo, say so and change nothing).
+    #[arg(long, conflicts_with = "run_id")]
+    pub(crate) last: bool,
+    /// Restore even files that changed since the run wrote them.
+    #[arg(long)]
+    pub(crate) force: bool,
+    /// The repository (default: the one containing the current directory).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) repo: Option<PathBuf>,
+    /// Seconds to wait for a run that is writing the same repository.
+    #[arg(long, value_name = "SECS", default_value_t = defaults::LOCK_TIMEOUT.as_secs(), value_parser = arguments::lock_timeout, allow_negative_numbers = true)]
+    pub(crate) lock_timeout: u64,
+}
+
+/// `models`' arguments; the MCP server's `models` tool takes the same (less `json`).
+#[derive(Args, Debug, schemars::JsonSchema)]
+pub(crate) struct ModelsArgs {
+    /// Probe only this server (default: the one a run would use, from the same
+    /// variables, else every usual local port).
+    #[arg(long, value_name = "URL")]
+    pub(crate) endpoint: Option<String>,
+    /// Protocol to probe for (default: `LOCAL_TASK_PROVIDER`, else both).
+    #[arg(long, value_parser = server::PROVIDERS.to_vec())]
+    pub(crate) provider: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    #[schemars(skip)]
+    json: bool,
+}
+
+/// `stats`' arguments; the MCP server's `stats` tool takes the same (less `json` and
+/// `html`: a tool answers JSON and writes no files).
+#[derive(Args, Debug, schemars::JsonSchema)]
+pub(crate) struct StatsArgs {
     /// Only runs started on or after this date (2026-12-01) or RFC 3339 time.
     #[arg(long, value_name = "DATE")]
     since: Option<String>,
@@ -142,10 +182,25 @@ struct StatsArgs {
     repo: Option<PathBuf>,
     /// Print JSON (its schema: `schema stats`) instead of a table.
     #[arg(long)]
+    #[schemars(skip)]
     json: bool,
     /// Also write the figures, with charts over time, as one self-contained HTML page.
     #[arg(long, value_name = "FILE")]
+    #[schemars(skip)]
     html: Option<PathBuf>,
+}
+
+impl StatsArgs {
+    /// The ledger query these arguments ask for.
+    pub(crate) fn request(&self) -> crate::stats::Request {
+        crate::stats::Request {
+            since: self.since.clone(),
+            kind: self.kind.clone(),
+            model: self.model.clone(),
+            repo_dir: (!self.all_repos)
+                .then(|| self.repo.clone().unwrap_or_else(|| PathBuf::from("."))),
+        }
+    }
 }
 
 /// `config`'s arguments; the MCP server's `config` tool takes the same (less `json`).
@@ -190,8 +245,9 @@ pub(crate) struct ExportArgs {
     pub(crate) since: Option<String>,
 }
 
-#[derive(Args, Debug)]
-struct CheckArgs {
+/// `check`'s arguments; the MCP server's `check` tool takes the same.
+#[derive(Args, Debug, schemars::JsonSchema)]
+pub(crate) struct CheckArgs {
     /// Specs, or directories of specs (every `*.json` below, hidden and git-ignored files skipped, as a batch finds them).
     #[arg(value_name = "SPEC|DIR", required = true)]
     paths: Vec<PathBuf>,
@@ -212,24 +268,7 @@ enum Command {
     #[command(
         after_help = "Examples:\n  execute-local-task rollback 20261120T221210529Z-0dbe\n  execute-local-task rollback --last --force"
     )]
-    Rollback {
-        /// The `run_id` from the run's result JSON, or a batch's `batch_id` (every run of
-        /// the batch, newest first).
-        #[arg(required_unless_present = "last")]
-        run_id: Option<String>,
-        /// Undo the newest run (if it left nothing to undo, say so and change nothing).
-        #[arg(long, conflicts_with = "run_id")]
-        last: bool,
-        /// Restore even files that changed since the run wrote them.
-        #[arg(long)]
-        force: bool,
-        /// The repository (default: the one containing the current directory).
-        #[arg(long, value_name = "DIR")]
-        repo: Option<PathBuf>,
-        /// Seconds to wait for a run that is writing the same repository.
-        #[arg(long, value_name = "SECS", default_value_t = defaults::LOCK_TIMEOUT.as_secs(), value_parser = arguments::lock_timeout, allow_negative_numbers = true)]
-        lock_timeout: u64,
-    },
+    Rollback(RollbackArgs),
     /// Remove old runs' backups: those past the newest --keep runs and older than
     /// --older-than days (defaults: `LOCAL_TASK_KEEP_RUNS`, `LOCAL_TASK_KEEP_DAYS`, else
     /// 50 and 14).
@@ -241,18 +280,7 @@ enum Command {
     #[command(
         after_help = "Examples:\n  execute-local-task models\n  execute-local-task models --endpoint http://127.0.0.1:11434 --json"
     )]
-    Models {
-        /// Probe only this server (default: the one a run would use, from the same
-        /// variables, else every usual local port).
-        #[arg(long, value_name = "URL")]
-        endpoint: Option<String>,
-        /// Protocol to probe for (default: `LOCAL_TASK_PROVIDER`, else both).
-        #[arg(long, value_parser = server::PROVIDERS.to_vec())]
-        provider: Option<String>,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    Models(ModelsArgs),
     /// Put a branch run's change (or every success of a batch, by its batch id) into the
     /// working tree as uncommitted changes (undone by `rollback`); refuses, changing
     /// nothing, when the tree has changes to the same files.
@@ -732,19 +760,7 @@ pub fn run() -> ExitCode {
                 return usage_error(&misplaced_message(&name));
             }
             let _ = error.print();
-            // The JSON gets what clap says is wrong (which argument, which values are
-            // possible), without the usage block; stderr got the whole text.
-            let rendered = error.render().to_string();
-            let message = rendered
-                .lines()
-                .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more"))
-                .map(str::trim)
-                .filter(|line| !line.is_empty() && !line.starts_with("tip:"))
-                .collect::<Vec<_>>()
-                .join(" ")
-                .trim_start_matches("error: ")
-                .to_owned();
-            let document = Document::usage(&message);
+            let document = Document::usage(&clap_message(&error));
             print_json(&document.json);
             return ExitCode::from(document.exit_code);
         }
@@ -819,6 +835,23 @@ fn misplaced_message(name: &str) -> String {
 }
 
 /// A command-line mistake found after clap: stderr and the result JSON, exit 2.
+/// What the JSON says of a command line clap refused: which argument, which values are
+/// possible, without the usage block (stderr gets the whole text). The MCP tools that take
+/// the command line's types say the same.
+pub(crate) fn clap_message(error: &clap::Error) -> String {
+    error
+        .render()
+        .to_string()
+        .lines()
+        .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more"))
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with("tip:"))
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_start_matches("error: ")
+        .to_owned()
+}
+
 fn usage_error(message: &str) -> ExitCode {
     ExitCode::from(usage_code(message))
 }
@@ -868,13 +901,13 @@ async fn dispatch(cli: Cli) -> u8 {
     match cli.command {
         None if cli.run.is_batch() => run_batch(&cli.run, &env).await,
         None => run_one(&cli.run, &env).await,
-        Some(Command::Rollback {
+        Some(Command::Rollback(RollbackArgs {
             run_id,
             last,
             force,
             repo,
             lock_timeout,
-        }) => {
+        })) => {
             let dir = repo.unwrap_or_else(|| PathBuf::from("."));
             let wait = Duration::from_secs(lock_timeout);
             if let Some(batch_id) = run_id.as_deref().filter(|id| batch::valid_batch_id(id)) {
@@ -891,15 +924,11 @@ async fn dispatch(cli: Cli) -> u8 {
         Some(Command::Merge(args)) => bring_in(Verb::Merge, args, &env).await,
         Some(Command::Discard(args)) => bring_in(Verb::Discard, args, &env).await,
         Some(Command::Runs { json, repo }) => list_runs(json, repo),
-        Some(Command::Models {
-            endpoint,
-            provider,
-            json,
-        }) => run_models(endpoint, provider, json, &env).await,
+        Some(Command::Models(args)) => run_models(&args, &env).await,
         Some(Command::Schema { which }) => print_schema(which),
         Some(Command::Demo { dir }) => run_demo(dir, &env).await,
         Some(Command::Log(args)) => run_log(args.limit, args.json, &env),
-        Some(Command::Stats(args)) => run_stats(args, &env),
+        Some(Command::Stats(args)) => run_stats(&args, &env),
         Some(Command::Export(args)) => run_export(args.reviewed, args.since.as_deref(), &env),
         Some(Command::Review {
             args,
@@ -954,23 +983,33 @@ async fn integration(command: Integration, env: &Env) -> u8 {
 }
 
 /// `models`: what discovery sees, as a table or JSON.
-async fn run_models(
-    endpoint: Option<String>,
-    provider: Option<String>,
-    json: bool,
+async fn run_models(args: &ModelsArgs, env: &Env) -> u8 {
+    let reports = match model_reports(args, env).await {
+        Ok(reports) => reports,
+        Err(document) => return print(&document),
+    };
+    let document = Document::models(&reports);
+    if args.json {
+        print(&document)
+    } else {
+        print_model_table(&reports);
+        print_stderr(&document)
+    }
+}
+
+/// What `models` (and the MCP `models` tool) reports, or the error document.
+pub(crate) async fn model_reports(
+    args: &ModelsArgs,
     env: &Env,
-) -> u8 {
+) -> Result<Vec<discovery::ServerReport>, Document> {
     // The same resolution as a run (minus the spec), so `models` probes the server
     // a run would use, with the key a run would send.
     let flags = ModelChoice {
-        endpoint: endpoint.filter(|e| !e.trim().is_empty()),
-        provider,
+        endpoint: args.endpoint.clone().filter(|e| !e.trim().is_empty()),
+        provider: args.provider.clone(),
         ..ModelChoice::default()
     };
-    let choice = match ModelChoice::resolve(&flags, None, &**env) {
-        Ok(choice) => choice,
-        Err(error) => return print(&Document::error(&error)),
-    };
+    let choice = ModelChoice::resolve(&flags, None, &**env).map_err(|e| Document::error(&e))?;
     // A pool's members are each probed, in order.
     let mut reports = Vec::new();
     let endpoints = if choice.pool.is_empty() {
@@ -989,17 +1028,16 @@ async fn run_models(
             .await,
         );
     }
-    let document = Document::models(&reports);
-    if json {
-        print(&document)
-    } else {
-        print_model_table(&reports);
-        print_stderr(&document)
-    }
+    Ok(reports)
 }
 
 /// `check`: the stages before the model read files, so they run off the async thread.
 async fn run_check(args: CheckArgs, env: &Env) -> u8 {
+    print(&check_document(args, env).await)
+}
+
+/// `check`'s document, for the command line and the MCP `check` tool alike.
+pub(crate) async fn check_document(args: CheckArgs, env: &Env) -> Document {
     let CheckArgs {
         paths,
         validate_only,
@@ -1017,11 +1055,11 @@ async fn run_check(args: CheckArgs, env: &Env) -> u8 {
     })
     .await;
     match checked {
-        Ok(Ok(report)) => print(&Document::check(&report)),
-        Ok(Err(error)) => print(&Document::error(&error)),
-        Err(error) => print(&Document::error(&crate::error::Error::Usage(format!(
+        Ok(Ok(report)) => Document::check(&report),
+        Ok(Err(error)) => Document::error(&error),
+        Err(error) => Document::error(&crate::error::Error::Usage(format!(
             "check stopped: {error}"
-        )))),
+        ))),
     }
 }
 
@@ -1132,20 +1170,16 @@ fn run_export(reviewed: crate::review::Verdict, since: Option<&str>, env: &Env) 
     }
 }
 
-fn run_stats(args: StatsArgs, env: &Env) -> u8 {
-    let request = crate::stats::Request {
-        since: args.since,
-        kind: args.kind,
-        model: args.model,
-        repo_dir: (!args.all_repos).then(|| args.repo.unwrap_or_else(|| PathBuf::from("."))),
-    };
-    let figures = crate::stats::stats_and_rows(&**env, &request).and_then(|(stats, rows)| {
-        if let Some(path) = &args.html {
-            let page = crate::stats_page::page(&stats, &rows);
-            std::fs::write(path, page).map_err(|e| crate::error::Error::io("write", path, e))?;
-        }
-        Ok(stats)
-    });
+fn run_stats(args: &StatsArgs, env: &Env) -> u8 {
+    let figures =
+        crate::stats::stats_and_rows(&**env, &args.request()).and_then(|(stats, rows)| {
+            if let Some(path) = &args.html {
+                let page = crate::stats_page::page(&stats, &rows);
+                std::fs::write(path, page)
+                    .map_err(|e| crate::error::Error::io("write", path, e))?;
+            }
+            Ok(stats)
+        });
     match figures {
         Ok(stats) if !args.json => {
             let mut stdout = std::io::stdout().lock();

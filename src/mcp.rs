@@ -18,10 +18,9 @@ use serde_json::{Map, Value};
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::bring_in::Verb;
+use crate::cli::{BringInArgs, CheckArgs, ModelsArgs, RollbackArgs, StatsArgs};
 use crate::document::Document;
-use crate::mcp_tools::{
-    self, BringInArgs, CheckArgs, GetRunArgs, ModelsArgs, ReviewArgs, RollbackArgs, StatsArgs,
-};
+use crate::mcp_tools::{self, GetRunArgs, ReviewArgs};
 use crate::pipeline::{self, Env, RunOptions};
 use crate::run_registry::{Registry, Run, Waited};
 use crate::{batch, mcp_results, plan};

@@ -14,8 +14,7 @@ use crate::cli::RunArgs;
 use crate::document::Document;
 use crate::error::Error;
 use crate::pipeline::{Env, RunOptions, SpecInput};
-use crate::server::{self, ModelChoice};
-use crate::{arguments, batch, defaults, discovery, rollback};
+use crate::{batch, rollback};
 
 /// How long a call waits for a run when it does not say.
 pub const WAIT_SECONDS: u64 = 20;
@@ -99,49 +98,6 @@ pub struct GetRunArgs {
     /// The repository the run was in, for a run an earlier server finished (default: the
     /// one containing the server's current directory).
     pub repo: Option<PathBuf>,
-}
-
-/// `rollback`'s arguments, those of `execute-local-task rollback`.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RollbackArgs {
-    /// The `run_id` from the run's result JSON.
-    pub run_id: Option<String>,
-    /// Undo the newest run (if it left nothing to undo, say so and change nothing).
-    #[serde(default)]
-    pub last: bool,
-    /// Restore even files that changed since the run wrote them.
-    #[serde(default)]
-    pub force: bool,
-    /// The repository (default: the one containing the server's current directory).
-    pub repo: Option<PathBuf>,
-    /// Seconds to wait for a run that is writing the same repository.
-    pub lock_timeout: Option<u64>,
-}
-
-/// The arguments of `apply`, `merge` and `discard`, as on the command line.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct BringInArgs {
-    /// The `run_id` from the branch run's result JSON.
-    pub run_id: Option<String>,
-    /// The newest branch run.
-    #[serde(default)]
-    pub last: bool,
-    /// The repository (default: the one containing the server's current directory).
-    pub repo: Option<PathBuf>,
-    /// Seconds to wait for a run that is writing the same repository.
-    pub lock_timeout: Option<u64>,
-}
-
-/// `models`' arguments, as on the command line.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ModelsArgs {
-    /// Probe only this server (default: the one a run would use, else every usual port).
-    pub endpoint: Option<String>,
-    /// Protocol to probe for (default: `LOCAL_TASK_PROVIDER`, else both).
-    pub provider: Option<String>,
 }
 
 /// Input schema of a tool whose arguments are `T`.
@@ -325,27 +281,63 @@ fn split(
     Ok((own, words))
 }
 
-/// A subcommand's arguments from a tool's (`{"limit": 5}`), parsed by the command line's
-/// own parser for them (`--limit=5`): the same checks, defaults and messages. `json` is
-/// the command line's choice of output; a tool always answers JSON.
-pub fn parse_like_cli<T: clap::Args + clap::FromArgMatches>(
+/// A subcommand's arguments from a tool's (`{"limit": 5}`, `{"run_id": "…"}`), parsed by
+/// the command line's own parser for them (`--limit=5`, `-- …`): the same checks,
+/// defaults, conflicts and messages. A positional argument is given by its name. Only the
+/// names in the tool's schema are taken: what the type skips there (`json`, `html`) is the
+/// command line's own, since a tool always answers JSON and writes no files.
+pub fn parse_like_cli<T: clap::Args + clap::FromArgMatches + JsonSchema>(
     tool: &'static str,
     arguments: &Map<String, Value>,
 ) -> Result<T, String> {
-    let command = T::augment_args(clap::Command::new(tool)).no_binary_name(true);
-    let words = words_of(tool, arguments, |name, flag| {
+    let mut command = T::augment_args(clap::Command::new(tool)).no_binary_name(true);
+    // Numbers the positional arguments, which the words must put in their order.
+    command.build();
+    let schema = schema_of::<T>();
+    let known = |name: &str| {
+        schema
+            .get("properties")
+            .and_then(Value::as_object)
+            .is_some_and(|properties| properties.contains_key(name))
+    };
+    let positional = |name: &str| {
+        command
+            .get_positionals()
+            .find(|arg| arg.get_id().as_str() == name)
+            .and_then(clap::Arg::get_index)
+    };
+    let (mut positionals, mut flags) = (Vec::new(), Map::new());
+    for (name, value) in arguments {
+        match positional(name).filter(|_| known(name)) {
+            Some(index) => positionals.push((index, value)),
+            None => {
+                flags.insert(name.clone(), value.clone());
+            }
+        }
+    }
+    let mut words = words_of(tool, &flags, |name, flag| {
         command
             .get_arguments()
-            .find(|arg| arg.get_long() == Some(flag) && name != "json")
+            .find(|arg| arg.get_long() == Some(flag) && known(name))
             .map(|arg| arg.get_action().takes_values())
     })?;
-    let first_line = |error: clap::Error| {
-        let text = error.to_string();
-        let line = text.lines().next().unwrap_or_default();
-        usage(tool, line.trim_start_matches("error: "))
-    };
-    let matches = command.try_get_matches_from(words).map_err(first_line)?;
-    T::from_arg_matches(&matches).map_err(first_line)
+    // After `--`, so a value that starts with `-` is a value, as `cmd -- -x` takes it.
+    positionals.sort_by_key(|(index, _)| *index);
+    let values: Vec<String> = positionals
+        .into_iter()
+        .flat_map(|(_, value)| match value {
+            Value::Null => Vec::new(),
+            Value::Array(items) => items.iter().map(scalar).collect(),
+            value => vec![scalar(value)],
+        })
+        .collect();
+    if !values.is_empty() {
+        words.push("--".to_owned());
+        words.extend(values);
+    }
+    let refused = |error: clap::Error| usage(tool, &crate::cli::clap_message(&error));
+    let matches = command.try_get_matches_from(words).map_err(refused)?;
+    T::from_arg_matches(&matches).map_err(refused)
 }
 
 /// Tool arguments as command-line words: `true` a bare flag, a list one word a value;
@@ -384,27 +376,13 @@ fn scalar(value: &Value) -> String {
     }
 }
 
-/// A lock timeout checked by the command line's parser.
-fn lock_timeout(tool: &str, seconds: Option<u64>) -> Result<Duration, String> {
-    let seconds = seconds.unwrap_or(defaults::LOCK_TIMEOUT.as_secs());
-    arguments::lock_timeout(&seconds.to_string())
-        .map(Duration::from_secs)
-        .map_err(|message| usage(tool, &format!("lock_timeout: {message}")))
-}
-
 pub async fn rollback(arguments: &Map<String, Value>, env: &Env) -> Document {
-    let args: RollbackArgs = match decode("rollback", arguments) {
+    let args: crate::cli::RollbackArgs = match parse_like_cli("rollback", arguments) {
         Ok(args) => args,
         Err(message) => return bad_input(&message),
     };
-    let wait = match lock_timeout("rollback", args.lock_timeout) {
-        Ok(wait) => wait,
-        Err(message) => return bad_input(&message),
-    };
+    let wait = Duration::from_secs(args.lock_timeout);
     let dir = args.repo.unwrap_or_else(|| PathBuf::from("."));
-    if args.run_id.is_none() && !args.last {
-        return bad_input(&usage("rollback", "give `run_id` or `last: true`"));
-    }
     let (env, force) = (Arc::clone(env), args.force);
     // The ledger's rollbacks hold the environment (not `Sync`) across their waits, so
     // they run to their end on a thread of their own rather than among the server's tasks.
@@ -456,46 +434,18 @@ pub async fn rollback(arguments: &Map<String, Value>, env: &Env) -> Document {
     undone.unwrap_or_else(|error| bad_input(&format!("rollback: {error}")))
 }
 
-/// `check`'s arguments, those of `execute-local-task check`.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CheckArgs {
-    /// A spec, or a directory of specs (every `*.json` below, hidden and git-ignored files skipped, as a batch finds them).
-    pub path: PathBuf,
-    /// Only parse and validate the specs: no repository, context or triage.
-    #[serde(default)]
-    pub validate_only: bool,
-    /// The profile to triage for (over the spec's and `LOCAL_TASK_PROFILE`).
-    pub profile: Option<String>,
-    /// The repository (default: the one containing the server's current directory).
-    pub repo: Option<PathBuf>,
-}
-
-/// `check`: triage without a model, on a thread of its own (it reads files).
+/// `check`: triage without a model, as `check` prints it; `path` (one) is the name this
+/// tool took before it took the command line's `paths`, and still works.
 pub async fn check(arguments: &Map<String, Value>, env: &Env) -> Document {
-    let args: CheckArgs = match decode("check", arguments) {
-        Ok(args) => args,
-        Err(message) => return bad_input(&message),
-    };
-    let options = RunOptions {
-        repo_dir: args.repo,
-        profile: args.profile,
-        ..RunOptions::new()
-    };
-    let env = Arc::clone(env);
-    let checked = tokio::task::spawn_blocking(move || {
-        crate::check::check(
-            std::slice::from_ref(&args.path),
-            &options,
-            args.validate_only,
-            &*env,
-        )
-    })
-    .await;
-    match checked {
-        Ok(Ok(report)) => Document::check(&report),
-        Ok(Err(error)) => Document::error(&error),
-        Err(error) => bad_input(&format!("check stopped: {error}")),
+    let mut arguments = arguments.clone();
+    if !arguments.contains_key("paths")
+        && let Some(path) = arguments.remove("path")
+    {
+        arguments.insert("paths".to_owned(), path);
+    }
+    match parse_like_cli::<crate::cli::CheckArgs>("check", &arguments) {
+        Ok(args) => crate::cli::check_document(args, env).await,
+        Err(message) => bad_input(&message),
     }
 }
 
@@ -515,23 +465,6 @@ pub struct ReviewArgs {
     /// What went wrong: `hallucination`, `incomplete`, `wrong-format`, `off-topic`,
     /// `broke-tests` or `other`.
     pub failure_mode: Option<String>,
-}
-
-/// `stats`' arguments, those of `execute-local-task stats --json`.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct StatsArgs {
-    /// Only runs started on or after this date (2026-12-01) or RFC 3339 time.
-    pub since: Option<String>,
-    /// Only this task kind.
-    pub kind: Option<String>,
-    /// Only this model.
-    pub model: Option<String>,
-    /// Count every repository's runs, not only this one's.
-    #[serde(default)]
-    pub all_repos: bool,
-    /// The repository (default: the one containing the server's current directory).
-    pub repo: Option<PathBuf>,
 }
 
 pub fn review(arguments: &Map<String, Value>, env: &Env) -> Document {
@@ -576,20 +509,11 @@ pub fn review(arguments: &Map<String, Value>, env: &Env) -> Document {
 }
 
 pub fn stats(arguments: &Map<String, Value>, env: &Env) -> Document {
-    let args: StatsArgs = match decode("stats", arguments) {
+    let args: crate::cli::StatsArgs = match parse_like_cli("stats", arguments) {
         Ok(args) => args,
         Err(message) => return bad_input(&message),
     };
-    if args.all_repos && args.repo.is_some() {
-        return bad_input(&usage("stats", "give `repo` or `all_repos`, not both"));
-    }
-    let request = crate::stats::Request {
-        since: args.since,
-        kind: args.kind,
-        model: args.model,
-        repo_dir: (!args.all_repos).then(|| args.repo.unwrap_or_else(|| PathBuf::from("."))),
-    };
-    match crate::stats::stats(&**env, &request) {
+    match crate::stats::stats(&**env, &args.request()) {
         Ok(stats) => Document::stats(stats),
         Err(error) => Document::error(&error),
     }
@@ -601,57 +525,26 @@ pub async fn bring_in(verb: Verb, arguments: &Map<String, Value>, env: &Env) -> 
         Verb::Merge => "merge",
         Verb::Discard => "discard",
     };
-    let args: BringInArgs = match decode(tool, arguments) {
+    let args: crate::cli::BringInArgs = match parse_like_cli(tool, arguments) {
         Ok(args) => args,
         Err(message) => return bad_input(&message),
     };
-    let wait = match lock_timeout(tool, args.lock_timeout) {
-        Ok(wait) => wait,
-        Err(message) => return bad_input(&message),
-    };
-    let id = match args.run_id.as_deref() {
-        Some(id) if !args.last => Some(id),
-        None if !args.last => return bad_input(&usage(tool, "give `run_id` or `last: true`")),
-        _ => None,
-    };
+    let wait = Duration::from_secs(args.lock_timeout);
+    let id = args.run_id.as_deref().filter(|_| !args.last);
     let dir = args.repo.unwrap_or_else(|| PathBuf::from("."));
     bring_in::perform(verb, &dir, id, wait, &**env).await
 }
 
+/// `models`: what discovery sees, as `models --json` prints it.
 pub async fn models(arguments: &Map<String, Value>, env: &Env) -> Document {
-    let args: ModelsArgs = match decode("models", arguments) {
+    let args: crate::cli::ModelsArgs = match parse_like_cli("models", arguments) {
         Ok(args) => args,
         Err(message) => return bad_input(&message),
     };
-    if let Some(provider) = &args.provider
-        && !server::PROVIDERS.contains(&provider.as_str())
-    {
-        return bad_input(&usage(
-            "models",
-            &format!(
-                "provider `{provider}` is not one of {}",
-                server::PROVIDERS.join(", ")
-            ),
-        ));
+    match crate::cli::model_reports(&args, env).await {
+        Ok(reports) => Document::models(&reports),
+        Err(document) => document,
     }
-    // The same resolution as the command line's `models`: the server a run would use.
-    let flags = ModelChoice {
-        endpoint: args.endpoint.filter(|e| !e.trim().is_empty()),
-        provider: args.provider,
-        ..ModelChoice::default()
-    };
-    let choice = match ModelChoice::resolve(&flags, None, &**env) {
-        Ok(choice) => choice,
-        Err(error) => return Document::error(&error),
-    };
-    let reports = discovery::survey(
-        choice.endpoint.as_deref(),
-        choice.provider.as_deref(),
-        choice.api_key,
-        &choice.ports,
-    )
-    .await;
-    Document::models(&reports)
 }
 
 /// The document for a `get_run` of an id this server did not start.

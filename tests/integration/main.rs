@@ -21,6 +21,7 @@ mod ledger;
 mod ledger_columns;
 mod ledger_config;
 mod mcp;
+mod mcp_cli_args;
 mod pools;
 mod providers;
 mod repair;

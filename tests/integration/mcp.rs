@@ -18,17 +18,17 @@ use crate::harness::{Chat, Run, Running, Script, Test, spec, wait_for_file};
 /// A tool call's result, as the protocol carries it.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ToolResult {
-    content: Vec<Content>,
+pub(crate) struct ToolResult {
+    pub(crate) content: Vec<Content>,
     /// Absent when the answer is not a JSON object (`log`'s array, `export`'s lines).
     #[serde(default)]
-    structured_content: Value,
+    pub(crate) structured_content: Value,
     #[serde(default)]
-    is_error: bool,
+    pub(crate) is_error: bool,
 }
 
 #[derive(Debug, Deserialize)]
-struct Content {
+pub(crate) struct Content {
     #[serde(rename = "type")]
     kind: String,
     text: String,
@@ -50,7 +50,7 @@ struct ListedTool {
 }
 
 /// A minimal MCP client over the binary's stdin and stdout.
-struct Client {
+pub(crate) struct Client {
     stdin: Option<ChildStdin>,
     messages: mpsc::Receiver<Value>,
     /// Messages read while waiting for another.
@@ -154,7 +154,7 @@ impl Client {
     }
 
     /// Calls a tool and waits for its result.
-    fn call_and_wait(&mut self, tool: &str, arguments: Value) -> ToolResult {
+    pub(crate) fn call_and_wait(&mut self, tool: &str, arguments: Value) -> ToolResult {
         let id = self.call(tool, arguments, None);
         self.tool_result(id)
     }
@@ -209,7 +209,10 @@ impl ToolResult {
 
 /// Runs `execute-local-task mcp` in `test`'s repository with a connected client, calls
 /// `act` with it, closes stdin, and waits for the server to end.
-fn session<T: 'static>(test: Test, act: impl FnOnce(&mut Client) -> T + 'static) -> (Run, T) {
+pub(crate) fn session<T: 'static>(
+    test: Test,
+    act: impl FnOnce(&mut Client) -> T + 'static,
+) -> (Run, T) {
     let out = std::rc::Rc::new(std::cell::RefCell::new(None));
     let put = std::rc::Rc::clone(&out);
     let run = test
