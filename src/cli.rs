@@ -161,6 +161,26 @@ pub(crate) struct ModelsArgs {
     json: bool,
 }
 
+/// `review`'s arguments; the MCP server's `review` tool takes the same, with the
+/// positional words named `run_id` and `verdict`.
+#[derive(Args, Debug, schemars::JsonSchema)]
+pub(crate) struct ReviewArgs {
+    /// The run's id, then the verdict (good, acceptable, poor); with --last only the verdict.
+    #[arg(value_name = "RUN_ID|VERDICT", num_args = 1..=2, required = true)]
+    args: Vec<String>,
+    /// Review the newest recorded run.
+    #[arg(long)]
+    last: bool,
+    /// Why, in a sentence.
+    #[arg(long, value_name = "TEXT")]
+    reason: Option<String>,
+    /// What went wrong: `hallucination`, `incomplete`, `wrong-format`, `off-topic`,
+    /// `broke-tests` or `other`.
+    #[arg(long, value_enum)]
+    #[schemars(with = "Option<String>")]
+    failure_mode: Option<crate::review::FailureMode>,
+}
+
 /// `stats`' arguments; the MCP server's `stats` tool takes the same (less `json` and
 /// `html`: a tool answers JSON and writes no files).
 #[derive(Args, Debug, schemars::JsonSchema)]
@@ -321,20 +341,7 @@ enum Command {
     #[command(
         after_help = "Examples:\n  execute-local-task review --last good\n  execute-local-task review 20261201T101500000Z-3f9a1c2e poor --reason \"ignored the constraint\" --failure-mode off-topic"
     )]
-    Review {
-        /// The run's id, then the verdict (good, acceptable, poor); with --last only the verdict.
-        #[arg(value_name = "RUN_ID|VERDICT", num_args = 1..=2, required = true)]
-        args: Vec<String>,
-        /// Review the newest recorded run.
-        #[arg(long)]
-        last: bool,
-        /// Why, in a sentence.
-        #[arg(long, value_name = "TEXT")]
-        reason: Option<String>,
-        /// What went wrong.
-        #[arg(long, value_enum)]
-        failure_mode: Option<crate::review::FailureMode>,
-    },
+    Review(ReviewArgs),
     /// Figures from the run ledger per task kind and model, against your targets.
     #[command(
         after_help = "Examples:\n  execute-local-task stats\n  execute-local-task stats --since 2026-11-01 --kind code --json\n  execute-local-task stats --all-repos --html stats.html"
@@ -930,12 +937,10 @@ async fn dispatch(cli: Cli) -> u8 {
         Some(Command::Log(args)) => run_log(args.limit, args.json, &env),
         Some(Command::Stats(args)) => run_stats(&args, &env),
         Some(Command::Export(args)) => run_export(args.reviewed, args.since.as_deref(), &env),
-        Some(Command::Review {
-            args,
-            last,
-            reason,
-            failure_mode,
-        }) => run_review(&args, last, reason, failure_mode, &env),
+        Some(Command::Review(args)) => match review_document(args, &env) {
+            Ok(document) => print(&document),
+            Err(message) => usage_code(&message),
+        },
         Some(Command::Mcp) => crate::mcp::serve(env).await,
         Some(Command::Config(args)) => show_config(args, &env).await,
         Some(Command::Check(args)) => run_check(args, &env).await,
@@ -1192,34 +1197,30 @@ fn run_stats(args: &StatsArgs, env: &Env) -> u8 {
     }
 }
 
-/// `review [RUN_ID] VERDICT`: the run id is required unless `--last` is given.
-fn run_review(
-    args: &[String],
-    last: bool,
-    reason: Option<String>,
-    failure_mode: Option<crate::review::FailureMode>,
-    env: &Env,
-) -> u8 {
+/// `review [RUN_ID] VERDICT`: the run id is required unless `--last` is given. The
+/// document, or the usage message for words that do not fit.
+pub(crate) fn review_document(args: ReviewArgs, env: &Env) -> Result<Document, String> {
     use crate::review::{Verdict, Which};
-    let (which, verdict) = match (last, args) {
+    let (which, verdict) = match (args.last, args.args.as_slice()) {
         (true, [verdict]) => (Which::Last, verdict),
         (false, [run_id, verdict]) => (Which::Id(run_id), verdict),
         (true, _) => {
-            return usage_code("with --last give only the verdict: `review --last good`");
+            return Err("with --last give only the verdict: `review --last good`".to_owned());
         }
         (false, _) => {
-            return usage_code(
-                "give the run id and the verdict (`review RUN_ID good`), or `review --last good`",
+            return Err(
+                "give the run id and the verdict (`review RUN_ID good`), or `review --last good`"
+                    .to_owned(),
             );
         }
     };
     let Ok(verdict) = Verdict::from_str(verdict, true) else {
-        return usage_code(&format!(
+        return Err(format!(
             "`{verdict}` is not a verdict: use good, acceptable or poor"
         ));
     };
-    print(
-        &match crate::review::review(&**env, which, verdict, reason, failure_mode) {
+    Ok(
+        match crate::review::review(&**env, which, verdict, args.reason, args.failure_mode) {
             Ok(report) => Document::review(&report),
             Err(error) => Document::error(&error),
         },

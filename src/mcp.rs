@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 use crate::bring_in::Verb;
 use crate::cli::{BringInArgs, CheckArgs, ModelsArgs, RollbackArgs, StatsArgs};
 use crate::document::Document;
-use crate::mcp_tools::{self, GetRunArgs, ReviewArgs};
+use crate::mcp_tools::{self, GetRunArgs};
 use crate::pipeline::{self, Env, RunOptions};
 use crate::run_registry::{Registry, Run, Waited};
 use crate::{batch, mcp_results, plan};
@@ -178,7 +178,7 @@ fn tools() -> Vec<Tool> {
         tool(
             "review",
             "Record your verdict on a run (good, acceptable, poor) in the run ledger; a later verdict replaces the earlier one.",
-            schema_of::<ReviewArgs>(),
+            mcp_tools::review_schema(),
         ),
         tool(
             "log",

@@ -449,62 +449,46 @@ pub async fn check(arguments: &Map<String, Value>, env: &Env) -> Document {
     }
 }
 
-/// `review`'s arguments, those of `execute-local-task review`.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ReviewArgs {
-    /// The run's id (from its result); or `last: true`.
-    pub run_id: Option<String>,
-    /// Review the newest recorded run.
-    #[serde(default)]
-    pub last: bool,
-    /// The verdict: `good`, `acceptable` or `poor`.
-    pub verdict: String,
-    /// Why, in a sentence.
-    pub reason: Option<String>,
-    /// What went wrong: `hallucination`, `incomplete`, `wrong-format`, `off-topic`,
-    /// `broke-tests` or `other`.
-    pub failure_mode: Option<String>,
+/// `review`'s input schema: the command line's arguments, its positional words named
+/// `run_id` and `verdict`.
+pub fn review_schema() -> Map<String, Value> {
+    let mut schema = schema_of::<crate::cli::ReviewArgs>();
+    if let Some(Value::Object(properties)) = schema.get_mut("properties") {
+        properties.remove("args");
+        properties.insert(
+            "run_id".to_owned(),
+            serde_json::json!({"type": "string", "description": "The run's id (from its result); or `last: true`."}),
+        );
+        properties.insert(
+            "verdict".to_owned(),
+            serde_json::json!({"type": "string", "enum": ["good", "acceptable", "poor"], "description": "The verdict."}),
+        );
+    }
+    schema.insert("required".to_owned(), Value::from(vec!["verdict"]));
+    schema.insert("title".to_owned(), Value::from("review"));
+    schema
 }
 
+/// `review`: `run_id` and `verdict` become the command line's words `RUN_ID VERDICT`, in
+/// that order, and the command's own parser and checks take it from there.
 pub fn review(arguments: &Map<String, Value>, env: &Env) -> Document {
-    use crate::review::{FailureMode, Verdict, Which};
-    use clap::ValueEnum as _;
-    let args: ReviewArgs = match decode("review", arguments) {
+    if arguments.contains_key("args") {
+        return bad_input(&usage("review", "unknown argument `args`"));
+    }
+    let mut arguments = arguments.clone();
+    let words: Vec<Value> = ["run_id", "verdict"]
+        .into_iter()
+        .filter_map(|name| arguments.remove(name))
+        .filter(|value| !value.is_null())
+        .collect();
+    arguments.insert("args".to_owned(), Value::Array(words));
+    let args: crate::cli::ReviewArgs = match parse_like_cli("review", &arguments) {
         Ok(args) => args,
         Err(message) => return bad_input(&message),
     };
-    let which = match args.run_id.as_deref() {
-        Some(id) if !args.last => Which::Id(id),
-        None if !args.last => {
-            return bad_input(&usage("review", "give `run_id` or `last: true`"));
-        }
-        _ => Which::Last,
-    };
-    let Ok(verdict) = Verdict::from_str(&args.verdict, true) else {
-        return bad_input(&usage(
-            "review",
-            &format!(
-                "`{}` is not a verdict: use good, acceptable or poor",
-                args.verdict
-            ),
-        ));
-    };
-    let failure_mode = match args.failure_mode.as_deref() {
-        None => None,
-        Some(mode) => match FailureMode::from_str(mode, true) {
-            Ok(mode) => Some(mode),
-            Err(_) => {
-                return bad_input(&usage(
-                    "review",
-                    "failure_mode must be hallucination, incomplete, wrong-format, off-topic, broke-tests or other",
-                ));
-            }
-        },
-    };
-    match crate::review::review(&**env, which, verdict, args.reason, failure_mode) {
-        Ok(report) => Document::review(&report),
-        Err(error) => Document::error(&error),
+    match crate::cli::review_document(args, env) {
+        Ok(document) => document,
+        Err(message) => bad_input(&usage("review", &message)),
     }
 }
 

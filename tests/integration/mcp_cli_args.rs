@@ -1,5 +1,5 @@
 //! The MCP tools that take the command line's own argument types (`rollback`, `apply`,
-//! `merge`, `discard`, `models`, `check`, `stats`): a bad value is refused with the
+//! `merge`, `discard`, `models`, `check`, `stats`, `review`): a bad value is refused with the
 //! message the command line gives for it, and `check` takes several paths as it does.
 
 use serde_json::{Value, json};
@@ -57,6 +57,22 @@ fn mcp_tools_refuse_bad_values_as_the_command_line_does() {
             json!({"all_repos": true, "repo": "."}),
             vec!["stats", "--all-repos", "--repo", "."],
         ),
+        (
+            "review",
+            json!({"last": true, "verdict": "good", "failure_mode": "typo"}),
+            vec!["review", "--last", "--failure-mode", "typo", "good"],
+        ),
+        (
+            "review",
+            json!({"last": true, "verdict": "great"}),
+            vec!["review", "--last", "great"],
+        ),
+        (
+            "review",
+            json!({"run_id": "r1", "last": true, "verdict": "good"}),
+            vec!["review", "--last", "r1", "good"],
+        ),
+        ("review", json!({"run_id": "r1"}), vec!["review", "r1"]),
     ];
     let calls: Vec<(&str, Value)> = cases
         .iter()
@@ -94,10 +110,11 @@ fn mcp_tools_take_only_what_their_schema_names() {
             client.call_and_wait("stats", json!({"html": "stats.html"})),
             client.call_and_wait("models", json!({"json": true})),
             client.call_and_wait("apply", json!({"run": "r1"})),
+            client.call_and_wait("review", json!({"args": ["r1", "good"]})),
         ]
     });
     assert_eq!(run.code, 0, "{}", run.stderr);
-    for (answer, name) in answers.iter().zip(["json", "html", "json", "run"]) {
+    for (answer, name) in answers.iter().zip(["json", "html", "json", "run", "args"]) {
         assert!(answer.is_error, "{:?}", answer.structured_content);
         let message = usage_message(&answer.structured_content);
         assert!(
