@@ -52,17 +52,27 @@ pub type RunTask = Arc<
 /// Ends what a runner kept across tasks, once the batch is over; gives warnings to show.
 pub type Close = Arc<dyn Fn() -> BoxFuture<'static, Vec<String>> + Send + Sync>;
 
+/// Whether tasks may run ahead of the model calls now (see [`Runner::ahead`]).
+pub type Ahead = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// How a batch runs each task, and what it cleans up at its end.
 #[derive(Clone)]
 pub struct Runner {
     pub run: RunTask,
     pub close: Option<Close>,
+    /// Whether up to `jobs` more tasks may start beside the `jobs` at the model; `None`:
+    /// always. On branches, only while worktrees are cheap to make.
+    pub ahead: Option<Ahead>,
 }
 
 impl Runner {
     /// A runner that keeps nothing across tasks.
     pub fn new(run: RunTask) -> Self {
-        Self { run, close: None }
+        Self {
+            run,
+            close: None,
+            ahead: None,
+        }
     }
 }
 
@@ -90,6 +100,8 @@ pub type ServerFor = Arc<dyn Fn(&SpecInput) -> Option<Connected> + Send + Sync>;
 pub fn on_branches_with(env: Env, server: ServerFor) -> Runner {
     let slots = Arc::new(WorktreeSlots::new());
     let closing = Arc::clone(&slots);
+    let measured = Arc::clone(&slots);
+    let ahead: Ahead = Arc::new(move || measured.cheap_to_add());
     let close: Close = Arc::new(move || {
         let slots = Arc::clone(&closing);
         Box::pin(crate::blocking::off_thread(move || slots.close()))
@@ -137,6 +149,7 @@ pub fn on_branches_with(env: Env, server: ServerFor) -> Runner {
     Runner {
         run,
         close: Some(close),
+        ahead: Some(ahead),
     }
 }
 
@@ -616,7 +629,9 @@ impl Scheduler {
                     .iter()
                     .all(|&earlier| matches!(self.waiting[earlier], State::Done(_)));
             // Up to `jobs` tasks at the model and as many more preparing or finishing.
-            if ready && self.running.len() < self.batch.jobs.saturating_mul(2) {
+            let ahead = self.runner.ahead.as_ref().is_none_or(|ahead| ahead());
+            let limit = self.batch.jobs.saturating_mul(if ahead { 2 } else { 1 });
+            if ready && self.running.len() < limit {
                 self.start(index);
             }
         }

@@ -167,6 +167,13 @@ fn fail_fast_stops_a_started_task_before_its_model_call() {
     assert_eq!(run.requests.len(), 3, "no call after the failure");
     assert!(run.read("w.txt").is_none());
     assert_eq!(runs_begun(&run.repo), 3, "W left no run behind");
+    let logged: Vec<_> = run
+        .ledger_runs()
+        .into_iter()
+        .filter_map(|logged| logged.task_id)
+        .collect();
+    assert_eq!(logged.len(), 3, "{logged:?}");
+    assert!(!logged.iter().any(|id| id == "W"), "{logged:?}");
 }
 
 /// A signal while two calls hang and a third task waits its turn: the two are
@@ -216,5 +223,11 @@ fn an_interrupt_skips_a_started_task_that_had_not_reached_the_model() {
     assert_eq!(outcome(&results, "Q").status, Status::Skipped);
     assert_eq!(run.requests.len(), 2);
     assert_eq!(runs_begun(&run.repo), 2, "H3 left no run behind");
+    assert!(
+        !run.ledger_runs()
+            .iter()
+            .any(|logged| logged.task_id.as_deref() == Some("H3")),
+        "H3 is not in the ledger"
+    );
     run.assert_unchanged();
 }
