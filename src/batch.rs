@@ -1,6 +1,11 @@
-//! A batch run: the tasks of a [`Plan`] run as library calls, up to `jobs` at once, each
+//! A batch run: the tasks of a [`Plan`] run as library calls, `jobs` model calls at once, each
 //! when the tasks it depends on have succeeded; its record in the git directory, and the
 //! summary the command line prints after every task's result.
+//!
+//! `jobs` bounds the model calls in flight, not the tasks: the batch's [`ModelGate`]
+//! lets `jobs` calls through at once, and up to `jobs` more tasks run meanwhile, so one
+//! task's own work (prepare, write, test, diff, commit, record) overlaps other tasks'
+//! model calls. First calls take their turn in the order the tasks started.
 //!
 //! Each task is one call of a [`Runner`]. In place every task's model calls overlap with
 //! the others', while its write, test and restore run under the repository lock
@@ -9,6 +14,7 @@
 //! runs in its own worktree, tests included, and starts from the commits of the tasks it
 //! depends on (merged when there are several; a conflict skips it). A task whose dependency did
 //! not succeed is `skipped`; `--fail-fast` and a signal stop new tasks from starting, and
+//! started ones that have not yet reached the model (they end `skipped`, leaving no run);
 //! a signal stops the running ones (their attempts undone). Every task gets a result.
 
 use std::collections::HashMap;
@@ -22,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use crate::error::{Error, Result};
+use crate::model_gate::ModelGate;
 use crate::options::RunOptions;
 use crate::pipeline::{self, Env, RunOutput, SpecInput};
 use crate::plan::{Plan, Task};
@@ -45,17 +52,27 @@ pub type RunTask = Arc<
 /// Ends what a runner kept across tasks, once the batch is over; gives warnings to show.
 pub type Close = Arc<dyn Fn() -> BoxFuture<'static, Vec<String>> + Send + Sync>;
 
+/// Whether tasks may run ahead of the model calls now (see [`Runner::ahead`]).
+pub type Ahead = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// How a batch runs each task, and what it cleans up at its end.
 #[derive(Clone)]
 pub struct Runner {
     pub run: RunTask,
     pub close: Option<Close>,
+    /// Whether up to `jobs` more tasks may start beside the `jobs` at the model; `None`:
+    /// always. On branches, only while worktrees are cheap to make.
+    pub ahead: Option<Ahead>,
 }
 
 impl Runner {
     /// A runner that keeps nothing across tasks.
     pub fn new(run: RunTask) -> Self {
-        Self { run, close: None }
+        Self {
+            run,
+            close: None,
+            ahead: None,
+        }
     }
 }
 
@@ -83,6 +100,8 @@ pub type ServerFor = Arc<dyn Fn(&SpecInput) -> Option<Connected> + Send + Sync>;
 pub fn on_branches_with(env: Env, server: ServerFor) -> Runner {
     let slots = Arc::new(WorktreeSlots::new());
     let closing = Arc::clone(&slots);
+    let measured = Arc::clone(&slots);
+    let ahead: Ahead = Arc::new(move || measured.cheap_to_add());
     let close: Close = Arc::new(move || {
         let slots = Arc::clone(&closing);
         Box::pin(crate::blocking::off_thread(move || slots.close()))
@@ -130,6 +149,7 @@ pub fn on_branches_with(env: Env, server: ServerFor) -> Runner {
     Runner {
         run,
         close: Some(close),
+        ahead: Some(ahead),
     }
 }
 
@@ -156,7 +176,7 @@ pub type Observer = Arc<dyn Fn(Event<'_>) + Send + Sync>;
 /// How a batch runs besides each task's options.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchOptions {
-    /// Tasks at once, at least 1.
+    /// Model calls at once, at least 1; up to as many more tasks prepare or finish meanwhile.
     pub jobs: usize,
     /// Start no task after the first that did not succeed.
     pub fail_fast: bool,
@@ -431,6 +451,8 @@ pub async fn run(
         .iter()
         .map(|task| std::fs::canonicalize(&task.path).unwrap_or_else(|_| task.path.clone()))
         .collect();
+    let gate = Arc::new(ModelGate::new(batch.jobs));
+    let count = plan.tasks.len();
     let mut scheduler = Scheduler {
         waiting: vec![State::Waiting; plan.tasks.len()],
         commits: vec![None; plan.tasks.len()],
@@ -441,6 +463,8 @@ pub async fn run(
             run_id_sink: None,
             ..options.clone()
         },
+        gate,
+        tickets: vec![None; count],
         batch,
         runner,
         observe,
@@ -521,6 +545,10 @@ struct Scheduler {
     running_ids: HashMap<tokio::task::Id, usize>,
     /// Why no further task starts (`--fail-fast`, a signal).
     stop: Option<String>,
+    /// `jobs` model calls at once, shared by the tasks' runs.
+    gate: Arc<ModelGate>,
+    /// Each started task's place at the gate, retired when it ends.
+    tickets: Vec<Option<u64>>,
     batch_id: String,
 }
 
@@ -600,7 +628,10 @@ impl Scheduler {
                     .after
                     .iter()
                     .all(|&earlier| matches!(self.waiting[earlier], State::Done(_)));
-            if ready && self.running.len() < self.batch.jobs {
+            // Up to `jobs` tasks at the model and as many more preparing or finishing.
+            let ahead = self.runner.ahead.as_ref().is_none_or(|ahead| ahead());
+            let limit = self.batch.jobs.saturating_mul(if ahead { 2 } else { 1 });
+            if ready && self.running.len() < limit {
                 self.start(index);
             }
         }
@@ -613,8 +644,11 @@ impl Scheduler {
             label: task.path.display().to_string(),
             text: task.text.clone(),
         };
+        let pass = self.gate.pass();
+        self.tickets[index] = Some(pass.ticket);
         let options = RunOptions {
             force: self.overwrite[index],
+            model_gate: Some(pass),
             ..self.options.clone()
         };
         let observe = Arc::clone(&self.observe);
@@ -674,11 +708,19 @@ impl Scheduler {
         };
         let status = result.status;
         if self.batch.fail_fast && status != Status::Success && self.stop.is_none() {
-            self.stop = Some(format!(
+            let reason = format!(
                 "not run: --fail-fast stopped the batch after {} did not succeed ({})",
                 task.spec.task_id,
                 status_word(status)
-            ));
+            );
+            // Started tasks that have not reached the model yet stop there too.
+            self.gate.stop(reason.clone());
+            self.stop = Some(reason);
+        }
+        if let Some(ticket) = self.tickets[index] {
+            // A run that ended before its first model call must not hold up the line;
+            // after a `--fail-fast` stop, so the next in line sees it.
+            self.gate.retire(ticket);
         }
         let outcome = TaskOutcome {
             spec: task.path.clone(),

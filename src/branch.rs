@@ -257,6 +257,16 @@ fn finish(
     else {
         return output;
     };
+    if result.status == Status::Skipped {
+        // Stopped at a batch's gate before its first model call: no branch was made and
+        // nothing ran, so there is no run to record; the worktree goes back.
+        release(setup.worktree, setup.slots.as_deref(), &mut result);
+        return RunOutput::Result {
+            result,
+            exit_code,
+            hint,
+        };
+    }
     describe_setting(&setup, &mut result);
     let Setup {
         main,

@@ -569,7 +569,8 @@ pub(crate) struct RunArgs {
     /// No progress on stderr.
     #[arg(long, short)]
     quiet: bool,
-    /// Batch: tasks run at once (their model calls overlap; writes and tests take turns).
+    /// Batch: N model calls at once; up to N more tasks prepare or finish meanwhile
+    /// (writes and tests take turns).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     jobs: u16,
     /// Batch: start no task after the first that did not succeed.

@@ -142,3 +142,8 @@ pub const ROUTE_MIN_SUCCESS_RATE: f64 = 0.5;
 pub const MAX_CALLS: u32 = 6;
 /// Seconds a model server that failed is passed over by every run on the machine.
 pub const COOLDOWN_SECS: u32 = 120;
+
+/// A batch on branches runs tasks ahead of its model calls (each in a worktree of its
+/// own) only while making a worktree took at most this: on a large repository the extra
+/// worktrees cost more than running ahead saves.
+pub const RUN_AHEAD_WORKTREE_BUDGET: std::time::Duration = std::time::Duration::from_millis(200);

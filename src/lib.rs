@@ -42,6 +42,7 @@ mod mcp_results;
 mod mcp_tools;
 pub mod merging;
 pub mod model;
+pub mod model_gate;
 pub mod options;
 pub mod pipeline;
 pub mod plan;

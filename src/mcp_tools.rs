@@ -56,8 +56,8 @@ pub struct RunBatchExtra {
     pub only_failed: Option<String>,
     /// Only the specs whose path below the directory matches this glob.
     pub glob: Option<String>,
-    /// Tasks at once, 1 to 256 (default 1): their model calls overlap; writes and tests
-    /// take turns.
+    /// Model calls at once, 1 to 256 (default 1); up to as many more tasks prepare or
+    /// finish meanwhile; writes and tests take turns.
     pub jobs: Option<u16>,
     /// Start no task after the first that did not succeed.
     #[serde(default)]

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use crate::cancel::Cancel;
 use crate::defaults;
 use crate::model::Limits;
+use crate::model_gate::Pass;
 use crate::server::{self, ModelChoice};
 
 /// Everything a run needs besides its spec.
@@ -59,6 +60,9 @@ pub struct RunOptions {
     pub profile: Option<String>,
     /// The validator profile `--validate` names (over the routed profile's `validator`).
     pub validate: Option<String>,
+    /// This task's place at its batch's bound on model calls in flight; `None` for a run
+    /// alone.
+    pub model_gate: Option<Pass>,
 }
 
 impl Default for RunOptions {
@@ -93,6 +97,7 @@ impl RunOptions {
             run_id_sink: None,
             profile: None,
             validate: None,
+            model_gate: None,
         }
     }
 }

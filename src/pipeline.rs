@@ -92,6 +92,16 @@ pub async fn run(
             .await
         }
     };
+    if let Ok(Finished::NotRun(reason)) = finished {
+        // Stopped at a batch's gate before its first model call: it wrote nothing and
+        // left no journal, so it is reported and recorded like a task never started.
+        let result = TaskResult::new(state.run_id, state.task_id, Status::Skipped, reason);
+        return RunOutput::Result {
+            result,
+            exit_code: 1,
+            hint: None,
+        };
+    }
     let facts = state.facts.take();
     let mut output = state.output(finished);
     if let Some(facts) = facts {
@@ -123,6 +133,15 @@ impl RunState {
     fn output(self, finished: Result<Finished>) -> RunOutput {
         match finished {
             Ok(Finished::DryRun(request)) => RunOutput::DryRun(request),
+            // `run` reports a run stopped at the gate before it gets here.
+            Ok(Finished::NotRun(reason)) => {
+                let result = TaskResult::new(self.run_id, self.task_id, Status::Skipped, reason);
+                RunOutput::Result {
+                    result,
+                    exit_code: 1,
+                    hint: None,
+                }
+            }
             Ok(Finished::Done(result)) => {
                 // A run that finished, and so has no error to take a code from: it
                 // succeeded, or ran and did not (failed, escalate).
@@ -213,6 +232,8 @@ impl RunState {
 enum Finished {
     Done(TaskResult),
     DryRun(serde_json::Value),
+    /// A batch stopped before this run's first model call (the reason, for its summary).
+    NotRun(String),
 }
 
 /// The stages after the repository was found: the run records itself, then prepares.
@@ -281,8 +302,21 @@ async fn run_prepared(
         progress(note);
     }
     state.model = Some(ladder.model_info());
+    // In a batch, the first call waits its turn here; a batch that stopped meanwhile
+    // ends the run before it has written anything, and its journal goes with it.
+    let first_permit = match &options.model_gate {
+        None => None,
+        Some(pass) => match pass.first(&options.cancel).await {
+            Ok(permit) => Some(permit),
+            Err(reason) => {
+                journal.discard();
+                return Ok(Finished::NotRun(reason));
+            }
+        },
+    };
     Box::pin(
         Attempts {
+            first_permit,
             prepared,
             options,
             progress,
@@ -351,6 +385,8 @@ struct Attempts<'a> {
     last_tested: Option<Tested>,
     /// Set when the test command cannot start: no later attempt could pass it.
     cannot_start: Option<String>,
+    /// A batch's leave for the first model call, taken before the attempts began.
+    first_permit: Option<crate::model_gate::Permit>,
 }
 
 /// A checked reply: the files to write or why it cannot be used, and the notes on it.
@@ -652,6 +688,12 @@ impl Attempts<'_> {
     /// The model's reply and the wall time of the call in milliseconds (its retries
     /// included); a call that failed is an attempt of its own.
     async fn ask(&mut self, n: u32, request: &ChatRequest) -> Result<(ChatReply, u64)> {
+        // Held for the call only: the run's write and test leave the slot to others.
+        let _permit = match (self.first_permit.take(), &self.options.model_gate) {
+            (Some(permit), _) => Some(permit),
+            (None, Some(pass)) => Some(pass.next(&self.options.cancel).await?),
+            (None, None) => None,
+        };
         let started = std::time::Instant::now();
         let reply = self
             .options

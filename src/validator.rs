@@ -215,6 +215,11 @@ pub(crate) async fn review(
     let mut usage = Usage::default();
     let mut notes = Vec::new();
     let verdict = loop {
+        // A batch's gate bounds the validator's calls too, held for the call only.
+        let _permit = match &options.model_gate {
+            Some(pass) => Some(pass.next(&options.cancel).await?),
+            None => None,
+        };
         let reply = options
             .cancel
             .or_cancel(server.client.chat(&request))

@@ -11,6 +11,7 @@
 
 use std::path::Path;
 use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use crate::error::Result;
 use crate::worktree::{MainRepo, TaskWorktree, prune_stale};
@@ -25,6 +26,8 @@ struct State {
     free: Vec<TaskWorktree>,
     /// Whether the worktrees a killed run left were looked for: once a batch is enough.
     pruned: bool,
+    /// The longest that making one worktree took, once one was made.
+    slowest_create: Option<Duration>,
 }
 
 impl WorktreeSlots {
@@ -70,7 +73,24 @@ impl WorktreeSlots {
                 ));
             }
         }
-        Ok((TaskWorktree::create(main, home, id, base)?, notes))
+        let started = Instant::now();
+        let worktree = TaskWorktree::create(main, home, id, base)?;
+        let took = started.elapsed();
+        let mut state = self.state();
+        state.slowest_create = Some(
+            state
+                .slowest_create
+                .map_or(took, |slowest| slowest.max(took)),
+        );
+        Ok((worktree, notes))
+    }
+
+    /// Whether one more worktree is cheap enough for a task to run ahead in: known only
+    /// once one was made, and within [`crate::defaults::RUN_AHEAD_WORKTREE_BUDGET`].
+    pub fn cheap_to_add(&self) -> bool {
+        self.state()
+            .slowest_create
+            .is_some_and(|took| took <= crate::defaults::RUN_AHEAD_WORKTREE_BUDGET)
     }
 
     /// Takes back a worktree whose task ended, for the next task.

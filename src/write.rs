@@ -246,6 +246,22 @@ impl Journal {
         &self.manifest.run_id
     }
 
+    /// Removes the journal of a run that ended before writing anything and is not to be
+    /// a run at all (a batch task stopped before its first model call): `rollback --last`
+    /// and `prune` never see it. Failing to remove it costs nothing: it undoes nothing.
+    pub fn discard(self) {
+        if !self.manifest.files.is_empty() || !self.manifest.created_dirs.is_empty() {
+            return;
+        }
+        let Self {
+            dir,
+            _running: running,
+            ..
+        } = self;
+        drop(running);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
     /// Opens the journal of an earlier run.
     pub fn open(repo: &Repo, run_id: &str) -> Result<Self> {
         let dir = repo.state_dir().join("runs").join(run_id);

@@ -263,6 +263,10 @@ fn summary_only_prints_just_the_summary() {
     assert_eq!(summary.counts.success, 10);
 }
 
+/// A fails before its model call (its test program does not exist); B, started behind
+/// it (`--jobs 1` lets one more task prepare meanwhile), and C are skipped: no model is
+/// called after the failure. (A's failure came from its test once; a task behind it now
+/// asks while that test runs, see `batch_gate.rs`.)
 #[test]
 fn fail_fast_starts_no_task_after_the_first_failure() {
     let specs = vec![
@@ -271,7 +275,7 @@ fn fail_fast_starts_no_task_after_the_first_failure() {
             task(
                 "A",
                 "a.txt",
-                &json!({"test_command": "false", "max_attempts": 1}),
+                &json!({"test_command": "no-such-test-program-here", "max_attempts": 1}),
             ),
         ),
         ("b.json", task("B", "b.txt", &json!({}))),
@@ -290,7 +294,7 @@ fn fail_fast_starts_no_task_after_the_first_failure() {
         "{}",
         run.stdout
     );
-    assert_eq!(run.requests.len(), 1);
+    assert_eq!(run.requests.len(), 0, "no model call after the failure");
     run.assert_unchanged();
 }
 
@@ -350,8 +354,11 @@ fn an_unknown_dependency_is_refused() {
     );
 }
 
-/// SIGTERM while a task tests: that task is stopped and undone, the rest are not started,
-/// and every result and the summary are still printed.
+/// SIGTERM while a task tests: that task is stopped and undone, R (started behind it:
+/// `--jobs 1` lets one more task prepare, and it asks while P tests) is stopped at the
+/// model, the rest are not started, and every result and the summary are still printed.
+/// (R was skipped once, when `--jobs 1` ran one task at a time; a started task that had
+/// not reached the model is skipped, see `batch_gate.rs`.)
 #[test]
 fn an_interrupted_batch_prints_every_result_and_the_summary() {
     let scratch = tempfile::tempdir().unwrap();
@@ -368,12 +375,14 @@ fn an_interrupted_batch_prints_every_result_and_the_summary() {
         ),
         ("q.json", task("Q", "q.txt", &json!({"depends_on": ["P"]}))),
         ("r.json", task("R", "r.txt", &json!({}))),
+        ("s.json", task("S", "s.txt", &json!({}))),
     ];
     let test = Test::new()
         .route("<<P>>", vec![Script::code("p.txt", "p\n")])
+        .route("<<R>>", vec![Script::Hang])
         .during(move |running| {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-            while !seen.exists() {
+            while !seen.exists() || running.chat_requests() < 2 {
                 assert!(
                     std::time::Instant::now() < deadline,
                     "the test never started"
@@ -385,7 +394,7 @@ fn an_interrupted_batch_prints_every_result_and_the_summary() {
     let run = batch(test, &specs, &[]);
     run.assert_code(143);
     let (results, summary) = lines(&run);
-    assert_eq!(results.len(), 3, "{}", run.stdout);
+    assert_eq!(results.len(), 4, "{}", run.stdout);
     let stopped = status_of(&results, "P");
     assert_eq!(stopped.status, Status::Error);
     assert_eq!(
@@ -393,7 +402,14 @@ fn an_interrupted_batch_prints_every_result_and_the_summary() {
         Some("interrupted")
     );
     assert_eq!(status_of(&results, "Q").status, Status::Skipped);
-    assert_eq!(status_of(&results, "R").status, Status::Skipped);
+    assert_eq!(
+        status_of(&results, "R")
+            .error
+            .as_ref()
+            .map(|e| e.kind.as_str()),
+        Some("interrupted")
+    );
+    assert_eq!(status_of(&results, "S").status, Status::Skipped);
     assert_eq!(summary.status, BatchStatus::Interrupted);
     assert_eq!(summary.interrupted_by.as_deref(), Some("SIGTERM"));
     run.assert_unchanged();

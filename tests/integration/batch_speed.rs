@@ -32,7 +32,7 @@ fn worktrees_registered(repo: &Path) -> usize {
         .count()
 }
 
-/// Five tasks, one at a time, on branches: one worktree serves them all, each task gets
+/// Five tasks, `--jobs 1`, on branches: the worktrees are reused (one per running task), each task gets
 /// its own commit on its own branch holding only its file, and the worktree is gone at
 /// the end.
 #[test]
@@ -57,9 +57,12 @@ fn a_batch_on_branches_reuses_one_worktree_per_running_task() {
     assert_eq!(summary.counts.success, 5, "{}", run.stdout);
     let named = worktrees_named(&run.stderr);
     assert_eq!(named.len(), 5, "{}", run.stderr);
+    let distinct: std::collections::BTreeSet<_> = named.iter().collect();
+    // `--jobs 1`: one task at the model and one more preparing or finishing, so two
+    // worktrees at most, each reused.
     assert!(
-        named.iter().all(|path| *path == named[0]),
-        "one worktree for every task: {named:#?}"
+        distinct.len() <= 2,
+        "one worktree per running task: {named:#?}"
     );
     for result in &results {
         let branch = result.branch.clone().expect("a branch");
@@ -98,7 +101,12 @@ fn a_task_after_a_failed_task_in_the_same_worktree_starts_from_a_clean_tree() {
         ),
         (
             "b.json",
-            task("B", "out/b.txt", &json!({"test_command": clean})),
+            // Its context glob covers A's output, so it runs after A, in A's worktree.
+            task(
+                "B",
+                "out/b.txt",
+                &json!({"test_command": clean, "context_files": ["*.txt"]}),
+            ),
         ),
     ];
     let test = Test::new()

@@ -5,6 +5,7 @@
 mod harness;
 
 mod batch;
+mod batch_gate;
 mod batch_merge;
 mod batch_speed;
 mod branch_config;
