@@ -152,65 +152,22 @@ impl Opened {
     ) -> std::result::Result<Prepared, Box<Unprepared>> {
         let Self { spec, repo } = self;
         let git = repo.info();
-        let Stages {
-            targets,
-            templates,
-            language,
-            first_messages,
-            choice,
-            base_choice,
-            route,
-            cooldowns,
-            config,
-            triage,
-            validator,
-        } = stages(&spec, &repo, options, env)
-            .map_err(|error| unprepared(error, Some(spec.task_id.clone()), Some(git.clone())))?;
-        let max_attempts = options
-            .max_attempts
-            .or(spec.max_attempts)
-            .unwrap_or(spec::DEFAULT_MAX_ATTEMPTS)
-            .clamp(1, spec::MAX_MAX_ATTEMPTS);
-        Ok(Prepared {
-            spec: Arc::new(spec),
-            repo,
-            git,
-            targets: targets.into(),
-            templates,
-            language,
-            first_messages,
-            max_attempts,
-            choice,
-            base_choice,
-            route,
-            cooldowns,
-            config,
-            triage,
-            validator,
-        })
+        let (task_id, known) = (spec.task_id.clone(), git.clone());
+        stages(spec, repo, git, options, env)
+            .map_err(|error| unprepared(error, Some(task_id), Some(known)))
     }
 }
 
-struct Stages {
-    targets: Vec<Target>,
-    templates: Templates,
-    language: String,
-    first_messages: Vec<Message>,
-    choice: ModelChoice,
-    base_choice: ModelChoice,
-    route: Option<Route>,
-    cooldowns: Cooldowns,
-    config: Config,
-    triage: Triage,
-    validator: Option<Box<crate::validator::Plan>>,
-}
-
+/// The stages after the repository, in order: targets, context, prompt, model choice,
+/// configuration, triage and route, the validator, and the checks that refuse a run.
 fn stages(
-    spec: &TaskSpec,
-    repo: &Repo,
+    task: TaskSpec,
+    repo: Repo,
+    git: GitInfo,
     options: &RunOptions,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Stages> {
+) -> Result<Prepared> {
+    let spec = &task;
     let bounds = repo.bounds();
     let targets = targets::read_targets(&bounds, spec)?;
     let context = context::gather(
@@ -278,7 +235,7 @@ fn stages(
     let validator = crate::validator::plan(&config, routed, options, &choice, env)?.map(Box::new);
     // Before the dry run too: it should refuse what the real run would refuse.
     if !options.force {
-        targets::check_clean_targets(repo, &targets)?;
+        targets::check_clean_targets(&repo, &targets)?;
     }
     let connection = &options.connection;
     crate::model::recorded::check_files(
@@ -288,11 +245,20 @@ fn stages(
         repo.root(),
         &spec.outputs,
     )?;
-    Ok(Stages {
-        targets,
+    let max_attempts = options
+        .max_attempts
+        .or(spec.max_attempts)
+        .unwrap_or(spec::DEFAULT_MAX_ATTEMPTS)
+        .clamp(1, spec::MAX_MAX_ATTEMPTS);
+    Ok(Prepared {
+        spec: Arc::new(task),
+        repo,
+        git,
+        targets: targets.into(),
         templates,
         language,
         first_messages,
+        max_attempts,
         choice,
         base_choice,
         route,
